@@ -1,0 +1,138 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rebound: an echo engine for Linux. Public API.
+ *
+ * Conventions: functions that can fail return >= 0 on success and -errno on
+ * failure; *_destroy(NULL) is a no-op. Only libc/POSIX headers are included.
+ */
+#ifndef REBOUND_REBOUND_H
+#define REBOUND_REBOUND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RB_VERSION "0.1.0"
+
+/* Most --listen URLs one server accepts. */
+#define RB_MAX_LISTEN 16
+/* Most worker threads. */
+#define RB_MAX_THREADS 64
+
+enum rb_engine {
+	RB_ENGINE_AUTO = 0,
+	RB_ENGINE_EPOLL,
+	RB_ENGINE_POLL,
+	RB_ENGINE_SELECT,
+	RB_ENGINE_URING,
+};
+
+enum rb_copy {
+	RB_COPY_WRITEV = 0,
+	RB_COPY_SPLICE,
+};
+
+enum rb_trigger {
+	RB_TRIGGER_EDGE = 0,
+	RB_TRIGGER_LEVEL,
+};
+
+struct rb_config {
+	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, unix:PATH. */
+	const char *listen[RB_MAX_LISTEN];
+	size_t n_listen;
+	enum rb_engine engine;
+	enum rb_copy copy;
+	enum rb_trigger trigger;
+	unsigned threads;            /* worker threads, >= 1 */
+	size_t chunk_size;           /* bytes per pool chunk */
+	size_t conn_buffer;          /* per-connection cap on buffered bytes */
+	size_t max_memory;           /* cap on all buffered bytes, 0 = none */
+	unsigned pool_cache;         /* idle chunks kept per worker */
+	size_t read_budget;          /* bytes read per connection per wakeup */
+	unsigned accept_budget;      /* accepts per listener per wakeup */
+	unsigned shutdown_timeout_ms; /* graceful flush deadline */
+	int backlog;
+	int verbosity;               /* 0 quiet, 1 normal, 2 verbose */
+};
+
+/* Counters, summed over workers by rb_server_stats(). */
+struct rb_stats {
+	uint64_t accepted;          /* connections accepted */
+	uint64_t active;            /* connections open now */
+	uint64_t closed;            /* connections closed */
+	uint64_t refused;           /* accepted then closed at once (EMFILE, limits) */
+	uint64_t resets;            /* connections ended by an error (RST, EPIPE) */
+	uint64_t bytes_in;          /* payload bytes read */
+	uint64_t bytes_out;         /* payload bytes written */
+	uint64_t read_calls;        /* readv/read/recv syscalls */
+	uint64_t write_calls;       /* writev/write/send syscalls */
+	uint64_t wakeups;           /* poller waits that returned */
+	uint64_t requeues;          /* ready-list requeues (budget exhausted) */
+	uint64_t pauses;            /* backpressure pauses (cap reached) */
+	uint64_t memory_waits;      /* reads deferred by the worker memory cap */
+	uint64_t buffered;          /* bytes buffered now */
+	uint64_t peak_buffered;     /* most bytes buffered at once, all conns */
+	uint64_t peak_conn_buffered; /* most bytes one connection buffered */
+	uint64_t chunks_allocated;  /* chunks obtained from malloc */
+	uint64_t chunks_cached;     /* idle chunks in the pools now */
+};
+
+struct rb_server;
+
+/* Fill cfg with the defaults (tcp://127.0.0.1:7007 is added by the CLI, not here). */
+void rb_config_init(struct rb_config *cfg);
+
+/*
+ * Create a server: validate cfg, open the listeners. Returns 0 and sets *out,
+ * or -errno with a one-line reason naming the bad value in err (if err != NULL).
+ */
+int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err,
+		     size_t errlen);
+
+/* Run the workers until rb_server_stop(); returns 0 or -errno. */
+int rb_server_run(struct rb_server *srv);
+
+/* Ask the server to stop gracefully. Async-signal-safe and thread-safe. */
+void rb_server_stop(struct rb_server *srv);
+
+/* Free a server (stopped or never run). NULL is a no-op. */
+void rb_server_destroy(struct rb_server *srv);
+
+/* Bound port of listener idx (network byte order resolved), or -errno. */
+int rb_server_port(const struct rb_server *srv, size_t idx);
+
+/* The engine actually in use (auto resolved). */
+enum rb_engine rb_server_engine(const struct rb_server *srv);
+
+/* Snapshot of the counters, summed over workers. Safe from any thread. */
+void rb_server_stats(const struct rb_server *srv, struct rb_stats *out);
+
+/* Write stats as one JSON object (no newline) into buf; returns its length. */
+int rb_stats_json(const struct rb_stats *st, char *buf, size_t len);
+
+/* Name of an engine, copy mode or trigger ("epoll", "writev", "edge"). */
+const char *rb_engine_name(enum rb_engine e);
+const char *rb_copy_name(enum rb_copy c);
+const char *rb_trigger_name(enum rb_trigger t);
+
+/* Parse a name; 0 on success, -EINVAL if unknown. */
+int rb_engine_parse(const char *s, enum rb_engine *out);
+int rb_copy_parse(const char *s, enum rb_copy *out);
+int rb_trigger_parse(const char *s, enum rb_trigger *out);
+
+/* 0 if the engine is built and can run here, else -errno; why gets a reason. */
+int rb_engine_available(enum rb_engine e, char *why, size_t whylen);
+
+/* Parse a size with optional suffix k, m, g (binary); 0 or -EINVAL/-ERANGE. */
+int rb_parse_size(const char *s, size_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* REBOUND_REBOUND_H */
