@@ -1,0 +1,183 @@
+/* SPDX-License-Identifier: MIT */
+/* Internal structures shared by the engine's files. Not installed. */
+#ifndef REBOUND_INTERNAL_H
+#define REBOUND_INTERNAL_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "rebound/rebound.h"
+#include "iopool.h"
+#include "poller.h"
+
+/* ---- intrusive doubly linked list (circular, with a sentinel) ---- */
+struct rb_list {
+	struct rb_list *prev, *next;
+};
+
+static inline void rb_list_init(struct rb_list *l)
+{
+	l->prev = l->next = l;
+}
+
+static inline bool rb_list_empty(const struct rb_list *l)
+{
+	return l->next == l;
+}
+
+static inline void rb_list_add_tail(struct rb_list *head, struct rb_list *n)
+{
+	n->prev = head->prev;
+	n->next = head;
+	head->prev->next = n;
+	head->prev = n;
+}
+
+static inline void rb_list_del(struct rb_list *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->prev = n->next = n;
+}
+
+/* Move every entry of src to the tail of dst; src becomes empty. */
+static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
+{
+	if (rb_list_empty(src))
+		return;
+	src->next->prev = dst->prev;
+	dst->prev->next = src->next;
+	src->prev->next = dst;
+	dst->prev = src->prev;
+	rb_list_init(src);
+}
+
+#define rb_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* ---- logging ---- */
+enum { RB_LOG_ERR = 0, RB_LOG_INFO = 1, RB_LOG_DEBUG = 2 };
+extern int rb__verbosity;
+void rb__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* At most one message per second; counts what it suppressed. */
+struct rb_ratelimit {
+	time_t last;
+	unsigned suppressed;
+};
+bool rb__ratelimit_ok(struct rb_ratelimit *rl, unsigned *suppressed);
+
+uint64_t rb__now_ms(void);
+
+/* ---- listeners ---- */
+struct rb_addr {
+	struct sockaddr_storage ss;
+	socklen_t len;
+	bool is_unix;
+	char url[160];
+};
+
+/* Parse a --listen URL; 0 or -EINVAL with a reason in err. */
+int rb__parse_url(const char *url, struct rb_addr *out, char *err, size_t errlen);
+/* Open, bind and listen; returns the fd or -errno (reason in err). */
+int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen);
+
+/* ---- stats: written only by the owning worker, read by anyone ---- */
+#define RB_STAT_ADD(w, field, n)                                                           \
+	__atomic_store_n(&(w)->st.field, (w)->st.field + (n), __ATOMIC_RELAXED)
+#define RB_STAT_SUB(w, field, n)                                                           \
+	__atomic_store_n(&(w)->st.field, (w)->st.field - (n), __ATOMIC_RELAXED)
+#define RB_STAT_MAX(w, field, v)                                                           \
+	do {                                                                               \
+		if ((uint64_t)(v) > (w)->st.field)                                         \
+			__atomic_store_n(&(w)->st.field, (uint64_t)(v), __ATOMIC_RELAXED);  \
+	} while (0)
+
+/* ---- handles: what a poller event's pointer points at ---- */
+enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL };
+
+struct rb_handle {
+	enum rb_handle_kind kind;
+};
+
+enum {
+	CONN_CAN_READ = 1u << 0,  /* the socket may have input (no EAGAIN seen since) */
+	CONN_CAN_WRITE = 1u << 1, /* the socket may take output */
+	CONN_RD_EOF = 1u << 2,    /* peer sent FIN, or we stopped reading for good */
+	CONN_PAUSED = 1u << 3,    /* at the per-connection cap */
+	CONN_MEMWAIT = 1u << 4,   /* waiting for the worker memory cap */
+	CONN_CLOSED = 1u << 5,    /* closed: events for it are stale */
+	CONN_QUEUED = 1u << 6,    /* on the ready list (qlink) */
+};
+
+struct rb_conn {
+	struct rb_handle h;
+	int fd;
+	uint32_t flags;
+	uint32_t interest; /* registered with a level-triggered poller */
+	struct rb_chain chain;
+	struct rb_list all;   /* worker->conns */
+	struct rb_list qlink; /* ready list, memwait list or graveyard */
+};
+
+struct rb_listener {
+	struct rb_handle h;
+	int fd;
+	bool pending; /* accept budget ran out: more may be waiting */
+	bool active;
+};
+
+struct rb_server;
+
+struct rb_worker {
+	struct rb_server *srv;
+	unsigned id;
+	pthread_t thread;
+	bool thread_started;
+	const struct rb_poller_ops *ops;
+	struct rb_poller *poller;
+	bool edge;
+	struct rb_pool pool;
+	int ctl_fd; /* eventfd: stop requests */
+	struct rb_handle ctl_h;
+	struct rb_listener listeners[RB_MAX_LISTEN];
+	size_t n_listeners;
+	struct rb_list conns;
+	struct rb_list ready;
+	struct rb_list memwait;
+	struct rb_list grave;
+	int reserve_fd; /* spare descriptor for EMFILE at accept */
+	bool stopping;
+	uint64_t deadline_ms;
+	uint64_t accept_retry_ms;
+	struct rb_ratelimit rl_emfile;
+	struct rb_stats st;
+	struct iovec iov[IOV_MAX];
+	int result;
+};
+
+struct rb_server {
+	struct rb_config cfg;
+	struct rb_addr addrs[RB_MAX_LISTEN];
+	int listen_fds[RB_MAX_LISTEN];
+	int ports[RB_MAX_LISTEN];
+	size_t n_listen;
+	enum rb_engine engine;
+	const struct rb_poller_ops *ops;
+	struct rb_worker *workers;
+	unsigned n_workers;
+	volatile sig_atomic_t stop_requested;
+};
+
+/* Reactor (readiness model). */
+int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
+void rb__worker_fini(struct rb_worker *w);
+int rb__reactor_run(struct rb_worker *w);
+
+#endif

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/* --listen URLs and listening sockets. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH"
+
+static int parse_port(const char *s, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	if (!*s || strspn(s, "0123456789") != strlen(s))
+		return -EINVAL;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (errno || v > 65535)
+		return -ERANGE;
+	*out = (unsigned)v;
+	return 0;
+}
+
+static int parse_unix(const char *url, const char *path, struct rb_addr *a, char *err,
+		      size_t errlen)
+{
+	struct sockaddr_un *sun = (struct sockaddr_un *)&a->ss;
+	size_t len = strlen(path);
+
+	if (len == 0) {
+		snprintf(err, errlen, "invalid listen URL '%s': empty socket path", url);
+		return -EINVAL;
+	}
+	if (len >= sizeof(sun->sun_path)) {
+		snprintf(err, errlen, "invalid listen URL '%s': socket path longer than %zu bytes",
+			 url, sizeof(sun->sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	sun->sun_family = AF_UNIX;
+	memcpy(sun->sun_path, path, len + 1);
+	a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+	/* unix:@name is an abstract socket: leading NUL, no terminator. */
+	if (path[0] == '@') {
+		sun->sun_path[0] = '\0';
+		a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len);
+	}
+	a->is_unix = true;
+	return 0;
+}
+
+int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
+{
+	char host[128];
+	const char *rest, *colon, *port_s;
+	struct addrinfo hints = {0}, *res = NULL;
+	unsigned port;
+	int rc;
+
+	memset(a, 0, sizeof(*a));
+	snprintf(a->url, sizeof(a->url), "%s", url);
+	if (strncmp(url, "unix:", 5) == 0) {
+		rest = url + 5;
+		if (strncmp(rest, "//", 2) == 0)
+			rest += 2;
+		return parse_unix(url, rest, a, err, errlen);
+	}
+	if (strncmp(url, "tcp://", 6) != 0) {
+		snprintf(err, errlen, "invalid listen URL '%s': %s", url, URL_HELP);
+		return -EINVAL;
+	}
+	rest = url + 6;
+	if (rest[0] == '[') {
+		const char *close = strchr(rest, ']');
+		if (!close || close[1] != ':') {
+			snprintf(err, errlen, "invalid listen URL '%s': %s", url, URL_HELP);
+			return -EINVAL;
+		}
+		if ((size_t)(close - rest - 1) >= sizeof(host))
+			goto bad_host;
+		memcpy(host, rest + 1, (size_t)(close - rest - 1));
+		host[close - rest - 1] = '\0';
+		port_s = close + 2;
+	} else {
+		colon = strrchr(rest, ':');
+		if (!colon || strchr(rest, ':') != colon) {
+			snprintf(err, errlen, "invalid listen URL '%s': %s", url, URL_HELP);
+			return -EINVAL;
+		}
+		if ((size_t)(colon - rest) >= sizeof(host))
+			goto bad_host;
+		memcpy(host, rest, (size_t)(colon - rest));
+		host[colon - rest] = '\0';
+		port_s = colon + 1;
+	}
+	if (!host[0])
+		goto bad_host;
+	rc = parse_port(port_s, &port);
+	if (rc < 0) {
+		snprintf(err, errlen, "invalid port '%s' in listen URL '%s': expected 0 to 65535",
+			 port_s, url);
+		return -EINVAL;
+	}
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	rc = getaddrinfo(host, port_s, &hints, &res);
+	if (rc != 0 || !res)
+		goto bad_host;
+	memcpy(&a->ss, res->ai_addr, res->ai_addrlen);
+	a->len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+bad_host:
+	snprintf(err, errlen, "invalid host in listen URL '%s': not an address or known name",
+		 url);
+	return -EINVAL;
+}
+
+/* A leftover socket file from a dead server is removed; a live one is not. */
+static int unix_clear_stale(const struct sockaddr_un *sun, socklen_t len)
+{
+	struct stat st;
+	int fd, rc;
+
+	if (sun->sun_path[0] == '\0' || stat(sun->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
+		return 0;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	rc = connect(fd, (const struct sockaddr *)sun, len);
+	close(fd);
+	if (rc == 0)
+		return -EADDRINUSE;
+	if (errno == ECONNREFUSED)
+		unlink(sun->sun_path);
+	return 0;
+}
+
+int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen)
+{
+	int family = a->ss.ss_family, one = 1, fd, rc;
+
+	if (a->is_unix) {
+		rc = unix_clear_stale((const struct sockaddr_un *)&a->ss, a->len);
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot listen on '%s': %s", a->url, strerror(-rc));
+			return rc;
+		}
+	}
+	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (!a->is_unix && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto fail_close;
+	if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail_close;
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
+		goto fail_close;
+	if (listen(fd, backlog) < 0)
+		goto fail_close;
+	return fd;
+fail_close:
+	rc = -errno;
+	close(fd);
+	errno = -rc;
+fail:
+	rc = -errno;
+	snprintf(err, errlen, "cannot listen on '%s': %s", a->url, strerror(-rc));
+	return rc;
+}

@@ -1,0 +1,288 @@
+/* SPDX-License-Identifier: MIT */
+/* The rebound command line: flags in, one server run, a summary out. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "rebound/rebound.h"
+#include "rb_config.h"
+
+/* Exit statuses, documented in --help and the man page. */
+enum {
+	EXIT_RUNTIME = 1,     /* could not listen, or failed while running */
+	EXIT_USAGE = 2,       /* bad flag or value */
+	EXIT_UNAVAILABLE = 3, /* the engine asked for cannot run here */
+};
+
+static struct rb_server *g_srv;
+static volatile sig_atomic_t g_signals;
+
+static void on_signal(int sig)
+{
+	if (g_signals++ > 0)
+		_exit(128 + sig); /* second signal: leave at once */
+	if (g_srv)
+		rb_server_stop(g_srv);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: rebound [OPTIONS]\n"
+		"Echo every byte back to TCP and UNIX-socket peers.\n"
+		"\n"
+		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH\n"
+		"                           (repeatable; default tcp://127.0.0.1:7007)\n"
+		"  -e, --engine NAME        epoll, poll, select, uring or auto (default auto)\n"
+		"      --trigger MODE       edge or level, for the epoll engine (default edge)\n"
+		"      --copy MODE          writev (default) or splice\n"
+		"  -t, --threads N          worker threads, 1 to %d (default 1)\n"
+		"      --chunk-size SIZE    buffer chunk size, 512 to 16m (default 16k)\n"
+		"      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
+		"      --max-memory SIZE    cap on all buffered bytes, 0 = none (default 512m)\n"
+		"      --shutdown-timeout MS  flush deadline on SIGINT/SIGTERM (default 2000)\n"
+		"      --list-engines       print the engines that can run here and exit\n"
+		"  -v, --verbose            more logging\n"
+		"  -q, --quiet              errors only\n"
+		"  -h, --help               this help\n"
+		"  -V, --version            print the version\n"
+		"\n"
+		"SIZE takes a suffix k, m or g (binary). Exit status: 0 after a clean stop,\n"
+		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
+		"3 if the engine asked for cannot run here.\n",
+		RB_MAX_THREADS);
+}
+
+static int bad_value(const char *flag, const char *value, const char *why)
+{
+	fprintf(stderr, "rebound: invalid %s '%s': %s\n", flag, value, why);
+	return EXIT_USAGE;
+}
+
+static int parse_size_flag(const char *flag, const char *value, size_t min, size_t max,
+			   size_t *out)
+{
+	char why[96];
+	size_t v;
+	int rc = rb_parse_size(value, &v);
+
+	if (rc == -ERANGE)
+		return bad_value(flag, value, "too large");
+	if (rc < 0)
+		return bad_value(flag, value, "expected a size such as 4096, 16k or 1m");
+	if (v < min || v > max) {
+		snprintf(why, sizeof(why), "must be between %zu and %zu bytes", min, max);
+		return bad_value(flag, value, why);
+	}
+	*out = v;
+	return 0;
+}
+
+static int parse_uint_flag(const char *flag, const char *value, unsigned long min,
+			   unsigned long max, unsigned long *out)
+{
+	char why[96], *end;
+	unsigned long v;
+
+	errno = 0;
+	if (!*value || strspn(value, "0123456789") != strlen(value))
+		return bad_value(flag, value, "expected a whole number");
+	v = strtoul(value, &end, 10);
+	if (errno || v < min || v > max) {
+		snprintf(why, sizeof(why), "must be between %lu and %lu", min, max);
+		return bad_value(flag, value, why);
+	}
+	*out = v;
+	return 0;
+}
+
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static void print_listening(const struct rb_server *srv, const struct rb_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_listen; i++) {
+		const char *url = cfg->listen[i];
+		const char *colon = strrchr(url, ':');
+		if (strncmp(url, "tcp://", 6) == 0 && colon)
+			fprintf(stderr, "rebound: listening on %.*s:%d\n", (int)(colon - url), url,
+				rb_server_port(srv, i));
+		else
+			fprintf(stderr, "rebound: listening on %s\n", url);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
+	       OPT_LIST };
+	static const struct option opts[] = {
+		{"listen", required_argument, NULL, 'l'},
+		{"engine", required_argument, NULL, 'e'},
+		{"trigger", required_argument, NULL, OPT_TRIGGER},
+		{"copy", required_argument, NULL, OPT_COPY},
+		{"threads", required_argument, NULL, 't'},
+		{"chunk-size", required_argument, NULL, OPT_CHUNK},
+		{"conn-buffer", required_argument, NULL, OPT_CONNBUF},
+		{"max-memory", required_argument, NULL, OPT_MAXMEM},
+		{"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+		{"list-engines", no_argument, NULL, OPT_LIST},
+		{"verbose", no_argument, NULL, 'v'},
+		{"quiet", no_argument, NULL, 'q'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{0},
+	};
+	struct rb_config cfg;
+	struct rb_stats st;
+	struct sigaction sa;
+	char err[256];
+	unsigned long ul;
+	bool trigger_set = false;
+	int c, rc;
+
+	rb_config_init(&cfg);
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":l:e:t:vqhV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'l':
+			if (cfg.n_listen == RB_MAX_LISTEN)
+				return bad_value("--listen", optarg, "too many listeners (at most 16)");
+			cfg.listen[cfg.n_listen++] = optarg;
+			break;
+		case 'e':
+			if (rb_engine_parse(optarg, &cfg.engine) < 0)
+				return bad_value("--engine", optarg,
+						 "expected epoll, poll, select, uring or auto");
+			break;
+		case OPT_TRIGGER:
+			if (rb_trigger_parse(optarg, &cfg.trigger) < 0)
+				return bad_value("--trigger", optarg, "expected edge or level");
+			trigger_set = true;
+			break;
+		case OPT_COPY:
+			if (rb_copy_parse(optarg, &cfg.copy) < 0)
+				return bad_value("--copy", optarg, "expected writev or splice");
+			break;
+		case 't':
+			if ((rc = parse_uint_flag("--threads", optarg, 1, RB_MAX_THREADS, &ul)))
+				return rc;
+			cfg.threads = (unsigned)ul;
+			break;
+		case OPT_CHUNK:
+			if ((rc = parse_size_flag("--chunk-size", optarg, 512, 16u << 20,
+						  &cfg.chunk_size)))
+				return rc;
+			break;
+		case OPT_CONNBUF:
+			if ((rc = parse_size_flag("--conn-buffer", optarg, 1, 1u << 30,
+						  &cfg.conn_buffer)))
+				return rc;
+			break;
+		case OPT_MAXMEM:
+			if ((rc = parse_size_flag("--max-memory", optarg, 0, SIZE_MAX,
+						  &cfg.max_memory)))
+				return rc;
+			break;
+		case OPT_SHUTDOWN:
+			if ((rc = parse_uint_flag("--shutdown-timeout", optarg, 0, 3600000, &ul)))
+				return rc;
+			cfg.shutdown_timeout_ms = (unsigned)ul;
+			break;
+		case OPT_LIST:
+			for (int e = RB_ENGINE_EPOLL; e <= RB_ENGINE_URING; e++)
+				if (rb_engine_available((enum rb_engine)e, err, sizeof(err)) == 0)
+					printf("%s\n", rb_engine_name((enum rb_engine)e));
+			return 0;
+		case 'v':
+			cfg.verbosity = 2;
+			break;
+		case 'q':
+			cfg.verbosity = 0;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("rebound %s\n", RB_VERSION_STRING);
+			return 0;
+		case ':':
+			fprintf(stderr, "rebound: option '%s' needs a value\n", argv[optind - 1]);
+			return EXIT_USAGE;
+		default:
+			fprintf(stderr, "rebound: unknown option '%s' (see --help)\n",
+				argv[optind - 1]);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "rebound: unexpected argument '%s' (see --help)\n", argv[optind]);
+		return EXIT_USAGE;
+	}
+	if (trigger_set && cfg.engine != RB_ENGINE_EPOLL && cfg.engine != RB_ENGINE_AUTO) {
+		fprintf(stderr, "rebound: --trigger applies only to the epoll engine, not '%s'\n",
+			rb_engine_name(cfg.engine));
+		return EXIT_USAGE;
+	}
+	if (cfg.n_listen == 0)
+		cfg.listen[cfg.n_listen++] = "tcp://127.0.0.1:7007";
+
+	/* splice has no MSG_NOSIGNAL: a peer that left must not kill us (rule 8). */
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
+
+	rc = rb_server_create(&cfg, &g_srv, err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "rebound: %s\n", err);
+		if (rc == -ENOTSUP || rc == -ENOSYS || rc == -EPERM)
+			return EXIT_UNAVAILABLE;
+		return rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+
+	if (cfg.verbosity > 0) {
+		print_listening(g_srv, &cfg);
+		fprintf(stderr,
+			"rebound: engine %s (%s), copy %s, %u thread%s, chunk %zu, conn-buffer %zu\n",
+			rb_engine_name(rb_server_engine(g_srv)), rb_trigger_name(cfg.trigger),
+			rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s",
+			cfg.chunk_size, cfg.conn_buffer);
+	}
+	rc = rb_server_run(g_srv);
+	rb_server_stats(g_srv, &st);
+	if (cfg.verbosity > 0)
+		fprintf(stderr,
+			"rebound: stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64
+			" bytes out, engine %s\n",
+			st.accepted, st.bytes_in, st.bytes_out,
+			rb_engine_name(rb_server_engine(g_srv)));
+	{
+		struct rb_server *srv = g_srv;
+		g_srv = NULL;
+		rb_server_destroy(srv);
+	}
+	if (rc < 0) {
+		fprintf(stderr, "rebound: %s\n", strerror(-rc));
+		return EXIT_RUNTIME;
+	}
+	return 0;
+}

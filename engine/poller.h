@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The poller interface: a backend only translates OS readiness into
+ * RB_READ|RB_WRITE|RB_HUP for an opaque pointer. Every decision about what to
+ * read, write, pause or close lives in the reactor (reactor.c).
+ */
+#ifndef REBOUND_POLLER_H
+#define REBOUND_POLLER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "rebound/rebound.h"
+
+enum {
+	RB_READ = 1u << 0,
+	RB_WRITE = 1u << 1,
+	RB_HUP = 1u << 2, /* peer hung up or error: read and write will tell which */
+};
+
+struct rb_event {
+	void *ptr;
+	uint32_t events;
+};
+
+struct rb_poller;
+
+struct rb_poller_ops {
+	const char *name;
+	enum rb_engine engine;
+	/* 0 if this backend can run here, else -errno. */
+	int (*probe)(void);
+	/* Create a poller for about `hint` descriptors; 0 or -errno. */
+	int (*create)(struct rb_poller **out, enum rb_trigger trigger, unsigned hint);
+	void (*destroy)(struct rb_poller *p);
+	/* Start watching fd for `events`, reporting ptr. 0 or -errno. */
+	int (*add)(struct rb_poller *p, int fd, void *ptr, uint32_t events);
+	/* Change the interest set (level-triggered backends only). 0 or -errno. */
+	int (*mod)(struct rb_poller *p, int fd, void *ptr, uint32_t events);
+	/* Stop watching fd (before close). 0 or -errno. */
+	int (*del)(struct rb_poller *p, int fd, void *ptr);
+	/* Wait up to timeout_ms (-1 forever); number of events, or -errno (-EINTR too). */
+	int (*wait)(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms);
+	/* True if interest never needs changing (edge-triggered: register once). */
+	bool (*is_edge)(const struct rb_poller *p);
+	/* Highest descriptor this backend can watch, or -1 for no limit. */
+	int max_fd;
+};
+
+extern const struct rb_poller_ops rb__poller_epoll;
+
+/* The readiness backends, in preference order (libevent's eventops[]). */
+const struct rb_poller_ops *rb__poller_find(enum rb_engine e);
+
+#endif

@@ -1,0 +1,547 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The readiness model: one echo state machine, written once, driven by any
+ * poller (edge- or level-triggered). See DESIGN.md, "The edge-triggered
+ * rules"; the rule numbers are quoted where the code implements them.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* iovecs per readv: enough to fill a few chunks in one call. */
+#define READ_IOV 4
+#define EVENT_BATCH 256
+/* Back-off before retrying accept when descriptors ran out and no reserve is left. */
+#define ACCEPT_RETRY_MS 100
+
+static void conn_run(struct rb_worker *w, struct rb_conn *c);
+
+static size_t conn_cap(const struct rb_worker *w)
+{
+	return w->srv->cfg.conn_buffer;
+}
+
+/* Resume reading below half the cap, so a paused connection does not
+ * flap between paused and running on every small write. */
+static size_t conn_lowat(const struct rb_worker *w)
+{
+	return w->srv->cfg.conn_buffer / 2;
+}
+
+static void ready_push(struct rb_worker *w, struct rb_conn *c)
+{
+	if (c->flags & (CONN_QUEUED | CONN_CLOSED))
+		return;
+	c->flags |= CONN_QUEUED;
+	rb_list_add_tail(&w->ready, &c->qlink);
+}
+
+/* Level-triggered pollers must be told what we want; edge ones never are (rule 1). */
+static void conn_set_interest(struct rb_worker *w, struct rb_conn *c)
+{
+	uint32_t want = 0;
+
+	if (w->edge)
+		return;
+	if (!(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT)))
+		want |= RB_READ;
+	if (c->chain.bytes > 0)
+		want |= RB_WRITE;
+	if (want != c->interest) {
+		int err = w->ops->mod(w->poller, c->fd, c, want);
+		if (err < 0)
+			rb__log(RB_LOG_ERR, "poller mod fd %d: %s", c->fd, strerror(-err));
+		c->interest = want;
+	}
+}
+
+static void conn_close(struct rb_worker *w, struct rb_conn *c, bool error)
+{
+	if (c->flags & CONN_CLOSED)
+		return;
+	w->ops->del(w->poller, c->fd, c);
+	close(c->fd);
+	RB_STAT_SUB(w, buffered, c->chain.bytes);
+	rb_chain_release(&w->pool, &c->chain);
+	rb_list_del(&c->all);
+	if (c->flags & (CONN_QUEUED | CONN_MEMWAIT))
+		rb_list_del(&c->qlink);
+	/* Freed after the whole event batch: later events for it are stale (rule 7). */
+	c->flags = CONN_CLOSED;
+	rb_list_add_tail(&w->grave, &c->qlink);
+	RB_STAT_SUB(w, active, 1);
+	RB_STAT_ADD(w, closed, 1);
+	if (error)
+		RB_STAT_ADD(w, resets, 1);
+}
+
+/* Everything echoed after the peer's FIN: send ours, then close (rule 6). */
+static void conn_finish(struct rb_worker *w, struct rb_conn *c)
+{
+	shutdown(c->fd, SHUT_WR);
+	conn_close(w, c, false);
+}
+
+/*
+ * Write from the head of the chain until it is empty or the socket is full
+ * (rule 4). Returns -1 if the connection was closed.
+ */
+static int conn_flush(struct rb_worker *w, struct rb_conn *c)
+{
+	while (c->chain.bytes > 0 && (c->flags & CONN_CAN_WRITE)) {
+		int n = rb_chain_write_iov(&w->pool, &c->chain, w->iov, IOV_MAX);
+		size_t want = 0;
+		ssize_t r;
+
+		for (int i = 0; i < n; i++)
+			want += w->iov[i].iov_len;
+		r = writev(c->fd, w->iov, n);
+		RB_STAT_ADD(w, write_calls, 1);
+		if (r >= 0) {
+			rb_chain_consume(&w->pool, &c->chain, (size_t)r);
+			RB_STAT_ADD(w, bytes_out, (uint64_t)r);
+			RB_STAT_SUB(w, buffered, (uint64_t)r);
+			/* A short write means the send buffer is full: wait for EPOLLOUT. */
+			if ((size_t)r < want)
+				c->flags &= ~CONN_CAN_WRITE;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			c->flags &= ~CONN_CAN_WRITE;
+			break;
+		}
+		conn_close(w, c, true);
+		return -1;
+	}
+	/* Rule 5: no new edge will come for input already queued in the kernel,
+	 * so resume reading ourselves once below the low-water mark. */
+	if ((c->flags & CONN_PAUSED) && c->chain.bytes <= conn_lowat(w)) {
+		c->flags &= ~CONN_PAUSED;
+		if (c->flags & CONN_CAN_READ)
+			ready_push(w, c);
+	}
+	return 0;
+}
+
+/*
+ * Read into the chain's tail until EAGAIN, a short read, EOF, the budget
+ * or the cap (rule 2), echoing after every read (rule 4). Returns -1 if the
+ * connection was closed.
+ */
+static int conn_read(struct rb_worker *w, struct rb_conn *c)
+{
+	size_t budget = w->srv->cfg.read_budget;
+	size_t cap = conn_cap(w);
+	struct iovec iov[READ_IOV];
+
+	while ((c->flags & CONN_CAN_READ) &&
+	       !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT))) {
+		size_t room = cap - c->chain.bytes, want = 0;
+		ssize_t r;
+		int n;
+
+		/* Rule 8: never read into a full buffer (0 would look like EOF). */
+		if (c->chain.bytes >= cap) {
+			c->flags |= CONN_PAUSED;
+			RB_STAT_ADD(w, pauses, 1);
+			break;
+		}
+		if (budget == 0) {
+			/* Rule 3: fairness. Come back after the others had their turn. */
+			ready_push(w, c);
+			RB_STAT_ADD(w, requeues, 1);
+			break;
+		}
+		n = rb_chain_read_iov(&w->pool, &c->chain, iov, READ_IOV,
+				      room < budget ? room : budget);
+		if (n < 0) {
+			c->flags |= CONN_MEMWAIT;
+			rb_list_add_tail(&w->memwait, &c->qlink);
+			RB_STAT_ADD(w, memory_waits, 1);
+			break;
+		}
+		for (int i = 0; i < n; i++)
+			want += iov[i].iov_len;
+		r = readv(c->fd, iov, n);
+		RB_STAT_ADD(w, read_calls, 1);
+		if (r > 0) {
+			rb_chain_commit(&w->pool, &c->chain, (size_t)r);
+			RB_STAT_ADD(w, bytes_in, (uint64_t)r);
+			RB_STAT_ADD(w, buffered, (uint64_t)r);
+			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
+			RB_STAT_MAX(w, peak_conn_buffered, c->chain.bytes);
+			budget -= (size_t)r;
+			/* A short read on a stream socket means it is drained. */
+			if ((size_t)r < want)
+				c->flags &= ~CONN_CAN_READ;
+			if (conn_flush(w, c) < 0)
+				return -1;
+			continue;
+		}
+		rb_chain_commit(&w->pool, &c->chain, 0);
+		if (r == 0) {
+			c->flags |= CONN_RD_EOF;
+			c->flags &= ~CONN_CAN_READ;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			c->flags &= ~CONN_CAN_READ;
+			break;
+		}
+		conn_close(w, c, true);
+		return -1;
+	}
+	return 0;
+}
+
+static void conn_run(struct rb_worker *w, struct rb_conn *c)
+{
+	if (c->flags & CONN_CLOSED)
+		return;
+	if (c->chain.bytes > 0 && conn_flush(w, c) < 0)
+		return;
+	if (conn_read(w, c) < 0)
+		return;
+	if ((c->flags & CONN_RD_EOF) && c->chain.bytes == 0) {
+		conn_finish(w, c);
+		return;
+	}
+	conn_set_interest(w, c);
+}
+
+static void conn_event(struct rb_worker *w, struct rb_conn *c, uint32_t ev)
+{
+	if (c->flags & CONN_CLOSED)
+		return; /* stale: closed earlier in this batch (rule 7) */
+	if (ev & (RB_READ | RB_HUP))
+		c->flags |= CONN_CAN_READ;
+	if (ev & (RB_WRITE | RB_HUP))
+		c->flags |= CONN_CAN_WRITE;
+	conn_run(w, c);
+}
+
+static void conn_new(struct rb_worker *w, int fd, bool tcp)
+{
+	struct rb_conn *c;
+	uint32_t events = w->edge ? (RB_READ | RB_WRITE) : RB_READ;
+	int one = 1, err;
+
+	if (w->ops->max_fd >= 0 && fd > w->ops->max_fd) {
+		err = -EMFILE;
+		goto refuse;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		err = -ENOMEM;
+		goto refuse;
+	}
+	c->h.kind = RB_H_CONN;
+	c->fd = fd;
+	c->flags = CONN_CAN_WRITE;
+	c->interest = events;
+	rb_chain_init(&c->chain);
+	rb_list_init(&c->qlink);
+	if (tcp)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	err = w->ops->add(w->poller, fd, c, events);
+	if (err < 0) {
+		free(c);
+		goto refuse;
+	}
+	rb_list_add_tail(&w->conns, &c->all);
+	RB_STAT_ADD(w, accepted, 1);
+	RB_STAT_ADD(w, active, 1);
+	return;
+refuse:
+	close(fd);
+	RB_STAT_ADD(w, refused, 1);
+	{
+		unsigned sup;
+		if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+			rb__log(RB_LOG_ERR, "refusing connection on fd %d: %s (%u more suppressed)",
+				fd, strerror(-err), sup);
+	}
+}
+
+/* EMFILE/ENFILE: accept with the reserve descriptor and close at once, so the
+ * peer gets a clean close instead of waiting in the backlog, and we never spin. */
+static bool accept_reserve(struct rb_worker *w, struct rb_listener *l, int err)
+{
+	unsigned sup;
+
+	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
+			strerror(err), sup);
+	if (w->reserve_fd < 0)
+		return false;
+	close(w->reserve_fd);
+	w->reserve_fd = -1;
+	int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		RB_STAT_ADD(w, refused, 1);
+	}
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return fd >= 0 && w->reserve_fd >= 0;
+}
+
+static void listener_accept(struct rb_worker *w, struct rb_listener *l)
+{
+	unsigned budget = w->srv->cfg.accept_budget;
+	bool tcp = !w->srv->addrs[l - w->listeners].is_unix;
+
+	l->pending = false;
+	for (unsigned i = 0; i < budget; i++) {
+		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			conn_new(w, fd, tcp);
+			continue;
+		}
+		switch (errno) {
+		case EAGAIN:
+			return;
+		case EINTR:
+		case ECONNABORTED:
+		case EPROTO:
+			continue;
+		case EMFILE:
+		case ENFILE:
+		case ENOBUFS:
+		case ENOMEM:
+			if (accept_reserve(w, l, errno))
+				continue;
+			l->pending = true;
+			w->accept_retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
+			return;
+		default:
+			rb__log(RB_LOG_ERR, "accept: %s", strerror(errno));
+			return;
+		}
+	}
+	/* Budget used up: more may wait, and no new edge will say so. */
+	l->pending = true;
+	w->accept_retry_ms = 0;
+}
+
+static void worker_begin_stop(struct rb_worker *w)
+{
+	struct rb_list *it, *next;
+
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->deadline_ms = rb__now_ms() + w->srv->cfg.shutdown_timeout_ms;
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		struct rb_listener *l = &w->listeners[i];
+		if (l->active)
+			w->ops->del(w->poller, l->fd, l);
+		l->active = false;
+		l->pending = false;
+	}
+	/* Stop reading, flush what is queued, then close each connection. */
+	for (it = w->conns.next; it != &w->conns; it = next) {
+		struct rb_conn *c = rb_container_of(it, struct rb_conn, all);
+		next = it->next;
+		c->flags |= CONN_RD_EOF;
+		if (c->flags & CONN_MEMWAIT) {
+			rb_list_del(&c->qlink);
+			c->flags &= ~CONN_MEMWAIT;
+		}
+		conn_run(w, c);
+	}
+}
+
+static void control_event(struct rb_worker *w)
+{
+	uint64_t v;
+
+	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+		;
+	if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+		worker_begin_stop(w);
+}
+
+static void free_grave(struct rb_worker *w)
+{
+	while (!rb_list_empty(&w->grave)) {
+		struct rb_conn *c = rb_container_of(w->grave.next, struct rb_conn, qlink);
+		rb_list_del(&c->qlink);
+		free(c);
+	}
+}
+
+static bool pool_has_room(const struct rb_pool *p)
+{
+	return p->limit == 0 || p->in_use + p->chunk_size <= p->limit;
+}
+
+static int next_timeout(struct rb_worker *w)
+{
+	int timeout = -1;
+	uint64_t now = 0;
+
+	if (!rb_list_empty(&w->ready))
+		return 0;
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		if (w->listeners[i].pending) {
+			now = rb__now_ms();
+			if (w->accept_retry_ms <= now)
+				return 0;
+			timeout = (int)(w->accept_retry_ms - now);
+		}
+	}
+	if (w->stopping) {
+		if (!now)
+			now = rb__now_ms();
+		int left = w->deadline_ms > now ? (int)(w->deadline_ms - now) : 0;
+		if (timeout < 0 || left < timeout)
+			timeout = left;
+	}
+	return timeout;
+}
+
+int rb__reactor_run(struct rb_worker *w)
+{
+	struct rb_event ev[EVENT_BATCH];
+	struct rb_list snap;
+
+	for (;;) {
+		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+			worker_begin_stop(w);
+		if (w->stopping) {
+			if (rb_list_empty(&w->conns))
+				break;
+			if (rb__now_ms() >= w->deadline_ms) {
+				while (!rb_list_empty(&w->conns))
+					conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all),
+						   false);
+				free_grave(w);
+				break;
+			}
+		}
+		int n = w->ops->wait(w->poller, ev, EVENT_BATCH, next_timeout(w));
+		if (n < 0) {
+			if (n == -EINTR)
+				continue;
+			rb__log(RB_LOG_ERR, "%s wait: %s", w->ops->name, strerror(-n));
+			return n;
+		}
+		RB_STAT_ADD(w, wakeups, 1);
+		for (int i = 0; i < n; i++) {
+			struct rb_handle *h = ev[i].ptr;
+			switch (h->kind) {
+			case RB_H_CONN:
+				conn_event(w, (struct rb_conn *)h, ev[i].events);
+				break;
+			case RB_H_LISTENER:
+				if (((struct rb_listener *)h)->active)
+					listener_accept(w, (struct rb_listener *)h);
+				break;
+			case RB_H_CONTROL:
+				control_event(w);
+				break;
+			}
+		}
+		/* Connections that still had input after their budget (rule 3). */
+		rb_list_init(&snap);
+		rb_list_splice_tail(&snap, &w->ready);
+		while (!rb_list_empty(&snap)) {
+			struct rb_conn *c = rb_container_of(snap.next, struct rb_conn, qlink);
+			rb_list_del(&c->qlink);
+			c->flags &= ~CONN_QUEUED;
+			conn_run(w, c);
+		}
+		for (size_t i = 0; i < w->n_listeners; i++) {
+			struct rb_listener *l = &w->listeners[i];
+			if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
+				listener_accept(w, l);
+		}
+		if (!rb_list_empty(&w->memwait) && pool_has_room(&w->pool)) {
+			while (!rb_list_empty(&w->memwait)) {
+				struct rb_conn *c =
+					rb_container_of(w->memwait.next, struct rb_conn, qlink);
+				rb_list_del(&c->qlink);
+				c->flags &= ~CONN_MEMWAIT;
+				ready_push(w, c);
+			}
+		}
+		RB_STAT_MAX(w, peak_buffered, w->st.buffered);
+		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
+		free_grave(w);
+	}
+	return 0;
+}
+
+int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
+{
+	const struct rb_config *cfg = &srv->cfg;
+	size_t limit = cfg->max_memory ? cfg->max_memory / srv->n_workers : 0;
+	int err;
+
+	w->srv = srv;
+	w->id = id;
+	w->ops = srv->ops;
+	w->ctl_fd = -1;
+	w->reserve_fd = -1;
+	rb_list_init(&w->conns);
+	rb_list_init(&w->ready);
+	rb_list_init(&w->memwait);
+	rb_list_init(&w->grave);
+	if (limit && limit < cfg->chunk_size)
+		limit = cfg->chunk_size;
+	err = rb_pool_init(&w->pool, cfg->chunk_size, cfg->pool_cache, limit);
+	if (err < 0)
+		return err;
+	err = w->ops->create(&w->poller, cfg->trigger, 1024);
+	if (err < 0)
+		return err;
+	w->edge = w->ops->is_edge(w->poller);
+	w->ctl_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->ctl_fd < 0)
+		return -errno;
+	w->ctl_h.kind = RB_H_CONTROL;
+	err = w->ops->add(w->poller, w->ctl_fd, &w->ctl_h, RB_READ);
+	if (err < 0)
+		return err;
+	for (size_t i = 0; i < srv->n_listen; i++) {
+		struct rb_listener *l = &w->listeners[i];
+		l->h.kind = RB_H_LISTENER;
+		l->fd = srv->listen_fds[i];
+		err = w->ops->add(w->poller, l->fd, l, RB_READ);
+		if (err < 0)
+			return err;
+		l->active = true;
+	}
+	w->n_listeners = srv->n_listen;
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return 0;
+}
+
+void rb__worker_fini(struct rb_worker *w)
+{
+	while (!rb_list_empty(&w->conns))
+		conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all), false);
+	free_grave(w);
+	if (w->poller)
+		w->ops->destroy(w->poller);
+	w->poller = NULL;
+	if (w->ctl_fd >= 0)
+		close(w->ctl_fd);
+	w->ctl_fd = -1;
+	if (w->reserve_fd >= 0)
+		close(w->reserve_fd);
+	w->reserve_fd = -1;
+	rb_pool_fini(&w->pool);
+}

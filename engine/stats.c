@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+int rb_stats_json(const struct rb_stats *st, char *buf, size_t len)
+{
+	int n = snprintf(
+		buf, len,
+		"{\"accepted\":%" PRIu64 ",\"active\":%" PRIu64 ",\"closed\":%" PRIu64
+		",\"refused\":%" PRIu64 ",\"resets\":%" PRIu64 ",\"bytes_in\":%" PRIu64
+		",\"bytes_out\":%" PRIu64 ",\"read_calls\":%" PRIu64 ",\"write_calls\":%" PRIu64
+		",\"wakeups\":%" PRIu64 ",\"requeues\":%" PRIu64 ",\"pauses\":%" PRIu64
+		",\"memory_waits\":%" PRIu64 ",\"buffered\":%" PRIu64 ",\"peak_buffered\":%" PRIu64
+		",\"peak_conn_buffered\":%" PRIu64 ",\"chunks_allocated\":%" PRIu64
+		",\"chunks_cached\":%" PRIu64 "}",
+		st->accepted, st->active, st->closed, st->refused, st->resets, st->bytes_in,
+		st->bytes_out, st->read_calls, st->write_calls, st->wakeups, st->requeues,
+		st->pauses, st->memory_waits, st->buffered, st->peak_buffered,
+		st->peak_conn_buffered, st->chunks_allocated, st->chunks_cached);
+	return n < 0 ? 0 : n;
+}
