@@ -114,6 +114,7 @@ enum {
 	CONN_MEMWAIT = 1u << 4,   /* waiting for the worker memory cap */
 	CONN_CLOSED = 1u << 5,    /* closed: events for it are stale */
 	CONN_QUEUED = 1u << 6,    /* on the ready list (qlink) */
+	CONN_PEER_HUP = 1u << 7,  /* poller saw RDHUP/HUP/ERR: read to EOF or error */
 };
 
 struct rb_conn {
@@ -173,11 +174,15 @@ struct rb_server {
 	struct rb_worker *workers;
 	unsigned n_workers;
 	volatile sig_atomic_t stop_requested;
+	volatile sig_atomic_t stats_requested;
+	unsigned listening_workers; /* the last to stop listening closes the sockets */
 };
 
 /* Reactor (readiness model). */
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
 void rb__worker_fini(struct rb_worker *w);
 int rb__reactor_run(struct rb_worker *w);
+/* Close (and unlink) every listening socket; idempotent. */
+void rb__server_close_listeners(struct rb_server *srv);
 
 #endif

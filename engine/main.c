@@ -24,6 +24,13 @@ enum {
 static struct rb_server *g_srv;
 static volatile sig_atomic_t g_signals;
 
+static void on_stats_signal(int sig)
+{
+	(void)sig;
+	if (g_srv)
+		rb_server_request_stats(g_srv);
+}
+
 static void on_signal(int sig)
 {
 	if (g_signals++ > 0)
@@ -54,7 +61,8 @@ static void usage(FILE *f)
 		"  -h, --help               this help\n"
 		"  -V, --version            print the version\n"
 		"\n"
-		"SIZE takes a suffix k, m or g (binary). Exit status: 0 after a clean stop,\n"
+		"SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
+		"second one exits at once); SIGUSR1 logs a stats line. Exit status: 0 after a clean stop,\n"
 		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
 		"3 if the engine asked for cannot run here.\n",
 		RB_MAX_THREADS);
@@ -258,6 +266,8 @@ int main(int argc, char **argv)
 	sa.sa_flags = SA_RESTART;
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
+	sa.sa_handler = on_stats_signal;
+	sigaction(SIGUSR1, &sa, NULL);
 
 	if (cfg.verbosity > 0) {
 		print_listening(g_srv, &cfg);

@@ -180,8 +180,10 @@ static int conn_read(struct rb_worker *w, struct rb_conn *c)
 			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 			RB_STAT_MAX(w, peak_conn_buffered, c->chain.bytes);
 			budget -= (size_t)r;
-			/* A short read on a stream socket means it is drained. */
-			if ((size_t)r < want)
+			/* A short read on a stream socket means it is drained, unless the
+			 * peer's FIN is already known: its edge came with this data, so
+			 * no later edge would report the EOF (nginx's pending_eof). */
+			if ((size_t)r < want && !(c->flags & CONN_PEER_HUP))
 				c->flags &= ~CONN_CAN_READ;
 			if (conn_flush(w, c) < 0)
 				return -1;
@@ -224,6 +226,8 @@ static void conn_event(struct rb_worker *w, struct rb_conn *c, uint32_t ev)
 {
 	if (c->flags & CONN_CLOSED)
 		return; /* stale: closed earlier in this batch (rule 7) */
+	if (ev & RB_HUP)
+		c->flags |= CONN_PEER_HUP;
 	if (ev & (RB_READ | RB_HUP))
 		c->flags |= CONN_CAN_READ;
 	if (ev & (RB_WRITE | RB_HUP))
@@ -349,6 +353,9 @@ static void worker_begin_stop(struct rb_worker *w)
 		l->active = false;
 		l->pending = false;
 	}
+	/* Stop accepting for real: new peers are refused, not left in a backlog. */
+	if (__atomic_sub_fetch(&w->srv->listening_workers, 1, __ATOMIC_ACQ_REL) == 0)
+		rb__server_close_listeners(w->srv);
 	/* Stop reading, flush what is queued, then close each connection. */
 	for (it = w->conns.next; it != &w->conns; it = next) {
 		struct rb_conn *c = rb_container_of(it, struct rb_conn, all);
@@ -368,6 +375,13 @@ static void control_event(struct rb_worker *w)
 
 	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
 		;
+	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
+		struct rb_stats st;
+		char json[1024];
+		rb_server_stats(w->srv, &st);
+		rb_stats_json(&st, json, sizeof(json));
+		rb__log(RB_LOG_ERR, "stats %s", json);
+	}
 	if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 		worker_begin_stop(w);
 }

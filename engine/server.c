@@ -283,6 +283,7 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	}
 
 	srv->n_workers = cfg->threads;
+	srv->listening_workers = cfg->threads;
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
 	if (!srv->workers) {
 		snprintf(err, errlen, "out of memory");
@@ -360,6 +361,34 @@ void rb_server_stop(struct rb_server *srv)
 	errno = saved;
 }
 
+void rb_server_request_stats(struct rb_server *srv)
+{
+	int saved = errno;
+	uint64_t one = 1;
+
+	__atomic_store_n(&srv->stats_requested, 1, __ATOMIC_RELAXED);
+	if (srv->n_workers && srv->workers[0].ctl_fd >= 0 &&
+	    write(srv->workers[0].ctl_fd, &one, sizeof(one)) < 0) {
+		/* A full eventfd already holds a wakeup. */
+	}
+	errno = saved;
+}
+
+void rb__server_close_listeners(struct rb_server *srv)
+{
+	for (size_t i = 0; i < RB_MAX_LISTEN; i++) {
+		if (srv->listen_fds[i] < 0)
+			continue;
+		close(srv->listen_fds[i]);
+		srv->listen_fds[i] = -1;
+		if (srv->addrs[i].is_unix) {
+			const struct sockaddr_un *sun = (const struct sockaddr_un *)&srv->addrs[i].ss;
+			if (sun->sun_path[0])
+				unlink(sun->sun_path);
+		}
+	}
+}
+
 void rb_server_destroy(struct rb_server *srv)
 {
 	if (!srv)
@@ -370,16 +399,7 @@ void rb_server_destroy(struct rb_server *srv)
 				rb__worker_fini(&srv->workers[i]);
 		free(srv->workers);
 	}
-	for (size_t i = 0; i < RB_MAX_LISTEN; i++) {
-		if (srv->listen_fds[i] < 0)
-			continue;
-		close(srv->listen_fds[i]);
-		if (srv->addrs[i].is_unix) {
-			const struct sockaddr_un *sun = (const struct sockaddr_un *)&srv->addrs[i].ss;
-			if (sun->sun_path[0])
-				unlink(sun->sun_path);
-		}
-	}
+	rb__server_close_listeners(srv);
 	free(srv);
 }
 

@@ -100,6 +100,10 @@ int rb_server_run(struct rb_server *srv);
 /* Ask the server to stop gracefully. Async-signal-safe and thread-safe. */
 void rb_server_stop(struct rb_server *srv);
 
+/* Ask the server to log one "rebound: stats {JSON}" line to stderr.
+ * Async-signal-safe (the CLI calls it on SIGUSR1). */
+void rb_server_request_stats(struct rb_server *srv);
+
 /* Free a server (stopped or never run). NULL is a no-op. */
 void rb_server_destroy(struct rb_server *srv);
 

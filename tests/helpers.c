@@ -1,0 +1,261 @@
+/* SPDX-License-Identifier: MIT */
+#include "helpers.h"
+
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* No progress for this long means the server stalled: fail, never hang. */
+#define STALL_MS 20000
+
+static struct engine_param all_params[] = {
+	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+};
+
+size_t th_engine_params(struct engine_param **out)
+{
+	size_t n = sizeof(all_params) / sizeof(all_params[0]);
+	struct engine_param *p = cr_malloc(sizeof(all_params));
+
+	memcpy(p, all_params, sizeof(all_params));
+	*out = p;
+	return n;
+}
+
+void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/%s/%s", rb_engine_name(p->engine), rb_trigger_name(p->trigger),
+		 rb_copy_name(p->copy));
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void *server_thread(void *arg)
+{
+	struct test_server *ts = arg;
+
+	ts->run_result = rb_server_run(ts->srv);
+	return NULL;
+}
+
+void th_server_start(struct test_server *ts, const struct engine_param *p,
+		     void (*tweak)(struct rb_config *cfg))
+{
+	char err[256] = "";
+	int rc;
+
+	memset(ts, 0, sizeof(*ts));
+	rb_config_init(&ts->cfg);
+	ts->cfg.listen[0] = "tcp://127.0.0.1:0";
+	ts->cfg.n_listen = 1;
+	ts->cfg.verbosity = 0;
+	if (p) {
+		ts->cfg.engine = p->engine;
+		ts->cfg.trigger = p->trigger;
+		ts->cfg.copy = p->copy;
+	}
+	if (tweak)
+		tweak(&ts->cfg);
+	rc = rb_server_create(&ts->cfg, &ts->srv, err, sizeof(err));
+	cr_assert_eq(rc, 0, "rb_server_create: %s", err);
+	ts->port = rb_server_port(ts->srv, 0);
+	cr_assert_gt(ts->port, 0);
+	rc = pthread_create(&ts->thread, NULL, server_thread, ts);
+	cr_assert_eq(rc, 0);
+}
+
+void th_server_stop(struct test_server *ts)
+{
+	rb_server_stop(ts->srv);
+	pthread_join(ts->thread, NULL);
+	cr_assert_eq(ts->run_result, 0, "rb_server_run returned %d", ts->run_result);
+	rb_server_destroy(ts->srv);
+	ts->srv = NULL;
+}
+
+void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *, void *),
+		   void *arg, const char *what)
+{
+	uint64_t deadline = now_ms() + STALL_MS;
+	struct rb_stats st;
+
+	for (;;) {
+		rb_server_stats(ts->srv, &st);
+		if (pred(&st, arg))
+			return;
+		if (now_ms() > deadline) {
+			char json[1024];
+			rb_stats_json(&st, json, sizeof(json));
+			cr_assert_fail("timed out waiting for %s; stats %s", what, json);
+		}
+		/* Yield to the server thread; the condition is re-checked, never assumed. */
+		poll(NULL, 0, 1);
+	}
+}
+
+int th_connect(int port)
+{
+	return th_connect_bufs(port, 0, 0);
+}
+
+int th_connect_bufs(int port, int rcvbuf, int sndbuf)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
+	if (rcvbuf)
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (sndbuf)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "connect: %s",
+		     strerror(errno));
+	return fd;
+}
+
+void th_set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+uint64_t th_rand(uint64_t *s)
+{
+	/* splitmix64 */
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+void th_fill(unsigned char *buf, size_t len, uint64_t seed)
+{
+	uint64_t s = seed;
+
+	for (size_t i = 0; i < len; i += 8) {
+		uint64_t v = th_rand(&s);
+		size_t n = len - i < 8 ? len - i : 8;
+		memcpy(buf + i, &v, n);
+	}
+}
+
+#define RECV_SLACK 65536
+
+static void stream_send(struct th_stream *s)
+{
+	while (s->sent < s->len) {
+		size_t piece = 1 + th_rand(&s->rng) % s->max_piece;
+		ssize_t r;
+		if (piece > s->len - s->sent)
+			piece = s->len - s->sent;
+		r = send(s->fd, s->data + s->sent, piece, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (r < 0) {
+			cr_assert(errno == EAGAIN || errno == EINTR, "send: %s", strerror(errno));
+			return;
+		}
+		s->sent += (size_t)r;
+	}
+}
+
+static bool stream_recv(struct th_stream *s)
+{
+	bool progress = false;
+
+	for (;;) {
+		ssize_t r = recv(s->fd, s->got + s->recvd, s->len + RECV_SLACK - s->recvd,
+				 MSG_DONTWAIT);
+		if (r < 0) {
+			cr_assert(errno == EAGAIN || errno == EINTR, "recv: %s", strerror(errno));
+			return progress;
+		}
+		if (r == 0) {
+			s->eof = true;
+			return true;
+		}
+		s->recvd += (size_t)r;
+		cr_assert_leq(s->recvd, s->len, "server echoed %zu bytes of a %zu-byte stream",
+			      s->recvd, s->len);
+		progress = true;
+	}
+}
+
+void th_run_streams(struct th_stream *s, size_t n)
+{
+	struct pollfd *pfd = calloc(n, sizeof(*pfd));
+	uint64_t last_progress = now_ms();
+	size_t done = 0;
+
+	cr_assert_not_null(pfd);
+	for (size_t i = 0; i < n; i++) {
+		s[i].got = malloc(s[i].len + RECV_SLACK);
+		cr_assert_not_null(s[i].got);
+		s[i].sent = s[i].recvd = 0;
+		s[i].shut = s[i].eof = false;
+		if (!s[i].max_piece)
+			s[i].max_piece = 65536;
+		th_set_nonblock(s[i].fd);
+	}
+	while (done < n) {
+		for (size_t i = 0; i < n; i++) {
+			pfd[i].fd = s[i].eof ? -1 : s[i].fd;
+			pfd[i].events = POLLIN | (s[i].sent < s[i].len ? POLLOUT : 0);
+			pfd[i].revents = 0;
+		}
+		int r = poll(pfd, (nfds_t)n, 1000);
+		cr_assert_geq(r, 0, "poll: %s", strerror(errno));
+		for (size_t i = 0; i < n; i++) {
+			struct th_stream *st = &s[i];
+			size_t before = st->sent;
+			if (st->eof)
+				continue;
+			if (pfd[i].revents & POLLOUT)
+				stream_send(st);
+			if (st->sent == st->len && !st->shut) {
+				cr_assert_eq(shutdown(st->fd, SHUT_WR), 0);
+				st->shut = true;
+			}
+			if (st->sent != before)
+				last_progress = now_ms();
+			if ((pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) && stream_recv(st)) {
+				last_progress = now_ms();
+				if (st->eof) {
+					cr_assert_eq(st->recvd, st->len,
+						     "stream %zu: EOF after %zu of %zu bytes", i,
+						     st->recvd, st->len);
+					done++;
+				}
+			}
+		}
+		cr_assert_lt(now_ms() - last_progress, (uint64_t)STALL_MS,
+			     "streams stalled: %zu of %zu done", done, n);
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (memcmp(s[i].got, s[i].data, s[i].len) != 0) {
+			size_t off = 0;
+			while (s[i].got[off] == s[i].data[off])
+				off++;
+			cr_assert_fail("stream %zu: byte %zu differs (got 0x%02x, sent 0x%02x)", i, off,
+				       s[i].got[off], s[i].data[off]);
+		}
+		free(s[i].got);
+		s[i].got = NULL;
+	}
+	free(pfd);
+}

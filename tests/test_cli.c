@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The rebound executable: bad flags and values (exit 2, one line naming the
+ * value), unavailable engines (exit 3), listen failures (exit 1), and the
+ * daemon's life: traffic, SIGTERM, summary, exit 0 (under ASan in CI, so a
+ * leak fails this test), and a second signal that exits at once.
+ */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+extern char **environ;
+
+struct proc {
+	pid_t pid;
+	int out; /* stdout, read end */
+	int err; /* stderr, read end */
+	bool engine_line_seen;
+};
+
+static const char *rebound_bin(void)
+{
+	const char *b = getenv("REBOUND_BIN");
+
+	cr_assert_not_null(b, "REBOUND_BIN is not set (run through meson test)");
+	return b;
+}
+
+static void spawn(struct proc *p, const char *const *args)
+{
+	const char *argv[32];
+	int o[2], e[2];
+	posix_spawn_file_actions_t fa;
+	size_t n = 0;
+
+	argv[n++] = rebound_bin();
+	while (*args && n < 31)
+		argv[n++] = *args++;
+	argv[n] = NULL;
+	cr_assert_eq(pipe2(o, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(e, O_CLOEXEC), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, o[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, e[1], 2);
+	cr_assert_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, (char *const *)argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(o[1]);
+	close(e[1]);
+	p->out = o[0];
+	p->err = e[0];
+}
+
+/* Read fd to EOF into buf (NUL-terminated). */
+static void slurp(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+	ssize_t r;
+
+	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+	close(fd);
+}
+
+static int wait_exit(pid_t pid)
+{
+	int st;
+
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	if (WIFSIGNALED(st))
+		return 1000 + WTERMSIG(st);
+	return WEXITSTATUS(st);
+}
+
+/* Run to completion; returns the exit status and fills out/err. */
+static int run(const char *const *args, char *out, size_t olen, char *err, size_t elen)
+{
+	struct proc p;
+
+	spawn(&p, args);
+	slurp(p.out, out, olen);
+	slurp(p.err, err, elen);
+	return wait_exit(p.pid);
+}
+
+static void expect_fail(int status, const char *const *args, const char *message)
+{
+	char out[4096], err[4096];
+	int rc = run(args, out, sizeof(out), err, sizeof(err));
+
+	cr_expect_eq(rc, status, "exit %d, want %d (stderr: %s)", rc, status, err);
+	cr_expect_str_eq(err, message);
+	cr_expect_str_eq(out, "");
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+Test(cli, bad_engine)
+{
+	expect_fail(2, ARGS("--engine", "kqueue"),
+		    "rebound: invalid --engine 'kqueue': expected epoll, poll, select, uring or "
+		    "auto\n");
+}
+
+Test(cli, bad_trigger_and_copy)
+{
+	expect_fail(2, ARGS("--trigger", "both"),
+		    "rebound: invalid --trigger 'both': expected edge or level\n");
+	expect_fail(2, ARGS("--copy", "sendfile"),
+		    "rebound: invalid --copy 'sendfile': expected writev or splice\n");
+}
+
+Test(cli, bad_sizes)
+{
+	expect_fail(2, ARGS("--chunk-size", "16q"),
+		    "rebound: invalid --chunk-size '16q': expected a size such as 4096, 16k or "
+		    "1m\n");
+	expect_fail(2, ARGS("--chunk-size", "100"),
+		    "rebound: invalid --chunk-size '100': must be between 512 and 16777216 "
+		    "bytes\n");
+	expect_fail(2, ARGS("--conn-buffer", "0"),
+		    "rebound: invalid --conn-buffer '0': must be between 1 and 1073741824 "
+		    "bytes\n");
+	expect_fail(2, ARGS("--conn-buffer", "99999999999999999999999"),
+		    "rebound: invalid --conn-buffer '99999999999999999999999': too large\n");
+	expect_fail(2, ARGS("--max-memory", "-1"),
+		    "rebound: invalid --max-memory '-1': expected a size such as 4096, 16k or "
+		    "1m\n");
+}
+
+Test(cli, bad_numbers)
+{
+	expect_fail(2, ARGS("--threads", "0"),
+		    "rebound: invalid --threads '0': must be between 1 and 64\n");
+	expect_fail(2, ARGS("--threads", "two"),
+		    "rebound: invalid --threads 'two': expected a whole number\n");
+	expect_fail(2, ARGS("--shutdown-timeout", "1.5"),
+		    "rebound: invalid --shutdown-timeout '1.5': expected a whole number\n");
+}
+
+Test(cli, bad_listen_urls)
+{
+	expect_fail(2, ARGS("--listen", "http://127.0.0.1:80"),
+		    "rebound: invalid listen URL 'http://127.0.0.1:80': expected "
+		    "tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH\n");
+	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1:99999"),
+		    "rebound: invalid port '99999' in listen URL 'tcp://127.0.0.1:99999': "
+		    "expected 0 to 65535\n");
+	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1"),
+		    "rebound: invalid listen URL 'tcp://127.0.0.1': expected tcp://HOST:PORT, "
+		    "tcp://[IPV6]:PORT or unix:PATH\n");
+	expect_fail(2, ARGS("--listen", "tcp://no.such.host.invalid:7"),
+		    "rebound: invalid host in listen URL 'tcp://no.such.host.invalid:7': not an "
+		    "address or known name\n");
+	expect_fail(2, ARGS("--listen", "unix:"),
+		    "rebound: invalid listen URL 'unix:': empty socket path\n");
+}
+
+Test(cli, bad_usage)
+{
+	expect_fail(2, ARGS("--frobnicate"), "rebound: unknown option '--frobnicate' (see --help)\n");
+	expect_fail(2, ARGS("--listen"), "rebound: option '--listen' needs a value\n");
+	expect_fail(2, ARGS("extra"), "rebound: unexpected argument 'extra' (see --help)\n");
+	expect_fail(2, ARGS("--engine", "poll", "--trigger", "level"),
+		    "rebound: --trigger applies only to the epoll engine, not 'poll'\n");
+}
+
+Test(cli, engine_not_built)
+{
+	expect_fail(3, ARGS("--engine", "select", "--listen", "tcp://127.0.0.1:0"),
+		    "rebound: engine 'select' is not built yet in rebound " RB_VERSION "\n");
+}
+
+Test(cli, listen_in_use)
+{
+	char msg[256];
+	int fd, port;
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	socklen_t len = sizeof(sin);
+	char url[64];
+
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(fd, 1), 0);
+	getsockname(fd, (struct sockaddr *)&sin, &len);
+	port = ntohs(sin.sin_port);
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	snprintf(msg, sizeof(msg), "rebound: cannot listen on '%s': Address already in use\n", url);
+	expect_fail(1, ARGS("--listen", url), msg);
+	close(fd);
+}
+
+Test(cli, help_and_version)
+{
+	char out[8192], err[1024];
+
+	cr_assert_eq(run(ARGS("--version"), out, sizeof(out), err, sizeof(err)), 0);
+	cr_assert_str_eq(out, "rebound " RB_VERSION "\n");
+	cr_assert_eq(run(ARGS("--help"), out, sizeof(out), err, sizeof(err)), 0);
+	cr_assert(strstr(out, "usage: rebound [OPTIONS]") == out);
+	cr_assert_not_null(strstr(out, "--conn-buffer SIZE"));
+	cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
+	cr_assert_not_null(strstr(out, "epoll\n"));
+}
+
+/* Start the daemon on port 0 and read the port from its "listening on" line. */
+static int start_daemon(struct proc *p, const char *const *extra)
+{
+	const char *args[16] = {"--listen", "tcp://127.0.0.1:0"};
+	size_t n = 2;
+	char line[512];
+	size_t len = 0;
+	int port = -1;
+
+	while (*extra)
+		args[n++] = *extra++;
+	args[n] = NULL;
+	spawn(p, args);
+	/* Listener lines, then the engine line, which ends the start-up output. */
+	for (;;) {
+		ssize_t r = read(p->err, line + len, 1);
+		cr_assert_eq(r, 1, "daemon exited before listening: %.*s", (int)len, line);
+		if (line[len] != '\n') {
+			len++;
+			cr_assert_lt(len, sizeof(line) - 1);
+			continue;
+		}
+		line[len] = '\0';
+		len = 0;
+		if (strncmp(line, "rebound: engine ", 16) == 0)
+			break;
+		cr_assert_eq(sscanf(line, "rebound: listening on tcp://127.0.0.1:%d", &port), 1,
+			     "unexpected line: %s", line);
+	}
+	cr_assert_gt(port, 0);
+	p->engine_line_seen = true;
+	return port;
+}
+
+Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
+{
+	const size_t len = 3u << 20;
+	unsigned char *data = malloc(len);
+	struct proc p;
+	char err[4096];
+	int port;
+
+	th_fill(data, len, 77);
+	port = start_daemon(&p, ARGS("--conn-buffer", "64k"));
+	struct th_stream s[3];
+	for (int i = 0; i < 3; i++)
+		s[i] = (struct th_stream){.fd = th_connect(port), .data = data + i,
+					  .len = len - (size_t)i, .rng = (uint64_t)i};
+	th_run_streams(s, 3);
+	for (int i = 0; i < 3; i++)
+		close(s[i].fd);
+	/* An idle connection still open at shutdown (one round trip: accepted). */
+	int idle = th_connect(port);
+	char b = 'x';
+	cr_assert_eq(send(idle, &b, 1, 0), 1);
+	cr_assert_eq(recv(idle, &b, 1, 0), 1);
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	slurp(p.err, err, sizeof(err));
+	cr_assert_eq(wait_exit(p.pid), 0, "daemon exit status (stderr: %s)", err);
+	cr_assert(p.engine_line_seen);
+	char want[256];
+	snprintf(want, sizeof(want),
+		 "rebound: stopped: 4 connections, %zu bytes in, %zu bytes out, engine epoll\n",
+		 3 * len - 3 + 1, 3 * len - 3 + 1);
+	cr_assert_not_null(strstr(err, want), "no summary line '%s' in: %s", want, err);
+	/* The idle connection was closed cleanly: EOF, not a reset. */
+	cr_assert_eq(recv(idle, &b, 1, 0), 0);
+	close(idle);
+	close(p.out);
+	free(data);
+}
+
+Test(cli, second_signal_exits_at_once, .timeout = 60)
+{
+	const size_t len = 16u << 20;
+	unsigned char *data = calloc(1, len);
+	struct proc p;
+	char err[4096];
+	int port, fd;
+
+	port = start_daemon(&p, ARGS("--shutdown-timeout", "3600000"));
+	/* A peer that never reads keeps output pending, so the graceful stop waits:
+	 * write until the daemon's stats (SIGUSR1) show it paused at its cap. */
+	fd = th_connect_bufs(port, 4096, 4096);
+	th_set_nonblock(fd);
+	for (;;) {
+		char line[1024];
+		size_t n = 0;
+		unsigned long buffered = 0;
+		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
+			;
+		cr_assert_eq(kill(p.pid, SIGUSR1), 0);
+		while (n < sizeof(line) - 1 && read(p.err, line + n, 1) == 1 && line[n] != '\n')
+			n++;
+		line[n] = '\0';
+		const char *b = strstr(line, "\"buffered\":");
+		cr_assert_not_null(b, "no stats line: %s", line);
+		cr_assert(strncmp(line, "rebound: stats {", 16) == 0, "%s", line);
+		sscanf(b, "\"buffered\":%lu", &buffered);
+		if (buffered == 1048576)
+			break;
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
+	}
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	/* The first signal is being handled once the listener is gone. */
+	for (;;) {
+		struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+		int probe = socket(AF_INET, SOCK_STREAM, 0);
+		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int rc = connect(probe, (struct sockaddr *)&sin, sizeof(sin));
+		close(probe);
+		if (rc < 0 && errno == ECONNREFUSED)
+			break;
+		poll(NULL, 0, 5);
+	}
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	slurp(p.err, err, sizeof(err));
+	cr_assert_eq(wait_exit(p.pid), 128 + SIGTERM, "stderr: %s", err);
+	close(fd);
+	close(p.out);
+	free(data);
+}

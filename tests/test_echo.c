@@ -1,0 +1,398 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * End-to-end echo suite against a real server on loopback. Every test runs
+ * against every built engine configuration (th_engine_params).
+ */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define ECHO_TEST(name, secs)                                                              \
+	ParameterizedTestParameters(echo, name)                                            \
+	{                                                                                  \
+		struct engine_param *p;                                                    \
+		size_t n = th_engine_params(&p);                                           \
+		return cr_make_param_array(struct engine_param, p, n);                     \
+	}                                                                                  \
+	ParameterizedTest(struct engine_param *p, echo, name, .timeout = (secs))
+
+static bool all_closed(const struct rb_stats *st, void *arg)
+{
+	uint64_t want = *(uint64_t *)arg;
+	return st->closed == want && st->active == 0;
+}
+
+static void expect_totals(struct test_server *ts, uint64_t conns, uint64_t bytes)
+{
+	struct rb_stats st;
+
+	th_wait_stats(ts, all_closed, &conns, "every connection to close");
+	rb_server_stats(ts->srv, &st);
+	cr_expect_eq(st.accepted, conns, "accepted %lu, want %lu", (unsigned long)st.accepted,
+		     (unsigned long)conns);
+	cr_expect_eq(st.bytes_in, bytes, "bytes_in %lu, want %lu", (unsigned long)st.bytes_in,
+		     (unsigned long)bytes);
+	cr_expect_eq(st.bytes_out, bytes, "bytes_out %lu, want %lu",
+		     (unsigned long)st.bytes_out, (unsigned long)bytes);
+	cr_expect_eq(st.buffered, 0);
+	cr_expect_eq(st.resets, 0);
+}
+
+/* Payloads from 0 bytes to 16 MiB, sent in random-sized pieces, one at a time. */
+ECHO_TEST(payload_sizes, 120)
+{
+	static const size_t sizes[] = {0,     1,         100,        16383,     16384,
+				       16385, 65536 + 3, 1048576 + 7, 16u << 20};
+	const size_t n = sizeof(sizes) / sizeof(sizes[0]);
+	struct test_server ts;
+	uint64_t total = 0;
+	unsigned char *data = malloc(16u << 20);
+
+	th_fill(data, 16u << 20, 42);
+	th_server_start(&ts, p, NULL);
+	for (size_t i = 0; i < n; i++) {
+		struct th_stream s = {
+			.fd = th_connect(ts.port),
+			.data = data,
+			.len = sizes[i],
+			.max_piece = i % 2 ? 7 + i * 1000 : 200000,
+			.rng = i,
+		};
+		th_run_streams(&s, 1);
+		close(s.fd);
+		total += sizes[i];
+	}
+	expect_totals(&ts, n, total);
+	th_server_stop(&ts);
+	free(data);
+}
+
+/* 200 clients at once, each with its own stream. */
+ECHO_TEST(concurrent_200, 120)
+{
+	enum { N = 200 };
+	struct th_stream s[N];
+	struct test_server ts;
+	size_t total = 0;
+	unsigned char *data = malloc(1u << 20);
+
+	th_fill(data, 1u << 20, 7);
+	th_server_start(&ts, p, NULL);
+	for (size_t i = 0; i < N; i++) {
+		s[i] = (struct th_stream){
+			.fd = th_connect(ts.port),
+			.data = data + i * 997,
+			.len = 20000 + i * 1531,
+			.max_piece = 1 + i * 97,
+			.rng = i,
+		};
+		total += s[i].len;
+	}
+	th_run_streams(s, N);
+	for (size_t i = 0; i < N; i++)
+		close(s[i].fd);
+	expect_totals(&ts, N, total);
+	th_server_stop(&ts);
+	free(data);
+}
+
+static void read_exact_then_eof(int fd, const unsigned char *want, size_t len)
+{
+	unsigned char *got = malloc(len + 1);
+	size_t n = 0;
+
+	for (;;) {
+		ssize_t r = recv(fd, got + n, len + 1 - n, 0);
+		cr_assert_geq(r, 0, "recv: %s", strerror(errno));
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		cr_assert_leq(n, len, "more bytes than were sent");
+	}
+	cr_assert_eq(n, len, "got %zu of %zu bytes before EOF", n, len);
+	cr_assert(memcmp(got, want, len) == 0, "echoed bytes differ");
+	free(got);
+}
+
+/* Send everything, half-close before reading a byte: all of it, then EOF. */
+ECHO_TEST(half_close, 60)
+{
+	const size_t len = 1u << 20;
+	unsigned char *data = malloc(len);
+	struct test_server ts;
+	int fd;
+
+	th_fill(data, len, 3);
+	th_server_start(&ts, p, NULL);
+	fd = th_connect(ts.port);
+	for (size_t off = 0; off < len;) {
+		ssize_t r = send(fd, data + off, len - off, MSG_NOSIGNAL);
+		cr_assert_gt(r, 0, "send: %s", strerror(errno));
+		off += (size_t)r;
+	}
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	read_exact_then_eof(fd, data, len);
+	close(fd);
+	expect_totals(&ts, 1, len);
+	th_server_stop(&ts);
+	free(data);
+}
+
+struct cap_wait {
+	uint64_t cap;
+};
+
+static bool at_cap(const struct rb_stats *st, void *arg)
+{
+	return st->buffered == ((struct cap_wait *)arg)->cap && st->pauses > 0;
+}
+
+/*
+ * A client sends 8 MiB without reading: the server's buffer for it stops at
+ * the cap (exactly), then everything comes back intact once it reads.
+ */
+ECHO_TEST(slow_reader_bounded, 60)
+{
+	const size_t len = 8u << 20;
+	unsigned char *data = malloc(len), *got = malloc(len);
+	struct test_server ts;
+	struct rb_stats st;
+	struct cap_wait cw;
+	size_t sent = 0, recvd = 0;
+	int small = 65536, fd;
+
+	th_fill(data, len, 99);
+	th_server_start(&ts, p, NULL);
+	cw.cap = ts.cfg.conn_buffer;
+	/* Small client buffers, so the server, not the kernel, holds the backlog. */
+	fd = th_connect_bufs(ts.port, small, small);
+	th_set_nonblock(fd);
+	/* Write, never read, until the server reports it is paused at the cap. */
+	for (;;) {
+		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
+		if (r > 0) {
+			sent += (size_t)r;
+			continue;
+		}
+		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
+		rb_server_stats(ts.srv, &st);
+		if (at_cap(&st, &cw))
+			break;
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
+		if (sent == len) {
+			th_wait_stats(&ts, at_cap, &cw, "the connection to pause at its cap");
+			break;
+		}
+	}
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.buffered, cw.cap, "buffered %lu, cap %lu", (unsigned long)st.buffered,
+		     (unsigned long)cw.cap);
+	cr_assert_leq(st.peak_conn_buffered, cw.cap, "peak %lu over the cap %lu",
+		      (unsigned long)st.peak_conn_buffered, (unsigned long)cw.cap);
+	cr_assert_lt(sent, len, "the kernel absorbed all 8 MiB: the test proves nothing");
+
+	/* Now read (and finish sending): every byte comes back in order. */
+	while (recvd < len) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
+		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %zu/%zu", recvd, len);
+		if (pfd.revents & POLLOUT) {
+			ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
+			if (r > 0)
+				sent += (size_t)r;
+		}
+		if (pfd.revents & POLLIN) {
+			ssize_t r = recv(fd, got + recvd, len - recvd, 0);
+			cr_assert_gt(r, 0, "recv: %s", r == 0 ? "EOF" : strerror(errno));
+			recvd += (size_t)r;
+		}
+	}
+	cr_assert(memcmp(got, data, len) == 0, "echoed bytes differ");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_leq(st.peak_conn_buffered, cw.cap);
+	close(fd);
+	expect_totals(&ts, 1, len);
+	th_server_stop(&ts);
+	free(data);
+	free(got);
+}
+
+/* A client resets mid-stream: the server closes it, counts it, keeps serving. */
+ECHO_TEST(reset_mid_stream, 60)
+{
+	const size_t len = 4u << 20;
+	unsigned char *data = malloc(len);
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	struct test_server ts;
+	struct rb_stats st;
+	uint64_t one = 1;
+	int fd;
+
+	th_fill(data, len, 5);
+	th_server_start(&ts, p, NULL);
+	fd = th_connect(ts.port);
+	th_set_nonblock(fd);
+	/* Fill the pipeline without reading, then abort with RST. */
+	while (send(fd, data, len, MSG_NOSIGNAL) > 0)
+		;
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+	th_wait_stats(&ts, all_closed, &one, "the reset connection to close");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.resets, 1, "resets %lu", (unsigned long)st.resets);
+	cr_assert_eq(st.buffered, 0);
+
+	/* Still healthy. */
+	struct th_stream s = {.fd = th_connect(ts.port), .data = data, .len = 300000, .rng = 1};
+	th_run_streams(&s, 1);
+	close(s.fd);
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.accepted, 2);
+	th_wait_stats(&ts, all_closed, &(uint64_t){2}, "both connections to close");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.resets, 1);
+	cr_assert_eq(st.buffered, 0);
+	th_server_stop(&ts);
+	free(data);
+}
+
+static void small_budget(struct rb_config *cfg)
+{
+	cfg->read_budget = 16384;
+}
+
+/*
+ * Two fast senders and a slow ping-pong client: the slow one finishes all its
+ * round trips while the fast ones are still streaming, and the fast ones are
+ * requeued by the budget instead of being drained to exhaustion.
+ */
+ECHO_TEST(fairness, 120)
+{
+	const size_t fast_len = 96u << 20;
+	unsigned char *data = malloc(fast_len);
+	struct th_stream fast[2];
+	struct test_server ts;
+	struct rb_stats st;
+	struct pollfd pfd[3];
+	unsigned char ping[100], pong[100];
+	size_t fast_done_bytes[2] = {0, 0};
+	int pings = 0, slow;
+	size_t pong_n = 0;
+	bool ping_out = false;
+
+	th_fill(data, fast_len, 11);
+	th_fill(ping, sizeof(ping), 12);
+	th_server_start(&ts, p, small_budget);
+	for (int i = 0; i < 2; i++) {
+		fast[i] = (struct th_stream){.fd = th_connect(ts.port), .data = data,
+					     .len = fast_len};
+		th_set_nonblock(fast[i].fd);
+	}
+	slow = th_connect(ts.port);
+	th_set_nonblock(slow);
+	unsigned char *sink = malloc(1u << 20);
+	/* Run all three until the slow client completes 30 round trips. */
+	while (pings < 30) {
+		for (int i = 0; i < 2; i++) {
+			pfd[i].fd = fast[i].fd;
+			pfd[i].events = POLLIN | POLLOUT;
+		}
+		pfd[2].fd = slow;
+		pfd[2].events = ping_out ? POLLIN : POLLOUT;
+		cr_assert_gt(poll(pfd, 3, 20000), 0, "stalled after %d pings", pings);
+		for (int i = 0; i < 2; i++) {
+			if (pfd[i].revents & POLLOUT && fast[i].sent < fast_len) {
+				ssize_t r = send(fast[i].fd, data + fast[i].sent,
+						 fast_len - fast[i].sent > 262144
+							 ? 262144
+							 : fast_len - fast[i].sent,
+						 MSG_NOSIGNAL);
+				if (r > 0)
+					fast[i].sent += (size_t)r;
+			}
+			if (pfd[i].revents & POLLIN) {
+				ssize_t r = recv(fast[i].fd, sink, 1u << 20, 0);
+				if (r > 0) {
+					cr_assert(memcmp(sink, data + fast_done_bytes[i],
+							 (size_t)r) == 0,
+						  "fast stream %d corrupted", i);
+					fast_done_bytes[i] += (size_t)r;
+				}
+			}
+		}
+		if (!ping_out && (pfd[2].revents & POLLOUT)) {
+			cr_assert_eq(send(slow, ping, sizeof(ping), MSG_NOSIGNAL), 100);
+			ping_out = true;
+			pong_n = 0;
+		} else if (ping_out && (pfd[2].revents & POLLIN)) {
+			ssize_t r = recv(slow, pong + pong_n, sizeof(pong) - pong_n, 0);
+			cr_assert_gt(r, 0);
+			pong_n += (size_t)r;
+			if (pong_n == sizeof(pong)) {
+				cr_assert(memcmp(ping, pong, sizeof(ping)) == 0);
+				ping_out = false;
+				pings++;
+			}
+		}
+	}
+	cr_assert(fast_done_bytes[0] < fast_len && fast_done_bytes[1] < fast_len,
+		  "the fast streams finished before the slow client's 30 round trips");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_gt(st.requeues, 0, "no connection was requeued by the read budget");
+	for (int i = 0; i < 2; i++)
+		close(fast[i].fd);
+	close(slow);
+	th_wait_stats(&ts, all_closed, &(uint64_t){3}, "all connections to close");
+	th_server_stop(&ts);
+	free(sink);
+	free(data);
+}
+
+static bool idle_settled(const struct rb_stats *st, void *arg)
+{
+	return st->active == *(uint64_t *)arg && st->buffered == 0;
+}
+
+/* Idle connections hold no chunk: buffers are allocated lazily. */
+ECHO_TEST(idle_connections_hold_no_memory, 60)
+{
+	enum { N = 100 };
+	struct test_server ts;
+	struct rb_stats st;
+	int fds[N];
+	unsigned char b[512];
+
+	th_fill(b, sizeof(b), 1);
+	th_server_start(&ts, p, NULL);
+	for (int i = 0; i < N; i++) {
+		fds[i] = th_connect(ts.port);
+		/* One round trip each, then idle. */
+		cr_assert_eq(send(fds[i], b, sizeof(b), 0), (ssize_t)sizeof(b));
+		unsigned char got[512];
+		size_t n = 0;
+		while (n < sizeof(got)) {
+			ssize_t r = recv(fds[i], got + n, sizeof(got) - n, 0);
+			cr_assert_gt(r, 0);
+			n += (size_t)r;
+		}
+	}
+	/* The echo can reach us a moment before the server accounts its write. */
+	th_wait_stats(&ts, idle_settled, &(uint64_t){N}, "all connections idle");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.active, N);
+	cr_assert_eq(st.buffered, 0);
+	/* Chunks in existence are at most the idle cache, not one per connection. */
+	cr_assert_leq(st.chunks_allocated, 4,
+		      "%lu chunks allocated for %d idle connections",
+		      (unsigned long)st.chunks_allocated, N);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	th_server_stop(&ts);
+}
