@@ -59,7 +59,7 @@ static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
 	rb_list_init(src);
 }
 
-#define rb_container_of(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* ---- logging ---- */
 enum { RB_LOG_ERR = 0, RB_LOG_INFO = 1, RB_LOG_DEBUG = 2 };

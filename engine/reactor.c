@@ -456,11 +456,11 @@ int rb__reactor_run(struct rb_worker *w)
 			struct rb_handle *h = ev[i].ptr;
 			switch (h->kind) {
 			case RB_H_CONN:
-				conn_event(w, (struct rb_conn *)h, ev[i].events);
+				conn_event(w, (struct rb_conn *)(void *)h, ev[i].events);
 				break;
 			case RB_H_LISTENER:
-				if (((struct rb_listener *)h)->active)
-					listener_accept(w, (struct rb_listener *)h);
+				if (((struct rb_listener *)(void *)h)->active)
+					listener_accept(w, (struct rb_listener *)(void *)h);
 				break;
 			case RB_H_CONTROL:
 				control_event(w);
