@@ -48,6 +48,8 @@ struct rb_poller_ops {
 };
 
 extern const struct rb_poller_ops rb__poller_epoll;
+extern const struct rb_poller_ops rb__poller_poll;
+extern const struct rb_poller_ops rb__poller_select;
 
 /* The readiness backends, in preference order (libevent's eventops[]). */
 const struct rb_poller_ops *rb__poller_find(enum rb_engine e);

@@ -134,6 +134,8 @@ void rb_config_init(struct rb_config *cfg)
 /* Readiness backends in preference order; auto takes the first that runs. */
 static const struct rb_poller_ops *const pollers[] = {
 	&rb__poller_epoll,
+	&rb__poller_poll,
+	&rb__poller_select,
 };
 
 const struct rb_poller_ops *rb__poller_find(enum rb_engine e)

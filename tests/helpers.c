@@ -19,6 +19,9 @@
 
 static struct engine_param all_params[] = {
 	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 };
 
 size_t th_engine_params(struct engine_param **out)

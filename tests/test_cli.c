@@ -203,8 +203,8 @@ Test(cli, bad_usage)
 
 Test(cli, engine_not_built)
 {
-	expect_fail(3, ARGS("--engine", "select", "--listen", "tcp://127.0.0.1:0"),
-		    "rebound: engine 'select' is not built yet in rebound " RB_VERSION "\n");
+	expect_fail(3, ARGS("--engine", "uring", "--listen", "tcp://127.0.0.1:0"),
+		    "rebound: engine 'uring' is not built yet in rebound " RB_VERSION "\n");
 }
 
 Test(cli, listen_in_use)
