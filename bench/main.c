@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: MIT
+/*
+ * rebound-bench: a load generator for echo servers. Every echoed byte is
+ * checked against a per-connection pseudo-random stream; latency goes into
+ * a log-linear histogram. See opts.c for the command line.
+ */
+#include <errno.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "rb_config.h"
+#include "run.h"
+
+#define NS 1000000000ULL
+
+struct result {
+	double seconds; /* measured time */
+	uint64_t msgs;
+	uint64_t bytes;
+	uint64_t verified;
+	unsigned connected;
+	unsigned connect_errors;
+	struct rbb_hist *hist;
+	bool have_cpu;
+	double cpu_s;
+	bool interrupted;
+};
+
+/* utime + stime of @pid in seconds, or -errno. */
+static int server_cpu(pid_t pid, double *out)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut, st;
+	ssize_t n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	n = (ssize_t)fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	if (n <= 0)
+		return -EIO;
+	buf[n] = '\0';
+	/* The command name may hold spaces and parentheses: skip past the last ')'. */
+	p = strrchr(buf, ')');
+	/* After ')': state(3) ... utime(14) stime(15), so skip 11 fields. */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
+			 &st) != 2)
+		return -EIO;
+	*out = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+	return 0;
+}
+
+static int raise_nofile(const struct rbb_opts *o)
+{
+	rlim_t need = (rlim_t)o->connections + 4 * o->threads + 32;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return -errno;
+	if (rl.rlim_cur >= need)
+		return 0;
+	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
+		fprintf(stderr,
+			"rebound-bench: %u connections need %llu file descriptors, but RLIMIT_NOFILE's hard limit is %llu\n",
+			o->connections, (unsigned long long)need,
+			(unsigned long long)rl.rlim_max);
+		return -EMFILE;
+	}
+	rl.rlim_cur = need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return -errno;
+	return 0;
+}
+
+static double us(uint64_t ns)
+{
+	return (double)ns / 1000.0;
+}
+
+static const char *mode_name(const struct rbb_opts *o)
+{
+	return o->rate > 0 ? "open" : "closed";
+}
+
+static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
+			const struct result *r)
+{
+	const struct rbb_hist *h = r->hist;
+	double secs = r->seconds > 0 ? r->seconds : 1e-9;
+
+	printf("target       %s: %u connections (%u active), %u thread%s\n", o->url,
+	       o->connections, o->active, o->threads, o->threads == 1 ? "" : "s");
+	printf("load         %s loop", mode_name(o));
+	if (o->rate > 0)
+		printf(" at %.0f msg/s", o->rate);
+	printf(", %zu B messages, depth %u, %.2f s measured", o->size, o->depth, r->seconds);
+	if (o->warmup > 0)
+		printf(" after %.2f s warmup", o->warmup);
+	printf("\n");
+	printf("messages     %llu (%.0f msg/s)\n", (unsigned long long)r->msgs,
+	       (double)r->msgs / secs);
+	printf("throughput   %.2f MB/s echoed\n", (double)r->bytes / secs / 1e6);
+	if (h->total)
+		printf("latency us   min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
+		       us(h->min), us(rbb_hist_percentile(h, 50)), us(rbb_hist_percentile(h, 90)),
+		       us(rbb_hist_percentile(h, 99)), us(rbb_hist_percentile(h, 99.9)),
+		       us(h->max), rbb_hist_mean(h) / 1000.0);
+	else
+		printf("latency us   no messages measured\n");
+	printf("connections  %u connected, %u connect errors\n", r->connected, r->connect_errors);
+	if (r->have_cpu) {
+		printf("server cpu   %.2f s", r->cpu_s);
+		if (r->msgs)
+			printf(", %.3f s per million messages", r->cpu_s / ((double)r->msgs / 1e6));
+		if (r->bytes)
+			printf(", %.3f s per GiB", r->cpu_s / ((double)r->bytes / 1073741824.0));
+		printf("\n");
+	}
+	printf("verified     %llu bytes echoed, %s\n", (unsigned long long)r->verified,
+	       run->n_errors ? "ERRORS (see stderr)" : "all correct");
+}
+
+static void json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
+		       const struct result *r)
+{
+	const struct rbb_hist *h = r->hist;
+	double secs = r->seconds > 0 ? r->seconds : 1e-9;
+	unsigned shown = run->n_errors < RBB_MAX_ERRORS ? run->n_errors : RBB_MAX_ERRORS;
+
+	printf("{\"target\": ");
+	json_string(o->url);
+	printf(", \"connections\": %u, \"active\": %u, \"threads\": %u, \"size\": %zu, "
+	       "\"depth\": %u, \"mode\": \"%s\", \"rate\": %.3f, \"warmup_s\": %.3f, "
+	       "\"seconds\": %.6f,\n",
+	       o->connections, o->active, o->threads, o->size, o->depth, mode_name(o), o->rate,
+	       o->warmup, r->seconds);
+	printf(" \"messages\": %llu, \"bytes\": %llu, \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f,\n",
+	       (unsigned long long)r->msgs, (unsigned long long)r->bytes,
+	       (double)r->msgs / secs, (double)r->bytes / secs / 1e6);
+	printf(" \"latency_us\": {\"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
+	       "\"p99_9\": %.3f, \"max\": %.3f, \"mean\": %.3f, \"stddev\": %.3f, \"count\": %llu},\n",
+	       h->total ? us(h->min) : 0, us(rbb_hist_percentile(h, 50)),
+	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
+	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
+	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
+	printf(" \"connected\": %u, \"connect_errors\": %u, \"verified_bytes\": %llu,\n",
+	       r->connected, r->connect_errors, (unsigned long long)r->verified);
+	if (r->have_cpu)
+		printf(" \"server_cpu_s\": %.3f, \"server_cpu_s_per_mmsg\": %.6f, "
+		       "\"server_cpu_s_per_gib\": %.6f,\n",
+		       r->cpu_s, r->msgs ? r->cpu_s / ((double)r->msgs / 1e6) : 0,
+		       r->bytes ? r->cpu_s / ((double)r->bytes / 1073741824.0) : 0);
+	printf(" \"interrupted\": %s, \"ok\": %s, \"errors\": [", r->interrupted ? "true" : "false",
+	       run->n_errors ? "false" : "true");
+	for (unsigned i = 0; i < shown; i++) {
+		if (i)
+			printf(", ");
+		json_string(run->errors[i]);
+	}
+	printf("]}\n");
+}
+
+static int write_hgrm(const char *path, const struct rbb_hist *h)
+{
+	FILE *f = fopen(path, "we");
+	int rc;
+
+	if (!f)
+		return -errno;
+	rc = rbb_hist_write_hgrm(h, f, 1000.0, 5);
+	if (fclose(f) && !rc)
+		rc = -EIO;
+	return rc;
+}
+
+static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64_t *last_m,
+		     uint64_t *last_b)
+{
+	uint64_t m = 0, b = 0;
+	double dt = (double)(now - *last_t) / 1e9;
+	const char *phase = now < run->t_measure ? "warmup" : now < run->t_end ? "run" : "drain";
+
+	for (unsigned i = 0; i < run->n_workers; i++) {
+		m += atomic_load_explicit(&run->workers[i].prog_msgs, memory_order_relaxed);
+		b += atomic_load_explicit(&run->workers[i].prog_bytes, memory_order_relaxed);
+	}
+	if (dt <= 0)
+		return;
+	fprintf(stderr, "rebound-bench: %7.1f s %-6s %10.0f msg/s %10.2f MB/s %u errors\n",
+		(double)(now - run->t_start) / 1e9, phase, (double)(m - *last_m) / dt,
+		(double)(b - *last_b) / dt / 1e6, run->n_errors);
+	*last_t = now;
+	*last_m = m;
+	*last_b = b;
+}
+
+/*
+ * The main thread waits for the workers while it prints progress lines,
+ * samples the server's CPU time at the window's edges and turns SIGINT
+ * and SIGTERM into a stop.
+ */
+static void supervise(struct rbb_run *run, int sfd, struct result *r, double *cpu0, double *cpu1,
+		      bool *have0, bool *have1)
+{
+	const struct rbb_opts *o = run->o;
+	uint64_t iv = (uint64_t)(o->interval * 1e9);
+	uint64_t next_iv = iv ? run->t_start + iv : UINT64_MAX;
+	uint64_t last_t = run->t_start, last_m = 0, last_b = 0;
+	unsigned finished = 0;
+
+	while (finished < run->n_workers) {
+		struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN},
+					{.fd = run->done_fd, .events = POLLIN}};
+		uint64_t now = rbb_now(), wake = next_iv;
+		int timeout;
+
+		if (o->server_pid && !o->messages) {
+			if (!*have0 && run->t_measure < wake)
+				wake = run->t_measure;
+			if (!*have1 && run->t_end < wake)
+				wake = run->t_end;
+		}
+		timeout = wake == UINT64_MAX ? -1 :
+			  wake > now ? (int)((wake - now + 999999) / 1000000) : 0;
+		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
+			break;
+		now = rbb_now();
+		if (pfd[0].revents & POLLIN) {
+			struct signalfd_siginfo si;
+
+			if (read(sfd, &si, sizeof(si)) == sizeof(si)) {
+				r->interrupted = true;
+				atomic_store(&run->stop, 1);
+			}
+		}
+		if (pfd[1].revents & POLLIN) {
+			uint64_t v;
+
+			if (read(run->done_fd, &v, sizeof(v)) == sizeof(v))
+				finished += (unsigned)v;
+		}
+		if (o->server_pid && !o->messages) {
+			if (!*have0 && now >= run->t_measure)
+				*have0 = server_cpu(o->server_pid, cpu0) == 0;
+			if (!*have1 && now >= run->t_end)
+				*have1 = server_cpu(o->server_pid, cpu1) == 0;
+		}
+		if (now >= next_iv) {
+			progress(run, now, &last_t, &last_m, &last_b);
+			next_iv += iv;
+			if (next_iv <= now)
+				next_iv = now + iv;
+		}
+	}
+}
+
+static int run_bench(const struct rbb_opts *o)
+{
+	struct rbb_run run = {0};
+	struct result r = {0};
+	double cpu0 = 0, cpu1 = 0;
+	bool have0 = false, have1 = false;
+	unsigned started = 0, i;
+	uint64_t act_total = 0, quota_left, stop_time;
+	sigset_t sigs;
+	int sfd = -1, rc, status = 1;
+
+	run.o = o;
+	run.n_workers = o->threads;
+	pthread_mutex_init(&run.err_lock, NULL);
+	run.done_fd = eventfd(0, EFD_CLOEXEC);
+	run.workers = calloc(o->threads, sizeof(*run.workers));
+	rc = rbb_hist_create(&r.hist);
+	if (run.done_fd < 0 || !run.workers || rc < 0) {
+		fprintf(stderr, "rebound-bench: out of memory or descriptors\n");
+		goto out;
+	}
+	for (i = 0; i < o->threads; i++) {
+		rc = rbb_worker_init(&run.workers[i], &run, i);
+		if (rc < 0) {
+			fprintf(stderr, "rebound-bench: worker setup: %s\n", strerror(-rc));
+			goto out_workers;
+		}
+	}
+	/* Workers inherit the blocked mask; signals arrive through the signalfd. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+	pthread_barrier_init(&run.barrier, NULL, o->threads + 1);
+	for (i = 0; i < o->threads; i++) {
+		rc = pthread_create(&run.workers[i].tid, NULL, rbb_worker_main, &run.workers[i]);
+		if (rc) {
+			fprintf(stderr, "rebound-bench: pthread_create: %s\n", strerror(rc));
+			/* The barrier needs every party: a missing thread cannot be recovered. */
+			exit(1);
+		}
+		started++;
+	}
+	pthread_barrier_wait(&run.barrier);
+
+	/* Everyone has connected: hand out the -n quota and the rate by connections. */
+	for (i = 0; i < o->threads; i++) {
+		r.connected += run.workers[i].connected;
+		r.connect_errors += run.workers[i].connect_errors;
+		act_total += run.workers[i].n_act;
+	}
+	run.n_active_connected = act_total;
+	if (!r.connected)
+		rbb_error(&run, true, "no connection to %s succeeded", o->url);
+	quota_left = o->messages;
+	for (i = 0; i < o->threads; i++) {
+		struct rbb_worker *w = &run.workers[i];
+
+		if (act_total) {
+			w->quota = o->messages / act_total * w->n_act;
+			if (quota_left >= w->quota)
+				quota_left -= w->quota;
+		}
+		if (o->rate > 0 && w->n_act)
+			w->period = 1e9 / (o->rate * (double)w->n_act / (double)act_total);
+	}
+	/* The remainder goes one message each to workers in turn. */
+	for (i = 0; quota_left && act_total; i = (i + 1) % o->threads) {
+		if (run.workers[i].n_act) {
+			run.workers[i].quota++;
+			quota_left--;
+		}
+	}
+	run.t_start = rbb_now();
+	run.t_measure = run.t_start + (uint64_t)(o->warmup * 1e9);
+	run.t_end = run.t_measure + (uint64_t)(o->duration * 1e9);
+	if (o->server_pid && o->messages)
+		have0 = server_cpu(o->server_pid, &cpu0) == 0;
+	pthread_barrier_wait(&run.barrier);
+
+	supervise(&run, sfd, &r, &cpu0, &cpu1, &have0, &have1);
+	for (i = 0; i < started; i++)
+		pthread_join(run.workers[i].tid, NULL);
+	stop_time = rbb_now();
+	if (r.interrupted)
+		rbb_error(&run, false, "interrupted");
+
+	uint64_t last_done = run.t_start;
+
+	for (i = 0; i < o->threads; i++) {
+		struct rbb_worker *w = &run.workers[i];
+
+		rbb_hist_merge(r.hist, w->hist);
+		r.msgs += w->msgs;
+		r.bytes += w->bytes;
+		r.verified += w->verified;
+		if (w->last_done > last_done)
+			last_done = w->last_done;
+	}
+	if (o->messages) {
+		r.seconds = (double)(last_done - run.t_start) / 1e9;
+		if (o->server_pid)
+			have1 = server_cpu(o->server_pid, &cpu1) == 0;
+	} else {
+		uint64_t end = stop_time < run.t_end ? stop_time : run.t_end;
+
+		r.seconds = end > run.t_measure ? (double)(end - run.t_measure) / 1e9 : 0;
+		if (o->server_pid && !have1)
+			have1 = server_cpu(o->server_pid, &cpu1) == 0;
+	}
+	r.have_cpu = have0 && have1;
+	r.cpu_s = cpu1 - cpu0;
+
+	if (o->json)
+		print_json(o, &run, &r);
+	else
+		print_human(o, &run, &r);
+	fflush(stdout);
+	if (o->hgrm) {
+		rc = write_hgrm(o->hgrm, r.hist);
+		if (rc < 0)
+			rbb_error(&run, false, "cannot write %s: %s", o->hgrm, strerror(-rc));
+	}
+	for (i = 0; i < run.n_errors && i < RBB_MAX_ERRORS; i++)
+		fprintf(stderr, "rebound-bench: %s\n", run.errors[i]);
+	if (run.n_errors > RBB_MAX_ERRORS)
+		fprintf(stderr, "rebound-bench: ... and %u more errors\n",
+			run.n_errors - RBB_MAX_ERRORS);
+	if (run.n_errors)
+		fprintf(stderr, "rebound-bench: FAILED\n");
+	status = run.n_errors ? 1 : 0;
+	pthread_barrier_destroy(&run.barrier);
+out_workers:
+	for (i = 0; i < o->threads && run.workers; i++)
+		rbb_worker_fini(&run.workers[i]);
+out:
+	if (sfd >= 0)
+		close(sfd);
+	if (run.done_fd >= 0)
+		close(run.done_fd);
+	rbb_hist_destroy(r.hist);
+	free(run.workers);
+	pthread_mutex_destroy(&run.err_lock);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct rbb_opts o;
+	char err[512];
+	double cpu;
+
+	if (rbb_opts_parse(&o, argc, argv, err, sizeof(err)) < 0) {
+		fprintf(stderr, "rebound-bench: %s\n", err);
+		return 2;
+	}
+	if (o.help) {
+		fputs(rbb_usage, stdout);
+		return 0;
+	}
+	if (o.version) {
+		printf("rebound-bench %s\n", RB_VERSION_STRING);
+		return 0;
+	}
+	if (o.server_pid && server_cpu(o.server_pid, &cpu) < 0) {
+		fprintf(stderr, "rebound-bench: invalid --server-pid '%d': no such process\n",
+			(int)o.server_pid);
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	/* Open-loop sends are timed to microseconds: ask for a tight timer slack. */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+	if (raise_nofile(&o) < 0)
+		return 1;
+	return run_bench(&o);
+}

@@ -1,0 +1,70 @@
+/* SPDX-License-Identifier: MIT */
+/* rebound-bench command line: options and target URLs. */
+#ifndef RBB_OPTS_H
+#define RBB_OPTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define RBB_MAX_CONNECTIONS 1000000u
+#define RBB_MAX_THREADS     256u
+#define RBB_MAX_SIZE        (1024u * 1024u)
+#define RBB_MAX_DEPTH       4096u
+#define RBB_MAX_SECONDS     86400.0
+#define RBB_URL_MAX         256
+
+enum rbb_proto {
+	RBB_PROTO_TCP,
+	RBB_PROTO_UDP,
+	RBB_PROTO_UNIX,
+};
+
+struct rbb_target {
+	enum rbb_proto proto;
+	struct sockaddr_storage addr;
+	socklen_t addrlen;
+};
+
+struct rbb_opts {
+	const char *url;
+	struct rbb_target target;
+	unsigned connections; /* -c */
+	unsigned threads;     /* --threads, at most connections */
+	unsigned active;      /* --active: connections that send; the rest stay idle */
+	size_t size;          /* -s message size in bytes */
+	unsigned depth;       /* --depth messages in flight per connection */
+	double duration;      /* -d seconds; with -n, the time limit */
+	double warmup;        /* --warmup seconds before measuring */
+	uint64_t messages;    /* -n total messages, 0 = run for -d */
+	double rate;          /* --rate msgs/s in total, 0 = closed loop */
+	double stall_timeout; /* --stall-timeout seconds */
+	double interval;      /* --interval seconds, 0 = no progress lines */
+	pid_t server_pid;     /* --server-pid, 0 = none */
+	bool json;
+	const char *hgrm; /* --hgrm FILE */
+	uint64_t seed;
+	bool help;
+	bool version;
+};
+
+/*
+ * Parses a target URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or
+ * unix:PATH (unix:@NAME for the abstract namespace). Returns 0, or -EINVAL
+ * with a one-line reason in @err.
+ */
+int rbb_target_parse(struct rbb_target *t, const char *url, char *err, size_t errlen);
+
+/*
+ * Parses argv into @o (defaults first). Returns 0, or -EINVAL with a
+ * one-line message naming the bad value in @err. -h and --version only set
+ * o->help / o->version.
+ */
+int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t errlen);
+
+/* The --help text. */
+extern const char rbb_usage[];
+
+#endif

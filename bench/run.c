@@ -1,0 +1,641 @@
+// SPDX-License-Identifier: MIT
+#include "run.h"
+
+#include <errno.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define RBUF_SIZE   (256 * 1024)
+#define SBUF_SIZE   (64 * 1024)
+#define MAX_EVENTS  256
+#define TICK_NS     100000000ULL /* longest epoll_wait: stop and stall checks */
+#define RETRY_NS    10000000ULL  /* connect retry after EAGAIN (unix backlog full) */
+#define NS          1000000000ULL
+
+enum conn_state {
+	CONN_NEW,
+	CONN_RETRY,      /* connect said EAGAIN: try again */
+	CONN_CONNECTING, /* waiting for the connect to complete */
+	CONN_RUNNING,
+	CONN_SHUTDOWN, /* SHUT_WR sent, waiting for the server's EOF */
+	CONN_DONE,
+	CONN_FAILED,
+};
+
+struct rbb_conn {
+	int fd;
+	unsigned index;  /* global connection number, used in messages */
+	unsigned act_ix; /* position in the worker's act[] (open loop slots) */
+	enum conn_state state;
+	bool active;
+	struct rbb_verifier v; /* v.off = bytes echoed and verified */
+	uint64_t sent;         /* bytes handed to the kernel */
+	uint64_t issued;       /* messages started (time stamped) */
+	uint64_t done;         /* messages fully echoed */
+	uint64_t quota;        /* messages to send; UINT64_MAX with -d */
+	uint64_t last_progress;
+	uint64_t *ts; /* send (or intended send) time of in-flight messages */
+};
+
+uint64_t rbb_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NS + (uint64_t)ts.tv_nsec;
+}
+
+void rbb_error(struct rbb_run *run, bool fatal, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&run->err_lock);
+	if (run->n_errors < RBB_MAX_ERRORS) {
+		va_start(ap, fmt);
+		vsnprintf(run->errors[run->n_errors], RBB_ERR_LEN, fmt, ap);
+		va_end(ap);
+	}
+	run->n_errors++;
+	pthread_mutex_unlock(&run->err_lock);
+	if (fatal)
+		atomic_store(&run->stop, 1);
+}
+
+int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
+{
+	const struct rbb_opts *o = run->o;
+	unsigned n = 0, i;
+	int rc;
+
+	memset(w, 0, sizeof(*w));
+	w->run = run;
+	w->id = id;
+	w->epfd = -1;
+	w->last_j = -1;
+	for (i = id; i < o->connections; i += run->n_workers)
+		n++;
+	w->n_conns = n;
+	w->conns = calloc(n ? n : 1, sizeof(*w->conns));
+	w->act = calloc(n ? n : 1, sizeof(*w->act));
+	w->ts = calloc((size_t)(n ? n : 1) * o->depth, sizeof(*w->ts));
+	w->sbuf = malloc(SBUF_SIZE);
+	w->rbuf = malloc(RBUF_SIZE);
+	if (!w->conns || !w->act || !w->ts || !w->sbuf || !w->rbuf)
+		return -ENOMEM;
+	rc = rbb_hist_create(&w->hist);
+	if (rc < 0)
+		return rc;
+	w->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (w->epfd < 0)
+		return -errno;
+	for (i = 0; i < n; i++) {
+		struct rbb_conn *c = &w->conns[i];
+
+		c->fd = -1;
+		c->index = id + i * run->n_workers;
+		c->active = c->index < o->active;
+		c->ts = w->ts + (size_t)i * o->depth;
+		c->quota = UINT64_MAX;
+		rbb_verifier_init(&c->v, rbb_stream_seed(o->seed, c->index));
+	}
+	return 0;
+}
+
+void rbb_worker_fini(struct rbb_worker *w)
+{
+	for (unsigned i = 0; w->conns && i < w->n_conns; i++)
+		if (w->conns[i].fd >= 0)
+			close(w->conns[i].fd);
+	if (w->epfd >= 0)
+		close(w->epfd);
+	rbb_hist_destroy(w->hist);
+	free(w->conns);
+	free(w->act);
+	free(w->ts);
+	free(w->sbuf);
+	free(w->rbuf);
+}
+
+static void conn_close(struct rbb_worker *w, struct rbb_conn *c, enum conn_state state)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	if (c->state == CONN_RUNNING || c->state == CONN_SHUTDOWN)
+		w->left--;
+	c->state = state;
+}
+
+static void conn_fail(struct rbb_worker *w, struct rbb_conn *c)
+{
+	conn_close(w, c, CONN_FAILED);
+	atomic_store(&w->run->stop, 1);
+}
+
+/* ---- connecting ---------------------------------------------------- */
+
+static void connect_failed(struct rbb_worker *w, struct rbb_conn *c, int err)
+{
+	/* Connect errors are counted and reported, but do not fail the run. */
+	if (!w->connect_errors)
+		rbb_error(w->run, false, "connection %u: connect to %s: %s", c->index,
+			  w->run->o->url, strerror(err));
+	w->connect_errors++;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CONN_FAILED;
+}
+
+static void connect_start(struct rbb_worker *w, struct rbb_conn *c)
+{
+	const struct rbb_target *t = &w->run->o->target;
+	struct epoll_event ev = {0};
+	int one = 1;
+
+	if (c->fd < 0) {
+		c->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (c->fd < 0) {
+			connect_failed(w, c, errno);
+			return;
+		}
+		if (t->proto == RBB_PROTO_TCP)
+			setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	if (connect(c->fd, (const struct sockaddr *)&t->addr, t->addrlen) < 0) {
+		if (errno == EAGAIN) {
+			/* A full unix listen backlog: retry shortly. */
+			c->state = CONN_RETRY;
+			return;
+		}
+		if (errno != EINPROGRESS && errno != EINTR) {
+			connect_failed(w, c, errno);
+			return;
+		}
+	}
+	/* Registered once, edge-triggered, for the whole life of the connection. */
+	ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+	ev.data.ptr = c;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+		connect_failed(w, c, errno);
+		return;
+	}
+	c->state = CONN_CONNECTING;
+}
+
+static void connect_check(struct rbb_worker *w, struct rbb_conn *c)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		connect_failed(w, c, err);
+		return;
+	}
+	c->state = CONN_RUNNING;
+	w->connected++;
+}
+
+static void connect_all(struct rbb_worker *w)
+{
+	const struct rbb_opts *o = w->run->o;
+	uint64_t deadline = rbb_now() + (uint64_t)(fmax(o->stall_timeout, 1.0) * 1e9);
+	struct epoll_event evs[MAX_EVENTS];
+	unsigned pending = 0;
+
+	for (unsigned i = 0; i < w->n_conns; i++)
+		connect_start(w, &w->conns[i]);
+	for (;;) {
+		bool retry = false;
+		uint64_t now = rbb_now();
+		int n, timeout;
+
+		pending = 0;
+		for (unsigned i = 0; i < w->n_conns; i++) {
+			struct rbb_conn *c = &w->conns[i];
+
+			if (c->state == CONN_RETRY) {
+				connect_start(w, c);
+				retry |= c->state == CONN_RETRY;
+			}
+			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY;
+		}
+		if (!pending || atomic_load(&w->run->stop))
+			break;
+		if (now >= deadline) {
+			for (unsigned i = 0; i < w->n_conns; i++) {
+				struct rbb_conn *c = &w->conns[i];
+
+				if (c->state == CONN_CONNECTING || c->state == CONN_RETRY)
+					connect_failed(w, c, ETIMEDOUT);
+			}
+			break;
+		}
+		timeout = (int)((fmin(deadline - now, retry ? RETRY_NS : TICK_NS) + 999999) /
+				1000000);
+		n = epoll_wait(w->epfd, evs, MAX_EVENTS, timeout);
+		for (int i = 0; i < n; i++) {
+			struct rbb_conn *c = evs[i].data.ptr;
+
+			if (c->state == CONN_CONNECTING)
+				connect_check(w, c);
+		}
+	}
+}
+
+/* ---- traffic ------------------------------------------------------- */
+
+static bool open_loop(const struct rbb_worker *w)
+{
+	return w->run->o->rate > 0;
+}
+
+/* Intended send time of message @k of connection @c (open loop). */
+static uint64_t intended(const struct rbb_worker *w, const struct rbb_conn *c, uint64_t k)
+{
+	double slot = (double)k * w->n_act + c->act_ix;
+
+	return w->run->t_start + (uint64_t)(slot * w->period);
+}
+
+/* Messages of @c due by @now (open loop). */
+static uint64_t due(const struct rbb_worker *w, const struct rbb_conn *c, uint64_t now)
+{
+	double x;
+
+	if (now < w->run->t_start)
+		return 0;
+	x = (double)(now - w->run->t_start) / w->period;
+	if (x < c->act_ix)
+		return 0;
+	return (uint64_t)floor((x - c->act_ix) / w->n_act) + 1;
+}
+
+static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
+{
+	uint64_t target = c->issued * w->run->o->size;
+
+	while (c->sent < target) {
+		size_t n = target - c->sent > SBUF_SIZE ? SBUF_SIZE : (size_t)(target - c->sent);
+		ssize_t r;
+
+		rbb_stream_fill(c->v.seed, c->sent, w->sbuf, n);
+		r = send(c->fd, w->sbuf, n, MSG_NOSIGNAL);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				return;
+			rbb_error(w->run, true, "connection %u: send at offset %llu: %s", c->index,
+				  (unsigned long long)c->sent, strerror(errno));
+			conn_fail(w, c);
+			return;
+		}
+		c->sent += (uint64_t)r;
+		c->v.sent = c->sent;
+	}
+}
+
+/* Starts as many messages as the depth, the quota and (open loop) the schedule allow. */
+static void conn_issue(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	const struct rbb_opts *o = w->run->o;
+	uint64_t limit = c->quota;
+
+	if (!c->active || c->state != CONN_RUNNING || w->ending)
+		return;
+	if (open_loop(w)) {
+		uint64_t d = due(w, c, now);
+
+		if (d < limit)
+			limit = d;
+	}
+	while (c->issued < limit && c->issued - c->done < o->depth) {
+		if (c->issued == c->done)
+			c->last_progress = now; /* the stall clock starts now */
+		c->ts[c->issued % o->depth] = open_loop(w) ? intended(w, c, c->issued) : now;
+		c->issued++;
+	}
+	conn_flush(w, c);
+}
+
+static void finish_all(struct rbb_worker *w, uint64_t now);
+
+static void conn_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	shutdown(c->fd, SHUT_WR);
+	c->state = CONN_SHUTDOWN;
+	c->last_progress = now;
+	/* With -n, idle connections end when the last active one does. */
+	if (c->active && !--w->act_left && !w->ending) {
+		w->ending = true;
+		finish_all(w, now);
+	}
+}
+
+/* Half-closes once everything sent has come back and nothing more will be sent. */
+static void conn_maybe_finish(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	bool sending_over;
+
+	if (c->state != CONN_RUNNING)
+		return;
+	sending_over = w->ending || (c->active && c->issued >= c->quota);
+	if (!sending_over)
+		return;
+	if (c->sent == c->issued * w->run->o->size && c->v.off == c->sent)
+		conn_shutdown(w, c, now);
+}
+
+static void finish_all(struct rbb_worker *w, uint64_t now)
+{
+	for (unsigned i = 0; i < w->n_conns; i++)
+		conn_maybe_finish(w, &w->conns[i], now);
+}
+
+static bool measuring(const struct rbb_worker *w, uint64_t now)
+{
+	const struct rbb_run *run = w->run;
+
+	if (run->o->messages)
+		return true;
+	return now >= run->t_measure && now < run->t_end;
+}
+
+static void conn_completed(struct rbb_worker *w, struct rbb_conn *c, uint64_t now, size_t len)
+{
+	const struct rbb_opts *o = w->run->o;
+	uint64_t upto = c->v.off / o->size;
+	bool in_window = measuring(w, now);
+	uint64_t n = upto - c->done;
+
+	if (in_window)
+		w->bytes += len;
+	w->verified += len;
+	while (c->done < upto) {
+		uint64_t t = c->ts[c->done % o->depth];
+
+		if (in_window)
+			rbb_hist_record(w->hist, now > t ? now - t : 0);
+		c->done++;
+	}
+	if (n) {
+		if (in_window)
+			w->msgs += n;
+		w->last_done = now;
+		atomic_fetch_add_explicit(&w->prog_msgs, n, memory_order_relaxed);
+	}
+	atomic_fetch_add_explicit(&w->prog_bytes, len, memory_order_relaxed);
+}
+
+static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r > 0) {
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+			if (rc == -EBADMSG) {
+				rbb_error(w->run, true,
+					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x",
+					  c->index, (unsigned long long)c->v.bad_off,
+					  c->v.expected, c->v.got);
+				conn_fail(w, c);
+				return;
+			}
+			if (rc == -EOVERFLOW) {
+				rbb_error(w->run, true,
+					  "connection %u: extra bytes: got byte 0x%02x at offset %llu, but only %llu bytes were sent",
+					  c->index, c->v.got, (unsigned long long)c->v.bad_off,
+					  (unsigned long long)c->sent);
+				conn_fail(w, c);
+				return;
+			}
+			c->last_progress = now;
+			conn_completed(w, c, now, (size_t)r);
+			if ((size_t)r < RBUF_SIZE)
+				break; /* a short read drains a stream socket */
+			continue;
+		}
+		if (r == 0) {
+			if (c->state == CONN_SHUTDOWN && c->v.off == c->sent) {
+				conn_close(w, c, CONN_DONE);
+				return;
+			}
+			if (c->v.off < c->sent)
+				rbb_error(w->run, true,
+					  "connection %u: short stream: server closed after %llu of %llu bytes",
+					  c->index, (unsigned long long)c->v.off,
+					  (unsigned long long)c->sent);
+			else
+				rbb_error(w->run, true,
+					  "connection %u: server closed the connection at offset %llu before the client did",
+					  c->index, (unsigned long long)c->v.off);
+			conn_fail(w, c);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			break;
+		rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s", c->index,
+			  (unsigned long long)c->v.off, (unsigned long long)c->sent, strerror(errno));
+		conn_fail(w, c);
+		return;
+	}
+	if (c->state == CONN_RUNNING) {
+		conn_issue(w, c, now);
+		conn_maybe_finish(w, c, now);
+	}
+}
+
+static void stall_check(struct rbb_worker *w, uint64_t now)
+{
+	uint64_t limit = (uint64_t)(w->run->o->stall_timeout * 1e9);
+
+	for (unsigned i = 0; i < w->n_conns; i++) {
+		struct rbb_conn *c = &w->conns[i];
+		bool waiting;
+
+		if (c->state != CONN_RUNNING && c->state != CONN_SHUTDOWN)
+			continue;
+		waiting = c->state == CONN_SHUTDOWN || c->v.off < c->issued * w->run->o->size;
+		if (!waiting || now - c->last_progress < limit)
+			continue;
+		if (c->state == CONN_SHUTDOWN)
+			rbb_error(w->run, true,
+				  "connection %u: stall: no EOF from the server %.1f s after shutdown at offset %llu",
+				  c->index, (double)(now - c->last_progress) / 1e9,
+				  (unsigned long long)c->v.off);
+		else
+			rbb_error(w->run, true,
+				  "connection %u: stall: no progress for %.1f s at offset %llu (%llu bytes sent, %llu echoed)",
+				  c->index, (double)(now - c->last_progress) / 1e9,
+				  (unsigned long long)c->v.off, (unsigned long long)c->sent,
+				  (unsigned long long)c->v.off);
+		conn_fail(w, c);
+	}
+}
+
+/* Open loop: visit the connections whose send slots came due since the last call. */
+static void schedule(struct rbb_worker *w, uint64_t now)
+{
+	int64_t j;
+
+	if (!open_loop(w) || !w->n_act || w->ending || now < w->run->t_start)
+		return;
+	j = (int64_t)((double)(now - w->run->t_start) / w->period);
+	if (j - w->last_j >= (int64_t)w->n_act) {
+		for (unsigned i = 0; i < w->n_act; i++)
+			conn_issue(w, w->act[i], now);
+	} else {
+		for (int64_t k = w->last_j + 1; k <= j; k++)
+			conn_issue(w, w->act[k % w->n_act], now);
+	}
+	w->last_j = j;
+}
+
+static uint64_t next_slot(const struct rbb_worker *w)
+{
+	return w->run->t_start + (uint64_t)((double)(w->last_j + 1) * w->period);
+}
+
+/*
+ * epoll_wait with a nanosecond timeout: open-loop sends are scheduled far
+ * more finely than epoll_wait's milliseconds. Falls back on old kernels.
+ */
+static int wait_events(struct rbb_worker *w, struct epoll_event *evs, uint64_t timeout_ns)
+{
+	static atomic_int no_pwait2;
+	struct timespec ts = {
+		.tv_sec = (time_t)(timeout_ns / NS),
+		.tv_nsec = (long)(timeout_ns % NS),
+	};
+	int n;
+
+	if (!atomic_load_explicit(&no_pwait2, memory_order_relaxed)) {
+		n = epoll_pwait2(w->epfd, evs, MAX_EVENTS, &ts, NULL);
+		if (n >= 0 || errno != ENOSYS)
+			return n;
+		atomic_store(&no_pwait2, 1);
+	}
+	return epoll_wait(w->epfd, evs, MAX_EVENTS, (int)((timeout_ns + 999999) / 1000000));
+}
+
+static void traffic(struct rbb_worker *w)
+{
+	struct rbb_run *run = w->run;
+	const struct rbb_opts *o = run->o;
+	struct epoll_event evs[MAX_EVENTS];
+	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
+	uint64_t per_conn = 0, extra = 0;
+
+	/* Split this worker's quota (-n) and rate over its connected active connections. */
+	if (w->n_act) {
+		per_conn = w->quota / w->n_act;
+		extra = w->quota % w->n_act;
+	}
+	for (unsigned i = 0; i < w->n_act; i++) {
+		struct rbb_conn *c = w->act[i];
+
+		if (o->messages)
+			c->quota = per_conn + (i < extra);
+	}
+	w->act_left = w->n_act;
+	if (!w->n_act && o->messages)
+		w->ending = true;
+	for (unsigned i = 0; i < w->n_act; i++) {
+		conn_issue(w, w->act[i], now);
+		conn_maybe_finish(w, w->act[i], now);
+	}
+	if (w->ending)
+		finish_all(w, now);
+
+	while (w->left && !atomic_load(&run->stop)) {
+		uint64_t wake = next_sweep;
+		int n;
+
+		if (!w->ending && run->t_end < wake)
+			wake = run->t_end;
+		if (open_loop(w) && !w->ending && w->n_act && next_slot(w) < wake)
+			wake = next_slot(w);
+		now = rbb_now();
+		n = wait_events(w, evs, wake > now ? wake - now : 0);
+		if (n < 0 && errno != EINTR) {
+			rbb_error(run, true, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		now = rbb_now();
+		for (int i = 0; i < n; i++) {
+			struct rbb_conn *c = evs[i].data.ptr;
+
+			/* Closed earlier in this batch: the event is stale. */
+			if (c->state != CONN_RUNNING && c->state != CONN_SHUTDOWN)
+				continue;
+			if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+				conn_read(w, c, now);
+			if (c->state == CONN_RUNNING && (evs[i].events & EPOLLOUT)) {
+				conn_flush(w, c);
+				if (c->state == CONN_RUNNING)
+					conn_maybe_finish(w, c, now);
+			}
+		}
+		schedule(w, now);
+		if (!w->ending && now >= run->t_end) {
+			if (o->messages) {
+				rbb_error(run, true,
+					  "time limit of %.1f s reached before %llu messages were echoed",
+					  o->duration, (unsigned long long)o->messages);
+				break;
+			}
+			w->ending = true;
+			finish_all(w, now);
+		}
+		if (now >= next_sweep) {
+			stall_check(w, now);
+			next_sweep = now + TICK_NS;
+		}
+	}
+}
+
+void *rbb_worker_main(void *arg)
+{
+	struct rbb_worker *w = arg;
+	struct rbb_run *run = w->run;
+	uint64_t one = 1;
+
+	connect_all(w);
+	for (unsigned i = 0; i < w->n_conns; i++) {
+		struct rbb_conn *c = &w->conns[i];
+
+		if (c->state != CONN_RUNNING)
+			continue;
+		w->left++;
+		if (c->active) {
+			c->act_ix = w->n_act;
+			w->act[w->n_act++] = c;
+		}
+	}
+	pthread_barrier_wait(&run->barrier);
+	/* The main thread sets the times, quotas and rates here. */
+	pthread_barrier_wait(&run->barrier);
+	if (!atomic_load(&run->stop))
+		traffic(w);
+	if (write(run->done_fd, &one, sizeof(one)) < 0) {
+		/* Cannot happen for an eventfd below its maximum; nothing to do. */
+	}
+	return NULL;
+}

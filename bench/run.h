@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+/* rebound-bench run: worker threads, one epoll loop each, and their results. */
+#ifndef RBB_RUN_H
+#define RBB_RUN_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hist.h"
+#include "opts.h"
+#include "stream.h"
+
+#define RBB_MAX_ERRORS 10
+#define RBB_ERR_LEN    256
+
+struct rbb_worker;
+
+struct rbb_run {
+	const struct rbb_opts *o;
+	unsigned n_workers;
+	struct rbb_worker *workers;
+	pthread_barrier_t barrier;
+	atomic_int stop; /* set on SIGINT/SIGTERM or a fatal error */
+	int done_fd;     /* eventfd: each worker adds 1 when it finishes */
+	/* Monotonic ns, written by the main thread between the two barriers. */
+	uint64_t t_start;   /* traffic starts (warmup begins) */
+	uint64_t t_measure; /* measuring starts */
+	uint64_t t_end;     /* sending stops (with -n: the time limit) */
+	uint64_t n_active_connected; /* active connections that connected */
+
+	pthread_mutex_t err_lock;
+	unsigned n_errors;
+	char errors[RBB_MAX_ERRORS][RBB_ERR_LEN];
+};
+
+struct rbb_conn;
+
+struct rbb_worker {
+	struct rbb_run *run;
+	unsigned id;
+	pthread_t tid;
+	int epfd;
+	struct rbb_conn *conns;
+	unsigned n_conns;
+	struct rbb_conn **act; /* connected active connections */
+	unsigned n_act;
+	uint64_t *ts; /* send time rings, depth slots per connection */
+	uint8_t *sbuf;
+	uint8_t *rbuf;
+	struct rbb_hist *hist;
+
+	uint64_t quota; /* -n: messages this worker's connections send */
+	double period;  /* open loop: ns between this worker's sends */
+	int64_t last_j; /* open loop: last scheduled send slot visited */
+	unsigned left;  /* connections not finished yet */
+	unsigned act_left;
+	bool ending;    /* past t_end: no new messages */
+
+	/* Results. */
+	uint64_t msgs;  /* messages completed in the measured window */
+	uint64_t bytes; /* bytes echoed in the measured window */
+	uint64_t verified;
+	uint64_t last_done; /* ns of the last completion */
+	unsigned connected;
+	unsigned connect_errors;
+	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */
+	atomic_uint_least64_t prog_bytes;
+};
+
+/* Monotonic clock in ns. */
+uint64_t rbb_now(void);
+/* Records an error message (printf format) and stops the run if @fatal. */
+void rbb_error(struct rbb_run *run, bool fatal, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* Sets up worker @id's connections and buffers. Returns 0 or -errno. */
+int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id);
+/* Frees a worker's resources (after its thread ended). */
+void rbb_worker_fini(struct rbb_worker *w);
+/* Thread body: connect, barrier, barrier, traffic, drain. */
+void *rbb_worker_main(void *arg);
+
+#endif
