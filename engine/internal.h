@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 #include <time.h>
 
+#include "rb_config.h"
 #include "rebound/rebound.h"
 #include "iopool.h"
 #include "poller.h"
@@ -161,6 +162,7 @@ struct rb_worker {
 	struct rb_stats st;
 	struct iovec iov[IOV_MAX];
 	int result;
+	void *uring; /* the completion model's per-worker state */
 };
 
 struct rb_server {
@@ -178,10 +180,21 @@ struct rb_server {
 	unsigned listening_workers; /* the last to stop listening closes the sockets */
 };
 
-/* Reactor (readiness model). */
+/* Workers (worker.c): the common part, then the model's own. */
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
+int rb__worker_run(struct rb_worker *w);
 void rb__worker_fini(struct rb_worker *w);
+
+/* Readiness model (reactor.c). */
+int rb__reactor_worker_init(struct rb_worker *w);
 int rb__reactor_run(struct rb_worker *w);
+void rb__reactor_worker_fini(struct rb_worker *w);
+
+/* Completion model (proactor_uring.c, built only with liburing). */
+int rb__uring_probe(char *why, size_t whylen);
+int rb__uring_worker_init(struct rb_worker *w);
+int rb__uring_run(struct rb_worker *w);
+void rb__uring_worker_fini(struct rb_worker *w);
 /* Close (and unlink) every listening socket; idempotent. */
 void rb__server_close_listeners(struct rb_server *srv);
 

@@ -10,7 +10,6 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -498,52 +497,29 @@ int rb__reactor_run(struct rb_worker *w)
 	return 0;
 }
 
-int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
+/* Register the control eventfd and the listeners with a new poller. */
+int rb__reactor_worker_init(struct rb_worker *w)
 {
-	const struct rb_config *cfg = &srv->cfg;
-	size_t limit = cfg->max_memory ? cfg->max_memory / srv->n_workers : 0;
-	int err;
+	int err = w->ops->create(&w->poller, w->srv->cfg.trigger, 1024);
 
-	w->srv = srv;
-	w->id = id;
-	w->ops = srv->ops;
-	w->ctl_fd = -1;
-	w->reserve_fd = -1;
-	rb_list_init(&w->conns);
-	rb_list_init(&w->ready);
-	rb_list_init(&w->memwait);
-	rb_list_init(&w->grave);
-	if (limit && limit < cfg->chunk_size)
-		limit = cfg->chunk_size;
-	err = rb_pool_init(&w->pool, cfg->chunk_size, cfg->pool_cache, limit);
-	if (err < 0)
-		return err;
-	err = w->ops->create(&w->poller, cfg->trigger, 1024);
 	if (err < 0)
 		return err;
 	w->edge = w->ops->is_edge(w->poller);
-	w->ctl_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (w->ctl_fd < 0)
-		return -errno;
 	w->ctl_h.kind = RB_H_CONTROL;
 	err = w->ops->add(w->poller, w->ctl_fd, &w->ctl_h, RB_READ);
 	if (err < 0)
 		return err;
-	for (size_t i = 0; i < srv->n_listen; i++) {
+	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
-		l->h.kind = RB_H_LISTENER;
-		l->fd = srv->listen_fds[i];
 		err = w->ops->add(w->poller, l->fd, l, RB_READ);
 		if (err < 0)
 			return err;
 		l->active = true;
 	}
-	w->n_listeners = srv->n_listen;
-	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	return 0;
 }
 
-void rb__worker_fini(struct rb_worker *w)
+void rb__reactor_worker_fini(struct rb_worker *w)
 {
 	while (!rb_list_empty(&w->conns))
 		conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all), false);
@@ -551,11 +527,4 @@ void rb__worker_fini(struct rb_worker *w)
 	if (w->poller)
 		w->ops->destroy(w->poller);
 	w->poller = NULL;
-	if (w->ctl_fd >= 0)
-		close(w->ctl_fd);
-	w->ctl_fd = -1;
-	if (w->reserve_fd >= 0)
-		close(w->reserve_fd);
-	w->reserve_fd = -1;
-	rb_pool_fini(&w->pool);
 }

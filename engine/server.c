@@ -158,6 +158,15 @@ int rb_engine_available(enum rb_engine e, char *why, size_t whylen)
 		snprintf(why, whylen, "no engine can run here");
 		return -ENOSYS;
 	}
+	if (e == RB_ENGINE_URING) {
+#if RB_HAVE_URING
+		return rb__uring_probe(why, whylen);
+#else
+		snprintf(why, whylen,
+			 "engine 'uring' is not available: rebound was built without liburing");
+		return -ENOTSUP;
+#endif
+	}
 	ops = rb__poller_find(e);
 	if (!ops) {
 		snprintf(why, whylen, "engine '%s' is not built yet in rebound %s", rb_engine_name(e),
@@ -267,7 +276,7 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		rc = rb_engine_available(srv->engine, err, errlen);
 		if (rc < 0)
 			goto fail;
-		srv->ops = rb__poller_find(srv->engine);
+		srv->ops = rb__poller_find(srv->engine); /* NULL for the completion engine */
 	}
 
 	for (size_t i = 0; i < cfg->n_listen; i++) {
@@ -310,7 +319,7 @@ static void *worker_main(void *arg)
 {
 	struct rb_worker *w = arg;
 
-	w->result = rb__reactor_run(w);
+	w->result = rb__worker_run(w);
 	return NULL;
 }
 

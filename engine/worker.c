@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+/* What every worker has, whichever model drives it: a pool, a control
+ * eventfd, the listeners, a reserve descriptor, counters. */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
+{
+	const struct rb_config *cfg = &srv->cfg;
+	size_t limit = cfg->max_memory ? cfg->max_memory / srv->n_workers : 0;
+	int err;
+
+	w->srv = srv;
+	w->id = id;
+	w->ops = srv->ops;
+	w->ctl_fd = -1;
+	w->reserve_fd = -1;
+	rb_list_init(&w->conns);
+	rb_list_init(&w->ready);
+	rb_list_init(&w->memwait);
+	rb_list_init(&w->grave);
+	if (limit && limit < cfg->chunk_size)
+		limit = cfg->chunk_size;
+	err = rb_pool_init(&w->pool, cfg->chunk_size, cfg->pool_cache, limit);
+	if (err < 0)
+		return err;
+	w->ctl_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (w->ctl_fd < 0)
+		return -errno;
+	for (size_t i = 0; i < srv->n_listen; i++) {
+		struct rb_listener *l = &w->listeners[i];
+		l->h.kind = RB_H_LISTENER;
+		l->fd = srv->listen_fds[i];
+	}
+	w->n_listeners = srv->n_listen;
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+#if RB_HAVE_URING
+	if (srv->engine == RB_ENGINE_URING)
+		return rb__uring_worker_init(w);
+#endif
+	return rb__reactor_worker_init(w);
+}
+
+int rb__worker_run(struct rb_worker *w)
+{
+#if RB_HAVE_URING
+	if (w->srv->engine == RB_ENGINE_URING)
+		return rb__uring_run(w);
+#endif
+	return rb__reactor_run(w);
+}
+
+void rb__worker_fini(struct rb_worker *w)
+{
+#if RB_HAVE_URING
+	if (w->srv->engine == RB_ENGINE_URING)
+		rb__uring_worker_fini(w);
+	else
+#endif
+		rb__reactor_worker_fini(w);
+	if (w->ctl_fd >= 0)
+		close(w->ctl_fd);
+	w->ctl_fd = -1;
+	if (w->reserve_fd >= 0)
+		close(w->reserve_fd);
+	w->reserve_fd = -1;
+	rb_pool_fini(&w->pool);
+}
