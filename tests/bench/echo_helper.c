@@ -1,0 +1,262 @@
+// SPDX-License-Identifier: MIT
+/*
+ * echo-helper: a tiny single-threaded echo server for rebound-bench's
+ * end-to-end tests, correct by default and broken on request:
+ *   --drop-at N   drop byte N of every connection's stream
+ *   --flip-at N   invert byte N of every connection's stream
+ *   --stall-at N  stop echoing (but keep the connection) at byte N
+ *   --close-at N  close the connection at byte N
+ *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0 or unix:PATH
+ * Prints "echo-helper: listening on URL" to stderr once it accepts and
+ * exits 0 on SIGTERM or SIGINT.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define BUF_SIZE (64 * 1024)
+#define NONE     UINT64_MAX
+
+struct conn {
+	struct conn *prev, *next; /* all open connections, freed at exit */
+	int fd;
+	uint64_t in_off; /* stream bytes read so far */
+	size_t head, tail;
+	bool eof, stalled;
+	uint8_t buf[BUF_SIZE];
+	uint8_t in[BUF_SIZE];
+};
+
+static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
+static int epfd;
+static struct conn *conns;
+
+/* Level-triggered interest: read while there is room, write while there is data. */
+static void update(struct conn *c)
+{
+	struct epoll_event ev = {.data.ptr = c};
+
+	if (!c->eof && !c->stalled && c->tail < BUF_SIZE)
+		ev.events |= EPOLLIN;
+	if (c->head < c->tail)
+		ev.events |= EPOLLOUT;
+	epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	close(c->fd);
+	free(c);
+}
+
+/* Returns false when the connection is gone. */
+static bool conn_io(struct conn *c, uint32_t events)
+{
+	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->eof && !c->stalled &&
+	    c->tail < BUF_SIZE) {
+		ssize_t r = read(c->fd, c->in, BUF_SIZE - c->tail);
+
+		if (r == 0)
+			c->eof = true;
+		else if (r < 0 && errno != EAGAIN) {
+			conn_close(c);
+			return false;
+		}
+		for (ssize_t i = 0; i < r; i++) {
+			uint64_t off = c->in_off++;
+
+			if (off == close_at) {
+				conn_close(c);
+				return false;
+			}
+			if (off == stall_at) {
+				c->stalled = true;
+				break;
+			}
+			if (off == drop_at)
+				continue;
+			c->buf[c->tail++] = off == flip_at ? (uint8_t)~c->in[i] : c->in[i];
+		}
+	}
+	if (c->head < c->tail) {
+		ssize_t w = write(c->fd, c->buf + c->head, c->tail - c->head);
+
+		if (w < 0 && errno != EAGAIN) {
+			conn_close(c);
+			return false;
+		}
+		if (w > 0)
+			c->head += (size_t)w;
+		if (c->head == c->tail)
+			c->head = c->tail = 0;
+	}
+	if (c->eof && c->head == c->tail) {
+		shutdown(c->fd, SHUT_WR);
+		conn_close(c);
+		return false;
+	}
+	update(c);
+	return true;
+}
+
+static int listen_on(const char *url, char *shown, size_t len)
+{
+	struct sockaddr_storage ss = {0};
+	socklen_t sl;
+	int fd, one = 1;
+
+	if (!strncmp(url, "unix:", 5)) {
+		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
+
+		sun->sun_family = AF_UNIX;
+		snprintf(sun->sun_path, sizeof(sun->sun_path), "%s", url + 5);
+		unlink(sun->sun_path);
+		sl = sizeof(*sun);
+		snprintf(shown, len, "%s", url);
+	} else if (!strcmp(url, "tcp://[::1]:0")) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+
+		s6->sin6_family = AF_INET6;
+		s6->sin6_addr = in6addr_loopback;
+		sl = sizeof(*s6);
+	} else if (!strcmp(url, "tcp://127.0.0.1:0")) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+
+		s4->sin_family = AF_INET;
+		s4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sl = sizeof(*s4);
+	} else {
+		return -EINVAL;
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0)
+		return -errno;
+	if (ss.ss_family != AF_UNIX) {
+		sl = sizeof(ss);
+		getsockname(fd, (struct sockaddr *)&ss, &sl);
+		if (ss.ss_family == AF_INET6)
+			snprintf(shown, len, "tcp://[::1]:%u",
+				 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+		else
+			snprintf(shown, len, "tcp://127.0.0.1:%u",
+				 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+	}
+	return fd;
+}
+
+static uint64_t number(const char *s)
+{
+	char *end;
+	unsigned long long v = strtoull(s, &end, 10);
+
+	if (*end || end == s) {
+		fprintf(stderr, "echo-helper: bad number '%s'\n", s);
+		exit(2);
+	}
+	return v;
+}
+
+int main(int argc, char **argv)
+{
+	const char *url = "tcp://127.0.0.1:0";
+	struct epoll_event ev = {.events = EPOLLIN}, evs[64];
+	char shown[160];
+	int lfd, sfd;
+	sigset_t sigs;
+
+	for (int i = 1; i < argc; i++) {
+		if (i + 1 >= argc) {
+			fprintf(stderr, "echo-helper: '%s' needs a value\n", argv[i]);
+			return 2;
+		}
+		if (!strcmp(argv[i], "--drop-at"))
+			drop_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--flip-at"))
+			flip_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--stall-at"))
+			stall_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--close-at"))
+			close_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--listen"))
+			url = argv[++i];
+		else {
+			fprintf(stderr, "echo-helper: unknown option '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigprocmask(SIG_BLOCK, &sigs, NULL);
+	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
+	lfd = listen_on(url, shown, sizeof(shown));
+	epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (lfd < 0 || sfd < 0 || epfd < 0) {
+		fprintf(stderr, "echo-helper: cannot listen on %s: %s\n", url,
+			strerror(lfd < 0 ? -lfd : errno));
+		return 1;
+	}
+	/* NULL marks the listener, &sfd the signalfd. */
+	ev.data.ptr = NULL;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev);
+	ev.data.ptr = &sfd;
+	epoll_ctl(epfd, EPOLL_CTL_ADD, sfd, &ev);
+	fprintf(stderr, "echo-helper: listening on %s\n", shown);
+
+	for (;;) {
+		int n = epoll_wait(epfd, evs, 64, -1);
+
+		for (int i = 0; i < n; i++) {
+			if (evs[i].data.ptr == &sfd) {
+				if (!strncmp(url, "unix:", 5))
+					unlink(url + 5);
+				while (conns)
+					conn_close(conns);
+				return 0;
+			}
+			if (!evs[i].data.ptr) {
+				int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+				struct conn *c;
+
+				if (fd < 0)
+					continue;
+				c = calloc(1, sizeof(*c));
+				if (!c) {
+					close(fd);
+					continue;
+				}
+				c->fd = fd;
+				c->next = conns;
+				if (conns)
+					conns->prev = c;
+				conns = c;
+				ev.events = EPOLLIN;
+				ev.data.ptr = c;
+				epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+				continue;
+			}
+			conn_io(evs[i].data.ptr, evs[i].events);
+		}
+	}
+}

@@ -1,0 +1,349 @@
+// SPDX-License-Identifier: MIT
+/*
+ * End to end: rebound-bench against echo-helper, correct and broken, and
+ * against the real rebound when the build passes it in ($REBOUND). Servers
+ * are waited for by reading their "listening on" line, never by sleeping.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "stream.h"
+
+extern char **environ;
+
+#define OUT_MAX 65536
+
+struct server {
+	pid_t pid;
+	int err_fd; /* its stderr, drained while the bench runs */
+	char url[160];
+};
+
+struct outcome {
+	int status; /* exit status, or 128 + signal */
+	char out[OUT_MAX];
+	char err[OUT_MAX];
+};
+
+static const char *env_path(const char *name)
+{
+	const char *p = getenv(name);
+
+	cr_assert(p && *p, "$%s is not set (run the tests through meson)", name);
+	return p;
+}
+
+static pid_t spawn(char *const argv[], int *out_fd, int *err_fd)
+{
+	posix_spawn_file_actions_t fa;
+	int out[2], errp[2];
+	pid_t pid;
+	int rc;
+
+	cr_assert_eq(pipe2(out, O_CLOEXEC), 0);
+	cr_assert_eq(pipe2(errp, O_CLOEXEC), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	posix_spawn_file_actions_adddup2(&fa, errp[1], 2);
+	rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	cr_assert_eq(rc, 0, "spawn %s: %s", argv[0], strerror(rc));
+	close(out[1]);
+	close(errp[1]);
+	if (out_fd)
+		*out_fd = out[0];
+	else
+		close(out[0]);
+	*err_fd = errp[0];
+	return pid;
+}
+
+/* Reads @fd until a line containing "listening on " arrives; copies the URL after it. */
+static void wait_listening(int fd, char *url, size_t len)
+{
+	char buf[4096];
+	size_t have = 0;
+
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		char *at, *nl;
+		ssize_t r;
+
+		cr_assert_eq(poll(&p, 1, 20000), 1, "server never said it was listening");
+		r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		cr_assert_gt(r, 0, "server exited before listening: %.*s", (int)have, buf);
+		have += (size_t)r;
+		buf[have] = '\0';
+		at = strstr(buf, "listening on ");
+		if (at && (nl = strchr(at, '\n'))) {
+			*nl = '\0';
+			snprintf(url, len, "%s", at + strlen("listening on "));
+			return;
+		}
+		cr_assert_lt(have, sizeof(buf) - 1, "no listening line in: %s", buf);
+	}
+}
+
+static void start_server(struct server *s, char *const argv[])
+{
+	s->pid = spawn(argv, NULL, &s->err_fd);
+	wait_listening(s->err_fd, s->url, sizeof(s->url));
+}
+
+static void start_helper(struct server *s, const char *opt, const char *value)
+{
+	char *argv[] = {(char *)env_path("RBB_ECHO_HELPER"), (char *)opt, (char *)value, NULL};
+
+	if (!opt)
+		argv[1] = NULL;
+	start_server(s, argv);
+}
+
+static int wait_status(pid_t pid)
+{
+	int st;
+
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* SIGTERM, then the exit status (0 means a graceful exit). */
+static int stop_server(struct server *s)
+{
+	char buf[4096];
+
+	kill(s->pid, SIGTERM);
+	/* Drain stderr to EOF so a chatty server cannot block on a full pipe. */
+	while (read(s->err_fd, buf, sizeof(buf)) > 0)
+		;
+	close(s->err_fd);
+	s->err_fd = -1;
+	return wait_status(s->pid);
+}
+
+static void append(int fd, char *buf, size_t *have, bool *open)
+{
+	char tmp[4096];
+	ssize_t r = read(fd, tmp, sizeof(tmp));
+
+	if (r <= 0) {
+		*open = false;
+		return;
+	}
+	if (*have + (size_t)r >= OUT_MAX)
+		r = (ssize_t)(OUT_MAX - 1 - *have);
+	memcpy(buf + *have, tmp, (size_t)r);
+	*have += (size_t)r;
+	buf[*have] = '\0';
+}
+
+/* Runs rebound-bench with @args against @s; collects its output and status. */
+static void run_bench(struct outcome *o, struct server *s, const char *const *args)
+{
+	char *argv[64];
+	int n = 0, out_fd, err_fd;
+	size_t have_out = 0, have_err = 0;
+	bool out_open = true, err_open = true, srv_open = s && s->err_fd >= 0;
+	pid_t pid;
+
+	argv[n++] = (char *)env_path("RBB_BENCH");
+	for (; *args; args++)
+		argv[n++] = (char *)*args;
+	if (s)
+		argv[n++] = s->url;
+	argv[n] = NULL;
+	o->out[0] = o->err[0] = '\0';
+	pid = spawn(argv, &out_fd, &err_fd);
+	while (out_open || err_open) {
+		struct pollfd p[3] = {{.fd = out_open ? out_fd : -1, .events = POLLIN},
+				      {.fd = err_open ? err_fd : -1, .events = POLLIN},
+				      {.fd = srv_open ? s->err_fd : -1, .events = POLLIN}};
+		char junk[4096];
+
+		cr_assert_gt(poll(p, 3, 60000), 0, "rebound-bench hung");
+		if (p[0].revents)
+			append(out_fd, o->out, &have_out, &out_open);
+		if (p[1].revents)
+			append(err_fd, o->err, &have_err, &err_open);
+		if (p[2].revents && read(s->err_fd, junk, sizeof(junk)) <= 0)
+			srv_open = false;
+	}
+	close(out_fd);
+	close(err_fd);
+	o->status = wait_status(pid);
+}
+
+TestSuite(e2e, .timeout = 60);
+
+static struct outcome result;
+
+Test(e2e, correct_server_passes)
+{
+	const char *args[] = {"-c", "4", "--depth", "4", "-s", "1000", "-d", "1", NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "all correct"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "4 connected, 0 connect errors"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, dropped_byte_fails_with_its_offset)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "--seed", "7", "-d", "1", NULL};
+	uint64_t seed = rbb_stream_seed(7, 0), k = 1000;
+	char want[128];
+	struct server s;
+
+	/* The first byte that differs from the stream is where the drop shows. */
+	while (rbb_stream_byte(seed, k) == rbb_stream_byte(seed, k + 1))
+		k++;
+	snprintf(want, sizeof(want), "connection 0: byte mismatch at offset %llu",
+		 (unsigned long long)k);
+	start_helper(&s, "--drop-at", "1000");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, want), "want '%s' in:\n%s", want, result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, flipped_byte_fails)
+{
+	const char *args[] = {"-c", "2", "-s", "4K", "--depth", "2", "-d", "1", "--json", NULL};
+	struct server s;
+
+	start_helper(&s, "--flip-at", "77777");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "byte mismatch at offset 77777"), "%s", result.err);
+	cr_assert_not_null(strstr(result.out, "\"ok\": false"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, stall_fails)
+{
+	const char *args[] = {"-c", "1", "-d", "5", "--stall-timeout", "0.5", NULL};
+	struct server s;
+
+	start_helper(&s, "--stall-at", "5000");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: stall: no progress"), "%s",
+			   result.err);
+	cr_assert_not_null(strstr(result.err, "at offset 5000"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, early_close_is_a_short_stream)
+{
+	const char *args[] = {"-c", "1", "-s", "64", "-d", "1", NULL};
+	struct server s;
+
+	start_helper(&s, "--close-at", "5000");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: short stream: server closed after 4992 of"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, unix_socket_threads_and_message_count)
+{
+	char dir[] = "/tmp/rbb-e2e-XXXXXX", url[128];
+	const char *args[] = {"-c", "8", "--threads", "2", "--depth", "3", "-n", "20000", NULL};
+	struct server s;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(url, sizeof(url), "unix:%s/echo.sock", dir);
+	start_helper(&s, "--listen", url);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "messages     20000 "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "1280000 bytes echoed, all correct"), "%s",
+			   result.out);
+	cr_assert_eq(stop_server(&s), 0);
+	rmdir(dir);
+}
+
+Test(e2e, open_loop_json_and_hgrm)
+{
+	char dir[] = "/tmp/rbb-e2e-XXXXXX", hgrm[128], line[256];
+	const char *args[] = {"-c", "5", "--rate", "2000", "-d", "0.5", "--warmup", "0.2",
+			      "--json", "--hgrm", hgrm, NULL};
+	bool saw_max = false;
+	struct server s;
+	FILE *f;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(hgrm, sizeof(hgrm), "%s/lat.hgrm", dir);
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"mode\": \"open\""), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"ok\": true"), "%s", result.out);
+	/* 2000 msg/s for 0.5 s: the schedule, not the server, sets the count. */
+	cr_assert_not_null(strstr(result.out, "\"messages\": 10"), "%s", result.out);
+	f = fopen(hgrm, "r");
+	cr_assert_not_null(f);
+	while (fgets(line, sizeof(line), f))
+		saw_max |= !strncmp(line, "#[Max     = ", 12);
+	fclose(f);
+	cr_assert(saw_max);
+	cr_assert_eq(stop_server(&s), 0);
+	unlink(hgrm);
+	rmdir(dir);
+}
+
+Test(e2e, bad_usage_exits_2_with_one_line)
+{
+	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};
+
+	run_bench(&result, NULL, args);
+	cr_assert_eq(result.status, 2);
+	cr_assert_str_eq(result.err,
+			 "rebound-bench: invalid --connections '0': expected an integer from 1 to 1000000\n");
+	cr_assert_str_eq(result.out, "");
+}
+
+Test(e2e, refused_connections_fail)
+{
+	struct server s;
+	const char *args[] = {"-c", "2", "-d", "1", NULL};
+
+	/* A port that was just in use and is now closed refuses connections. */
+	start_helper(&s, NULL, NULL);
+	cr_assert_eq(stop_server(&s), 0);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "Connection refused"), "%s", result.err);
+	cr_assert_not_null(strstr(result.out, "0 connected, 2 connect errors"), "%s", result.out);
+}
+
+Test(e2e, real_rebound)
+{
+	const char *rebound = getenv("REBOUND");
+	const char *args[] = {"-c", "8", "--depth", "4", "-s", "512", "-d", "1", NULL};
+	struct server s;
+
+	if (!rebound || !*rebound)
+		cr_skip_test("rebound is not built in this tree");
+	char *argv[] = {(char *)rebound, (char *)"--listen", (char *)"tcp://127.0.0.1:0", NULL};
+
+	start_server(&s, argv);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "all correct"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0, "rebound did not exit 0 on SIGTERM");
+}
