@@ -5,6 +5,11 @@
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <sys/un.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -395,4 +400,53 @@ ECHO_TEST(idle_connections_hold_no_memory, 60)
 	for (int i = 0; i < N; i++)
 		close(fds[i]);
 	th_server_stop(&ts);
+}
+
+static char unix_url[108];
+
+static void v6_and_unix(struct rb_config *cfg)
+{
+	snprintf(unix_url, sizeof(unix_url), "unix:@rebound-test-%d", (int)getpid());
+	cfg->listen[0] = "tcp://[::1]:0";
+	cfg->listen[1] = unix_url;
+	cfg->n_listen = 2;
+}
+
+static int connect_to(int family, const struct sockaddr *sa, socklen_t len)
+{
+	int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(connect(fd, sa, len), 0, "connect: %s", strerror(errno));
+	return fd;
+}
+
+/* The IPv6 and UNIX-socket listeners echo like the IPv4 one. */
+ECHO_TEST(ipv6_and_unix_listeners, 60)
+{
+	const size_t len = 2u << 20;
+	unsigned char *data = malloc(len);
+	struct sockaddr_in6 s6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	struct sockaddr_un su = {.sun_family = AF_UNIX};
+	struct test_server ts;
+	struct th_stream s[2];
+	const char *name;
+
+	th_fill(data, len, 66);
+	th_server_start(&ts, p, v6_and_unix);
+	s6.sin6_port = htons((uint16_t)ts.port);
+	name = unix_url + 5; /* "@rebound-test-PID": abstract, leading NUL */
+	memcpy(su.sun_path + 1, name + 1, strlen(name) - 1);
+	s[0] = (struct th_stream){.fd = connect_to(AF_INET6, (struct sockaddr *)&s6, sizeof(s6)),
+				  .data = data, .len = len, .rng = 1};
+	s[1] = (struct th_stream){
+		.fd = connect_to(AF_UNIX, (struct sockaddr *)&su,
+				 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))),
+		.data = data + 1, .len = len - 1, .rng = 2};
+	th_run_streams(s, 2);
+	close(s[0].fd);
+	close(s[1].fd);
+	expect_totals(&ts, 2, 2 * len - 1);
+	th_server_stop(&ts);
+	free(data);
 }
