@@ -27,6 +27,8 @@ struct result {
 	uint64_t msgs;
 	uint64_t bytes;
 	uint64_t verified;
+	uint64_t lost;
+	uint64_t late;
 	unsigned connected;
 	unsigned connect_errors;
 	struct rbb_hist *hist;
@@ -120,6 +122,9 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 	else
 		printf("latency us   no messages measured\n");
 	printf("connections  %u connected, %u connect errors\n", r->connected, r->connect_errors);
+	if (o->target.proto == RBB_PROTO_UDP)
+		printf("udp          %llu datagrams lost, %llu late\n", (unsigned long long)r->lost,
+		       (unsigned long long)r->late);
 	if (r->have_cpu) {
 		printf("server cpu   %.2f s", r->cpu_s);
 		if (r->msgs)
@@ -171,8 +176,10 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
 	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
 	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
-	printf(" \"connected\": %u, \"connect_errors\": %u, \"verified_bytes\": %llu,\n",
-	       r->connected, r->connect_errors, (unsigned long long)r->verified);
+	printf(" \"connected\": %u, \"connect_errors\": %u, \"verified_bytes\": %llu, "
+	       "\"udp_lost\": %llu, \"udp_late\": %llu,\n",
+	       r->connected, r->connect_errors, (unsigned long long)r->verified,
+	       (unsigned long long)r->lost, (unsigned long long)r->late);
 	if (r->have_cpu)
 		printf(" \"server_cpu_s\": %.3f, \"server_cpu_s_per_mmsg\": %.6f, "
 		       "\"server_cpu_s_per_gib\": %.6f,\n",
@@ -379,6 +386,8 @@ static int run_bench(const struct rbb_opts *o)
 		r.msgs += w->msgs;
 		r.bytes += w->bytes;
 		r.verified += w->verified;
+		r.lost += w->lost;
+		r.late += w->late;
 		if (w->last_done > last_done)
 			last_done = w->last_done;
 	}

@@ -14,7 +14,8 @@
 const char rbb_usage[] =
 	"usage: rebound-bench [OPTIONS] URL\n"
 	"Load generator for echo servers; verifies every echoed byte.\n"
-	"URL: tcp://HOST:PORT, tcp://[V6]:PORT, unix:PATH (unix:@NAME: abstract)\n"
+	"URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH\n"
+	"     (unix:@NAME: abstract); udp sends one message per datagram\n"
 	"  -c, --connections N     connections (default 1)\n"
 	"  -t, --threads N         client threads, one epoll loop each (default 1)\n"
 	"      --active N          only N connections send, the rest stay idle\n"
@@ -186,7 +187,8 @@ static int opt_time(const char *name, const char *arg, double lo, double *out, c
 	return 0;
 }
 
-static const char target_forms[] = "expected tcp://HOST:PORT, tcp://[V6]:PORT or unix:PATH";
+static const char target_forms[] =
+	"expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH";
 
 static int parse_inet(struct rbb_target *t, const char *url, const char *rest, char *err,
 		      size_t errlen)
@@ -244,7 +246,7 @@ int rbb_target_parse(struct rbb_target *t, const char *url, char *err, size_t er
 	}
 	if (!strncmp(url, "udp://", 6)) {
 		t->proto = RBB_PROTO_UDP;
-		return fail(err, errlen, "invalid target '%s': udp not supported yet", url);
+		return parse_inet(t, url, url + 6, err, errlen);
 	}
 	if (!strncmp(url, "unix:", 5)) {
 		struct sockaddr_un *sun = (struct sockaddr_un *)&t->addr;
@@ -416,5 +418,8 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		o->duration = 60;
 	if (o->messages && o->warmup > 0)
 		return fail(err, errlen, "--warmup works with -d only, not with -n");
+	if (o->target.proto == RBB_PROTO_UDP && o->size > RBB_MAX_DATAGRAM)
+		return fail(err, errlen, "invalid --size '%zu': a udp datagram carries at most %u bytes",
+			    o->size, RBB_MAX_DATAGRAM);
 	return 0;
 }

@@ -15,6 +15,7 @@
 #define RBB_MAX_DEPTH       4096u
 #define RBB_MAX_SECONDS     86400.0
 #define RBB_URL_MAX         256
+#define RBB_MAX_DATAGRAM    65507u /* largest UDP payload over IPv4 */
 
 enum rbb_proto {
 	RBB_PROTO_TCP,
@@ -51,7 +52,7 @@ struct rbb_opts {
 };
 
 /*
- * Parses a target URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or
+ * Parses a target URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT (or [V6]),
  * unix:PATH (unix:@NAME for the abstract namespace). Returns 0, or -EINVAL
  * with a one-line reason in @err.
  */

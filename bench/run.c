@@ -21,6 +21,7 @@
 #define TICK_NS     100000000ULL /* longest epoll_wait: stop and stall checks */
 #define RETRY_NS    10000000ULL  /* connect retry after EAGAIN (unix backlog full) */
 #define NS          1000000000ULL
+#define UDP_LOSS_NS 250000000ULL /* an unanswered datagram this old is lost */
 
 enum conn_state {
 	CONN_NEW,
@@ -44,6 +45,7 @@ struct rbb_conn {
 	uint64_t done;         /* messages fully echoed */
 	uint64_t quota;        /* messages to send; UINT64_MAX with -d */
 	uint64_t last_progress;
+	uint64_t loss_since; /* udp: first loss since the last echo, 0 if none */
 	uint64_t *ts; /* send (or intended send) time of in-flight messages */
 };
 
@@ -164,7 +166,9 @@ static void connect_start(struct rbb_worker *w, struct rbb_conn *c)
 	int one = 1;
 
 	if (c->fd < 0) {
-		c->fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		int type = t->proto == RBB_PROTO_UDP ? SOCK_DGRAM : SOCK_STREAM;
+
+		c->fd = socket(t->addr.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 		if (c->fd < 0) {
 			connect_failed(w, c, errno);
 			return;
@@ -257,6 +261,11 @@ static void connect_all(struct rbb_worker *w)
 
 /* ---- traffic ------------------------------------------------------- */
 
+static bool is_udp(const struct rbb_worker *w)
+{
+	return w->run->o->target.proto == RBB_PROTO_UDP;
+}
+
 static bool open_loop(const struct rbb_worker *w)
 {
 	return w->run->o->rate > 0;
@@ -291,6 +300,9 @@ static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 		size_t n = target - c->sent > SBUF_SIZE ? SBUF_SIZE : (size_t)(target - c->sent);
 		ssize_t r;
 
+		/* UDP: exactly one message per datagram (size <= RBB_MAX_DATAGRAM < SBUF_SIZE). */
+		if (is_udp(w))
+			n = w->run->o->size;
 		rbb_stream_fill(c->v.seed, c->sent, w->sbuf, n);
 		r = send(c->fd, w->sbuf, n, MSG_NOSIGNAL);
 		if (r < 0) {
@@ -335,9 +347,14 @@ static void finish_all(struct rbb_worker *w, uint64_t now);
 
 static void conn_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 {
-	shutdown(c->fd, SHUT_WR);
-	c->state = CONN_SHUTDOWN;
-	c->last_progress = now;
+	/* A datagram socket has no EOF to wait for: everything came back, so it is done. */
+	if (is_udp(w)) {
+		conn_close(w, c, CONN_DONE);
+	} else {
+		shutdown(c->fd, SHUT_WR);
+		c->state = CONN_SHUTDOWN;
+		c->last_progress = now;
+	}
 	/* With -n, idle connections end when the last active one does. */
 	if (c->active && !--w->act_left && !w->ending) {
 		w->ending = true;
@@ -400,8 +417,127 @@ static void conn_completed(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 	atomic_fetch_add_explicit(&w->prog_bytes, len, memory_order_relaxed);
 }
 
+/*
+ * A datagram that is not the next message. UDP may lose datagrams (and on
+ * a busy machine our loss timeout may give up on one that then arrives):
+ * a later message in flight means the ones before it were lost, an earlier
+ * one is late. Returns 1 to verify it as message k (now next), 0 to ignore
+ * it, or -EBADMSG when it is no message at all: a corrupt datagram.
+ */
+static int udp_resync(struct rbb_worker *w, struct rbb_conn *c, size_t len)
+{
+	const size_t size = w->run->o->size;
+	const uint64_t next = c->v.off / size;
+	uint64_t back = 64 + 4ULL * w->run->o->depth;
+
+	for (uint64_t k = next + 1; k * size < c->sent; k++) {
+		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
+			w->lost += k - next;
+			c->done = k;
+			c->v.off = k * size;
+			return 1;
+		}
+	}
+	for (uint64_t k = next; k-- > 0 && back--;) {
+		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
+			w->late++;
+			return 0;
+		}
+	}
+	rbb_error(w->run, true,
+		  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %llu): expected 0x%02x, got 0x%02x",
+		  c->index, (unsigned long long)c->v.bad_off, (unsigned long long)next,
+		  (unsigned long long)(c->v.bad_off - c->v.off), c->v.expected, c->v.got);
+	return -EBADMSG;
+}
+
+/* Gives up on datagrams unanswered for UDP_LOSS_NS; fails after stall_timeout without echoes. */
+static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	const size_t size = w->run->o->size;
+	uint64_t sent_msgs = c->sent / size;
+
+	if (now - c->last_progress < UDP_LOSS_NS || c->done >= sent_msgs)
+		return;
+	if (!c->loss_since)
+		c->loss_since = c->last_progress;
+	if (now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
+		rbb_error(w->run, true,
+			  "connection %u: stall: no udp datagram echoed for %.1f s at offset %llu (%llu datagrams lost in all)",
+			  c->index, (double)(now - c->loss_since) / 1e9,
+			  (unsigned long long)c->v.off,
+			  (unsigned long long)(w->lost + sent_msgs - c->done));
+		conn_fail(w, c);
+		return;
+	}
+	w->lost += sent_msgs - c->done;
+	c->done = sent_msgs;
+	c->v.off = c->sent;
+	c->last_progress = now;
+	conn_issue(w, c, now);
+	conn_maybe_finish(w, c, now);
+}
+
+static void udp_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	const size_t size = w->run->o->size;
+
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s",
+				  c->index, (unsigned long long)c->v.off,
+				  (unsigned long long)c->sent, strerror(errno));
+			conn_fail(w, c);
+			return;
+		}
+		if ((size_t)r != size) {
+			rbb_error(w->run, true,
+				  "connection %u: udp datagram %llu (offset %llu) has %zd bytes, sent %zu",
+				  c->index, (unsigned long long)(c->v.off / size),
+				  (unsigned long long)c->v.off, r, size);
+			conn_fail(w, c);
+			return;
+		}
+		rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+		if (rc == -EBADMSG) {
+			rc = udp_resync(w, c, (size_t)r);
+			if (rc < 0) {
+				conn_fail(w, c);
+				return;
+			}
+			if (rc == 0)
+				continue;
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+		}
+		if (rc == -EOVERFLOW) {
+			rbb_error(w->run, true,
+				  "connection %u: extra udp datagram at offset %llu: only %llu bytes were sent",
+				  c->index, (unsigned long long)c->v.off,
+				  (unsigned long long)c->sent);
+			conn_fail(w, c);
+			return;
+		}
+		c->last_progress = now;
+		c->loss_since = 0;
+		conn_completed(w, c, now, (size_t)r);
+	}
+	conn_issue(w, c, now);
+	conn_maybe_finish(w, c, now);
+}
+
 static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 {
+	if (is_udp(w)) {
+		udp_read(w, c, now);
+		return;
+	}
 	for (;;) {
 		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
 		int rc;
@@ -472,6 +608,10 @@ static void stall_check(struct rbb_worker *w, uint64_t now)
 
 		if (c->state != CONN_RUNNING && c->state != CONN_SHUTDOWN)
 			continue;
+		if (is_udp(w)) {
+			udp_loss_check(w, c, now);
+			continue;
+		}
 		waiting = c->state == CONN_SHUTDOWN || c->v.off < c->issued * w->run->o->size;
 		if (!waiting || now - c->last_progress < limit)
 			continue;

@@ -63,6 +63,8 @@ struct rbb_worker {
 	uint64_t bytes; /* bytes echoed in the measured window */
 	uint64_t verified;
 	uint64_t last_done; /* ns of the last completion */
+	uint64_t lost;      /* udp datagrams that never came back */
+	uint64_t late;      /* udp datagrams that came back after being given up */
 	unsigned connected;
 	unsigned connect_errors;
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */

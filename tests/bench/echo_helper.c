@@ -6,7 +6,8 @@
  *   --flip-at N   invert byte N of every connection's stream
  *   --stall-at N  stop echoing (but keep the connection) at byte N
  *   --close-at N  close the connection at byte N
- *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0 or unix:PATH
+ *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
+ *                 or unix:PATH; over udp the offsets count all datagrams' bytes
  * Prints "echo-helper: listening on URL" to stderr once it accepts and
  * exits 0 on SIGTERM or SIGINT.
  */
@@ -116,11 +117,38 @@ static bool conn_io(struct conn *c, uint32_t events)
 	return true;
 }
 
+/* Echoes every waiting datagram, damaged as asked. */
+static void udp_echo(int fd)
+{
+	static uint64_t off;
+	static uint8_t in[65536], out[65536];
+	struct sockaddr_storage peer;
+
+	for (;;) {
+		socklen_t pl = sizeof(peer);
+		ssize_t r = recvfrom(fd, in, sizeof(in), 0, (struct sockaddr *)&peer, &pl);
+		size_t n = 0;
+
+		if (r < 0)
+			return;
+		/* A stalled udp echo answers nothing, not a truncated datagram. */
+		if (off + (uint64_t)r > stall_at)
+			return;
+		for (ssize_t i = 0; i < r; i++, off++) {
+			if (off == drop_at)
+				continue;
+			out[n++] = off == flip_at ? (uint8_t)~in[i] : in[i];
+		}
+		if (n || !r)
+			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
+	}
+}
+
 static int listen_on(const char *url, char *shown, size_t len)
 {
 	struct sockaddr_storage ss = {0};
 	socklen_t sl;
-	int fd, one = 1;
+	int fd, one = 1, type = SOCK_STREAM;
 
 	if (!strncmp(url, "unix:", 5)) {
 		struct sockaddr_un *sun = (struct sockaddr_un *)&ss;
@@ -136,7 +164,7 @@ static int listen_on(const char *url, char *shown, size_t len)
 		s6->sin6_family = AF_INET6;
 		s6->sin6_addr = in6addr_loopback;
 		sl = sizeof(*s6);
-	} else if (!strcmp(url, "tcp://127.0.0.1:0")) {
+	} else if (!strcmp(url, "tcp://127.0.0.1:0") || !strcmp(url, "udp://127.0.0.1:0")) {
 		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
 
 		s4->sin_family = AF_INET;
@@ -145,11 +173,14 @@ static int listen_on(const char *url, char *shown, size_t len)
 	} else {
 		return -EINVAL;
 	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (!strncmp(url, "udp:", 4))
+		type = SOCK_DGRAM;
+	fd = socket(ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 1024) < 0)
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 ||
+	    (type == SOCK_STREAM && listen(fd, 1024) < 0))
 		return -errno;
 	if (ss.ss_family != AF_UNIX) {
 		sl = sizeof(ss);
@@ -158,7 +189,7 @@ static int listen_on(const char *url, char *shown, size_t len)
 			snprintf(shown, len, "tcp://[::1]:%u",
 				 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
 		else
-			snprintf(shown, len, "tcp://127.0.0.1:%u",
+			snprintf(shown, len, "%s://127.0.0.1:%u", type == SOCK_DGRAM ? "udp" : "tcp",
 				 ntohs(((struct sockaddr_in *)&ss)->sin_port));
 	}
 	return fd;
@@ -234,6 +265,10 @@ int main(int argc, char **argv)
 				while (conns)
 					conn_close(conns);
 				return 0;
+			}
+			if (!evs[i].data.ptr && !strncmp(url, "udp:", 4)) {
+				udp_echo(lfd);
+				continue;
 			}
 			if (!evs[i].data.ptr) {
 				int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);

@@ -311,6 +311,54 @@ Test(e2e, open_loop_json_and_hgrm)
 	rmdir(dir);
 }
 
+Test(e2e, udp_correct_server_passes)
+{
+	const char *args[] = {"-c", "4", "-s", "512", "-d", "1", NULL};
+	struct server s;
+
+	start_helper(&s, "--listen", "udp://127.0.0.1:0");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "all correct"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "datagrams lost"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+static void start_udp_helper(struct server *s, const char *opt, const char *value)
+{
+	char *argv[] = {(char *)env_path("RBB_ECHO_HELPER"), (char *)"--listen",
+			(char *)"udp://127.0.0.1:0", (char *)opt, (char *)value, NULL};
+
+	start_server(s, argv);
+}
+
+Test(e2e, udp_flipped_byte_fails_with_its_offset)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-d", "1", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--flip-at", "1234");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err,
+				  "connection 0: byte mismatch at offset 1234 (udp datagram 12, byte 34)"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, udp_silence_is_a_stall)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-d", "5", "--stall-timeout", "0.5", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--stall-at", "1000");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: stall: no udp datagram echoed"), "%s",
+			   result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
 Test(e2e, bad_usage_exits_2_with_one_line)
 {
 	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};

@@ -107,6 +107,10 @@ Test(opts, targets)
 	cr_assert_eq(ntohs(s6->sin6_port), 7);
 	cr_assert(IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr));
 
+	cr_assert_eq(PARSE("-s", "65507", "udp://127.0.0.1:7"), 0, "%s", err);
+	cr_assert_eq(o.target.proto, RBB_PROTO_UDP);
+	cr_assert_eq(ntohs(s4->sin_port), 7);
+
 	cr_assert_eq(PARSE("unix:/tmp/echo.sock"), 0, "%s", err);
 	cr_assert_eq(o.target.proto, RBB_PROTO_UNIX);
 	cr_assert_str_eq(sun->sun_path, "/tmp/echo.sock");
@@ -164,13 +168,15 @@ Test(opts, bad_flags_and_targets)
 	BAD("unknown option '-x'", "-x", "unix:/x");
 	BAD("option '--connections' needs a value", "unix:/x", "-c");
 	BAD("option '--depth' needs a value", "unix:/x", "--depth");
-	BAD("missing target URL (tcp://HOST:PORT, tcp://[V6]:PORT or unix:PATH)", "-c", "1");
+	BAD("missing target URL (tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH)",
+	    "-c", "1");
 	BAD("unexpected argument 'extra'", "unix:/x", "extra");
-	BAD("invalid target 'udp://127.0.0.1:7': udp not supported yet", "udp://127.0.0.1:7");
-	BAD("invalid target 'http://x': expected tcp://HOST:PORT, tcp://[V6]:PORT or unix:PATH",
+	BAD("invalid --size '65508': a udp datagram carries at most 65507 bytes", "-s", "65508",
+	    "udp://127.0.0.1:7");
+	BAD("invalid target 'http://x': expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH",
 	    "http://x");
 	BAD("invalid target 'tcp://127.0.0.1:99999': bad port '99999'", "tcp://127.0.0.1:99999");
-	BAD("invalid target 'tcp://127.0.0.1': expected tcp://HOST:PORT, tcp://[V6]:PORT or unix:PATH",
+	BAD("invalid target 'tcp://127.0.0.1': expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH",
 	    "tcp://127.0.0.1");
 	BAD("invalid target 'tcp://::1:80': put an IPv6 address in brackets", "tcp://::1:80");
 	BAD("invalid target 'unix:': socket path must be 1 to 107 bytes", "unix:");
