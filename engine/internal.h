@@ -116,6 +116,7 @@ enum {
 	CONN_CLOSED = 1u << 5,    /* closed: events for it are stale */
 	CONN_QUEUED = 1u << 6,    /* on the ready list (qlink) */
 	CONN_PEER_HUP = 1u << 7,  /* poller saw RDHUP/HUP/ERR: read to EOF or error */
+	CONN_PIPE_WAIT = 1u << 8, /* splice read got EAGAIN with bytes in the pipe */
 };
 
 struct rb_conn {
@@ -124,6 +125,10 @@ struct rb_conn {
 	uint32_t flags;
 	uint32_t interest; /* registered with a level-triggered poller */
 	struct rb_chain chain;
+	/* --copy splice: socket -> pipe -> socket; pipe_rd < 0 means writev mode. */
+	int pipe_rd, pipe_wr;
+	size_t pipe_bytes; /* bytes in the pipe, tracked by us: EAGAIN can't tell */
+	size_t pipe_cap;
 	struct rb_list all;   /* worker->conns */
 	struct rb_list qlink; /* ready list, memwait list or graveyard */
 };
@@ -136,6 +141,14 @@ struct rb_listener {
 };
 
 struct rb_server;
+
+/* Idle splice pipes kept per worker. */
+#define RB_PIPE_CACHE 64
+
+struct rb_cached_pipe {
+	int rd, wr;
+	size_t cap;
+};
 
 struct rb_worker {
 	struct rb_server *srv;
@@ -159,10 +172,13 @@ struct rb_worker {
 	uint64_t deadline_ms;
 	uint64_t accept_retry_ms;
 	struct rb_ratelimit rl_emfile;
+	struct rb_ratelimit rl_pipe;
 	struct rb_stats st;
 	struct iovec iov[IOV_MAX];
 	int result;
 	void *uring; /* the completion model's per-worker state */
+	struct rb_cached_pipe pipes[RB_PIPE_CACHE];
+	unsigned n_pipes;
 };
 
 struct rb_server {
@@ -178,7 +194,14 @@ struct rb_server {
 	volatile sig_atomic_t stop_requested;
 	volatile sig_atomic_t stats_requested;
 	unsigned listening_workers; /* the last to stop listening closes the sockets */
+	size_t pipe_size;           /* splice pipe size asked for, after pipe-max-size */
 };
+
+/* Splice pipes (pipes.c). */
+int rb__pipe_max_size(void);
+int rb__pipe_get(struct rb_worker *w, struct rb_conn *c);
+void rb__pipe_put(struct rb_worker *w, struct rb_conn *c);
+void rb__pipes_fini(struct rb_worker *w);
 
 /* Workers (worker.c): the common part, then the model's own. */
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);

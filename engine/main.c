@@ -52,6 +52,7 @@ static void usage(FILE *f)
 		"                           1024 (FD_SETSIZE) or more\n"
 		"      --trigger MODE       edge or level, for the epoll engine (default edge)\n"
 		"      --copy MODE          writev (default) or splice\n"
+		"      --pipe-size SIZE     splice pipe size, capped by fs.pipe-max-size (default 1m)\n"
 		"  -t, --threads N          worker threads, 1 to %d (default 1)\n"
 		"      --chunk-size SIZE    buffer chunk size, 512 to 16m (default 16k)\n"
 		"      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
@@ -139,7 +140,7 @@ static void print_listening(const struct rb_server *srv, const struct rb_config 
 int main(int argc, char **argv)
 {
 	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
-	       OPT_LIST };
+	       OPT_LIST, OPT_PIPE };
 	static const struct option opts[] = {
 		{"listen", required_argument, NULL, 'l'},
 		{"engine", required_argument, NULL, 'e'},
@@ -150,6 +151,7 @@ int main(int argc, char **argv)
 		{"conn-buffer", required_argument, NULL, OPT_CONNBUF},
 		{"max-memory", required_argument, NULL, OPT_MAXMEM},
 		{"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+		{"pipe-size", required_argument, NULL, OPT_PIPE},
 		{"list-engines", no_argument, NULL, OPT_LIST},
 		{"verbose", no_argument, NULL, 'v'},
 		{"quiet", no_argument, NULL, 'q'},
@@ -206,6 +208,11 @@ int main(int argc, char **argv)
 		case OPT_MAXMEM:
 			if ((rc = parse_size_flag("--max-memory", optarg, 0, SIZE_MAX,
 						  &cfg.max_memory)))
+				return rc;
+			break;
+		case OPT_PIPE:
+			if ((rc = parse_size_flag("--pipe-size", optarg, 4096, 1u << 30,
+						  &cfg.pipe_size)))
 				return rc;
 			break;
 		case OPT_SHUTDOWN:

@@ -10,6 +10,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -34,6 +35,12 @@ static size_t conn_lowat(const struct rb_worker *w)
 	return w->srv->cfg.conn_buffer / 2;
 }
 
+/* Bytes read and not yet echoed: in the chain (writev) or the pipe (splice). */
+static size_t conn_pending(const struct rb_conn *c)
+{
+	return c->chain.bytes + c->pipe_bytes;
+}
+
 static void ready_push(struct rb_worker *w, struct rb_conn *c)
 {
 	if (c->flags & (CONN_QUEUED | CONN_CLOSED))
@@ -49,9 +56,9 @@ static void conn_set_interest(struct rb_worker *w, struct rb_conn *c)
 
 	if (w->edge)
 		return;
-	if (!(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT)))
+	if (!(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT | CONN_PIPE_WAIT)))
 		want |= RB_READ;
-	if (c->chain.bytes > 0)
+	if (conn_pending(c) > 0)
 		want |= RB_WRITE;
 	if (want != c->interest) {
 		int err = w->ops->mod(w->poller, c->fd, c, want);
@@ -67,8 +74,9 @@ static void conn_close(struct rb_worker *w, struct rb_conn *c, bool error)
 		return;
 	w->ops->del(w->poller, c->fd, c);
 	close(c->fd);
-	RB_STAT_SUB(w, buffered, c->chain.bytes);
+	RB_STAT_SUB(w, buffered, conn_pending(c));
 	rb_chain_release(&w->pool, &c->chain);
+	rb__pipe_put(w, c);
 	rb_list_del(&c->all);
 	if (c->flags & (CONN_QUEUED | CONN_MEMWAIT))
 		rb_list_del(&c->qlink);
@@ -92,7 +100,7 @@ static void conn_finish(struct rb_worker *w, struct rb_conn *c)
  * Write from the head of the chain until it is empty or the socket is full
  * (rule 4). Returns -1 if the connection was closed.
  */
-static int conn_flush(struct rb_worker *w, struct rb_conn *c)
+static int conn_flush_chain(struct rb_worker *w, struct rb_conn *c)
 {
 	while (c->chain.bytes > 0 && (c->flags & CONN_CAN_WRITE)) {
 		int n = rb_chain_write_iov(&w->pool, &c->chain, w->iov, IOV_MAX);
@@ -101,7 +109,10 @@ static int conn_flush(struct rb_worker *w, struct rb_conn *c)
 
 		for (int i = 0; i < n; i++)
 			want += w->iov[i].iov_len;
-		r = writev(c->fd, w->iov, n);
+		/* sendmsg is writev with flags: MSG_NOSIGNAL, so a peer that left
+		 * costs an EPIPE, never a signal, even if the embedder kept SIGPIPE. */
+		struct msghdr mh = {.msg_iov = w->iov, .msg_iovlen = (size_t)n};
+		r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 		RB_STAT_ADD(w, write_calls, 1);
 		if (r >= 0) {
 			rb_chain_consume(&w->pool, &c->chain, (size_t)r);
@@ -136,7 +147,7 @@ static int conn_flush(struct rb_worker *w, struct rb_conn *c)
  * or the cap (rule 2), echoing after every read (rule 4). Returns -1 if the
  * connection was closed.
  */
-static int conn_read(struct rb_worker *w, struct rb_conn *c)
+static int conn_read_chain(struct rb_worker *w, struct rb_conn *c)
 {
 	size_t budget = w->srv->cfg.read_budget;
 	size_t cap = conn_cap(w);
@@ -184,7 +195,7 @@ static int conn_read(struct rb_worker *w, struct rb_conn *c)
 			 * no later edge would report the EOF (nginx's pending_eof). */
 			if ((size_t)r < want && !(c->flags & CONN_PEER_HUP))
 				c->flags &= ~CONN_CAN_READ;
-			if (conn_flush(w, c) < 0)
+			if (conn_flush_chain(w, c) < 0)
 				return -1;
 			continue;
 		}
@@ -206,15 +217,131 @@ static int conn_read(struct rb_worker *w, struct rb_conn *c)
 	return 0;
 }
 
+/*
+ * splice: pipe -> socket until the pipe is empty or the socket is full. Any
+ * progress lets a read that stopped on the pipe (full, or EAGAIN that could
+ * have meant "out of pipe slots") try again. Returns -1 if closed.
+ */
+static int conn_flush_pipe(struct rb_worker *w, struct rb_conn *c)
+{
+	bool progress = false;
+
+	while (c->pipe_bytes > 0 && (c->flags & CONN_CAN_WRITE)) {
+		ssize_t r = splice(c->pipe_rd, NULL, c->fd, NULL, c->pipe_bytes,
+				   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		RB_STAT_ADD(w, write_calls, 1);
+		RB_STAT_ADD(w, splice_calls, 1);
+		if (r > 0) {
+			c->pipe_bytes -= (size_t)r;
+			RB_STAT_ADD(w, bytes_out, (uint64_t)r);
+			RB_STAT_ADD(w, bytes_spliced, (uint64_t)r);
+			RB_STAT_SUB(w, buffered, (uint64_t)r);
+			progress = true;
+			continue;
+		}
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EAGAIN) {
+			c->flags &= ~CONN_CAN_WRITE;
+			break;
+		}
+		/* An error, or 0 from a pipe we believe holds bytes: give up on it. */
+		conn_close(w, c, true);
+		return -1;
+	}
+	if (progress && ((c->flags & CONN_PIPE_WAIT) ||
+			 ((c->flags & CONN_PAUSED) && c->pipe_bytes <= c->pipe_cap / 2))) {
+		c->flags &= ~(CONN_PIPE_WAIT | CONN_PAUSED);
+		if (c->flags & CONN_CAN_READ)
+			ready_push(w, c);
+	}
+	return 0;
+}
+
+/*
+ * splice: socket -> pipe, echoing after every move, until EAGAIN, EOF, the
+ * budget or a full pipe. Occupancy is tracked here because EAGAIN alone
+ * cannot tell "socket empty" from "pipe full". Returns -1 if closed.
+ */
+static int conn_read_pipe(struct rb_worker *w, struct rb_conn *c)
+{
+	size_t budget = w->srv->cfg.read_budget;
+
+	while ((c->flags & CONN_CAN_READ) &&
+	       !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_PIPE_WAIT))) {
+		size_t room = c->pipe_cap - c->pipe_bytes;
+		ssize_t r;
+
+		if (room == 0) {
+			c->flags |= CONN_PAUSED;
+			RB_STAT_ADD(w, pauses, 1);
+			break;
+		}
+		if (budget == 0) {
+			ready_push(w, c);
+			RB_STAT_ADD(w, requeues, 1);
+			break;
+		}
+		r = splice(c->fd, NULL, c->pipe_wr, NULL, room < budget ? room : budget,
+			   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		RB_STAT_ADD(w, read_calls, 1);
+		RB_STAT_ADD(w, splice_calls, 1);
+		if (r > 0) {
+			c->pipe_bytes += (size_t)r;
+			RB_STAT_ADD(w, bytes_in, (uint64_t)r);
+			RB_STAT_ADD(w, buffered, (uint64_t)r);
+			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
+			RB_STAT_MAX(w, peak_conn_buffered, c->pipe_bytes);
+			budget -= (size_t)r;
+			/* No short-read shortcut: a short splice may mean the pipe ran
+			 * out of slots, not that the socket is empty. */
+			if (conn_flush_pipe(w, c) < 0)
+				return -1;
+			continue;
+		}
+		if (r == 0) {
+			c->flags |= CONN_RD_EOF;
+			c->flags &= ~CONN_CAN_READ;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			if (c->pipe_bytes == 0)
+				c->flags &= ~CONN_CAN_READ; /* the pipe had room: socket empty */
+			else {
+				/* Ambiguous: socket empty, or the pipe out of page slots
+				 * before bytes. Either way wait for a write to drain it. */
+				c->flags |= CONN_PIPE_WAIT;
+				RB_STAT_ADD(w, pauses, 1);
+			}
+			break;
+		}
+		conn_close(w, c, true);
+		return -1;
+	}
+	return 0;
+}
+
+static int conn_flush(struct rb_worker *w, struct rb_conn *c)
+{
+	return c->pipe_rd >= 0 ? conn_flush_pipe(w, c) : conn_flush_chain(w, c);
+}
+
+static int conn_read(struct rb_worker *w, struct rb_conn *c)
+{
+	return c->pipe_rd >= 0 ? conn_read_pipe(w, c) : conn_read_chain(w, c);
+}
+
 static void conn_run(struct rb_worker *w, struct rb_conn *c)
 {
 	if (c->flags & CONN_CLOSED)
 		return;
-	if (c->chain.bytes > 0 && conn_flush(w, c) < 0)
+	if (conn_pending(c) > 0 && conn_flush(w, c) < 0)
 		return;
 	if (conn_read(w, c) < 0)
 		return;
-	if ((c->flags & CONN_RD_EOF) && c->chain.bytes == 0) {
+	if ((c->flags & CONN_RD_EOF) && conn_pending(c) == 0) {
 		conn_finish(w, c);
 		return;
 	}
@@ -253,12 +380,27 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	c->fd = fd;
 	c->flags = CONN_CAN_WRITE;
 	c->interest = events;
+	c->pipe_rd = c->pipe_wr = -1;
 	rb_chain_init(&c->chain);
 	rb_list_init(&c->qlink);
+	if (w->srv->cfg.copy == RB_COPY_SPLICE) {
+		/* Three descriptors per connection: when they run out, echo this
+		 * one with writev instead of refusing it. */
+		err = rb__pipe_get(w, c);
+		if (err < 0) {
+			unsigned sup;
+			RB_STAT_ADD(w, splice_fallbacks, 1);
+			if (rb__ratelimit_ok(&w->rl_pipe, &sup))
+				rb__log(RB_LOG_ERR,
+					"no pipe for fd %d (%s): using writev (%u more suppressed)",
+					fd, strerror(-err), sup);
+		}
+	}
 	if (tcp)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	err = w->ops->add(w->poller, fd, c, events);
 	if (err < 0) {
+		rb__pipe_put(w, c);
 		free(c);
 		goto refuse;
 	}
@@ -364,6 +506,7 @@ static void worker_begin_stop(struct rb_worker *w)
 			rb_list_del(&c->qlink);
 			c->flags &= ~CONN_MEMWAIT;
 		}
+		c->flags &= ~CONN_PIPE_WAIT;
 		conn_run(w, c);
 	}
 }

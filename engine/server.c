@@ -122,6 +122,7 @@ void rb_config_init(struct rb_config *cfg)
 		.chunk_size = 16u << 10,
 		.conn_buffer = 1u << 20,
 		.max_memory = 512u << 20,
+		.pipe_size = 1u << 20,
 		.pool_cache = 256,
 		.read_budget = 256u << 10,
 		.accept_budget = 64,
@@ -214,10 +215,10 @@ static int validate(const struct rb_config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "read and accept budgets must be at least 1");
 		return -EINVAL;
 	}
-	if (cfg->copy != RB_COPY_WRITEV) {
-		snprintf(err, errlen, "copy mode '%s' is not built yet in rebound %s",
-			 rb_copy_name(cfg->copy), RB_VERSION_STRING);
-		return -ENOTSUP;
+	if (cfg->copy == RB_COPY_SPLICE && (cfg->pipe_size < 4096 || cfg->pipe_size > (1ul << 30))) {
+		snprintf(err, errlen, "pipe size %zu out of range (4096 bytes to 1 GiB)",
+			 cfg->pipe_size);
+		return -EINVAL;
 	}
 	return 0;
 }
@@ -293,6 +294,19 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		srv->ports[i] = bound_port(rc);
 	}
 
+	if (cfg->copy == RB_COPY_SPLICE) {
+		int max = rb__pipe_max_size();
+		struct sigaction sa;
+		srv->pipe_size = cfg->pipe_size;
+		if (max > 0 && (size_t)max < srv->pipe_size) {
+			rb__log(RB_LOG_INFO,
+				"pipe size %zu is above fs.pipe-max-size; using %d bytes",
+				srv->pipe_size, max);
+			srv->pipe_size = (size_t)max;
+		}
+		if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+			signal(SIGPIPE, SIG_IGN);
+	}
 	srv->n_workers = cfg->threads;
 	srv->listening_workers = cfg->threads;
 	srv->workers = calloc(srv->n_workers, sizeof(*srv->workers));
@@ -453,5 +467,9 @@ void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
 			out->peak_conn_buffered = pc;
 		out->chunks_allocated += LOAD(chunks_allocated);
 		out->chunks_cached += LOAD(chunks_cached);
+		out->bytes_spliced += LOAD(bytes_spliced);
+		out->splice_calls += LOAD(splice_calls);
+		out->pipe_cache_hits += LOAD(pipe_cache_hits);
+		out->splice_fallbacks += LOAD(splice_fallbacks);
 	}
 }

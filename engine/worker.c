@@ -62,6 +62,7 @@ void rb__worker_fini(struct rb_worker *w)
 	else
 #endif
 		rb__reactor_worker_fini(w);
+	rb__pipes_fini(w);
 	if (w->ctl_fd >= 0)
 		close(w->ctl_fd);
 	w->ctl_fd = -1;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "helpers.h"
+#include "rb_config.h"
 
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -22,6 +23,10 @@ static struct engine_param all_params[] = {
 	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE},
+	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
+	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
+	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
 };
 
 size_t th_engine_params(struct engine_param **out)

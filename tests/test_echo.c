@@ -152,16 +152,26 @@ ECHO_TEST(half_close, 60)
 
 struct cap_wait {
 	uint64_t cap;
+	bool splice;
 };
 
+/*
+ * The server has stopped reading this connection: with writev exactly at its
+ * cap; with splice, with the pipe full (its byte count is not exact: a pipe
+ * runs out of page slots before bytes when skbs fill pages partly).
+ */
 static bool at_cap(const struct rb_stats *st, void *arg)
 {
-	return st->buffered == ((struct cap_wait *)arg)->cap && st->pauses > 0;
+	const struct cap_wait *cw = arg;
+
+	if (cw->splice)
+		return st->pauses > 0 && st->buffered > 0;
+	return st->buffered == cw->cap && st->pauses > 0;
 }
 
 /*
  * A client sends 8 MiB without reading: the server's buffer for it stops at
- * the cap (exactly), then everything comes back intact once it reads.
+ * the cap, then everything comes back intact once it reads.
  */
 ECHO_TEST(slow_reader_bounded, 60)
 {
@@ -175,11 +185,13 @@ ECHO_TEST(slow_reader_bounded, 60)
 
 	th_fill(data, len, 99);
 	th_server_start(&ts, p, NULL);
-	cw.cap = ts.cfg.conn_buffer;
+	cw.splice = p->copy == RB_COPY_SPLICE;
+	/* With splice the pipe is the buffer: 1 MiB where fs.pipe-max-size allows. */
+	cw.cap = cw.splice ? ts.cfg.pipe_size : ts.cfg.conn_buffer;
 	/* Small client buffers, so the server, not the kernel, holds the backlog. */
 	fd = th_connect_bufs(ts.port, small, small);
 	th_set_nonblock(fd);
-	/* Write, never read, until the server reports it is paused at the cap. */
+	/* Write, never read, until the server reports it stopped reading. */
 	for (;;) {
 		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
 		if (r > 0) {
@@ -187,22 +199,25 @@ ECHO_TEST(slow_reader_bounded, 60)
 			continue;
 		}
 		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
-		rb_server_stats(ts.srv, &st);
-		if (at_cap(&st, &cw))
-			break;
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, 10);
 		if (sent == len) {
 			th_wait_stats(&ts, at_cap, &cw, "the connection to pause at its cap");
 			break;
 		}
+		rb_server_stats(ts.srv, &st);
+		if (at_cap(&st, &cw))
+			break;
+		/* Blocked for now: wait for room (or re-check the server shortly). */
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
 	}
 	rb_server_stats(ts.srv, &st);
-	cr_assert_eq(st.buffered, cw.cap, "buffered %lu, cap %lu", (unsigned long)st.buffered,
-		     (unsigned long)cw.cap);
+	if (!cw.splice)
+		cr_assert_eq(st.buffered, cw.cap, "buffered %lu, cap %lu",
+			     (unsigned long)st.buffered, (unsigned long)cw.cap);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap, "peak %lu over the cap %lu",
 		      (unsigned long)st.peak_conn_buffered, (unsigned long)cw.cap);
-	cr_assert_lt(sent, len, "the kernel absorbed all 8 MiB: the test proves nothing");
+	/* Whether or not the kernel's buffers took all 8 MiB, the server paused:
+	 * at_cap() held, so the cap, not the sender, bounded its memory. */
 
 	/* Now read (and finish sending): every byte comes back in order. */
 	while (recvd < len) {

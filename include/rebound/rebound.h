@@ -52,6 +52,7 @@ struct rb_config {
 	size_t chunk_size;           /* bytes per pool chunk */
 	size_t conn_buffer;          /* per-connection cap on buffered bytes */
 	size_t max_memory;           /* cap on all buffered bytes, 0 = none */
+	size_t pipe_size;            /* splice pipe size (capped by fs.pipe-max-size) */
 	unsigned pool_cache;         /* idle chunks kept per worker */
 	size_t read_budget;          /* bytes read per connection per wakeup */
 	unsigned accept_budget;      /* accepts per listener per wakeup */
@@ -80,6 +81,10 @@ struct rb_stats {
 	uint64_t peak_conn_buffered; /* most bytes one connection buffered */
 	uint64_t chunks_allocated;  /* chunks obtained from malloc */
 	uint64_t chunks_cached;     /* idle chunks in the pools now */
+	uint64_t bytes_spliced;     /* payload bytes moved socket -> pipe -> socket */
+	uint64_t splice_calls;      /* splice syscalls */
+	uint64_t pipe_cache_hits;   /* pipes reused from the cache */
+	uint64_t splice_fallbacks;  /* splice connections that fell back to writev */
 };
 
 struct rb_server;
@@ -88,7 +93,9 @@ struct rb_server;
 void rb_config_init(struct rb_config *cfg);
 
 /*
- * Create a server: validate cfg, open the listeners. Returns 0 and sets *out,
+ * Create a server: validate cfg, open the listeners. With copy = splice, a
+ * SIGPIPE disposition still at SIG_DFL is set to SIG_IGN (splice has no
+ * MSG_NOSIGNAL, and a peer that leaves must not kill the process). Returns 0 and sets *out,
  * or -errno with a one-line reason naming the bad value in err (if err != NULL).
  */
 int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err,
