@@ -465,3 +465,33 @@ ECHO_TEST(ipv6_and_unix_listeners, 60)
 	th_server_stop(&ts);
 	free(data);
 }
+
+static void two_threads(struct rb_config *cfg)
+{
+	cfg->threads = 2;
+}
+
+/* Two workers share the listeners: every stream intact, totals summed. */
+ECHO_TEST(two_workers, 120)
+{
+	enum { N = 64 };
+	struct th_stream s[N];
+	struct test_server ts;
+	size_t total = 0;
+	unsigned char *data = malloc(1u << 20);
+
+	th_fill(data, 1u << 20, 8);
+	th_server_start(&ts, p, two_threads);
+	for (size_t i = 0; i < N; i++) {
+		s[i] = (struct th_stream){.fd = th_connect(ts.port), .data = data + i,
+					  .len = 100000 + i * 4099, .max_piece = 3 + i * 301,
+					  .rng = i};
+		total += s[i].len;
+	}
+	th_run_streams(s, N);
+	for (size_t i = 0; i < N; i++)
+		close(s[i].fd);
+	expect_totals(&ts, N, total);
+	th_server_stop(&ts);
+	free(data);
+}
