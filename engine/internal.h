@@ -81,6 +81,7 @@ struct rb_addr {
 	struct sockaddr_storage ss;
 	socklen_t len;
 	bool is_unix;
+	bool is_udp;
 	char url[160];
 };
 
@@ -101,7 +102,7 @@ int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen);
 	} while (0)
 
 /* ---- handles: what a poller event's pointer points at ---- */
-enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL };
+enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL, RB_H_UDP };
 
 struct rb_handle {
 	enum rb_handle_kind kind;
@@ -133,11 +134,15 @@ struct rb_conn {
 	struct rb_list qlink; /* ready list, memwait list or graveyard */
 };
 
+struct rb_udp;
+
 struct rb_listener {
 	struct rb_handle h;
 	int fd;
 	bool pending; /* accept budget ran out: more may be waiting */
 	bool active;
+	struct rb_udp *udp;      /* a UDP socket: echoed datagram by datagram */
+	uint32_t udp_interest;   /* registered with a level-triggered poller */
 };
 
 struct rb_server;
@@ -196,6 +201,14 @@ struct rb_server {
 	unsigned listening_workers; /* the last to stop listening closes the sockets */
 	size_t pipe_size;           /* splice pipe size asked for, after pipe-max-size */
 };
+
+/* UDP sockets (udp.c). */
+#define RB_UDP_BATCH 32
+struct rb_udp *rb__udp_create(int fd);
+void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u);
+void rb__udp_run(struct rb_worker *w, struct rb_udp *u, uint32_t events);
+bool rb__udp_pending(const struct rb_udp *u);
+uint32_t rb__udp_interest(const struct rb_udp *u);
 
 /* Splice pipes (pipes.c). */
 int rb__pipe_max_size(void);

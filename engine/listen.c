@@ -13,7 +13,7 @@
 
 #include "internal.h"
 
-#define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH"
+#define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH"
 
 static int parse_port(const char *s, unsigned *out)
 {
@@ -73,10 +73,11 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 			rest += 2;
 		return parse_unix(url, rest, a, err, errlen);
 	}
-	if (strncmp(url, "tcp://", 6) != 0) {
+	if (strncmp(url, "tcp://", 6) != 0 && strncmp(url, "udp://", 6) != 0) {
 		snprintf(err, errlen, "invalid listen URL '%s': %s", url, URL_HELP);
 		return -EINVAL;
 	}
+	a->is_udp = url[0] == 'u';
 	rest = url + 6;
 	if (rest[0] == '[') {
 		const char *close = strchr(rest, ']');
@@ -110,7 +111,7 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	hints.ai_family = AF_UNSPEC;
-	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_socktype = a->is_udp ? SOCK_DGRAM : SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
 	rc = getaddrinfo(host, port_s, &hints, &res);
 	if (rc != 0 || !res)
@@ -156,7 +157,7 @@ int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen)
 			return rc;
 		}
 	}
-	fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(family, (a->is_udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto fail;
 	if (!a->is_unix && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
@@ -165,8 +166,15 @@ int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen)
 		goto fail_close;
 	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
 		goto fail_close;
-	if (listen(fd, backlog) < 0)
+	if (!a->is_udp && listen(fd, backlog) < 0)
 		goto fail_close;
+	if (a->is_udp) {
+		/* Datagrams that arrive while a worker is busy wait here; a bigger
+		 * queue means fewer drops in bursts (capped by net.core.rmem_max). */
+		int sz = 4 << 20;
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &sz, sizeof(sz));
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sz, sizeof(sz));
+	}
 	return fd;
 fail_close:
 	rc = -errno;

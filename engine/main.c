@@ -43,9 +43,10 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: rebound [OPTIONS]\n"
-		"Echo every byte back to TCP and UNIX-socket peers.\n"
+		"Echo every byte back to TCP, UDP and UNIX-socket peers.\n"
 		"\n"
-		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH\n"
+		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT\n"
+		"                           or unix:PATH\n"
 		"                           (repeatable; default tcp://127.0.0.1:7007)\n"
 		"  -e, --engine NAME        epoll, poll, select, uring or auto (default auto);\n"
 		"                           select refuses connections whose descriptor is\n"
@@ -129,7 +130,7 @@ static void print_listening(const struct rb_server *srv, const struct rb_config 
 	for (size_t i = 0; i < cfg->n_listen; i++) {
 		const char *url = cfg->listen[i];
 		const char *colon = strrchr(url, ':');
-		if (strncmp(url, "tcp://", 6) == 0 && colon)
+		if ((strncmp(url, "tcp://", 6) == 0 || strncmp(url, "udp://", 6) == 0) && colon)
 			fprintf(stderr, "rebound: listening on %.*s:%d\n", (int)(colon - url), url,
 				rb_server_port(srv, i));
 		else

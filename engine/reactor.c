@@ -479,6 +479,22 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 	w->accept_retry_ms = 0;
 }
 
+static void udp_event(struct rb_worker *w, struct rb_udp *u, uint32_t ev)
+{
+	struct rb_listener *l = NULL;
+
+	for (size_t i = 0; i < w->n_listeners && !l; i++)
+		if (w->listeners[i].udp == u)
+			l = &w->listeners[i];
+	if (!l || !l->active)
+		return;
+	rb__udp_run(w, u, ev);
+	if (!w->edge && rb__udp_interest(u) != l->udp_interest) {
+		l->udp_interest = rb__udp_interest(u);
+		w->ops->mod(w->poller, l->fd, u, l->udp_interest);
+	}
+}
+
 static void worker_begin_stop(struct rb_worker *w)
 {
 	struct rb_list *it, *next;
@@ -550,6 +566,9 @@ static int next_timeout(struct rb_worker *w)
 	if (!rb_list_empty(&w->ready))
 		return 0;
 	for (size_t i = 0; i < w->n_listeners; i++) {
+		const struct rb_listener *l = &w->listeners[i];
+		if (l->active && l->udp && rb__udp_pending(l->udp))
+			return 0;
 		if (w->listeners[i].pending) {
 			now = rb__now_ms();
 			if (w->accept_retry_ms <= now)
@@ -607,6 +626,9 @@ int rb__reactor_run(struct rb_worker *w)
 			case RB_H_CONTROL:
 				control_event(w);
 				break;
+			case RB_H_UDP:
+				udp_event(w, (struct rb_udp *)(void *)h, ev[i].events);
+				break;
 			}
 		}
 		/* Connections that still had input after their budget (rule 3). */
@@ -620,7 +642,9 @@ int rb__reactor_run(struct rb_worker *w)
 		}
 		for (size_t i = 0; i < w->n_listeners; i++) {
 			struct rb_listener *l = &w->listeners[i];
-			if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
+			if (l->active && l->udp && rb__udp_pending(l->udp))
+				udp_event(w, l->udp, 0);
+			else if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
 				listener_accept(w, l);
 		}
 		if (!rb_list_empty(&w->memwait) && pool_has_room(&w->pool)) {
@@ -654,7 +678,15 @@ int rb__reactor_worker_init(struct rb_worker *w)
 		return err;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
-		err = w->ops->add(w->poller, l->fd, l, RB_READ);
+		if (w->srv->addrs[i].is_udp) {
+			l->udp = rb__udp_create(l->fd);
+			if (!l->udp)
+				return -ENOMEM;
+			l->udp_interest = w->edge ? RB_READ | RB_WRITE : RB_READ;
+			err = w->ops->add(w->poller, l->fd, l->udp, l->udp_interest);
+		} else {
+			err = w->ops->add(w->poller, l->fd, l, RB_READ);
+		}
 		if (err < 0)
 			return err;
 		l->active = true;
@@ -667,6 +699,10 @@ void rb__reactor_worker_fini(struct rb_worker *w)
 	while (!rb_list_empty(&w->conns))
 		conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all), false);
 	free_grave(w);
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		rb__udp_destroy(w, w->listeners[i].udp);
+		w->listeners[i].udp = NULL;
+	}
 	if (w->poller)
 		w->ops->destroy(w->poller);
 	w->poller = NULL;

@@ -287,6 +287,14 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	}
 	srv->n_listen = cfg->n_listen;
 	for (size_t i = 0; i < srv->n_listen; i++) {
+		if (srv->addrs[i].is_udp && srv->engine == RB_ENGINE_URING) {
+			snprintf(err, errlen, "listen URL '%s': the uring engine does not serve UDP",
+				 srv->addrs[i].url);
+			rc = -EINVAL;
+			goto fail;
+		}
+	}
+	for (size_t i = 0; i < srv->n_listen; i++) {
 		rc = rb__listen(&srv->addrs[i], cfg->backlog, err, errlen);
 		if (rc < 0)
 			goto fail;
@@ -471,5 +479,8 @@ void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
 		out->splice_calls += LOAD(splice_calls);
 		out->pipe_cache_hits += LOAD(pipe_cache_hits);
 		out->splice_fallbacks += LOAD(splice_fallbacks);
+		out->datagrams_in += LOAD(datagrams_in);
+		out->datagrams_out += LOAD(datagrams_out);
+		out->datagram_drops += LOAD(datagram_drops);
 	}
 }

@@ -178,13 +178,13 @@ Test(cli, bad_listen_urls)
 {
 	expect_fail(2, ARGS("--listen", "http://127.0.0.1:80"),
 		    "rebound: invalid listen URL 'http://127.0.0.1:80': expected "
-		    "tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH\n");
+		    "tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1:99999"),
 		    "rebound: invalid port '99999' in listen URL 'tcp://127.0.0.1:99999': "
 		    "expected 0 to 65535\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1"),
 		    "rebound: invalid listen URL 'tcp://127.0.0.1': expected tcp://HOST:PORT, "
-		    "tcp://[IPV6]:PORT or unix:PATH\n");
+		    "tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH\n");
 	expect_fail(2, ARGS("--listen", "tcp://no.such.host.invalid:7"),
 		    "rebound: invalid host in listen URL 'tcp://no.such.host.invalid:7': not an "
 		    "address or known name\n");

@@ -42,7 +42,7 @@ enum rb_trigger {
 };
 
 struct rb_config {
-	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, unix:PATH. */
+	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH. */
 	const char *listen[RB_MAX_LISTEN];
 	size_t n_listen;
 	enum rb_engine engine;
@@ -85,6 +85,9 @@ struct rb_stats {
 	uint64_t splice_calls;      /* splice syscalls */
 	uint64_t pipe_cache_hits;   /* pipes reused from the cache */
 	uint64_t splice_fallbacks;  /* splice connections that fell back to writev */
+	uint64_t datagrams_in;      /* UDP datagrams received */
+	uint64_t datagrams_out;     /* UDP datagrams echoed */
+	uint64_t datagram_drops;    /* UDP datagrams that could not be sent back */
 };
 
 struct rb_server;
