@@ -388,19 +388,33 @@ Test(e2e, refused_connections_fail)
 	cr_assert_not_null(strstr(result.out, "0 connected, 2 connect errors"), "%s", result.out);
 }
 
-Test(e2e, real_rebound)
+/* rebound-bench against the real rebound listening on @listen; rebound must exit 0 on SIGTERM. */
+static void against_rebound(const char *listen, const char *const *args)
 {
 	const char *rebound = getenv("REBOUND");
-	const char *args[] = {"-c", "8", "--depth", "4", "-s", "512", "-d", "1", NULL};
 	struct server s;
 
 	if (!rebound || !*rebound)
 		cr_skip_test("rebound is not built in this tree");
-	char *argv[] = {(char *)rebound, (char *)"--listen", (char *)"tcp://127.0.0.1:0", NULL};
+	char *argv[] = {(char *)rebound, (char *)"--listen", (char *)listen, NULL};
 
 	start_server(&s, argv);
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.out, "all correct"), "%s", result.out);
 	cr_assert_eq(stop_server(&s), 0, "rebound did not exit 0 on SIGTERM");
+}
+
+Test(e2e, real_rebound)
+{
+	const char *args[] = {"-c", "8", "--depth", "4", "-s", "512", "-d", "1", NULL};
+
+	against_rebound("tcp://127.0.0.1:0", args);
+}
+
+Test(e2e, real_rebound_udp)
+{
+	const char *args[] = {"-c", "4", "--depth", "2", "-s", "1000", "-d", "1", NULL};
+
+	against_rebound("udp://127.0.0.1:0", args);
 }
