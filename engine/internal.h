@@ -148,7 +148,7 @@ struct rb_listener {
 struct rb_server;
 
 /* Idle splice pipes kept per worker. */
-#define RB_PIPE_CACHE 64
+#define RB_PIPE_CACHE 256
 
 struct rb_cached_pipe {
 	int rd, wr;
@@ -213,7 +213,7 @@ uint32_t rb__udp_interest(const struct rb_udp *u);
 /* Splice pipes (pipes.c). */
 int rb__pipe_max_size(void);
 int rb__pipe_get(struct rb_worker *w, struct rb_conn *c);
-void rb__pipe_put(struct rb_worker *w, struct rb_conn *c);
+void rb__pipe_put(struct rb_worker *w, struct rb_conn *c, bool verify);
 void rb__pipes_fini(struct rb_worker *w);
 
 /* Workers (worker.c): the common part, then the model's own. */

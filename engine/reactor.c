@@ -76,7 +76,7 @@ static void conn_close(struct rb_worker *w, struct rb_conn *c, bool error)
 	close(c->fd);
 	RB_STAT_SUB(w, buffered, conn_pending(c));
 	rb_chain_release(&w->pool, &c->chain);
-	rb__pipe_put(w, c);
+	rb__pipe_put(w, c, true);
 	rb_list_del(&c->all);
 	if (c->flags & (CONN_QUEUED | CONN_MEMWAIT))
 		rb_list_del(&c->qlink);
@@ -328,8 +328,34 @@ static int conn_flush(struct rb_worker *w, struct rb_conn *c)
 	return c->pipe_rd >= 0 ? conn_flush_pipe(w, c) : conn_flush_chain(w, c);
 }
 
+/*
+ * splice mode takes a pipe from the worker's cache only while there are
+ * bytes to move (an idle connection holds two descriptors fewer), and gives
+ * it back once drained. If none can be had (descriptors ran out), this
+ * round of reading goes through the chunk pool and writev instead.
+ */
+static void conn_take_pipe(struct rb_worker *w, struct rb_conn *c)
+{
+	unsigned sup;
+	int err;
+
+	if (w->srv->cfg.copy != RB_COPY_SPLICE || c->pipe_rd >= 0 || c->chain.bytes > 0)
+		return;
+	err = rb__pipe_get(w, c);
+	if (err == 0)
+		return;
+	RB_STAT_ADD(w, splice_fallbacks, 1);
+	if (rb__ratelimit_ok(&w->rl_pipe, &sup))
+		rb__log(RB_LOG_ERR, "no pipe for fd %d (%s): using writev (%u more suppressed)",
+			c->fd, strerror(-err), sup);
+}
+
 static int conn_read(struct rb_worker *w, struct rb_conn *c)
 {
+	if (!(c->flags & CONN_CAN_READ) ||
+	    (c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT | CONN_PIPE_WAIT)))
+		return 0;
+	conn_take_pipe(w, c);
 	return c->pipe_rd >= 0 ? conn_read_pipe(w, c) : conn_read_chain(w, c);
 }
 
@@ -345,6 +371,8 @@ static void conn_run(struct rb_worker *w, struct rb_conn *c)
 		conn_finish(w, c);
 		return;
 	}
+	if (c->pipe_rd >= 0 && c->pipe_bytes == 0)
+		rb__pipe_put(w, c, false);
 	conn_set_interest(w, c);
 }
 
@@ -383,24 +411,10 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	c->pipe_rd = c->pipe_wr = -1;
 	rb_chain_init(&c->chain);
 	rb_list_init(&c->qlink);
-	if (w->srv->cfg.copy == RB_COPY_SPLICE) {
-		/* Three descriptors per connection: when they run out, echo this
-		 * one with writev instead of refusing it. */
-		err = rb__pipe_get(w, c);
-		if (err < 0) {
-			unsigned sup;
-			RB_STAT_ADD(w, splice_fallbacks, 1);
-			if (rb__ratelimit_ok(&w->rl_pipe, &sup))
-				rb__log(RB_LOG_ERR,
-					"no pipe for fd %d (%s): using writev (%u more suppressed)",
-					fd, strerror(-err), sup);
-		}
-	}
 	if (tcp)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	err = w->ops->add(w->poller, fd, c, events);
 	if (err < 0) {
-		rb__pipe_put(w, c);
 		free(c);
 		goto refuse;
 	}
