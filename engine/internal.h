@@ -231,6 +231,7 @@ int rb__uring_probe(char *why, size_t whylen);
 int rb__uring_worker_init(struct rb_worker *w);
 int rb__uring_run(struct rb_worker *w);
 void rb__uring_worker_fini(struct rb_worker *w);
+const char *rb__uring_detail(const struct rb_worker *w);
 /* Close (and unlink) every listening socket; idempotent. */
 void rb__server_close_listeners(struct rb_server *srv);
 

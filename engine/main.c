@@ -59,6 +59,13 @@ static void usage(FILE *f)
 		"      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
 		"      --max-memory SIZE    cap on all buffered bytes, 0 = none (default 512m)\n"
 		"      --shutdown-timeout MS  flush deadline on SIGINT/SIGTERM (default 2000)\n"
+		"      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
+		"                           (default 1024)\n"
+		"      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
+		"                           to 32768, each --chunk-size bytes, allocated as\n"
+		"                           needed (default 4096)\n"
+		"      --uring-sqpoll MS    uring: a kernel thread submits, idle after MS\n"
+		"                           (default 0: off)\n"
 		"      --list-engines       print the engines that can run here and exit\n"
 		"  -v, --verbose            more logging\n"
 		"  -q, --quiet              errors only\n"
@@ -138,8 +145,17 @@ static void print_listening(const struct rb_server *srv, const struct rb_config 
 	}
 }
 
+/* In the engine line's parentheses: what the engine chose, else the trigger. */
+static const char *engine_detail(const struct rb_server *srv, const struct rb_config *cfg)
+{
+	const char *d = rb_server_engine_detail(srv);
+
+	return *d ? d : rb_trigger_name(cfg->trigger);
+}
+
 int main(int argc, char **argv)
 {
+	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL };
 	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
 	       OPT_LIST, OPT_PIPE };
 	static const struct option opts[] = {
@@ -152,6 +168,9 @@ int main(int argc, char **argv)
 		{"conn-buffer", required_argument, NULL, OPT_CONNBUF},
 		{"max-memory", required_argument, NULL, OPT_MAXMEM},
 		{"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+		{"uring-entries", required_argument, NULL, OPT_URING_ENTRIES},
+		{"uring-buffers", required_argument, NULL, OPT_URING_BUFFERS},
+		{"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
 		{"pipe-size", required_argument, NULL, OPT_PIPE},
 		{"list-engines", no_argument, NULL, OPT_LIST},
 		{"verbose", no_argument, NULL, 'v'},
@@ -221,6 +240,24 @@ int main(int argc, char **argv)
 				return rc;
 			cfg.shutdown_timeout_ms = (unsigned)ul;
 			break;
+		case OPT_URING_ENTRIES:
+			if ((rc = parse_uint_flag("--uring-entries", optarg, 1, 32768, &ul)))
+				return rc;
+			cfg.uring_entries = (unsigned)ul;
+			break;
+		case OPT_URING_BUFFERS:
+			if ((rc = parse_uint_flag("--uring-buffers", optarg, 1, 32768, &ul)))
+				return rc;
+			if (ul & (ul - 1))
+				return bad_value("--uring-buffers", optarg,
+						 "must be a power of two (1, 2, 4 ... 32768)");
+			cfg.uring_buffers = (unsigned)ul;
+			break;
+		case OPT_URING_SQPOLL:
+			if ((rc = parse_uint_flag("--uring-sqpoll", optarg, 0, 60000, &ul)))
+				return rc;
+			cfg.uring_sqpoll_ms = (unsigned)ul;
+			break;
 		case OPT_LIST:
 			for (int e = RB_ENGINE_EPOLL; e <= RB_ENGINE_URING; e++)
 				if (rb_engine_available((enum rb_engine)e, err, sizeof(err)) == 0)
@@ -256,6 +293,10 @@ int main(int argc, char **argv)
 			rb_engine_name(cfg.engine));
 		return EXIT_USAGE;
 	}
+	if (cfg.copy == RB_COPY_SPLICE && cfg.engine == RB_ENGINE_URING) {
+		fprintf(stderr, "rebound: --copy splice is not supported by the uring engine\n");
+		return EXIT_USAGE;
+	}
 	if (cfg.n_listen == 0)
 		cfg.listen[cfg.n_listen++] = "tcp://127.0.0.1:7007";
 
@@ -283,7 +324,7 @@ int main(int argc, char **argv)
 		print_listening(g_srv, &cfg);
 		fprintf(stderr,
 			"rebound: engine %s (%s), copy %s, %u thread%s, chunk %zu, conn-buffer %zu\n",
-			rb_engine_name(rb_server_engine(g_srv)), rb_trigger_name(cfg.trigger),
+			rb_engine_name(rb_server_engine(g_srv)), engine_detail(g_srv, &cfg),
 			rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s",
 			cfg.chunk_size, cfg.conn_buffer);
 	}

@@ -1,29 +1,1279 @@
 /* SPDX-License-Identifier: MIT */
-/* The completion model on io_uring (issue 6). Placeholder until it lands. */
+/*
+ * The completion model on io_uring (issue 6; DESIGN.md, "io_uring").
+ *
+ * One ring per worker. Listeners get a multishot accept; connections receive
+ * into a per-worker ring of provided buffers (pool chunks, added lazily) and
+ * send back with exactly one send in flight per connection, covering every
+ * buffer queued at that moment. A buffer goes back to the ring only when all
+ * its bytes have been sent, so the stream is never reordered or overwritten.
+ *
+ * The per-connection cap is exact, as in the reactor: a multishot receive is
+ * armed with a byte limit (sqe->optlen, honoured by newer kernels) that keeps
+ * it from landing past the cap, and the last bytes below the cap are taken
+ * with single-shot receives of exactly the room left. Kernels without the
+ * limit get single-shot receives only: a multishot receive cannot be stopped
+ * before it has posted whatever the socket holds, which would break the cap.
+ *
+ * Every operation in flight holds a reference on its connection; a
+ * connection is freed only when its last CQE has been seen.
+ */
 #include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "internal.h"
 
-int rb__uring_probe(char *why, size_t whylen)
+/* Operation tags in the low bits of user_data (every tagged object is 8-aligned). */
+enum {
+	OP_RECV = 1,
+	OP_SEND,
+	OP_CANCEL,    /* a cancel aimed at a connection's operations */
+	OP_ACCEPT,
+	OP_CTL,       /* poll on the control eventfd */
+	OP_WCANCEL,   /* a cancel aimed at an accept or the control poll */
+	OP_MASK = 7,
+};
+
+#define BGID 0
+/* Provided buffers a worker starts with: an idle server holds almost nothing. */
+#define INITIAL_BUFS 4
+#define CQE_BATCH 256
+#define ACCEPT_RETRY_MS 100
+/* iovecs kept inside each connection; longer queues get a heap array. */
+#define INLINE_IOV 4
+
+/* Test hook: when set before a server is created, use single-shot receives
+ * only, as on kernels without multishot byte limits. */
+int rb__uring_test_single_recv;
+
+enum {
+	UC_RECV = 1u << 0,      /* a receive is in flight */
+	UC_MSHOT = 1u << 1,     /* ... and it is multishot */
+	UC_CANCELLING = 1u << 2, /* ... and a cancel for it was submitted */
+	UC_SEND = 1u << 3,      /* a send is in flight */
+	UC_RD_EOF = 1u << 4,    /* no more receiving: peer FIN or stopping */
+	UC_PAUSED = 1u << 5,    /* at the byte or buffer cap */
+	UC_BUFWAIT = 1u << 6,   /* got ENOBUFS; on the bufwait list */
+	UC_QUEUED = 1u << 7,    /* used its read budget; on the ready list */
+	UC_CLOSING = 1u << 8,   /* closing: everything is cancelled, freed at refs 0 */
+	UC_ERROR = 1u << 9,     /* ... because of an error (counts as a reset) */
+	UC_TCP = 1u << 10,
+};
+
+struct ubuf {
+	uint32_t len;  /* bytes received into it */
+	uint16_t next; /* next buffer in its connection's queue */
+};
+
+struct uconn {
+	int fd;
+	uint32_t flags;
+	unsigned refs;   /* operations in flight (recv, send, cancel) */
+	/* Received, unsent bytes: ring buffers in arrival order. */
+	uint16_t qhead, qtail;
+	unsigned qbufs;
+	uint32_t qoff;   /* bytes of the head buffer already sent */
+	size_t bytes;    /* unsent bytes */
+	size_t arm_bytes; /* received since the last requeue: the read budget */
+	struct msghdr msg;
+	struct iovec *iov;
+	unsigned iov_cap;
+	struct iovec iov_inline[INLINE_IOV];
+	struct rb_list all;  /* uring->conns */
+	struct rb_list link; /* ready or bufwait list */
+};
+
+struct ulisten {
+	int fd;
+	bool tcp;
+	bool armed;     /* multishot accept in flight */
+	bool cancelled; /* a cancel was submitted for it */
+	uint64_t retry_ms; /* re-arm not before (descriptors ran out) */
+} __attribute__((aligned(8)));
+
+struct uring {
+	struct io_uring ring;
+	bool ring_ok;
+	bool enabled;
+	bool sqpoll;
+	const char *mode;
+	/* Provided-buffer ring: nbufs entries, the first nalloc backed by chunks. */
+	struct io_uring_buf_ring *br;
+	size_t br_len;
+	unsigned nbufs, nalloc;
+	unsigned ring_free; /* published and not yet seen consumed */
+	unsigned to_publish; /* added since the last advance */
+	struct rb_chunk **chunk;
+	struct ubuf *meta;
+	uint32_t bufsize;
+	unsigned conn_bufcap; /* buffers one connection may hold */
+	bool mshot_limit;
+	bool want_grow;       /* a receive found the ring empty */
+	/* Everything else. */
+	struct rb_list conns, ready, bufwait;
+	struct ulisten lst[RB_MAX_LISTEN];
+	size_t n_lst;
+	unsigned wops; /* accept, control poll and their cancels in flight */
+	bool ctl_armed, ctl_cancelled;
+	bool listen_released;
+	bool closing_all;
+	char detail[192];
+};
+
+/* ---- what this kernel can do: probed once per process ---- */
+
+struct caps {
+	int err;
+	char why[200];
+	bool mshot_recv;  /* multishot receive (Linux 6.0) */
+	bool mshot_limit; /* multishot receive byte limit in sqe->optlen */
+	bool reg_ring;    /* registered ring descriptors */
+	bool bundle;      /* recv bundles (kernel feature bit, headers permitting) */
+};
+
+static struct caps caps;
+static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
+
+static inline uint64_t tag(const void *p, unsigned op)
 {
-	snprintf(why, whylen, "engine 'uring' is not built yet in rebound %s", RB_VERSION_STRING);
-	return -ENOTSUP;
+	return (uint64_t)(uintptr_t)p | op;
 }
 
-int rb__uring_worker_init(struct rb_worker *w)
+static inline void *untag(uint64_t ud)
 {
-	(void)w;
-	return -ENOTSUP;
+	return (void *)(uintptr_t)(ud & ~(uint64_t)OP_MASK);
+}
+
+/* mmap a buffer ring of entries slots and register it as group bgid
+ * (by hand where liburing, like Debian 12's 2.3, has no
+ * io_uring_setup_buf_ring). Returns 0 or -errno. */
+static int bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
+			    struct io_uring_buf_ring **out, size_t *len_out)
+{
+	size_t len = entries * sizeof(struct io_uring_buf);
+#if RB_HAVE_IO_URING_SETUP_BUF_RING
+	int rc;
+
+	/* Newer liburing does the mmap and registration itself. */
+	*out = io_uring_setup_buf_ring(ring, entries, (int)bgid, 0, &rc);
+	if (!*out)
+		return rc;
+	*len_out = len;
+	return 0;
+#else
+	struct io_uring_buf_reg reg;
+	void *mem;
+	int rc;
+
+	len = (len + 4095) & ~(size_t)4095;
+	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (mem == MAP_FAILED)
+		return -errno;
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (uint64_t)(uintptr_t)mem;
+	reg.ring_entries = entries;
+	reg.bgid = (uint16_t)bgid;
+	rc = io_uring_register_buf_ring(ring, &reg, 0);
+	if (rc < 0) {
+		munmap(mem, len);
+		return rc;
+	}
+	*out = mem;
+	*len_out = len;
+	io_uring_buf_ring_init(*out);
+	return 0;
+#endif
+}
+
+static int wait_one(struct io_uring *ring, struct io_uring_cqe **cqe)
+{
+	struct __kernel_timespec ts = {.tv_sec = 1};
+
+	return io_uring_wait_cqe_timeout(ring, cqe, &ts);
+}
+
+/*
+ * Arm a multishot receive on a socketpair holding `have` bytes and report
+ * the first CQE's result and flags. With limit, sqe->optlen (the field
+ * file_index shares in older headers) caps the bytes the request may take.
+ */
+static int try_mshot(struct io_uring *ring, int fd, uint32_t limit, int *res, unsigned *flags)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+	struct io_uring_cqe *cqe;
+	int rc;
+
+	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 7;
+	sqe->file_index = limit;
+	sqe->user_data = 1;
+	rc = io_uring_submit(ring);
+	if (rc < 0)
+		return rc;
+	rc = wait_one(ring, &cqe);
+	if (rc < 0)
+		return rc;
+	*res = cqe->res;
+	*flags = cqe->flags;
+	io_uring_cqe_seen(ring, cqe);
+	if (*flags & IORING_CQE_F_MORE) {
+		/* Still armed: cancel it and wait for both CQEs to leave the ring clean. */
+		sqe = io_uring_get_sqe(ring);
+		io_uring_prep_cancel64(sqe, 1, 0);
+		sqe->user_data = 2;
+		io_uring_submit(ring);
+		for (int i = 0; i < 2; i++) {
+			if (wait_one(ring, &cqe) < 0)
+				break;
+			io_uring_cqe_seen(ring, cqe);
+		}
+	}
+	return 0;
+}
+
+/* Multishot receive and its byte limit, tried for real on a socketpair:
+ * the opcode table cannot tell either. */
+static void caps_probe_recv(struct io_uring *ring)
+{
+	struct io_uring_buf_ring *br;
+	static char bufs[8][64];
+	size_t brlen;
+	unsigned flags;
+	int sv[2], res;
+
+	if (bufring_register(ring, 8, 7, &br, &brlen) < 0)
+		return;
+	for (int i = 0; i < 8; i++)
+		io_uring_buf_ring_add(br, bufs[i], sizeof(bufs[i]), (uint16_t)i, 7, i);
+	io_uring_buf_ring_advance(br, 8);
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		goto out;
+	if (write(sv[1], "a", 1) == 1 && try_mshot(ring, sv[0], 0, &res, &flags) == 0)
+		caps.mshot_recv = res == 1 && (flags & IORING_CQE_F_MORE);
+	/* Two bytes against a limit of one: a kernel that honours the limit ends
+	 * the request (no F_MORE); an old one rejects optlen with EINVAL. */
+	if (caps.mshot_recv && write(sv[1], "bc", 2) == 2 &&
+	    try_mshot(ring, sv[0], 1, &res, &flags) == 0)
+		caps.mshot_limit = res > 0 && !(flags & IORING_CQE_F_MORE);
+	close(sv[0]);
+	close(sv[1]);
+out:
+	io_uring_unregister_buf_ring(ring, 7);
+	munmap(br, brlen);
+}
+
+static int read_disabled_sysctl(void)
+{
+	char b[16] = "";
+	int fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return 0; /* older than 6.6: no such switch */
+	n = read(fd, b, sizeof(b) - 1);
+	close(fd);
+	return n > 0 ? atoi(b) : 0;
+}
+
+static void caps_detect(void)
+{
+	static const int need[] = {IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND,
+				   IORING_OP_SENDMSG, IORING_OP_POLL_ADD,
+				   IORING_OP_ASYNC_CANCEL, IORING_OP_SOCKET};
+	struct io_uring_probe *probe;
+	struct io_uring ring;
+	int disabled = read_disabled_sysctl(), rc;
+
+	if (disabled == 2) {
+		caps.err = -EPERM;
+		snprintf(caps.why, sizeof(caps.why),
+			 "engine 'uring' cannot run here: io_uring is switched off by the "
+			 "sysctl kernel.io_uring_disabled=2");
+		return;
+	}
+	rc = io_uring_queue_init(4, &ring, 0);
+	if (rc == -EPERM) {
+		caps.err = rc;
+		if (disabled == 1)
+			snprintf(caps.why, sizeof(caps.why),
+				 "engine 'uring' cannot run here: kernel.io_uring_disabled=1 allows "
+				 "io_uring only to members of kernel.io_uring_group");
+		else
+			snprintf(caps.why, sizeof(caps.why),
+				 "engine 'uring' cannot run here: io_uring_setup was refused (EPERM): "
+				 "a seccomp filter or container policy blocks io_uring");
+		return;
+	}
+	if (rc == -ENOSYS) {
+		caps.err = rc;
+		snprintf(caps.why, sizeof(caps.why),
+			 "engine 'uring' cannot run here: io_uring_setup is not implemented "
+			 "(ENOSYS): a kernel without CONFIG_IO_URING, or a seccomp filter");
+		return;
+	}
+	if (rc < 0) {
+		caps.err = -ENOTSUP;
+		snprintf(caps.why, sizeof(caps.why),
+			 "engine 'uring' cannot run here: io_uring_setup failed: %s", strerror(-rc));
+		return;
+	}
+	probe = io_uring_get_probe_ring(&ring);
+	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+		/* IORING_OP_SOCKET stands for Linux 5.19: multishot accept, buffer rings. */
+		if (!probe || !io_uring_opcode_supported(probe, need[i])) {
+			caps.err = -ENOTSUP;
+			snprintf(caps.why, sizeof(caps.why),
+				 "engine 'uring' cannot run here: the kernel's io_uring is too old "
+				 "(needs Linux 5.19 or later: multishot accept, buffer rings)");
+			break;
+		}
+	}
+	if (probe)
+		io_uring_free_probe(probe);
+	if (!caps.err) {
+		caps.reg_ring = io_uring_register_ring_fd(&ring) == 1;
+		if (caps.reg_ring)
+			io_uring_unregister_ring_fd(&ring);
+		caps_probe_recv(&ring);
+#ifdef IORING_FEAT_RECVSEND_BUNDLE
+		caps.bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0;
+#endif
+	}
+	io_uring_queue_exit(&ring);
+}
+
+int rb__uring_probe(char *why, size_t whylen)
+{
+	pthread_once(&caps_once, caps_detect);
+	if (caps.err && why && whylen)
+		snprintf(why, whylen, "%s", caps.why);
+	return caps.err;
+}
+
+/* ---- provided buffers ---- */
+
+static void buf_give(struct uring *u, uint16_t bid)
+{
+	io_uring_buf_ring_add(u->br, u->chunk[bid]->data, u->bufsize, bid,
+			      io_uring_buf_ring_mask(u->nbufs), (int)u->to_publish);
+	u->to_publish++;
+}
+
+/* Make the buffers given back since the last call visible to the kernel. */
+static void buf_publish(struct uring *u)
+{
+	if (!u->to_publish)
+		return;
+	io_uring_buf_ring_advance(u->br, (int)u->to_publish);
+	u->ring_free += u->to_publish;
+	u->to_publish = 0;
+}
+
+/* Back more of the ring with pool chunks. Returns how many were added. */
+static unsigned buf_grow(struct rb_worker *w, struct uring *u, unsigned want)
+{
+	unsigned added = 0;
+
+	while (added < want && u->nalloc < u->nbufs) {
+		struct rb_chunk *c = rb_pool_get(&w->pool);
+		if (!c)
+			break;
+		u->chunk[u->nalloc] = c;
+		buf_give(u, (uint16_t)u->nalloc);
+		u->nalloc++;
+		added++;
+	}
+	return added;
+}
+
+/* ---- submission ---- */
+
+static struct io_uring_sqe *get_sqe(struct uring *u)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+
+	/* Full: hand what is queued to the kernel and take the next slot. Buffers
+	 * given back so far are published first, as the kernel may need them. */
+	while (!sqe) {
+		buf_publish(u);
+		/* Older kernels refuse submissions (EBUSY) while completions wait
+		 * in their overflow list: the CQEs being handled were copied out
+		 * and their slots released, so let the kernel move them in. */
+		if (io_uring_submit(&u->ring) < 0 && !u->sqpoll)
+			io_uring_get_events(&u->ring);
+		if (u->sqpoll)
+			io_uring_sqring_wait(&u->ring);
+		sqe = io_uring_get_sqe(&u->ring);
+	}
+	return sqe;
+}
+
+static size_t conn_cap(const struct rb_worker *w)
+{
+	return w->srv->cfg.conn_buffer;
+}
+
+static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c);
+
+static void conn_unlist(struct uconn *c)
+{
+	if (c->flags & (UC_QUEUED | UC_BUFWAIT)) {
+		rb_list_del(&c->link);
+		c->flags &= ~(UC_QUEUED | UC_BUFWAIT);
+	}
+}
+
+static void conn_cancel_recv(struct uring *u, struct uconn *c)
+{
+	struct io_uring_sqe *sqe;
+
+	if (!(c->flags & UC_RECV) || (c->flags & UC_CANCELLING))
+		return;
+	sqe = get_sqe(u);
+	io_uring_prep_cancel64(sqe, tag(c, OP_RECV), 0);
+	io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
+	c->flags |= UC_CANCELLING;
+	c->refs++;
+}
+
+/* Give up on a connection: cancel whatever it has in flight; it is freed
+ * when the last CQE comes back. */
+static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bool error)
+{
+	if (c->flags & UC_CLOSING)
+		return;
+	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
+	conn_unlist(c);
+	if (c->flags & (UC_RECV | UC_SEND)) {
+		struct io_uring_sqe *sqe = get_sqe(u);
+		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
+		c->refs++;
+	}
+	conn_advance(w, u, c);
+}
+
+static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	/* A clean end (not an error, nothing cancelled mid-send) sends our FIN. */
+	if (!(c->flags & UC_CLOSING))
+		shutdown(c->fd, SHUT_WR);
+	close(c->fd);
+	while (c->qbufs) {
+		uint16_t bid = c->qhead;
+		c->qhead = u->meta[bid].next;
+		c->qbufs--;
+		buf_give(u, bid);
+	}
+	RB_STAT_SUB(w, buffered, c->bytes);
+	conn_unlist(c);
+	rb_list_del(&c->all);
+	if (c->iov != c->iov_inline)
+		free(c->iov);
+	RB_STAT_SUB(w, active, 1);
+	RB_STAT_ADD(w, closed, 1);
+	if (c->flags & UC_ERROR)
+		RB_STAT_ADD(w, resets, 1);
+	free(c);
+}
+
+/* One send covering everything queued (at most IOV_MAX buffers). */
+static void conn_send(struct uring *u, struct uconn *c)
+{
+	unsigned n = c->qbufs < IOV_MAX ? c->qbufs : IOV_MAX;
+	struct io_uring_sqe *sqe;
+	uint16_t bid = c->qhead;
+
+	if (n > c->iov_cap) {
+		unsigned cap = c->iov_cap;
+		struct iovec *iov;
+		while (cap < n)
+			cap *= 2;
+		if (cap > IOV_MAX)
+			cap = IOV_MAX;
+		iov = malloc(cap * sizeof(*iov));
+		if (iov) {
+			if (c->iov != c->iov_inline)
+				free(c->iov);
+			c->iov = iov;
+			c->iov_cap = cap;
+		}
+		if (n > c->iov_cap)
+			n = c->iov_cap; /* out of memory: send what fits, the rest next */
+	}
+	for (unsigned i = 0; i < n; i++) {
+		uint32_t off = i == 0 ? c->qoff : 0;
+		c->iov[i].iov_base = u->chunk[bid]->data + off;
+		c->iov[i].iov_len = u->meta[bid].len - off;
+		bid = u->meta[bid].next;
+	}
+	sqe = get_sqe(u);
+	if (n == 1) {
+		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+	} else {
+		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
+		 * kernel may read them after io_uring_submit returns. */
+		memset(&c->msg, 0, sizeof(c->msg));
+		c->msg.msg_iov = c->iov;
+		c->msg.msg_iovlen = n;
+		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	}
+	io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
+	c->flags |= UC_SEND;
+	c->refs++;
+}
+
+/*
+ * Arm a receive within the cap, the buffer cap and the read budget, or
+ * pause or requeue the connection.
+ */
+static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	size_t cap = conn_cap(w), budget = w->srv->cfg.read_budget;
+	size_t room = cap - c->bytes, left;
+	struct io_uring_sqe *sqe;
+
+	if (c->bytes >= cap || c->qbufs >= u->conn_bufcap) {
+		c->flags |= UC_PAUSED;
+		RB_STAT_ADD(w, pauses, 1);
+		return;
+	}
+	if (c->arm_bytes >= budget) {
+		/* Fairness: re-arm only after everyone else in this batch. */
+		c->arm_bytes = 0;
+		c->flags |= UC_QUEUED;
+		rb_list_add_tail(&u->ready, &c->link);
+		RB_STAT_ADD(w, requeues, 1);
+		return;
+	}
+	left = budget - c->arm_bytes;
+	sqe = get_sqe(u);
+	if (u->mshot_limit && room >= u->bufsize) {
+		/* Each receive takes at most one buffer, and the request ends once
+		 * its limit is used up: the last one may land bufsize-1 bytes past
+		 * the limit, never past the cap. */
+		size_t limit = room - (u->bufsize - 1);
+		if (limit > left)
+			limit = left;
+		if (limit > UINT32_MAX)
+			limit = UINT32_MAX;
+		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+		sqe->file_index = (uint32_t)limit; /* sqe->optlen in newer headers */
+		c->flags |= UC_MSHOT;
+	} else {
+		size_t len = room < u->bufsize ? room : u->bufsize;
+		io_uring_prep_recv(sqe, c->fd, NULL, len, 0);
+	}
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = BGID;
+	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
+	c->flags |= UC_RECV;
+	c->refs++;
+}
+
+/* The one place that decides what a connection does next. */
+static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	if (c->flags & UC_CLOSING) {
+		if (!c->refs)
+			conn_free(w, u, c);
+		return;
+	}
+	if (c->bytes && !(c->flags & UC_SEND))
+		conn_send(u, c);
+	if (c->flags & UC_RD_EOF) {
+		conn_unlist(c);
+		conn_cancel_recv(u, c);
+		/* Drain, then FIN, then close (rule 6): only once nothing is in flight. */
+		if (!c->bytes && !c->refs)
+			conn_free(w, u, c);
+		return;
+	}
+	if (c->flags & UC_PAUSED) {
+		/* Resume below half of both caps, so a paused connection does not
+		 * flap on every small send. */
+		if (c->bytes > conn_cap(w) / 2 || c->qbufs > u->conn_bufcap / 2)
+			return;
+		c->flags &= ~UC_PAUSED;
+	}
+	if (!(c->flags & (UC_RECV | UC_BUFWAIT | UC_QUEUED)))
+		conn_arm_recv(w, u, c);
+}
+
+static void conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t len)
+{
+	u->meta[bid].len = len;
+	if (c->qbufs)
+		u->meta[c->qtail].next = bid;
+	else {
+		c->qhead = bid;
+		c->qoff = 0;
+	}
+	c->qtail = bid;
+	c->qbufs++;
+	c->bytes += len;
+}
+
+static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res,
+		    unsigned flags)
+{
+	RB_STAT_ADD(w, read_calls, 1);
+	if (flags & IORING_CQE_F_BUFFER) {
+		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		if (u->ring_free)
+			u->ring_free--;
+		if (res > 0 && !(c->flags & UC_CLOSING))
+			conn_enqueue(u, c, bid, (uint32_t)res);
+		else
+			buf_give(u, bid);
+	}
+	if (!(flags & IORING_CQE_F_MORE)) {
+		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING);
+		c->refs--;
+	}
+	if (res > 0) {
+		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
+		if (!(c->flags & UC_CLOSING)) {
+			RB_STAT_ADD(w, buffered, (uint64_t)res);
+			RB_STAT_MAX(w, peak_conn_buffered, c->bytes);
+			c->arm_bytes += (size_t)res;
+			/* One connection must not hold every buffer: stop a multishot
+			 * receive at the buffer cap (the byte cap needs no cancel). */
+			if (c->qbufs >= u->conn_bufcap)
+				conn_cancel_recv(u, c);
+		}
+	} else if (res == 0) {
+		c->flags |= UC_RD_EOF;
+	} else if (res == -ENOBUFS) {
+		/* The ring ran dry: wait for buffers, not an error; and grow it. */
+		u->want_grow = true;
+		if (!(c->flags & (UC_CLOSING | UC_RD_EOF | UC_BUFWAIT))) {
+			c->flags |= UC_BUFWAIT;
+			rb_list_add_tail(&u->bufwait, &c->link);
+		}
+	} else if (res != -ECANCELED && res != -EINTR) {
+		conn_close(w, u, c, true);
+		return;
+	}
+	conn_advance(w, u, c);
+}
+
+/* Drop n sent bytes from the head of the queue; fully sent buffers go back. */
+static void conn_consume(struct rb_worker *w, struct uring *u, struct uconn *c, size_t n)
+{
+	RB_STAT_ADD(w, bytes_out, (uint64_t)n);
+	RB_STAT_SUB(w, buffered, (uint64_t)n);
+	c->bytes -= n;
+	while (n > 0) {
+		uint16_t bid = c->qhead;
+		size_t avail = u->meta[bid].len - c->qoff;
+		if (n < avail) {
+			c->qoff += (uint32_t)n;
+			return;
+		}
+		n -= avail;
+		c->qhead = u->meta[bid].next;
+		c->qoff = 0;
+		c->qbufs--;
+		buf_give(u, bid);
+	}
+}
+
+static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int res)
+{
+	RB_STAT_ADD(w, write_calls, 1);
+	c->flags &= ~UC_SEND;
+	c->refs--;
+	if (res > 0) {
+		/* A short send simply continues from where it stopped. */
+		conn_consume(w, u, c, (size_t)res);
+	} else if (res <= 0 && res != -ECANCELED && res != -EINTR) {
+		/* 0 for a non-empty send cannot make progress: treat it as the
+		 * peer gone, never loop on it. */
+		conn_close(w, u, c, true);
+		return;
+	}
+	conn_advance(w, u, c);
+}
+
+static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
+{
+	struct uconn *c = calloc(1, sizeof(*c));
+	int one = 1;
+
+	if (!c) {
+		unsigned sup;
+		close(fd);
+		RB_STAT_ADD(w, refused, 1);
+		if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+			rb__log(RB_LOG_ERR, "refusing connection: out of memory (%u more suppressed)",
+				sup);
+		return;
+	}
+	c->fd = fd;
+	c->flags = tcp ? UC_TCP : 0;
+	c->iov = c->iov_inline;
+	c->iov_cap = INLINE_IOV;
+	rb_list_init(&c->link);
+	if (tcp)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	rb_list_add_tail(&u->conns, &c->all);
+	RB_STAT_ADD(w, accepted, 1);
+	RB_STAT_ADD(w, active, 1);
+	conn_advance(w, u, c);
+}
+
+/* ---- listeners ---- */
+
+static void listener_arm(struct uring *u, struct ulisten *l)
+{
+	struct io_uring_sqe *sqe = get_sqe(u);
+
+	/* Accepted sockets stay blocking: io_uring polls them itself. */
+	io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, tag(l, OP_ACCEPT));
+	l->armed = true;
+	l->cancelled = false;
+	u->wops++;
+}
+
+/* EMFILE/ENFILE: accept with the reserve descriptor and close at once, so the
+ * peer gets a clean close instead of waiting in the backlog. */
+static bool accept_reserve(struct rb_worker *w, struct ulisten *l, int err)
+{
+	unsigned sup;
+	int fd;
+
+	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
+			strerror(err), sup);
+	if (w->reserve_fd < 0)
+		return false;
+	close(w->reserve_fd);
+	w->reserve_fd = -1;
+	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		RB_STAT_ADD(w, refused, 1);
+	}
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return fd >= 0 && w->reserve_fd >= 0;
+}
+
+/* Once every accept of this worker has ended, it no longer holds the listening
+ * sockets; the last worker to get there closes them, so new peers are refused
+ * rather than left in a backlog. */
+static void listeners_check_released(struct rb_worker *w, struct uring *u)
+{
+	if (u->listen_released)
+		return;
+	for (size_t i = 0; i < u->n_lst; i++)
+		if (u->lst[i].armed)
+			return;
+	u->listen_released = true;
+	if (__atomic_sub_fetch(&w->srv->listening_workers, 1, __ATOMIC_ACQ_REL) == 0)
+		rb__server_close_listeners(w->srv);
+}
+
+static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, int res,
+		      unsigned flags)
+{
+	if (!(flags & IORING_CQE_F_MORE)) {
+		l->armed = false;
+		u->wops--;
+	}
+	if (res >= 0) {
+		if (w->stopping) {
+			close(res);
+			RB_STAT_ADD(w, refused, 1);
+		} else {
+			conn_new(w, u, res, l->tcp);
+		}
+	} else {
+		switch (-res) {
+		case ECANCELED:
+		case EINTR:
+		case EAGAIN:
+		case ECONNABORTED:
+		case EPROTO:
+			break;
+		case EMFILE:
+		case ENFILE:
+		case ENOBUFS:
+		case ENOMEM:
+			if (!accept_reserve(w, l, -res))
+				l->retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
+			break;
+		default:
+			rb__log(RB_LOG_ERR, "accept: %s", strerror(-res));
+			l->retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
+			break;
+		}
+	}
+	if (l->armed)
+		return;
+	if (w->stopping)
+		listeners_check_released(w, u);
+	else if (l->retry_ms <= rb__now_ms())
+		listener_arm(u, l);
+}
+
+/* ---- control eventfd and stopping ---- */
+
+static void ctl_arm(struct uring *u, int fd)
+{
+	struct io_uring_sqe *sqe = get_sqe(u);
+
+	io_uring_prep_poll_add(sqe, fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, tag(u, OP_CTL));
+	u->ctl_armed = true;
+	u->wops++;
+}
+
+static void wcancel(struct uring *u, uint64_t target)
+{
+	struct io_uring_sqe *sqe = get_sqe(u);
+
+	io_uring_prep_cancel64(sqe, target, 0);
+	io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+	u->wops++;
+}
+
+static void worker_begin_stop(struct rb_worker *w, struct uring *u)
+{
+	struct rb_list *it, *next;
+
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->deadline_ms = rb__now_ms() + w->srv->cfg.shutdown_timeout_ms;
+	for (size_t i = 0; i < u->n_lst; i++) {
+		struct ulisten *l = &u->lst[i];
+		if (l->armed && !l->cancelled) {
+			wcancel(u, tag(l, OP_ACCEPT));
+			l->cancelled = true;
+		}
+	}
+	listeners_check_released(w, u);
+	/* Stop receiving, flush what is queued, then FIN and close each one. */
+	for (it = u->conns.next; it != &u->conns; it = next) {
+		struct uconn *c = rb_container_of(it, struct uconn, all);
+		next = it->next;
+		c->flags |= UC_RD_EOF;
+		conn_advance(w, u, c);
+	}
+}
+
+static void on_ctl(struct rb_worker *w, struct uring *u, int res)
+{
+	uint64_t v;
+
+	u->ctl_armed = false;
+	u->wops--;
+	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+		;
+	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
+		struct rb_stats st;
+		char json[1024];
+		rb_server_stats(w->srv, &st);
+		rb_stats_json(&st, json, sizeof(json));
+		rb__log(RB_LOG_ERR, "stats %s", json);
+	}
+	if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+		worker_begin_stop(w, u);
+	if (res != -ECANCELED && !u->ctl_cancelled)
+		ctl_arm(u, w->ctl_fd);
+}
+
+static void close_all(struct rb_worker *w, struct uring *u)
+{
+	struct rb_list *it, *next;
+
+	u->closing_all = true;
+	for (it = u->conns.next; it != &u->conns; it = next) {
+		struct uconn *c = rb_container_of(it, struct uconn, all);
+		next = it->next;
+		conn_close(w, u, c, false);
+	}
+}
+
+/* ---- the loop ---- */
+
+static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int res, unsigned flags)
+{
+	void *p = untag(ud);
+
+	switch (ud & OP_MASK) {
+	case OP_RECV:
+		on_recv(w, u, p, res, flags);
+		break;
+	case OP_SEND:
+		on_send(w, u, p, res);
+		break;
+	case OP_CANCEL: {
+		struct uconn *c = p;
+		c->refs--;
+		conn_advance(w, u, c);
+		break;
+	}
+	case OP_ACCEPT:
+		on_accept(w, u, p, res, flags);
+		break;
+	case OP_CTL:
+		on_ctl(w, u, res);
+		break;
+	case OP_WCANCEL:
+		u->wops--;
+		break;
+	}
+}
+
+/*
+ * Connections waiting for buffers, then those that used their read budget:
+ * the waiters have waited longer, and re-arming the busy ones first would
+ * hand them the buffers just returned.
+ */
+static void run_lists(struct rb_worker *w, struct uring *u)
+{
+	struct rb_list snap;
+
+	/* ENOBUFS means the ring was dry when the kernel looked: double it
+	 * (up to --uring-buffers and the worker memory cap). */
+	if (u->want_grow) {
+		u->want_grow = false;
+		if (u->nalloc < u->nbufs && buf_grow(w, u, u->nalloc) == 0)
+			RB_STAT_ADD(w, memory_waits, 1);
+	}
+	/* Wake about as many waiters as there are buffers: each needs one. */
+	for (unsigned n = u->ring_free + u->to_publish; n > 0 && !rb_list_empty(&u->bufwait); n--) {
+		struct uconn *c = rb_container_of(u->bufwait.next, struct uconn, link);
+		rb_list_del(&c->link);
+		c->flags &= ~UC_BUFWAIT;
+		conn_advance(w, u, c);
+	}
+	rb_list_init(&snap);
+	rb_list_splice_tail(&snap, &u->ready);
+	while (!rb_list_empty(&snap)) {
+		struct uconn *c = rb_container_of(snap.next, struct uconn, link);
+		rb_list_del(&c->link);
+		c->flags &= ~UC_QUEUED;
+		conn_advance(w, u, c);
+	}
+}
+
+static bool worker_done(struct rb_worker *w, struct uring *u)
+{
+	if (!w->stopping || !rb_list_empty(&u->conns) || !u->listen_released)
+		return false;
+	if (u->ctl_armed && !u->ctl_cancelled) {
+		wcancel(u, tag(u, OP_CTL));
+		u->ctl_cancelled = true;
+	}
+	return u->wops == 0;
+}
+
+static int next_timeout_ms(struct rb_worker *w, struct uring *u)
+{
+	uint64_t now = rb__now_ms();
+	int timeout = -1;
+
+	for (size_t i = 0; i < u->n_lst; i++) {
+		struct ulisten *l = &u->lst[i];
+		if (!l->armed && !w->stopping) {
+			int left = l->retry_ms > now ? (int)(l->retry_ms - now) : 0;
+			if (timeout < 0 || left < timeout)
+				timeout = left;
+		}
+	}
+	if (w->stopping && !u->closing_all) {
+		int left = w->deadline_ms > now ? (int)(w->deadline_ms - now) : 0;
+		if (timeout < 0 || left < timeout)
+			timeout = left;
+	}
+	return timeout;
+}
+
+static int ring_wait(struct uring *u, int timeout_ms)
+{
+	struct io_uring_cqe *cqe;
+	int rc;
+
+	if (timeout_ms < 0) {
+		rc = io_uring_submit_and_wait(&u->ring, 1);
+	} else {
+		struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
+					       .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+		rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
+	}
+	/* A timeout or a signal just means: look at the clock and the CQ ring. */
+	if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN)
+		return 0;
+	return rc < 0 ? rc : 0;
+}
+
+/*
+ * Copy each batch out and release its CQ slots before handling it: handling
+ * may have to submit (a full SQ), and the kernel then needs room in the CQ
+ * ring for what it completes.
+ */
+static void drain_cqes(struct rb_worker *w, struct uring *u)
+{
+	struct io_uring_cqe *cqes[CQE_BATCH];
+	struct {
+		uint64_t ud;
+		int res;
+		unsigned flags;
+	} ev[CQE_BATCH];
+	unsigned n;
+
+	while ((n = io_uring_peek_batch_cqe(&u->ring, cqes, CQE_BATCH)) > 0) {
+		for (unsigned i = 0; i < n; i++) {
+			ev[i].ud = cqes[i]->user_data;
+			ev[i].res = cqes[i]->res;
+			ev[i].flags = cqes[i]->flags;
+		}
+		io_uring_cq_advance(&u->ring, n);
+		for (unsigned i = 0; i < n; i++)
+			handle_cqe(w, u, ev[i].ud, ev[i].res, ev[i].flags);
+	}
+}
+
+static void update_stats(struct rb_worker *w, struct uring *u)
+{
+	RB_STAT_MAX(w, peak_buffered, w->st.buffered);
+	__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
+	__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free + u->ring_free,
+			 __ATOMIC_RELAXED);
+}
+
+/* After a fatal error: cancel everything and wait (bounded) for the CQEs, so
+ * the kernel writes into no buffer after fini frees it. */
+static void emergency_drain(struct rb_worker *w, struct uring *u)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
+	uint64_t until = rb__now_ms() + 1000;
+
+	if (sqe) {
+		io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+		u->wops++;
+	}
+	close_all(w, u);
+	while ((!rb_list_empty(&u->conns) || u->wops) && rb__now_ms() < until) {
+		if (ring_wait(u, 100) < 0)
+			break;
+		drain_cqes(w, u);
+	}
+}
+
+/* liburing 2.3 declares io_uring_enable_rings but does not export it. */
+static int ring_enable(struct io_uring *ring)
+{
+	if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+		return -errno;
+	return 0;
 }
 
 int rb__uring_run(struct rb_worker *w)
 {
-	(void)w;
-	return -ENOTSUP;
+	struct uring *u = w->uring;
+	int rc;
+
+	/* The ring was created disabled in another thread; enabling it here
+	 * makes this thread its single issuer. */
+	rc = ring_enable(&u->ring);
+	if (rc < 0) {
+		rb__log(RB_LOG_ERR, "uring: cannot enable the ring: %s", strerror(-rc));
+		return rc;
+	}
+	u->enabled = true;
+	if (caps.reg_ring)
+		io_uring_register_ring_fd(&u->ring);
+	buf_grow(w, u, INITIAL_BUFS);
+	ctl_arm(u, w->ctl_fd);
+	for (size_t i = 0; i < u->n_lst; i++)
+		listener_arm(u, &u->lst[i]);
+	for (;;) {
+		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+			worker_begin_stop(w, u);
+		if (w->stopping && !u->closing_all && rb__now_ms() >= w->deadline_ms)
+			close_all(w, u);
+		run_lists(w, u);
+		if (!w->stopping) {
+			uint64_t now = rb__now_ms();
+			for (size_t i = 0; i < u->n_lst; i++)
+				if (!u->lst[i].armed && u->lst[i].retry_ms <= now)
+					listener_arm(u, &u->lst[i]);
+		}
+		if (worker_done(w, u))
+			break;
+		buf_publish(u);
+		rc = ring_wait(u, next_timeout_ms(w, u));
+		if (rc < 0) {
+			rb__log(RB_LOG_ERR, "uring wait: %s", strerror(-rc));
+			emergency_drain(w, u);
+			return rc;
+		}
+		RB_STAT_ADD(w, wakeups, 1);
+		drain_cqes(w, u);
+		update_stats(w, u);
+	}
+	update_stats(w, u);
+	if (caps.reg_ring)
+		io_uring_unregister_ring_fd(&u->ring); /* per-thread: undo it here */
+	return 0;
+}
+
+/* Ring setup flags in preference order; the first the kernel accepts wins. */
+static int ring_create(struct uring *u, const struct rb_config *cfg)
+{
+	static const struct {
+		unsigned flags;
+		const char *name;
+	} plain[] = {
+		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
+		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+		{IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+		{0, "plain"},
+	}, sqpoll[] = {
+		{IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER, "sqpoll"},
+		{IORING_SETUP_SQPOLL, "sqpoll"},
+	};
+	bool use_sqpoll = cfg->uring_sqpoll_ms > 0;
+	size_t n = use_sqpoll ? sizeof(sqpoll) / sizeof(sqpoll[0]) : sizeof(plain) / sizeof(plain[0]);
+	int rc = -EINVAL;
+
+	for (size_t i = 0; i < n; i++) {
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = (use_sqpoll ? sqpoll[i].flags : plain[i].flags) | IORING_SETUP_R_DISABLED |
+			  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+		/* Multishot requests post many CQEs per SQE. */
+		p.cq_entries = cfg->uring_entries * 8;
+		p.sq_thread_idle = cfg->uring_sqpoll_ms;
+		rc = io_uring_queue_init_params(cfg->uring_entries, &u->ring, &p);
+		if (rc == 0) {
+			u->mode = use_sqpoll ? sqpoll[i].name : plain[i].name;
+			u->sqpoll = use_sqpoll;
+			return 0;
+		}
+		if (rc != -EINVAL)
+			break;
+	}
+	return rc;
+}
+
+int rb__uring_worker_init(struct rb_worker *w)
+{
+	const struct rb_config *cfg = &w->srv->cfg;
+	size_t per_conn;
+	struct uring *u;
+	int rc;
+
+	rc = rb__uring_probe(NULL, 0);
+	if (rc < 0)
+		return rc;
+	if (cfg->copy != RB_COPY_WRITEV) {
+		rb__log(RB_LOG_ERR, "--copy splice is not supported by the uring engine");
+		return -EINVAL;
+	}
+	/* A buffer ring has a power-of-two size of at most 32768 entries. */
+	if (cfg->uring_entries < 1 || cfg->uring_entries > 32768 || cfg->uring_buffers < 1 ||
+	    cfg->uring_buffers > 32768 || (cfg->uring_buffers & (cfg->uring_buffers - 1))) {
+		rb__log(RB_LOG_ERR, "uring: entries %u or buffers %u out of range", cfg->uring_entries,
+			cfg->uring_buffers);
+		return -EINVAL;
+	}
+	u = calloc(1, sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	w->uring = u;
+	rb_list_init(&u->conns);
+	rb_list_init(&u->ready);
+	rb_list_init(&u->bufwait);
+	u->bufsize = (uint32_t)cfg->chunk_size;
+	u->nbufs = cfg->uring_buffers;
+	u->mshot_limit = caps.mshot_limit && !rb__uring_test_single_recv;
+	/* Twice the buffers the byte cap needs (receives may land partly
+	 * filled), but never more than half the ring. */
+	per_conn = 2 * ((cfg->conn_buffer + u->bufsize - 1) / u->bufsize);
+	if (per_conn < 2)
+		per_conn = 2;
+	if (per_conn > (u->nbufs > 1 ? u->nbufs / 2 : 1))
+		per_conn = u->nbufs > 1 ? u->nbufs / 2 : 1;
+	u->conn_bufcap = (unsigned)per_conn;
+	rc = ring_create(u, cfg);
+	if (rc < 0)
+		return rc;
+	u->ring_ok = true;
+	u->chunk = calloc(u->nbufs, sizeof(*u->chunk));
+	u->meta = calloc(u->nbufs, sizeof(*u->meta));
+	if (!u->chunk || !u->meta)
+		return -ENOMEM;
+	rc = bufring_register(&u->ring, u->nbufs, BGID, &u->br, &u->br_len);
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		u->lst[i].fd = w->listeners[i].fd;
+		u->lst[i].tcp = !w->srv->addrs[i].is_unix;
+	}
+	u->n_lst = w->n_listeners;
+	snprintf(u->detail, sizeof(u->detail),
+		 "%s, %u entries, %s, %u buffers of %u, recv %s, bundles: %s", u->mode,
+		 cfg->uring_entries, caps.reg_ring ? "registered ring fd" : "ring fd",
+		 u->nbufs, u->bufsize,
+		 u->mshot_limit ? "multishot+limit" : "single-shot",
+#ifdef IORING_RECVSEND_BUNDLE
+		 caps.bundle ? "no (kernel has them, not used yet)" : "no (kernel)"
+#else
+		 "no"
+#endif
+	);
+	return 0;
+}
+
+const char *rb__uring_detail(const struct rb_worker *w)
+{
+	const struct uring *u = w->uring;
+
+	return u ? u->detail : "";
 }
 
 void rb__uring_worker_fini(struct rb_worker *w)
 {
-	(void)w;
+	struct uring *u = w->uring;
+
+	if (!u)
+		return;
+	/* Only reached with operations in flight if run failed before its drain,
+	 * or never ran (nothing was submitted then). */
+	while (!rb_list_empty(&u->conns)) {
+		struct uconn *c = rb_container_of(u->conns.next, struct uconn, all);
+		c->flags |= UC_CLOSING;
+		c->refs = 0;
+		conn_free(w, u, c);
+	}
+	if (u->ring_ok)
+		io_uring_queue_exit(&u->ring); /* also drops the buffer ring registration */
+	if (u->br)
+		munmap(u->br, u->br_len);
+	for (unsigned i = 0; i < u->nalloc; i++)
+		rb_pool_put(&w->pool, u->chunk[i]);
+	free(u->chunk);
+	free(u->meta);
+	free(u);
+	w->uring = NULL;
 }

@@ -127,6 +127,8 @@ void rb_config_init(struct rb_config *cfg)
 		.read_budget = 256u << 10,
 		.accept_budget = 64,
 		.shutdown_timeout_ms = 2000,
+		.uring_entries = 1024,
+		.uring_buffers = 4096,
 		.backlog = 4096,
 		.verbosity = 1,
 	};
@@ -446,6 +448,16 @@ int rb_server_port(const struct rb_server *srv, size_t idx)
 enum rb_engine rb_server_engine(const struct rb_server *srv)
 {
 	return srv->engine;
+}
+
+const char *rb_server_engine_detail(const struct rb_server *srv)
+{
+#if RB_HAVE_URING
+	if (srv->engine == RB_ENGINE_URING && srv->n_workers)
+		return rb__uring_detail(&srv->workers[0]);
+#endif
+	(void)srv;
+	return "";
 }
 
 #define LOAD(f) __atomic_load_n(&w->st.f, __ATOMIC_RELAXED)

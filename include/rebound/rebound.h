@@ -57,6 +57,9 @@ struct rb_config {
 	size_t read_budget;          /* bytes read per connection per wakeup */
 	unsigned accept_budget;      /* accepts per listener per wakeup */
 	unsigned shutdown_timeout_ms; /* graceful flush deadline */
+	unsigned uring_entries;      /* uring: submission queue entries per ring */
+	unsigned uring_buffers;      /* uring: provided buffers per worker (power of two) */
+	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
 	int backlog;
 	int verbosity;               /* 0 quiet, 1 normal, 2 verbose */
 };
@@ -122,6 +125,10 @@ int rb_server_port(const struct rb_server *srv, size_t idx);
 
 /* The engine actually in use (auto resolved). */
 enum rb_engine rb_server_engine(const struct rb_server *srv);
+
+/* What the engine in use chose at start-up (for uring: ring mode, buffers,
+ * receive mode, bundles), or "" if it has nothing to add. Never NULL. */
+const char *rb_server_engine_detail(const struct rb_server *srv);
 
 /* Snapshot of the counters, summed over workers. Safe from any thread. */
 void rb_server_stats(const struct rb_server *srv, struct rb_stats *out);
