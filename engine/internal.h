@@ -82,13 +82,16 @@ struct rb_addr {
 	socklen_t len;
 	bool is_unix;
 	bool is_udp;
+	int inherited_fd; /* fd:N: a socket opened by someone else (socket activation) */
 	char url[160];
 };
 
 /* Parse a --listen URL; 0 or -EINVAL with a reason in err. */
 int rb__parse_url(const char *url, struct rb_addr *out, char *err, size_t errlen);
 /* Open, bind and listen; returns the fd or -errno (reason in err). */
-int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen);
+int rb__listen(struct rb_addr *a, int backlog, char *err, size_t errlen);
+/* Set a->url from the bound address (numeric host, real port). */
+void rb__addr_format(struct rb_addr *a);
 
 /* ---- stats: written only by the owning worker, read by anyone ---- */
 #define RB_STAT_ADD(w, field, n)                                                           \

@@ -2,6 +2,7 @@
 /* --listen URLs and listening sockets. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -13,7 +14,7 @@
 
 #include "internal.h"
 
-#define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH"
+#define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N"
 
 static int parse_port(const char *s, unsigned *out)
 {
@@ -66,7 +67,18 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 	int rc;
 
 	memset(a, 0, sizeof(*a));
+	a->inherited_fd = -1;
 	snprintf(a->url, sizeof(a->url), "%s", url);
+	if (strncmp(url, "fd:", 3) == 0) {
+		unsigned fd;
+		if (parse_port(url + 3, &fd) < 0 || fd > 65535) {
+			snprintf(err, errlen, "invalid listen URL '%s': expected fd:N, N a descriptor",
+				 url);
+			return -EINVAL;
+		}
+		a->inherited_fd = (int)fd;
+		return 0;
+	}
 	if (strncmp(url, "unix:", 5) == 0) {
 		rest = url + 5;
 		if (strncmp(rest, "//", 2) == 0)
@@ -146,9 +158,75 @@ static int unix_clear_stale(const struct sockaddr_un *sun, socklen_t len)
 	return 0;
 }
 
-int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen)
+/* The URL of an address as bound: numeric host, real port. */
+void rb__addr_format(struct rb_addr *a)
+{
+	char host[INET6_ADDRSTRLEN] = "";
+	unsigned port = 0;
+
+	if (a->ss.ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		port = ntohs(sin->sin_port);
+		snprintf(a->url, sizeof(a->url), "%s://%s:%u", a->is_udp ? "udp" : "tcp", host, port);
+	} else if (a->ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
+		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+		port = ntohs(s6->sin6_port);
+		snprintf(a->url, sizeof(a->url), "%s://[%s]:%u", a->is_udp ? "udp" : "tcp", host,
+			 port);
+	} else if (a->is_unix) {
+		const struct sockaddr_un *sun = (const struct sockaddr_un *)&a->ss;
+		if (sun->sun_path[0])
+			snprintf(a->url, sizeof(a->url), "unix:%s", sun->sun_path);
+		else
+			snprintf(a->url, sizeof(a->url), "unix:@%.*s",
+				 (int)(a->len - offsetof(struct sockaddr_un, sun_path) - 1),
+				 sun->sun_path + 1);
+	}
+}
+
+/*
+ * fd:N (socket activation): use a socket someone else opened and bound. It
+ * must be a listening stream socket or a datagram socket; what it is and
+ * where it is bound fill in the address, so the rest cannot tell.
+ */
+static int adopt(struct rb_addr *a, char *err, size_t errlen)
+{
+	int fd = a->inherited_fd, type = 0, listening = 0, fl;
+	socklen_t len = sizeof(type);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) {
+		snprintf(err, errlen, "cannot use '%s': %s", a->url, strerror(errno));
+		return -EBADF;
+	}
+	len = sizeof(listening);
+	getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+	if (!((type == SOCK_STREAM && listening) || type == SOCK_DGRAM)) {
+		snprintf(err, errlen, "cannot use '%s': not a listening stream or a datagram socket",
+			 a->url);
+		return -EINVAL;
+	}
+	a->len = sizeof(a->ss);
+	if (getsockname(fd, (struct sockaddr *)&a->ss, &a->len) < 0) {
+		snprintf(err, errlen, "cannot use '%s': %s", a->url, strerror(errno));
+		return -errno;
+	}
+	fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	a->is_udp = type == SOCK_DGRAM;
+	a->is_unix = a->ss.ss_family == AF_UNIX;
+	rb__addr_format(a);
+	return fd;
+}
+
+int rb__listen(struct rb_addr *a, int backlog, char *err, size_t errlen)
 {
 	int family = a->ss.ss_family, one = 1, fd, rc;
+
+	if (a->inherited_fd >= 0)
+		return adopt(a, err, errlen);
 
 	if (a->is_unix) {
 		rc = unix_clear_stale((const struct sockaddr_un *)&a->ss, a->len);
@@ -168,6 +246,11 @@ int rb__listen(const struct rb_addr *a, int backlog, char *err, size_t errlen)
 		goto fail_close;
 	if (!a->is_udp && listen(fd, backlog) < 0)
 		goto fail_close;
+	if (!a->is_unix) {
+		a->len = sizeof(a->ss);
+		if (getsockname(fd, (struct sockaddr *)&a->ss, &a->len) == 0)
+			rb__addr_format(a);
+	}
 	if (a->is_udp) {
 		/* Datagrams that arrive while a worker is busy wait here; a bigger
 		 * queue means fewer drops in bursts (capped by net.core.rmem_max). */

@@ -13,6 +13,7 @@
 
 #include "rebound/rebound.h"
 #include "rb_config.h"
+#include "sd.h"
 
 /* Exit statuses, documented in --help and the man page. */
 enum {
@@ -35,6 +36,7 @@ static void on_signal(int sig)
 {
 	if (g_signals++ > 0)
 		_exit(128 + sig); /* second signal: leave at once */
+	rb_sd_notify("STOPPING=1");
 	if (g_srv)
 		rb_server_stop(g_srv);
 }
@@ -45,8 +47,9 @@ static void usage(FILE *f)
 		"usage: rebound [OPTIONS]\n"
 		"Echo every byte back to TCP, UDP and UNIX-socket peers.\n"
 		"\n"
-		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT\n"
-		"                           or unix:PATH\n"
+		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT,\n"
+		"                           unix:PATH or fd:N (an open socket); systemd's\n"
+		"                           socket activation adds its sockets\n"
 		"                           (repeatable; default tcp://127.0.0.1:7007)\n"
 		"  -e, --engine NAME        epoll, poll, select, uring or auto (default auto);\n"
 		"                           select refuses connections whose descriptor is\n"
@@ -73,7 +76,8 @@ static void usage(FILE *f)
 		"  -V, --version            print the version\n"
 		"\n"
 		"SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
-		"second one exits at once); SIGUSR1 logs a stats line. Exit status: 0 after a clean stop,\n"
+		"second one exits at once); SIGUSR1 logs a stats line. Under systemd it reports\n"
+		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET. Exit status: 0 after a clean stop,\n"
 		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
 		"3 if the engine asked for cannot run here.\n",
 		RB_MAX_THREADS);
@@ -134,15 +138,8 @@ static void raise_nofile(void)
 
 static void print_listening(const struct rb_server *srv, const struct rb_config *cfg)
 {
-	for (size_t i = 0; i < cfg->n_listen; i++) {
-		const char *url = cfg->listen[i];
-		const char *colon = strrchr(url, ':');
-		if ((strncmp(url, "tcp://", 6) == 0 || strncmp(url, "udp://", 6) == 0) && colon)
-			fprintf(stderr, "rebound: listening on %.*s:%d\n", (int)(colon - url), url,
-				rb_server_port(srv, i));
-		else
-			fprintf(stderr, "rebound: listening on %s\n", url);
-	}
+	for (size_t i = 0; i < cfg->n_listen; i++)
+		fprintf(stderr, "rebound: listening on %s\n", rb_server_listen_url(srv, i));
 }
 
 /* In the engine line's parentheses: what the engine chose, else the trigger. */
@@ -297,8 +294,25 @@ int main(int argc, char **argv)
 		fprintf(stderr, "rebound: --copy splice is not supported by the uring engine\n");
 		return EXIT_USAGE;
 	}
+	/* Socket activation: systemd's sockets join any --listen URLs. */
+	static char fd_urls[RB_MAX_LISTEN][16];
+	int nfds = rb_sd_listen_fds();
+	if (nfds < 0) {
+		fprintf(stderr, "rebound: invalid LISTEN_FDS from the service manager\n");
+		return EXIT_USAGE;
+	}
+	for (int i = 0; i < nfds; i++) {
+		if (cfg.n_listen == RB_MAX_LISTEN) {
+			fprintf(stderr, "rebound: too many listeners (at most %d)\n", RB_MAX_LISTEN);
+			return EXIT_USAGE;
+		}
+		snprintf(fd_urls[i], sizeof(fd_urls[i]), "fd:%d", RB_SD_LISTEN_FDS_START + i);
+		cfg.listen[cfg.n_listen++] = fd_urls[i];
+	}
 	if (cfg.n_listen == 0)
 		cfg.listen[cfg.n_listen++] = "tcp://127.0.0.1:7007";
+	if (rb_sd_notify_init() < 0)
+		fprintf(stderr, "rebound: ignoring an invalid NOTIFY_SOCKET\n");
 
 	/* splice has no MSG_NOSIGNAL: a peer that left must not kill us (rule 8). */
 	signal(SIGPIPE, SIG_IGN);
@@ -328,6 +342,12 @@ int main(int argc, char **argv)
 			rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s",
 			cfg.chunk_size, cfg.conn_buffer);
 	}
+	{
+		char status[160];
+		snprintf(status, sizeof(status), "READY=1\nSTATUS=echoing with the %s engine",
+			 rb_engine_name(rb_server_engine(g_srv)));
+		rb_sd_notify(status);
+	}
 	rc = rb_server_run(g_srv);
 	rb_server_stats(g_srv, &st);
 	if (cfg.verbosity > 0)
@@ -341,6 +361,7 @@ int main(int argc, char **argv)
 		g_srv = NULL;
 		rb_server_destroy(srv);
 	}
+	rb_sd_notify_fini();
 	if (rc < 0) {
 		fprintf(stderr, "rebound: %s\n", strerror(-rc));
 		return EXIT_RUNTIME;

@@ -416,7 +416,8 @@ void rb__server_close_listeners(struct rb_server *srv)
 			continue;
 		close(srv->listen_fds[i]);
 		srv->listen_fds[i] = -1;
-		if (srv->addrs[i].is_unix) {
+		/* A socket file is ours to remove only if we created it. */
+		if (srv->addrs[i].is_unix && srv->addrs[i].inherited_fd < 0) {
 			const struct sockaddr_un *sun = (const struct sockaddr_un *)&srv->addrs[i].ss;
 			if (sun->sun_path[0])
 				unlink(sun->sun_path);
@@ -436,6 +437,11 @@ void rb_server_destroy(struct rb_server *srv)
 	}
 	rb__server_close_listeners(srv);
 	free(srv);
+}
+
+const char *rb_server_listen_url(const struct rb_server *srv, size_t idx)
+{
+	return idx < srv->n_listen ? srv->addrs[idx].url : NULL;
 }
 
 int rb_server_port(const struct rb_server *srv, size_t idx)

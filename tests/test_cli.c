@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,33 +46,46 @@ static const char *rebound_bin(void)
  * The daemon runs with leak detection on (REBOUND_CHILD_ASAN_OPTIONS), unlike
  * the Criterion runner: a leak at exit makes its status non-zero.
  */
-static char **child_env(void)
+static char **child_env(const char *const *extra)
 {
 	static char *env[256];
 	static char asan[256];
 	const char *opts = getenv("REBOUND_CHILD_ASAN_OPTIONS");
 	size_t n = 0;
 
-	for (char **e = environ; *e && n < 254; e++)
+	for (char **e = environ; *e && n < 240; e++)
 		if (strncmp(*e, "ASAN_OPTIONS=", 13) != 0)
 			env[n++] = *e;
 	if (opts) {
 		snprintf(asan, sizeof(asan), "ASAN_OPTIONS=%s", opts);
 		env[n++] = asan;
 	}
+	while (extra && *extra && n < 254)
+		env[n++] = (char *)*extra++;
 	env[n] = NULL;
 	return env;
 }
 
-static void spawn(struct proc *p, const char *const *args)
+/*
+ * Spawn rebound with args; extra_env adds variables; fd3 >= 0 becomes the
+ * child's descriptor 3 and LISTEN_PID is set to the child's own pid (through
+ * a shell that execs rebound, so the pid is known), as systemd does.
+ */
+static void spawn_ex(struct proc *p, const char *const *args, const char *const *extra_env,
+		     int fd3)
 {
-	const char *argv[32];
+	const char *argv[40];
 	int o[2], e[2];
 	posix_spawn_file_actions_t fa;
 	size_t n = 0;
 
+	if (fd3 >= 0) {
+		argv[n++] = "/bin/sh";
+		argv[n++] = "-c";
+		argv[n++] = "LISTEN_PID=$$ exec \"$0\" \"$@\"";
+	}
 	argv[n++] = rebound_bin();
-	while (*args && n < 31)
+	while (*args && n < 39)
 		argv[n++] = *args++;
 	argv[n] = NULL;
 	cr_assert_eq(pipe2(o, O_CLOEXEC), 0);
@@ -78,13 +93,21 @@ static void spawn(struct proc *p, const char *const *args)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, o[1], 1);
 	posix_spawn_file_actions_adddup2(&fa, e[1], 2);
-	cr_assert_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, (char *const *)argv, child_env()),
+	if (fd3 >= 0)
+		posix_spawn_file_actions_adddup2(&fa, fd3, 3);
+	cr_assert_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, (char *const *)argv,
+				 child_env(extra_env)),
 		     0);
 	posix_spawn_file_actions_destroy(&fa);
 	close(o[1]);
 	close(e[1]);
 	p->out = o[0];
 	p->err = e[0];
+}
+
+static void spawn(struct proc *p, const char *const *args)
+{
+	spawn_ex(p, args, NULL, -1);
 }
 
 /* Read fd to EOF into buf (NUL-terminated). */
@@ -179,13 +202,13 @@ Test(cli, bad_listen_urls)
 {
 	expect_fail(2, ARGS("--listen", "http://127.0.0.1:80"),
 		    "rebound: invalid listen URL 'http://127.0.0.1:80': expected "
-		    "tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH\n");
+		    "tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1:99999"),
 		    "rebound: invalid port '99999' in listen URL 'tcp://127.0.0.1:99999': "
 		    "expected 0 to 65535\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1"),
 		    "rebound: invalid listen URL 'tcp://127.0.0.1': expected tcp://HOST:PORT, "
-		    "tcp://[IPV6]:PORT, udp://HOST:PORT or unix:PATH\n");
+		    "tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
 	expect_fail(2, ARGS("--listen", "tcp://no.such.host.invalid:7"),
 		    "rebound: invalid host in listen URL 'tcp://no.such.host.invalid:7': not an "
 		    "address or known name\n");
@@ -391,4 +414,85 @@ Test(cli, second_signal_exits_at_once, .timeout = 60)
 	close(fd);
 	close(p.out);
 	free(data);
+}
+
+/* Read one line of the daemon's stderr (without the newline). */
+static void read_line(int fd, char *line, size_t len)
+{
+	size_t n = 0;
+
+	while (n + 1 < len) {
+		ssize_t r = read(fd, line + n, 1);
+		cr_assert_eq(r, 1, "daemon exited; so far: %.*s", (int)n, line);
+		if (line[n] == '\n')
+			break;
+		n++;
+	}
+	line[n] = '\0';
+}
+
+/*
+ * systemd: a socket passed by socket activation (fd 3, LISTEN_FDS=1,
+ * LISTEN_PID) is served with its real address reported, and READY=1 then
+ * STOPPING=1 arrive on $NOTIFY_SOCKET.
+ */
+Test(cli, systemd_socket_activation_and_notify, .timeout = 60)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	struct sockaddr_un nsun = {.sun_family = AF_UNIX};
+	socklen_t len = sizeof(sin);
+	char name[64], env_notify[96], line[256], want[128], msg[256];
+	struct proc p;
+	int lfd, nfd, c, port;
+
+	lfd = socket(AF_INET, SOCK_STREAM, 0);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(listen(lfd, 16), 0);
+	getsockname(lfd, (struct sockaddr *)&sin, &len);
+	port = ntohs(sin.sin_port);
+
+	snprintf(name, sizeof(name), "rebound-notify-%d", (int)getpid());
+	nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	memcpy(nsun.sun_path + 1, name, strlen(name));
+	cr_assert_eq(bind(nfd, (struct sockaddr *)&nsun,
+			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
+		     0);
+	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
+
+	spawn_ex(&p, ARGS("--engine", "epoll"), ARGS(env_notify, "LISTEN_FDS=1"), lfd);
+	close(lfd);
+	read_line(p.err, line, sizeof(line));
+	snprintf(want, sizeof(want), "rebound: listening on tcp://127.0.0.1:%d", port);
+	cr_assert_str_eq(line, want);
+	read_line(p.err, line, sizeof(line));
+	cr_assert(strncmp(line, "rebound: engine epoll", 21) == 0, "%s", line);
+
+	ssize_t r = recv(nfd, msg, sizeof(msg) - 1, 0);
+	cr_assert_gt(r, 0);
+	msg[r] = '\0';
+	cr_assert_str_eq(msg, "READY=1\nSTATUS=echoing with the epoll engine");
+
+	c = th_connect(port);
+	struct th_stream s = {.fd = c, .data = (const unsigned char *)want, .len = strlen(want)};
+	th_run_streams(&s, 1);
+	close(c);
+
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	r = recv(nfd, msg, sizeof(msg) - 1, 0);
+	cr_assert_gt(r, 0);
+	msg[r] = '\0';
+	cr_assert_str_eq(msg, "STOPPING=1");
+	slurp(p.err, line, sizeof(line));
+	cr_assert_eq(wait_exit(p.pid), 0, "stderr: %s", line);
+	close(p.out);
+	close(nfd);
+}
+
+Test(cli, fd_url_must_be_a_socket)
+{
+	expect_fail(2, ARGS("--listen", "fd:x"),
+		    "rebound: invalid listen URL 'fd:x': expected fd:N, N a descriptor\n");
+	expect_fail(1, ARGS("--listen", "fd:0"),
+		    "rebound: cannot use 'fd:0': Socket operation on non-socket\n");
 }

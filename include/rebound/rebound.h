@@ -42,7 +42,8 @@ enum rb_trigger {
 };
 
 struct rb_config {
-	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH. */
+	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH,
+	 * fd:N (an open listening or datagram socket, e.g. from systemd). */
 	const char *listen[RB_MAX_LISTEN];
 	size_t n_listen;
 	enum rb_engine engine;
@@ -119,6 +120,9 @@ void rb_server_request_stats(struct rb_server *srv);
 
 /* Free a server (stopped or never run). NULL is a no-op. */
 void rb_server_destroy(struct rb_server *srv);
+
+/* Listener idx as bound (numeric host, real port; fd:N resolved), or NULL. */
+const char *rb_server_listen_url(const struct rb_server *srv, size_t idx);
 
 /* Bound port of listener idx (network byte order resolved), or -errno. */
 int rb_server_port(const struct rb_server *srv, size_t idx);
