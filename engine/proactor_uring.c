@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -79,6 +80,7 @@ struct ubuf {
 
 struct uconn {
 	int fd;
+	int slot;        /* registered file index, or -1 */
 	uint32_t flags;
 	unsigned refs;   /* operations in flight (recv, send, cancel) */
 	/* Received, unsent bytes: ring buffers in arrival order. */
@@ -121,6 +123,9 @@ struct uring {
 	unsigned conn_bufcap; /* buffers one connection may hold */
 	bool mshot_limit;
 	bool want_grow;       /* a receive found the ring empty */
+	/* Registered (fixed) files: requests on them skip the file refcount. */
+	int *slot_free;
+	unsigned n_slots, n_slot_free;
 	/* Everything else. */
 	struct rb_list conns, ready, bufwait;
 	struct ulisten lst[RB_MAX_LISTEN];
@@ -421,6 +426,15 @@ static struct io_uring_sqe *get_sqe(struct uring *u)
 	return sqe;
 }
 
+/* Aim an SQE at the connection's registered file when it has one. */
+static void sqe_target(struct io_uring_sqe *sqe, const struct uconn *c)
+{
+	if (c->slot >= 0) {
+		sqe->fd = c->slot;
+		sqe->flags |= IOSQE_FIXED_FILE;
+	}
+}
+
 static size_t conn_cap(const struct rb_worker *w)
 {
 	return w->srv->cfg.conn_buffer;
@@ -457,9 +471,10 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		return;
 	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
 	conn_unlist(c);
-	if (c->flags & (UC_RECV | UC_SEND)) {
+	conn_cancel_recv(u, c);
+	if (c->flags & UC_SEND) {
 		struct io_uring_sqe *sqe = get_sqe(u);
-		io_uring_prep_cancel_fd(sqe, c->fd, IORING_ASYNC_CANCEL_ALL);
+		io_uring_prep_cancel64(sqe, tag(c, OP_SEND), 0);
 		io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
 		c->refs++;
 	}
@@ -471,6 +486,12 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 	/* A clean end (not an error, nothing cancelled mid-send) sends our FIN. */
 	if (!(c->flags & UC_CLOSING))
 		shutdown(c->fd, SHUT_WR);
+	if (c->slot >= 0) {
+		/* The table holds a reference: drop it, or close() would not close. */
+		int none = -1;
+		io_uring_register_files_update(&u->ring, (unsigned)c->slot, &none, 1);
+		u->slot_free[u->n_slot_free++] = c->slot;
+	}
 	close(c->fd);
 	while (c->qbufs) {
 		uint16_t bid = c->qhead;
@@ -523,6 +544,7 @@ static void conn_send(struct uring *u, struct uconn *c)
 	sqe = get_sqe(u);
 	if (n == 1) {
 		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+		sqe_target(sqe, c);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
 		 * kernel may read them after io_uring_submit returns. */
@@ -530,6 +552,7 @@ static void conn_send(struct uring *u, struct uconn *c)
 		c->msg.msg_iov = c->iov;
 		c->msg.msg_iovlen = n;
 		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+		sqe_target(sqe, c);
 	}
 	io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
 	c->flags |= UC_SEND;
@@ -577,6 +600,7 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 		size_t len = room < u->bufsize ? room : u->bufsize;
 		io_uring_prep_recv(sqe, c->fd, NULL, len, 0);
 	}
+	sqe_target(sqe, c);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
 	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
@@ -724,7 +748,15 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 		return;
 	}
 	c->fd = fd;
+	c->slot = -1;
 	c->flags = tcp ? UC_TCP : 0;
+	if (u->n_slot_free) {
+		int slot = u->slot_free[--u->n_slot_free];
+		if (io_uring_register_files_update(&u->ring, (unsigned)slot, &fd, 1) == 1)
+			c->slot = slot;
+		else
+			u->slot_free[u->n_slot_free++] = slot;
+	}
 	c->iov = c->iov_inline;
 	c->iov_cap = INLINE_IOV;
 	rb_list_init(&c->link);
@@ -1137,6 +1169,30 @@ int rb__uring_run(struct rb_worker *w)
 	return 0;
 }
 
+/*
+ * A sparse table of registered files, one slot per descriptor the process
+ * may open: a request on a registered file takes no file reference (an
+ * atomic pair per operation otherwise). Without it, plain descriptors.
+ */
+static void files_register(struct uring *u)
+{
+	struct rlimit rl;
+	unsigned n = 1024;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		n = rl.rlim_cur < 65536 ? (unsigned)rl.rlim_cur : 65536;
+	u->slot_free = malloc(n * sizeof(*u->slot_free));
+	if (!u->slot_free || io_uring_register_files_sparse(&u->ring, n) < 0) {
+		free(u->slot_free);
+		u->slot_free = NULL;
+		return;
+	}
+	u->n_slots = n;
+	for (unsigned i = 0; i < n; i++)
+		u->slot_free[i] = (int)(n - 1 - i);
+	u->n_slot_free = n;
+}
+
 /* Ring setup flags in preference order; the first the kernel accepts wins. */
 static int ring_create(struct uring *u, const struct rb_config *cfg)
 {
@@ -1226,14 +1282,16 @@ int rb__uring_worker_init(struct rb_worker *w)
 	rc = bufring_register(&u->ring, u->nbufs, BGID, &u->br, &u->br_len);
 	if (rc < 0)
 		return rc;
+	files_register(u);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		u->lst[i].fd = w->listeners[i].fd;
 		u->lst[i].tcp = !w->srv->addrs[i].is_unix;
 	}
 	u->n_lst = w->n_listeners;
 	snprintf(u->detail, sizeof(u->detail),
-		 "%s, %u entries, %s, %u buffers of %u, recv %s, bundles: %s", u->mode,
+		 "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s", u->mode,
 		 cfg->uring_entries, caps.reg_ring ? "registered ring fd" : "ring fd",
+		 u->n_slots ? ", fixed files" : "",
 		 u->nbufs, u->bufsize,
 		 u->mshot_limit ? "multishot+limit" : "single-shot",
 #ifdef IORING_RECVSEND_BUNDLE
@@ -1274,6 +1332,7 @@ void rb__uring_worker_fini(struct rb_worker *w)
 		rb_pool_put(&w->pool, u->chunk[i]);
 	free(u->chunk);
 	free(u->meta);
+	free(u->slot_free);
 	free(u);
 	w->uring = NULL;
 }

@@ -628,6 +628,8 @@ static void spawn_filtered(struct child *ch, int errno_val, const char *const *a
 		struct rlimit rl = {spawn_nofile, spawn_nofile};
 		if (spawn_nofile && setrlimit(RLIMIT_NOFILE, &rl) < 0)
 			_exit(122);
+		/* A failed assertion ends the test process: take the daemon along. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
 		dup2(o[1], 1);
 		dup2(e[1], 2);
 		execve(bin, (char *const *)argv, envp);
