@@ -688,7 +688,8 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 			c->flags |= UC_BUFWAIT;
 			rb_list_add_tail(&u->bufwait, &c->link);
 		}
-	} else if (res != -ECANCELED && res != -EINTR) {
+	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
+		/* (EAGAIN only if someone made the socket non-blocking: just re-arm.) */
 		conn_close(w, u, c, true);
 		return;
 	}
@@ -724,7 +725,7 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 	if (res > 0) {
 		/* A short send simply continues from where it stopped. */
 		conn_consume(w, u, c, (size_t)res);
-	} else if (res <= 0 && res != -ECANCELED && res != -EINTR) {
+	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
 		/* 0 for a non-empty send cannot make progress: treat it as the
 		 * peer gone, never loop on it. */
 		conn_close(w, u, c, true);
@@ -1017,10 +1018,24 @@ static bool worker_done(struct rb_worker *w, struct uring *u)
 	return u->wops == 0;
 }
 
+/* A listener waits to be re-armed (descriptors ran out)? */
+static bool listener_waiting(const struct uring *u)
+{
+	for (size_t i = 0; i < u->n_lst; i++)
+		if (!u->lst[i].armed)
+			return true;
+	return false;
+}
+
 static int next_timeout_ms(struct rb_worker *w, struct uring *u)
 {
-	uint64_t now = rb__now_ms();
+	uint64_t now;
 	int timeout = -1;
+
+	/* The common case needs no clock. */
+	if (w->stopping ? u->closing_all : !listener_waiting(u))
+		return -1;
+	now = rb__now_ms();
 
 	for (size_t i = 0; i < u->n_lst; i++) {
 		struct ulisten *l = &u->lst[i];
@@ -1144,7 +1159,7 @@ int rb__uring_run(struct rb_worker *w)
 		if (w->stopping && !u->closing_all && rb__now_ms() >= w->deadline_ms)
 			close_all(w, u);
 		run_lists(w, u);
-		if (!w->stopping) {
+		if (!w->stopping && listener_waiting(u)) {
 			uint64_t now = rb__now_ms();
 			for (size_t i = 0; i < u->n_lst; i++)
 				if (!u->lst[i].armed && u->lst[i].retry_ms <= now)
