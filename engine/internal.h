@@ -222,6 +222,7 @@ void rb__pipes_fini(struct rb_worker *w);
 /* Workers (worker.c): the common part, then the model's own. */
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
 int rb__worker_run(struct rb_worker *w);
+bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
 void rb__worker_fini(struct rb_worker *w);
 
 /* Readiness model (reactor.c). */

@@ -783,29 +783,6 @@ static void listener_arm(struct uring *u, struct ulisten *l)
 	u->wops++;
 }
 
-/* EMFILE/ENFILE: accept with the reserve descriptor and close at once, so the
- * peer gets a clean close instead of waiting in the backlog. */
-static bool accept_reserve(struct rb_worker *w, struct ulisten *l, int err)
-{
-	unsigned sup;
-	int fd;
-
-	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
-		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
-			strerror(err), sup);
-	if (w->reserve_fd < 0)
-		return false;
-	close(w->reserve_fd);
-	w->reserve_fd = -1;
-	fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd >= 0) {
-		close(fd);
-		RB_STAT_ADD(w, refused, 1);
-	}
-	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return fd >= 0 && w->reserve_fd >= 0;
-}
-
 /* Once every accept of this worker has ended, it no longer holds the listening
  * sockets; the last worker to get there closes them, so new peers are refused
  * rather than left in a backlog. */
@@ -847,7 +824,7 @@ static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, i
 		case ENFILE:
 		case ENOBUFS:
 		case ENOMEM:
-			if (!accept_reserve(w, l, -res))
+			if (!rb__accept_reserve(w, l->fd, -res))
 				l->retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
 			break;
 		default:

@@ -433,28 +433,6 @@ refuse:
 	}
 }
 
-/* EMFILE/ENFILE: accept with the reserve descriptor and close at once, so the
- * peer gets a clean close instead of waiting in the backlog, and we never spin. */
-static bool accept_reserve(struct rb_worker *w, struct rb_listener *l, int err)
-{
-	unsigned sup;
-
-	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
-		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
-			strerror(err), sup);
-	if (w->reserve_fd < 0)
-		return false;
-	close(w->reserve_fd);
-	w->reserve_fd = -1;
-	int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd >= 0) {
-		close(fd);
-		RB_STAT_ADD(w, refused, 1);
-	}
-	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return fd >= 0 && w->reserve_fd >= 0;
-}
-
 static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 {
 	unsigned budget = w->srv->cfg.accept_budget;
@@ -478,7 +456,7 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 		case ENFILE:
 		case ENOBUFS:
 		case ENOMEM:
-			if (accept_reserve(w, l, errno))
+			if (rb__accept_reserve(w, l->fd, errno))
 				continue;
 			l->pending = true;
 			w->accept_retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;

@@ -217,6 +217,10 @@ static int validate(const struct rb_config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "read and accept budgets must be at least 1");
 		return -EINVAL;
 	}
+	if (cfg->copy == RB_COPY_SPLICE && cfg->engine == RB_ENGINE_URING) {
+		snprintf(err, errlen, "--copy splice is not supported by the uring engine");
+		return -EINVAL;
+	}
 	if (cfg->copy == RB_COPY_SPLICE && (cfg->pipe_size < 4096 || cfg->pipe_size > (1ul << 30))) {
 		snprintf(err, errlen, "pipe size %zu out of range (4096 bytes to 1 GiB)",
 			 cfg->pipe_size);

@@ -3,6 +3,8 @@
  * eventfd, the listeners, a reserve descriptor, counters. */
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -43,6 +45,33 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 		return rb__uring_worker_init(w);
 #endif
 	return rb__reactor_worker_init(w);
+}
+
+/*
+ * EMFILE/ENFILE at accept: accept the waiting peer with the reserve
+ * descriptor and close it at once, so it gets a clean close instead of
+ * waiting in the backlog, and nobody spins. Logged at most once a second.
+ * Returns false if even that failed (the caller backs off).
+ */
+bool rb__accept_reserve(struct rb_worker *w, int lfd, int err)
+{
+	unsigned sup;
+	int fd;
+
+	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
+			strerror(err), sup);
+	if (w->reserve_fd < 0)
+		return false;
+	close(w->reserve_fd);
+	w->reserve_fd = -1;
+	fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+	if (fd >= 0) {
+		close(fd);
+		RB_STAT_ADD(w, refused, 1);
+	}
+	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return fd >= 0 && w->reserve_fd >= 0;
 }
 
 int rb__worker_run(struct rb_worker *w)

@@ -39,6 +39,11 @@ static bool round_trip(int fd, unsigned char seed)
 	return true;
 }
 
+static bool refused_at_least(const struct rb_stats *st, void *arg)
+{
+	return st->refused >= *(uint64_t *)arg;
+}
+
 Test(select, refuses_descriptors_past_fd_setsize, .timeout = 60)
 {
 	struct engine_param p = {RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV};
@@ -72,6 +77,9 @@ Test(select, refuses_descriptors_past_fd_setsize, .timeout = 60)
 	}
 	cr_assert_geq(ok, 5, "only %d connections echoed", ok);
 	cr_assert_geq(refused, 5, "only %d connections refused", refused);
+	/* A client can see its refusal a moment before the server counts it. */
+	uint64_t want = (uint64_t)refused;
+	th_wait_stats(&ts, refused_at_least, &want, "the refusals to be counted");
 	rb_server_stats(ts.srv, &st);
 	cr_assert_eq(st.refused, (uint64_t)refused, "stats refused %lu, clients saw %d",
 		     (unsigned long)st.refused, refused);
