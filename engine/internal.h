@@ -105,7 +105,7 @@ void rb__addr_format(struct rb_addr *a);
 	} while (0)
 
 /* ---- handles: what a poller event's pointer points at ---- */
-enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL, RB_H_UDP };
+enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL };
 
 struct rb_handle {
 	enum rb_handle_kind kind;
@@ -223,6 +223,8 @@ void rb__pipes_fini(struct rb_worker *w);
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
 int rb__worker_run(struct rb_worker *w);
 bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
+/* Drain the control eventfd and serve a stats request; true if a stop is asked. */
+bool rb__worker_control(struct rb_worker *w);
 void rb__worker_fini(struct rb_worker *w);
 
 /* Readiness model (reactor.c). */

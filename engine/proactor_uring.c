@@ -889,20 +889,9 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 
 static void on_ctl(struct rb_worker *w, struct uring *u, int res)
 {
-	uint64_t v;
-
 	u->ctl_armed = false;
 	u->wops--;
-	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
-		;
-	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
-		struct rb_stats st;
-		char json[1024];
-		rb_server_stats(w->srv, &st);
-		rb_stats_json(&st, json, sizeof(json));
-		rb__log(RB_LOG_ERR, "stats %s", json);
-	}
-	if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+	if (rb__worker_control(w))
 		worker_begin_stop(w, u);
 	if (res != -ECANCELED && !u->ctl_cancelled)
 		ctl_arm(u, w->ctl_fd);

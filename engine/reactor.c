@@ -471,19 +471,13 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 	w->accept_retry_ms = 0;
 }
 
-static void udp_event(struct rb_worker *w, struct rb_udp *u, uint32_t ev)
+/* A UDP listener is registered like a stream one; its events echo datagrams. */
+static void udp_event(struct rb_worker *w, struct rb_listener *l, uint32_t ev)
 {
-	struct rb_listener *l = NULL;
-
-	for (size_t i = 0; i < w->n_listeners && !l; i++)
-		if (w->listeners[i].udp == u)
-			l = &w->listeners[i];
-	if (!l || !l->active)
-		return;
-	rb__udp_run(w, u, ev);
-	if (!w->edge && rb__udp_interest(u) != l->udp_interest) {
-		l->udp_interest = rb__udp_interest(u);
-		w->ops->mod(w->poller, l->fd, u, l->udp_interest);
+	rb__udp_run(w, l->udp, ev);
+	if (!w->edge && rb__udp_interest(l->udp) != l->udp_interest) {
+		l->udp_interest = rb__udp_interest(l->udp);
+		w->ops->mod(w->poller, l->fd, l, l->udp_interest);
 	}
 }
 
@@ -521,18 +515,7 @@ static void worker_begin_stop(struct rb_worker *w)
 
 static void control_event(struct rb_worker *w)
 {
-	uint64_t v;
-
-	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
-		;
-	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
-		struct rb_stats st;
-		char json[1024];
-		rb_server_stats(w->srv, &st);
-		rb_stats_json(&st, json, sizeof(json));
-		rb__log(RB_LOG_ERR, "stats %s", json);
-	}
-	if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
+	if (rb__worker_control(w))
 		worker_begin_stop(w);
 }
 
@@ -611,15 +594,16 @@ int rb__reactor_run(struct rb_worker *w)
 			case RB_H_CONN:
 				conn_event(w, (struct rb_conn *)(void *)h, ev[i].events);
 				break;
-			case RB_H_LISTENER:
-				if (((struct rb_listener *)(void *)h)->active)
-					listener_accept(w, (struct rb_listener *)(void *)h);
+			case RB_H_LISTENER: {
+				struct rb_listener *l = (struct rb_listener *)(void *)h;
+				if (l->active && l->udp)
+					udp_event(w, l, ev[i].events);
+				else if (l->active)
+					listener_accept(w, l);
 				break;
+			}
 			case RB_H_CONTROL:
 				control_event(w);
-				break;
-			case RB_H_UDP:
-				udp_event(w, (struct rb_udp *)(void *)h, ev[i].events);
 				break;
 			}
 		}
@@ -635,7 +619,7 @@ int rb__reactor_run(struct rb_worker *w)
 		for (size_t i = 0; i < w->n_listeners; i++) {
 			struct rb_listener *l = &w->listeners[i];
 			if (l->active && l->udp && rb__udp_pending(l->udp))
-				udp_event(w, l->udp, 0);
+				udp_event(w, l, 0);
 			else if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
 				listener_accept(w, l);
 		}
@@ -648,7 +632,6 @@ int rb__reactor_run(struct rb_worker *w)
 				ready_push(w, c);
 			}
 		}
-		RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
 		free_grave(w);
@@ -675,7 +658,7 @@ int rb__reactor_worker_init(struct rb_worker *w)
 			if (!l->udp)
 				return -ENOMEM;
 			l->udp_interest = w->edge ? RB_READ | RB_WRITE : RB_READ;
-			err = w->ops->add(w->poller, l->fd, l->udp, l->udp_interest);
+			err = w->ops->add(w->poller, l->fd, l, l->udp_interest);
 		} else {
 			err = w->ops->add(w->poller, l->fd, l, RB_READ);
 		}

@@ -18,7 +18,6 @@
 #define SLOT_SIZE 65536u
 
 struct rb_udp {
-	struct rb_handle h;
 	int fd;
 	bool can_read, can_write;
 	bool pending;            /* budget ran out with work left */
@@ -35,7 +34,6 @@ struct rb_udp *rb__udp_create(int fd)
 
 	if (!u)
 		return NULL;
-	u->h.kind = RB_H_UDP;
 	u->fd = fd;
 	u->can_write = true;
 	return u;

@@ -47,6 +47,22 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 	return rb__reactor_worker_init(w);
 }
 
+bool rb__worker_control(struct rb_worker *w)
+{
+	uint64_t v;
+
+	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+		;
+	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
+		struct rb_stats st;
+		char json[1024];
+		rb_server_stats(w->srv, &st);
+		rb_stats_json(&st, json, sizeof(json));
+		rb__log(RB_LOG_ERR, "stats %s", json);
+	}
+	return __atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED);
+}
+
 /*
  * EMFILE/ENFILE at accept: accept the waiting peer with the reserve
  * descriptor and close it at once, so it gets a clean close instead of
