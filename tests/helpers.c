@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+extern char **environ;
+
 /* No progress for this long means the server stalled: fail, never hang. */
 #define STALL_MS 20000
 
@@ -269,4 +271,85 @@ void th_run_streams(struct th_stream *s, size_t n)
 		s[i].got = NULL;
 	}
 	free(pfd);
+}
+
+size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, size_t len,
+		     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what)
+{
+	struct rb_stats st;
+	size_t sent = 0;
+
+	for (;;) {
+		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
+		if (r > 0) {
+			sent += (size_t)r;
+			continue;
+		}
+		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
+		if (sent == len) {
+			th_wait_stats(ts, pred, arg, what);
+			return sent;
+		}
+		rb_server_stats(ts->srv, &st);
+		if (pred(&st, arg))
+			return sent;
+		/* Blocked for now: wait for room (or re-check the server shortly). */
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
+	}
+}
+
+void th_send_rest_and_verify(int fd, const unsigned char *data, size_t len, size_t sent)
+{
+	unsigned char *got = malloc(len);
+	size_t recvd = 0;
+
+	cr_assert_not_null(got);
+	while (recvd < len) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
+		cr_assert_gt(poll(&pfd, 1, STALL_MS), 0, "stalled at %zu/%zu", recvd, len);
+		if (pfd.revents & POLLOUT) {
+			ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
+			if (r > 0)
+				sent += (size_t)r;
+		}
+		if (pfd.revents & POLLIN) {
+			ssize_t r = recv(fd, got + recvd, len - recvd, 0);
+			cr_assert_gt(r, 0, "recv: %s", r == 0 ? "EOF" : strerror(errno));
+			recvd += (size_t)r;
+		}
+	}
+	cr_assert(memcmp(got, data, len) == 0, "echoed bytes differ");
+	free(got);
+}
+
+char **th_child_env(const char *const *extra)
+{
+	static char *env[256];
+	static char asan[256];
+	const char *opts = getenv("REBOUND_CHILD_ASAN_OPTIONS");
+	size_t n = 0;
+
+	for (char **e = environ; *e && n < 240; e++)
+		if (strncmp(*e, "ASAN_OPTIONS=", 13) != 0)
+			env[n++] = *e;
+	if (opts) {
+		snprintf(asan, sizeof(asan), "ASAN_OPTIONS=%s", opts);
+		env[n++] = asan;
+	}
+	while (extra && *extra && n < 254)
+		env[n++] = (char *)*extra++;
+	env[n] = NULL;
+	return env;
+}
+
+void th_slurp(int fd, char *buf, size_t len)
+{
+	size_t n = 0;
+	ssize_t r;
+
+	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
+		n += (size_t)r;
+	buf[n] = '\0';
+	close(fd);
 }

@@ -66,4 +66,24 @@ struct th_stream {
 /* Drive n streams concurrently (one poll loop) to completion; asserts integrity. */
 void th_run_streams(struct th_stream *s, size_t n);
 
+/*
+ * On a non-blocking fd, send data (never reading) until pred holds for the
+ * server's stats, waiting for it (bounded) once everything is sent.
+ * Returns the bytes sent.
+ */
+size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, size_t len,
+		     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what);
+/* Send the rest of data from offset sent, read all len bytes back, assert equal. */
+void th_send_rest_and_verify(int fd, const unsigned char *data, size_t len, size_t sent);
+
+/*
+ * The environment for a spawned daemon: ours, with ASAN_OPTIONS replaced by
+ * REBOUND_CHILD_ASAN_OPTIONS (leak detection on, unlike the Criterion runner,
+ * so a leak at exit makes the daemon's status non-zero) and extra (may be
+ * NULL) added.
+ */
+char **th_child_env(const char *const *extra);
+/* Read fd to EOF into buf (NUL-terminated), then close it. */
+void th_slurp(int fd, char *buf, size_t len);
+
 #endif

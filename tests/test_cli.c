@@ -25,7 +25,6 @@
 #include "helpers.h"
 #include "rb_config.h"
 
-extern char **environ;
 
 struct proc {
 	pid_t pid;
@@ -40,30 +39,6 @@ static const char *rebound_bin(void)
 
 	cr_assert_not_null(b, "REBOUND_BIN is not set (run through meson test)");
 	return b;
-}
-
-/*
- * The daemon runs with leak detection on (REBOUND_CHILD_ASAN_OPTIONS), unlike
- * the Criterion runner: a leak at exit makes its status non-zero.
- */
-static char **child_env(const char *const *extra)
-{
-	static char *env[256];
-	static char asan[256];
-	const char *opts = getenv("REBOUND_CHILD_ASAN_OPTIONS");
-	size_t n = 0;
-
-	for (char **e = environ; *e && n < 240; e++)
-		if (strncmp(*e, "ASAN_OPTIONS=", 13) != 0)
-			env[n++] = *e;
-	if (opts) {
-		snprintf(asan, sizeof(asan), "ASAN_OPTIONS=%s", opts);
-		env[n++] = asan;
-	}
-	while (extra && *extra && n < 254)
-		env[n++] = (char *)*extra++;
-	env[n] = NULL;
-	return env;
 }
 
 /*
@@ -96,7 +71,7 @@ static void spawn_ex(struct proc *p, const char *const *args, const char *const 
 	if (fd3 >= 0)
 		posix_spawn_file_actions_adddup2(&fa, fd3, 3);
 	cr_assert_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, (char *const *)argv,
-				 child_env(extra_env)),
+				 th_child_env(extra_env)),
 		     0);
 	posix_spawn_file_actions_destroy(&fa);
 	close(o[1]);
@@ -108,18 +83,6 @@ static void spawn_ex(struct proc *p, const char *const *args, const char *const 
 static void spawn(struct proc *p, const char *const *args)
 {
 	spawn_ex(p, args, NULL, -1);
-}
-
-/* Read fd to EOF into buf (NUL-terminated). */
-static void slurp(int fd, char *buf, size_t len)
-{
-	size_t n = 0;
-	ssize_t r;
-
-	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
-		n += (size_t)r;
-	buf[n] = '\0';
-	close(fd);
 }
 
 static int wait_exit(pid_t pid)
@@ -138,8 +101,8 @@ static int run(const char *const *args, char *out, size_t olen, char *err, size_
 	struct proc p;
 
 	spawn(&p, args);
-	slurp(p.out, out, olen);
-	slurp(p.err, err, elen);
+	th_slurp(p.out, out, olen);
+	th_slurp(p.err, err, elen);
 	return wait_exit(p.pid);
 }
 
@@ -349,7 +312,7 @@ Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
 	cr_assert_eq(send(idle, &b, 1, 0), 1);
 	cr_assert_eq(recv(idle, &b, 1, 0), 1);
 	cr_assert_eq(kill(p.pid, SIGTERM), 0);
-	slurp(p.err, err, sizeof(err));
+	th_slurp(p.err, err, sizeof(err));
 	cr_assert_eq(wait_exit(p.pid), 0, "daemon exit status (stderr: %s)", err);
 	cr_assert(p.engine_line_seen);
 	char want[256];
@@ -409,7 +372,7 @@ Test(cli, second_signal_exits_at_once, .timeout = 60)
 		poll(NULL, 0, 5);
 	}
 	cr_assert_eq(kill(p.pid, SIGTERM), 0);
-	slurp(p.err, err, sizeof(err));
+	th_slurp(p.err, err, sizeof(err));
 	cr_assert_eq(wait_exit(p.pid), 128 + SIGTERM, "stderr: %s", err);
 	close(fd);
 	close(p.out);
@@ -483,7 +446,7 @@ Test(cli, systemd_socket_activation_and_notify, .timeout = 60)
 	cr_assert_gt(r, 0);
 	msg[r] = '\0';
 	cr_assert_str_eq(msg, "STOPPING=1");
-	slurp(p.err, line, sizeof(line));
+	th_slurp(p.err, line, sizeof(line));
 	cr_assert_eq(wait_exit(p.pid), 0, "stderr: %s", line);
 	close(p.out);
 	close(nfd);

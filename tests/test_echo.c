@@ -176,11 +176,11 @@ static bool at_cap(const struct rb_stats *st, void *arg)
 ECHO_TEST(slow_reader_bounded, 60)
 {
 	const size_t len = 8u << 20;
-	unsigned char *data = malloc(len), *got = malloc(len);
+	unsigned char *data = malloc(len);
 	struct test_server ts;
 	struct rb_stats st;
 	struct cap_wait cw;
-	size_t sent = 0, recvd = 0;
+	size_t sent;
 	int small = 65536, fd;
 
 	th_fill(data, len, 99);
@@ -192,24 +192,7 @@ ECHO_TEST(slow_reader_bounded, 60)
 	fd = th_connect_bufs(ts.port, small, small);
 	th_set_nonblock(fd);
 	/* Write, never read, until the server reports it stopped reading. */
-	for (;;) {
-		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
-		if (r > 0) {
-			sent += (size_t)r;
-			continue;
-		}
-		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
-		if (sent == len) {
-			th_wait_stats(&ts, at_cap, &cw, "the connection to pause at its cap");
-			break;
-		}
-		rb_server_stats(ts.srv, &st);
-		if (at_cap(&st, &cw))
-			break;
-		/* Blocked for now: wait for room (or re-check the server shortly). */
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, 10);
-	}
+	sent = th_send_until(&ts, fd, data, len, at_cap, &cw, "the connection to pause at its cap");
 	rb_server_stats(ts.srv, &st);
 	if (!cw.splice)
 		cr_assert_eq(st.buffered, cw.cap, "buffered %lu, cap %lu",
@@ -220,28 +203,13 @@ ECHO_TEST(slow_reader_bounded, 60)
 	 * at_cap() held, so the cap, not the sender, bounded its memory. */
 
 	/* Now read (and finish sending): every byte comes back in order. */
-	while (recvd < len) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
-		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %zu/%zu", recvd, len);
-		if (pfd.revents & POLLOUT) {
-			ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
-			if (r > 0)
-				sent += (size_t)r;
-		}
-		if (pfd.revents & POLLIN) {
-			ssize_t r = recv(fd, got + recvd, len - recvd, 0);
-			cr_assert_gt(r, 0, "recv: %s", r == 0 ? "EOF" : strerror(errno));
-			recvd += (size_t)r;
-		}
-	}
-	cr_assert(memcmp(got, data, len) == 0, "echoed bytes differ");
+	th_send_rest_and_verify(fd, data, len, sent);
 	rb_server_stats(ts.srv, &st);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap);
 	close(fd);
 	expect_totals(&ts, 1, len);
 	th_server_stop(&ts);
 	free(data);
-	free(got);
 }
 
 /* A client resets mid-stream: the server closes it, counts it, keeps serving. */

@@ -102,11 +102,11 @@ static bool paused(const struct rb_stats *st, void *arg)
 Test(splice, descriptor_exhaustion_falls_back_to_writev, .timeout = 60)
 {
 	const size_t len = 8u << 20;
-	unsigned char *data = malloc(len), *got = malloc(len);
+	unsigned char *data = malloc(len);
 	struct test_server ts;
 	struct rb_stats st;
 	struct rlimit rl;
-	size_t sent = 0, recvd = 0;
+	size_t sent;
 	int base, a, b;
 
 	th_fill(data, len, 4);
@@ -121,19 +121,7 @@ Test(splice, descriptor_exhaustion_falls_back_to_writev, .timeout = 60)
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 	/* Client a fills its pipe and stops reading: the pipe stays taken. */
 	th_set_nonblock(a);
-	for (;;) {
-		ssize_t r = send(a, data + sent, len - sent, MSG_NOSIGNAL);
-		if (r > 0) {
-			sent += (size_t)r;
-			continue;
-		}
-		rb_server_stats(ts.srv, &st);
-		if (paused(&st, NULL) || sent == len)
-			break;
-		struct pollfd pfd = {.fd = a, .events = POLLOUT};
-		poll(&pfd, 1, 10);
-	}
-	th_wait_stats(&ts, paused, NULL, "client a's pipe to fill");
+	sent = th_send_until(&ts, a, data, len, paused, NULL, "client a's pipe to fill");
 	/* Client b needs a pipe now and cannot have one: it is echoed anyway. */
 	struct th_stream s = {.fd = b, .data = data, .len = 1u << 20, .rng = 1};
 	th_run_streams(&s, 1);
@@ -141,21 +129,7 @@ Test(splice, descriptor_exhaustion_falls_back_to_writev, .timeout = 60)
 	cr_assert_geq(st.splice_fallbacks, 1, "fallbacks %lu", (unsigned long)st.splice_fallbacks);
 	cr_assert_eq(st.refused, 0);
 	/* Client a reads everything back, intact. */
-	while (recvd < len) {
-		struct pollfd pfd = {.fd = a, .events = POLLIN | (sent < len ? POLLOUT : 0)};
-		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %zu/%zu", recvd, len);
-		if (pfd.revents & POLLOUT) {
-			ssize_t r = send(a, data + sent, len - sent, MSG_NOSIGNAL);
-			if (r > 0)
-				sent += (size_t)r;
-		}
-		if (pfd.revents & POLLIN) {
-			ssize_t r = recv(a, got + recvd, len - recvd, 0);
-			cr_assert_gt(r, 0);
-			recvd += (size_t)r;
-		}
-	}
-	cr_assert(memcmp(got, data, len) == 0, "client a's echo differs");
+	th_send_rest_and_verify(a, data, len, sent);
 	close(a);
 	close(b);
 	th_wait_stats(&ts, closed_n, &(uint64_t){2}, "both connections to close");
@@ -164,5 +138,4 @@ Test(splice, descriptor_exhaustion_falls_back_to_writev, .timeout = 60)
 	cr_assert_gt(st.chunks_allocated, 0, "no byte went through the pool");
 	th_server_stop(&ts);
 	free(data);
-	free(got);
 }

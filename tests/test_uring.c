@@ -260,10 +260,10 @@ static bool paused(const struct rb_stats *st, void *arg)
 Test(uring, non_reader_does_not_starve_others, .timeout = 300)
 {
 	const size_t len = 2u << 20;
-	unsigned char *data = malloc(len), *got = malloc(len);
+	unsigned char *data = malloc(len);
 	struct test_server ts;
 	uint64_t total = 0;
-	size_t sent = 0, recvd = 0;
+	size_t sent = 0;
 	int fd;
 
 	need_uring();
@@ -284,26 +284,11 @@ Test(uring, non_reader_does_not_starve_others, .timeout = 300)
 	th_wait_stats(&ts, paused, NULL, "the non-reading peer to be paused");
 	run_many(&ts, 30, 20000, 7777, 0, &total);
 	/* Now it reads (and sends the rest): all of it, in order. */
-	while (recvd < len) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
-		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %zu/%zu", recvd, len);
-		if (pfd.revents & POLLOUT) {
-			ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
-			if (r > 0)
-				sent += (size_t)r;
-		}
-		if (pfd.revents & POLLIN) {
-			ssize_t r = recv(fd, got + recvd, len - recvd, 0);
-			cr_assert_gt(r, 0, "recv: %s", r == 0 ? "EOF" : strerror(errno));
-			recvd += (size_t)r;
-		}
-	}
-	cr_assert(memcmp(got, data, len) == 0, "the paused stream was corrupted");
+	th_send_rest_and_verify(fd, data, len, sent);
 	close(fd);
 	expect_clean(&ts, 31, total + len);
 	th_server_stop(&ts);
 	free(data);
-	free(got);
 }
 
 struct cap_wait {
@@ -318,54 +303,23 @@ static bool at_cap(const struct rb_stats *st, void *arg)
 /* Stop at the cap exactly, then give everything back in order. */
 static void slow_reader(struct test_server *ts, size_t len)
 {
-	unsigned char *data = malloc(len), *got = malloc(len);
+	unsigned char *data = malloc(len);
 	struct cap_wait cw = {.cap = ts->cfg.conn_buffer};
 	struct rb_stats st;
-	size_t sent = 0, recvd = 0;
+	size_t sent;
 	int fd = th_connect_bufs(ts->port, 65536, 65536);
 
 	th_fill(data, len, 99);
 	th_set_nonblock(fd);
-	for (;;) {
-		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
-		if (r > 0) {
-			sent += (size_t)r;
-			continue;
-		}
-		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
-		rb_server_stats(ts->srv, &st);
-		if (at_cap(&st, &cw))
-			break;
-		if (sent == len) {
-			th_wait_stats(ts, at_cap, &cw, "the connection to pause at its cap");
-			break;
-		}
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, 10);
-	}
+	sent = th_send_until(ts, fd, data, len, at_cap, &cw, "the connection to pause at its cap");
 	rb_server_stats(ts->srv, &st);
 	cr_assert_eq(st.buffered, cw.cap);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap);
-	while (recvd < len) {
-		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
-		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %zu/%zu", recvd, len);
-		if (pfd.revents & POLLOUT) {
-			ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
-			if (r > 0)
-				sent += (size_t)r;
-		}
-		if (pfd.revents & POLLIN) {
-			ssize_t r = recv(fd, got + recvd, len - recvd, 0);
-			cr_assert_gt(r, 0);
-			recvd += (size_t)r;
-		}
-	}
-	cr_assert(memcmp(got, data, len) == 0);
+	th_send_rest_and_verify(fd, data, len, sent);
 	rb_server_stats(ts->srv, &st);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap);
 	close(fd);
 	free(data);
-	free(got);
 }
 
 static void odd_cap(struct rb_config *cfg)
@@ -563,29 +517,6 @@ struct child {
 	int err; /* stderr, read end */
 };
 
-extern char **environ;
-
-/*
- * The daemon's environment: the test's, with leak detection on
- * (REBOUND_CHILD_ASAN_OPTIONS), so a leak at exit fails the exit status.
- */
-static char **child_env(void)
-{
-	static char *env[256];
-	static char asan[256];
-	const char *opts = getenv("REBOUND_CHILD_ASAN_OPTIONS");
-	size_t n = 0;
-
-	for (char **e = environ; *e && n < 254; e++)
-		if (strncmp(*e, "ASAN_OPTIONS=", 13) != 0)
-			env[n++] = *e;
-	if (opts) {
-		snprintf(asan, sizeof(asan), "ASAN_OPTIONS=%s", opts);
-		env[n++] = asan;
-	}
-	env[n] = NULL;
-	return env;
-}
 
 /* Descriptor limit (soft and hard) for the next spawned daemon, 0 = inherit. */
 static rlim_t spawn_nofile;
@@ -595,7 +526,7 @@ static void spawn_filtered(struct child *ch, int errno_val, const char *const *a
 {
 	const char *bin = getenv("REBOUND_BIN");
 	const char *argv[16];
-	char **envp = child_env();
+	char **envp = th_child_env(NULL);
 	size_t n = 0;
 	int o[2], e[2];
 
@@ -641,28 +572,17 @@ static void spawn_filtered(struct child *ch, int errno_val, const char *const *a
 	ch->err = e[0];
 }
 
-static void slurp(int fd, char *buf, size_t len)
-{
-	size_t n = 0;
-	ssize_t r;
-
-	while (n + 1 < len && (r = read(fd, buf + n, len - 1 - n)) > 0)
-		n += (size_t)r;
-	buf[n] = '\0';
-	close(fd);
-}
-
 /* Collect stdout (into out, if not NULL) and stderr; return the exit status. */
 static int child_exit(struct child *ch, char *err, size_t len, char *out, size_t olen)
 {
 	char discard[4096];
 	int st;
 
-	slurp(ch->err, err, len);
+	th_slurp(ch->err, err, len);
 	if (out)
-		slurp(ch->out, out, olen);
+		th_slurp(ch->out, out, olen);
 	else
-		slurp(ch->out, discard, sizeof(discard));
+		th_slurp(ch->out, discard, sizeof(discard));
 	cr_assert_eq(waitpid(ch->pid, &st, 0), ch->pid);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 1000 + WTERMSIG(st);
 }
