@@ -9,7 +9,7 @@ int rb__verbosity = RB_LOG_INFO;
 
 void rb__log(int level, const char *fmt, ...)
 {
-	char line[512];
+	char line[2048];
 	va_list ap;
 	int n;
 

@@ -1070,6 +1070,7 @@ static void update_stats(struct rb_worker *w, struct uring *u)
 	__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free + u->ring_free,
 			 __ATOMIC_RELAXED);
+	__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
 }
 
 /* After a fatal error: cancel everything and wait (bounded) for the CQEs, so

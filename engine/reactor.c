@@ -634,6 +634,7 @@ int rb__reactor_run(struct rb_worker *w)
 		}
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
+		__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
 		free_grave(w);
 	}
 	return 0;

@@ -477,32 +477,17 @@ void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
 	memset(out, 0, sizeof(*out));
 	for (unsigned i = 0; i < srv->n_workers; i++) {
 		const struct rb_worker *w = &srv->workers[i];
-		uint64_t pc = LOAD(peak_conn_buffered);
-		out->accepted += LOAD(accepted);
-		out->active += LOAD(active);
-		out->closed += LOAD(closed);
-		out->refused += LOAD(refused);
-		out->resets += LOAD(resets);
-		out->bytes_in += LOAD(bytes_in);
-		out->bytes_out += LOAD(bytes_out);
-		out->read_calls += LOAD(read_calls);
-		out->write_calls += LOAD(write_calls);
-		out->wakeups += LOAD(wakeups);
-		out->requeues += LOAD(requeues);
-		out->pauses += LOAD(pauses);
-		out->memory_waits += LOAD(memory_waits);
-		out->buffered += LOAD(buffered);
-		out->peak_buffered += LOAD(peak_buffered);
-		if (pc > out->peak_conn_buffered)
-			out->peak_conn_buffered = pc;
-		out->chunks_allocated += LOAD(chunks_allocated);
-		out->chunks_cached += LOAD(chunks_cached);
-		out->bytes_spliced += LOAD(bytes_spliced);
-		out->splice_calls += LOAD(splice_calls);
-		out->pipe_cache_hits += LOAD(pipe_cache_hits);
-		out->splice_fallbacks += LOAD(splice_fallbacks);
-		out->datagrams_in += LOAD(datagrams_in);
-		out->datagrams_out += LOAD(datagrams_out);
-		out->datagram_drops += LOAD(datagram_drops);
+		uint64_t v;
+#define SUM(name) out->name += v;
+#define MAX(name)                                                                          \
+	if (v > out->name)                                                                 \
+		out->name = v;
+#define FIELD(name, how, doc)                                                              \
+	v = LOAD(name);                                                                    \
+	how(name)
+		RB_STATS(FIELD)
+#undef FIELD
+#undef MAX
+#undef SUM
 	}
 }

@@ -55,7 +55,7 @@ bool rb__worker_control(struct rb_worker *w)
 		;
 	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
 		struct rb_stats st;
-		char json[1024];
+		char json[2048];
 		rb_server_stats(w->srv, &st);
 		rb_stats_json(&st, json, sizeof(json));
 		rb__log(RB_LOG_ERR, "stats %s", json);

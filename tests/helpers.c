@@ -112,7 +112,7 @@ void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *,
 		if (pred(&st, arg))
 			return;
 		if (now_ms() > deadline) {
-			char json[1024];
+			char json[2048];
 			rb_stats_json(&st, json, sizeof(json));
 			cr_assert_fail("timed out waiting for %s; stats %s", what, json);
 		}

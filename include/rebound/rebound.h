@@ -65,33 +65,48 @@ struct rb_config {
 	int verbosity;               /* 0 quiet, 1 normal, 2 verbose */
 };
 
-/* Counters, summed over workers by rb_server_stats(). */
+/*
+ * Counters: the one list. X(name, how, doc): how is SUM (added over
+ * workers) or MAX (the largest of the workers'). It makes the struct, the
+ * summing in rb_server_stats() and the JSON of rb_stats_json().
+ */
+#define RB_STATS(X)                                                                        \
+	X(accepted, SUM, "connections accepted")                                           \
+	X(active, SUM, "connections open now")                                             \
+	X(closed, SUM, "connections closed")                                               \
+	X(refused, SUM, "accepted then closed at once (EMFILE, limits)")                   \
+	X(resets, SUM, "connections ended by an error (RST, EPIPE)")                       \
+	X(bytes_in, SUM, "payload bytes read")                                             \
+	X(bytes_out, SUM, "payload bytes written")                                         \
+	X(read_calls, SUM, "readv/read/recv syscalls")                                     \
+	X(write_calls, SUM, "writev/write/send syscalls")                                  \
+	X(wakeups, SUM, "poller waits that returned")                                      \
+	X(requeues, SUM, "ready-list requeues (budget exhausted)")                         \
+	X(pauses, SUM, "backpressure pauses (cap reached)")                                \
+	X(memory_waits, SUM, "reads deferred by the worker memory cap")                    \
+	X(buffered, SUM, "bytes buffered now")                                             \
+	X(peak_buffered, SUM, "most bytes buffered at once, all conns")                    \
+	X(peak_conn_buffered, MAX, "most bytes one connection buffered")                   \
+	X(chunks_allocated, SUM, "chunks obtained from malloc")                            \
+	X(chunks_live, SUM, "chunks that exist now (held or cached)")                      \
+	X(chunks_cached, SUM, "idle chunks in the pools now")                              \
+	X(bytes_spliced, SUM, "payload bytes moved socket -> pipe -> socket")              \
+	X(splice_calls, SUM, "splice syscalls")                                            \
+	X(pipe_cache_hits, SUM, "pipes reused from the cache")                             \
+	X(splice_fallbacks, SUM, "splice connections that fell back to writev")            \
+	X(datagrams_in, SUM, "UDP datagrams received")                                     \
+	X(datagrams_out, SUM, "UDP datagrams echoed")                                      \
+	X(datagram_drops, SUM, "UDP datagrams that could not be sent back")                \
+	X(datagrams_refused, SUM, "UDP datagrams not answered: low or own source port")    \
+	X(datagrams_limited, SUM, "UDP datagrams dropped by the per-source rate limit")    \
+	X(stop_discarded, SUM, "input bytes read and dropped while stopping")              \
+	X(stop_dropped_bytes, SUM, "echo bytes never sent: stop deadline reached")         \
+	X(stop_dropped_conns, SUM, "connections cut at the stop deadline")
+
 struct rb_stats {
-	uint64_t accepted;          /* connections accepted */
-	uint64_t active;            /* connections open now */
-	uint64_t closed;            /* connections closed */
-	uint64_t refused;           /* accepted then closed at once (EMFILE, limits) */
-	uint64_t resets;            /* connections ended by an error (RST, EPIPE) */
-	uint64_t bytes_in;          /* payload bytes read */
-	uint64_t bytes_out;         /* payload bytes written */
-	uint64_t read_calls;        /* readv/read/recv syscalls */
-	uint64_t write_calls;       /* writev/write/send syscalls */
-	uint64_t wakeups;           /* poller waits that returned */
-	uint64_t requeues;          /* ready-list requeues (budget exhausted) */
-	uint64_t pauses;            /* backpressure pauses (cap reached) */
-	uint64_t memory_waits;      /* reads deferred by the worker memory cap */
-	uint64_t buffered;          /* bytes buffered now */
-	uint64_t peak_buffered;     /* most bytes buffered at once, all conns */
-	uint64_t peak_conn_buffered; /* most bytes one connection buffered */
-	uint64_t chunks_allocated;  /* chunks obtained from malloc */
-	uint64_t chunks_cached;     /* idle chunks in the pools now */
-	uint64_t bytes_spliced;     /* payload bytes moved socket -> pipe -> socket */
-	uint64_t splice_calls;      /* splice syscalls */
-	uint64_t pipe_cache_hits;   /* pipes reused from the cache */
-	uint64_t splice_fallbacks;  /* splice connections that fell back to writev */
-	uint64_t datagrams_in;      /* UDP datagrams received */
-	uint64_t datagrams_out;     /* UDP datagrams echoed */
-	uint64_t datagram_drops;    /* UDP datagrams that could not be sent back */
+#define RB_STATS_FIELD(name, how, doc) uint64_t name; /* doc */
+	RB_STATS(RB_STATS_FIELD)
+#undef RB_STATS_FIELD
 };
 
 struct rb_server;
