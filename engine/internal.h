@@ -3,6 +3,7 @@
 #ifndef REBOUND_INTERNAL_H
 #define REBOUND_INTERNAL_H
 
+#include <assert.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,8 +34,15 @@ static inline bool rb_list_empty(const struct rb_list *l)
 	return l->next == l;
 }
 
+static inline bool rb_list_unlinked(const struct rb_list *n)
+{
+	return n->next == n && n->prev == n;
+}
+
+/* n must not be on any list (asserted: linking a linked node corrupts two lists). */
 static inline void rb_list_add_tail(struct rb_list *head, struct rb_list *n)
 {
+	assert(rb_list_unlinked(n));
 	n->prev = head->prev;
 	n->next = head;
 	head->prev->next = n;
@@ -116,17 +124,31 @@ enum {
 	CONN_CAN_WRITE = 1u << 1, /* the socket may take output */
 	CONN_RD_EOF = 1u << 2,    /* peer sent FIN, or we stopped reading for good */
 	CONN_PAUSED = 1u << 3,    /* at the per-connection cap */
-	CONN_MEMWAIT = 1u << 4,   /* waiting for the worker memory cap */
 	CONN_CLOSED = 1u << 5,    /* closed: events for it are stale */
-	CONN_QUEUED = 1u << 6,    /* on the ready list (qlink) */
 	CONN_PEER_HUP = 1u << 7,  /* poller saw RDHUP/HUP/ERR: read to EOF or error */
 	CONN_PIPE_WAIT = 1u << 8, /* splice read got EAGAIN with bytes in the pipe */
+	CONN_PEER_EOF = 1u << 9,  /* read returned 0: the peer's FIN arrived */
+	CONN_DISCARD = 1u << 10,  /* stopping: input is read and dropped, never echoed */
+	CONN_WR_SHUT = 1u << 11,  /* our FIN is sent: waiting for the peer's (lingering) */
+};
+
+/*
+ * The one list a connection's qlink is on. Moving between them goes through
+ * one function (reactor.c, conn_queue), so a connection can never be on two
+ * lists at once: that corrupted both and livelocked the worker (issue 9).
+ */
+enum rb_conn_queue {
+	RB_Q_NONE = 0,
+	RB_Q_READY,   /* read budget used up: run again after the others */
+	RB_Q_MEMWAIT, /* needs a chunk the worker memory cap does not allow now */
+	RB_Q_GRAVE,   /* closed: freed after the event batch (rule 7) */
 };
 
 struct rb_conn {
 	struct rb_handle h;
 	int fd;
 	uint32_t flags;
+	enum rb_conn_queue queue;
 	uint32_t interest; /* registered with a level-triggered poller */
 	struct rb_chain chain;
 	/* --copy splice: socket -> pipe -> socket; pipe_rd < 0 means writev mode. */
@@ -134,7 +156,7 @@ struct rb_conn {
 	size_t pipe_bytes; /* bytes in the pipe, tracked by us: EAGAIN can't tell */
 	size_t pipe_cap;
 	struct rb_list all;   /* worker->conns */
-	struct rb_list qlink; /* ready list, memwait list or graveyard */
+	struct rb_list qlink; /* the list named by queue */
 };
 
 struct rb_udp;
@@ -183,6 +205,8 @@ struct rb_worker {
 	struct rb_ratelimit rl_pipe;
 	struct rb_stats st;
 	struct iovec iov[IOV_MAX];
+	unsigned char scratch[16384]; /* input discarded while stopping */
+	uint64_t memwait_puts;        /* pool->puts when the memwait list was last woken */
 	int result;
 	void *uring; /* the completion model's per-worker state */
 	struct rb_cached_pipe pipes[RB_PIPE_CACHE];

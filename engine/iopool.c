@@ -2,6 +2,7 @@
 #include "iopool.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdlib.h>
 
 int rb_pool_init(struct rb_pool *p, size_t chunk_size, unsigned max_free, size_t limit)
@@ -27,12 +28,23 @@ void rb_pool_fini(struct rb_pool *p)
 	p->n_free = 0;
 }
 
-struct rb_chunk *rb_pool_get(struct rb_pool *p)
+void rb_pool_set_reserve(struct rb_pool *p, size_t bytes)
+{
+	bytes -= bytes % p->chunk_size;
+	p->reserve = p->limit && bytes < p->limit ? bytes : 0;
+}
+
+bool rb_pool_can_get(const struct rb_pool *p, size_t held)
+{
+	size_t limit = held ? p->limit - p->reserve : p->limit;
+
+	return !p->limit || p->in_use + p->chunk_size <= limit;
+}
+
+static struct rb_chunk *pool_take(struct rb_pool *p)
 {
 	struct rb_chunk *c;
 
-	if (p->limit && p->in_use + p->chunk_size > p->limit)
-		return NULL;
 	if (p->free) {
 		c = p->free;
 		p->free = c->next;
@@ -49,9 +61,35 @@ struct rb_chunk *rb_pool_get(struct rb_pool *p)
 	return c;
 }
 
+struct rb_chunk *rb_pool_get(struct rb_pool *p)
+{
+	return rb_pool_can_get(p, 1) ? pool_take(p) : NULL;
+}
+
+struct rb_chunk *rb_pool_get_first(struct rb_pool *p)
+{
+	return rb_pool_can_get(p, 0) ? pool_take(p) : NULL;
+}
+
+size_t rb_pool_trim(struct rb_pool *p)
+{
+	size_t freed = p->freed;
+
+	if (freed) {
+		/* Chunks are below glibc's mmap threshold: free() keeps them in
+		 * the heap, and only a trim returns the pages (madvise). */
+#ifdef __GLIBC__
+		malloc_trim(0);
+#endif
+		p->freed = 0;
+	}
+	return freed;
+}
+
 void rb_pool_put(struct rb_pool *p, struct rb_chunk *c)
 {
 	p->in_use -= p->chunk_size;
+	p->puts++;
 	if (p->n_free < p->max_free) {
 		c->next = p->free;
 		p->free = c;
@@ -59,6 +97,7 @@ void rb_pool_put(struct rb_pool *p, struct rb_chunk *c)
 	} else {
 		free(c);
 		p->live--;
+		p->freed += p->chunk_size;
 	}
 }
 
@@ -96,7 +135,7 @@ int rb_chain_read_iov(struct rb_pool *p, struct rb_chain *ch, struct iovec *iov,
 	int n = 0;
 
 	if (!ch->tail) {
-		struct rb_chunk *c = rb_pool_get(p);
+		struct rb_chunk *c = rb_pool_get_first(p);
 		if (!c)
 			return -ENOMEM;
 		ch->head = ch->tail = c;

@@ -10,6 +10,7 @@
 #ifndef REBOUND_IOPOOL_H
 #define REBOUND_IOPOOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -25,7 +26,10 @@ struct rb_pool {
 	unsigned n_free;
 	unsigned max_free;      /* bound on the cache */
 	size_t limit;           /* most chunk bytes in use at once, 0 = none */
+	size_t reserve;         /* of the limit, kept for chains that hold no chunk */
 	size_t in_use;          /* chunk bytes held by chains now */
+	size_t freed;           /* bytes given back to malloc since the last trim */
+	uint64_t puts;          /* chunks returned, ever: "memory may have come back" */
 	uint64_t allocated;     /* chunks obtained from malloc, ever */
 	uint64_t live;          /* chunks that exist (in use + cached) */
 };
@@ -49,8 +53,26 @@ int rb_pool_init(struct rb_pool *p, size_t chunk_size, unsigned max_free, size_t
 /* Free every cached chunk. Chains must have been released first. */
 void rb_pool_fini(struct rb_pool *p);
 
-/* Take a chunk (cache first, then malloc); NULL if over the limit or OOM. */
+/*
+ * Keep `bytes` of the limit (rounded down to whole chunks) for chains that
+ * hold no chunk yet, so a new or idle connection can always read while
+ * others hold the rest (issue 9). Must be below the limit.
+ */
+void rb_pool_set_reserve(struct rb_pool *p, size_t bytes);
+
+/* Take a chunk (cache first, then malloc) for a chain that already holds
+ * one; NULL if that would pass limit - reserve, or on OOM. */
 struct rb_chunk *rb_pool_get(struct rb_pool *p);
+
+/* Take the first chunk of an empty chain: may use the reserve. */
+struct rb_chunk *rb_pool_get_first(struct rb_pool *p);
+
+/* Could a chain holding `held` chunks get one more now? */
+bool rb_pool_can_get(const struct rb_pool *p, size_t held);
+
+/* Give freed memory back to the system (malloc_trim) if chunks were freed
+ * since the last call; returns the bytes freed since then. */
+size_t rb_pool_trim(struct rb_pool *p);
 
 /* Return a chunk: cached if the cache has room, otherwise freed. */
 void rb_pool_put(struct rb_pool *p, struct rb_chunk *c);

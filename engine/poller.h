@@ -16,6 +16,7 @@ enum {
 	RB_READ = 1u << 0,
 	RB_WRITE = 1u << 1,
 	RB_HUP = 1u << 2, /* peer hung up or error: read and write will tell which */
+	RB_ERR = 1u << 3, /* shut both ways or an error (EPOLLHUP/EPOLLERR): also sets RB_HUP */
 };
 
 struct rb_event {

@@ -105,6 +105,8 @@ static int ep_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeou
 			r |= RB_WRITE;
 		if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 			r |= RB_HUP;
+		if (e & (EPOLLHUP | EPOLLERR))
+			r |= RB_ERR;
 		ev[i].ptr = p->evs[i].data.ptr;
 		ev[i].events = r;
 	}

@@ -156,6 +156,8 @@ static int pl_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeou
 			r |= RB_WRITE;
 		if (re & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
 			r |= RB_HUP;
+		if (re & (POLLHUP | POLLERR | POLLNVAL))
+			r |= RB_ERR;
 		ev[out].ptr = p->ptrs[i];
 		ev[out].events = r;
 		out++;

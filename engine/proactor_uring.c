@@ -28,6 +28,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -71,6 +73,9 @@ enum {
 	UC_CLOSING = 1u << 8,   /* closing: everything is cancelled, freed at refs 0 */
 	UC_ERROR = 1u << 9,     /* ... because of an error (counts as a reset) */
 	UC_TCP = 1u << 10,
+	UC_DISCARD = 1u << 11,  /* stopping: input is received and dropped */
+	UC_WR_SHUT = 1u << 12,  /* our FIN is sent: waiting for the peer's */
+	UC_PEER_EOF = 1u << 13, /* the peer's FIN arrived */
 };
 
 struct ubuf {
@@ -608,6 +613,21 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 	c->refs++;
 }
 
+/* Stopping: one receive at a time whose bytes are dropped, ignoring the
+ * caps (nothing is kept), until the peer's FIN. */
+static void conn_arm_discard(struct uring *u, struct uconn *c)
+{
+	struct io_uring_sqe *sqe = get_sqe(u);
+
+	io_uring_prep_recv(sqe, c->fd, NULL, u->bufsize, 0);
+	sqe_target(sqe, c);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = BGID;
+	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
+	c->flags |= UC_RECV;
+	c->refs++;
+}
+
 /* The one place that decides what a connection does next. */
 static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
@@ -618,6 +638,25 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 	}
 	if (c->bytes && !(c->flags & UC_SEND))
 		conn_send(u, c);
+	if (c->flags & UC_DISCARD) {
+		/* Lingering close: closing with unread input sends an RST that
+		 * destroys the echo still queued for the peer. Flush, FIN, and
+		 * drop input until the peer's FIN; only then close. */
+		if (c->flags & UC_QUEUED)
+			conn_unlist(c);
+		if (!c->bytes && !(c->flags & UC_SEND) && !(c->flags & UC_WR_SHUT)) {
+			shutdown(c->fd, SHUT_WR);
+			c->flags |= UC_WR_SHUT;
+		}
+		if (c->flags & UC_PEER_EOF) {
+			conn_cancel_recv(u, c);
+			if (!c->bytes && !c->refs)
+				conn_free(w, u, c);
+		} else if (!(c->flags & (UC_RECV | UC_BUFWAIT))) {
+			conn_arm_discard(u, c);
+		}
+		return;
+	}
 	if (c->flags & UC_RD_EOF) {
 		conn_unlist(c);
 		conn_cancel_recv(u, c);
@@ -659,7 +698,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 		if (u->ring_free)
 			u->ring_free--;
-		if (res > 0 && !(c->flags & UC_CLOSING))
+		if (res > 0 && !(c->flags & (UC_CLOSING | UC_DISCARD)))
 			conn_enqueue(u, c, bid, (uint32_t)res);
 		else
 			buf_give(u, bid);
@@ -668,7 +707,9 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING);
 		c->refs--;
 	}
-	if (res > 0) {
+	if (res > 0 && (c->flags & UC_DISCARD)) {
+		RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
+	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		if (!(c->flags & UC_CLOSING)) {
 			RB_STAT_ADD(w, buffered, (uint64_t)res);
@@ -680,7 +721,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 				conn_cancel_recv(u, c);
 		}
 	} else if (res == 0) {
-		c->flags |= UC_RD_EOF;
+		c->flags |= UC_RD_EOF | UC_PEER_EOF;
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
@@ -763,6 +804,7 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	rb_list_init(&c->link);
 	if (tcp)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	rb_list_init(&c->all);
 	rb_list_add_tail(&u->conns, &c->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
@@ -878,11 +920,12 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 		}
 	}
 	listeners_check_released(w, u);
-	/* Stop receiving, flush what is queued, then FIN and close each one. */
+	/* Stop echoing: flush what is queued, FIN, drop input until the
+	 * peer's FIN, then close each one. */
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, all);
 		next = it->next;
-		c->flags |= UC_RD_EOF;
+		c->flags |= UC_RD_EOF | UC_DISCARD;
 		conn_advance(w, u, c);
 	}
 }
@@ -905,6 +948,20 @@ static void close_all(struct rb_worker *w, struct uring *u)
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, all);
 		next = it->next;
+		/* As the readiness engines: empty the receive queue (or close()
+		 * sends an RST); a connection with echo left is reset and counted
+		 * with what it loses, ours and the kernel's send queue. */
+		while (recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT) > 0)
+			;
+		if (c->bytes > 0 || (c->flags & UC_SEND)) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+			int unsent = 0;
+			if (ioctl(c->fd, SIOCOUTQ, &unsent) < 0 || unsent < 0)
+				unsent = 0;
+			RB_STAT_ADD(w, stop_dropped_conns, 1);
+			RB_STAT_ADD(w, stop_dropped_bytes, c->bytes + (uint64_t)unsent);
+			setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		}
 		conn_close(w, u, c, false);
 	}
 }

@@ -10,6 +10,8 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,12 +43,62 @@ static size_t conn_pending(const struct rb_conn *c)
 	return c->chain.bytes + c->pipe_bytes;
 }
 
+static struct rb_list *queue_list(struct rb_worker *w, enum rb_conn_queue q)
+{
+	switch (q) {
+	case RB_Q_READY:
+		return &w->ready;
+	case RB_Q_MEMWAIT:
+		return &w->memwait;
+	case RB_Q_GRAVE:
+		return &w->grave;
+	case RB_Q_NONE:
+		break;
+	}
+	return NULL;
+}
+
+/*
+ * The only place a connection changes lists: off the one it is on, onto
+ * the one asked for (RB_Q_NONE: none). The graveyard is final.
+ */
+static void conn_queue(struct rb_worker *w, struct rb_conn *c, enum rb_conn_queue q)
+{
+	assert(c->queue != RB_Q_GRAVE);
+	assert((c->queue == RB_Q_NONE) == rb_list_unlinked(&c->qlink));
+	if (c->queue == q)
+		return;
+	if (c->queue != RB_Q_NONE)
+		rb_list_del(&c->qlink);
+	c->queue = q;
+	if (q != RB_Q_NONE)
+		rb_list_add_tail(queue_list(w, q), &c->qlink);
+}
+
+/* Run again after the others. One waiting for memory stays where it is:
+ * the memory wake-up runs it, and reading could not progress before. */
 static void ready_push(struct rb_worker *w, struct rb_conn *c)
 {
-	if (c->flags & (CONN_QUEUED | CONN_CLOSED))
+	if ((c->flags & CONN_CLOSED) || c->queue == RB_Q_MEMWAIT)
 		return;
-	c->flags |= CONN_QUEUED;
-	rb_list_add_tail(&w->ready, &c->qlink);
+	conn_queue(w, c, RB_Q_READY);
+}
+
+/* Reading needs a chunk the memory cap does not allow now. */
+static void memwait_push(struct rb_worker *w, struct rb_conn *c)
+{
+	conn_queue(w, c, RB_Q_MEMWAIT);
+	RB_STAT_ADD(w, memory_waits, 1);
+}
+
+/* Input is wanted: not at EOF, not paused at a cap, not waiting for memory,
+ * or stopping and still discarding until the peer's FIN. */
+static bool conn_wants_input(const struct rb_conn *c)
+{
+	if (c->flags & CONN_DISCARD)
+		return !(c->flags & CONN_PEER_EOF);
+	return !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_PIPE_WAIT)) &&
+	       c->queue != RB_Q_MEMWAIT;
 }
 
 /* Level-triggered pollers must be told what we want; edge ones never are (rule 1). */
@@ -56,7 +108,7 @@ static void conn_set_interest(struct rb_worker *w, struct rb_conn *c)
 
 	if (w->edge)
 		return;
-	if (!(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT | CONN_PIPE_WAIT)))
+	if (conn_wants_input(c))
 		want |= RB_READ;
 	if (conn_pending(c) > 0)
 		want |= RB_WRITE;
@@ -78,11 +130,9 @@ static void conn_close(struct rb_worker *w, struct rb_conn *c, bool error)
 	rb_chain_release(&w->pool, &c->chain);
 	rb__pipe_put(w, c, true);
 	rb_list_del(&c->all);
-	if (c->flags & (CONN_QUEUED | CONN_MEMWAIT))
-		rb_list_del(&c->qlink);
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
 	c->flags = CONN_CLOSED;
-	rb_list_add_tail(&w->grave, &c->qlink);
+	conn_queue(w, c, RB_Q_GRAVE);
 	RB_STAT_SUB(w, active, 1);
 	RB_STAT_ADD(w, closed, 1);
 	if (error)
@@ -153,8 +203,7 @@ static int conn_read_chain(struct rb_worker *w, struct rb_conn *c)
 	size_t cap = conn_cap(w);
 	struct iovec iov[READ_IOV];
 
-	while ((c->flags & CONN_CAN_READ) &&
-	       !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT))) {
+	while ((c->flags & CONN_CAN_READ) && conn_wants_input(c)) {
 		size_t room = cap - c->chain.bytes, want = 0;
 		ssize_t r;
 		int n;
@@ -174,9 +223,7 @@ static int conn_read_chain(struct rb_worker *w, struct rb_conn *c)
 		n = rb_chain_read_iov(&w->pool, &c->chain, iov, READ_IOV,
 				      room < budget ? room : budget);
 		if (n < 0) {
-			c->flags |= CONN_MEMWAIT;
-			rb_list_add_tail(&w->memwait, &c->qlink);
-			RB_STAT_ADD(w, memory_waits, 1);
+			memwait_push(w, c);
 			break;
 		}
 		for (int i = 0; i < n; i++)
@@ -201,7 +248,7 @@ static int conn_read_chain(struct rb_worker *w, struct rb_conn *c)
 		}
 		rb_chain_commit(&w->pool, &c->chain, 0);
 		if (r == 0) {
-			c->flags |= CONN_RD_EOF;
+			c->flags |= CONN_RD_EOF | CONN_PEER_EOF;
 			c->flags &= ~CONN_CAN_READ;
 			break;
 		}
@@ -300,7 +347,7 @@ static int conn_read_pipe(struct rb_worker *w, struct rb_conn *c)
 			continue;
 		}
 		if (r == 0) {
-			c->flags |= CONN_RD_EOF;
+			c->flags |= CONN_RD_EOF | CONN_PEER_EOF;
 			c->flags &= ~CONN_CAN_READ;
 			break;
 		}
@@ -350,10 +397,52 @@ static void conn_take_pipe(struct rb_worker *w, struct rb_conn *c)
 			c->fd, strerror(-err), sup);
 }
 
+/*
+ * Stopping: read and drop whatever the peer still sends, until its FIN.
+ * Closing a socket with unread input makes the kernel send an RST and drop
+ * the echo still queued for the peer (nginx's lingering close). Returns -1
+ * if the connection was closed.
+ */
+static int conn_discard(struct rb_worker *w, struct rb_conn *c)
+{
+	size_t budget = w->srv->cfg.read_budget;
+
+	while ((c->flags & CONN_CAN_READ) && !(c->flags & CONN_PEER_EOF)) {
+		ssize_t r;
+
+		if (budget == 0) {
+			ready_push(w, c);
+			break;
+		}
+		r = recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
+		RB_STAT_ADD(w, read_calls, 1);
+		if (r > 0) {
+			RB_STAT_ADD(w, stop_discarded, (uint64_t)r);
+			budget = (size_t)r < budget ? budget - (size_t)r : 0;
+			continue;
+		}
+		if (r == 0) {
+			c->flags |= CONN_PEER_EOF;
+			c->flags &= ~CONN_CAN_READ;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			c->flags &= ~CONN_CAN_READ;
+			break;
+		}
+		conn_close(w, c, true);
+		return -1;
+	}
+	return 0;
+}
+
 static int conn_read(struct rb_worker *w, struct rb_conn *c)
 {
-	if (!(c->flags & CONN_CAN_READ) ||
-	    (c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_MEMWAIT | CONN_PIPE_WAIT)))
+	if (c->flags & CONN_DISCARD)
+		return conn_discard(w, c);
+	if (!(c->flags & CONN_CAN_READ) || !conn_wants_input(c))
 		return 0;
 	conn_take_pipe(w, c);
 	return c->pipe_rd >= 0 ? conn_read_pipe(w, c) : conn_read_chain(w, c);
@@ -368,18 +457,48 @@ static void conn_run(struct rb_worker *w, struct rb_conn *c)
 	if (conn_read(w, c) < 0)
 		return;
 	if ((c->flags & CONN_RD_EOF) && conn_pending(c) == 0) {
-		conn_finish(w, c);
-		return;
+		/* Everything echoed. Stopping, our FIN goes now and the socket
+		 * stays open, discarding, until the peer's FIN (or the deadline). */
+		if ((c->flags & (CONN_DISCARD | CONN_PEER_EOF)) == CONN_DISCARD) {
+			if (!(c->flags & CONN_WR_SHUT)) {
+				shutdown(c->fd, SHUT_WR);
+				c->flags |= CONN_WR_SHUT;
+			}
+		} else {
+			conn_finish(w, c);
+			return;
+		}
 	}
 	if (c->pipe_rd >= 0 && c->pipe_bytes == 0)
 		rb__pipe_put(w, c, false);
 	conn_set_interest(w, c);
 }
 
+/*
+ * The socket is shut both ways (EPOLLHUP/EPOLLERR, POLLHUP/POLLERR): after a
+ * peer's RST, or after our FIN and the peer's. Nothing more can be sent, so
+ * it is handled now, whatever the connection was waiting for: a connection
+ * waiting for memory must not keep reporting a hang-up nobody looks at
+ * (a level-triggered spin, issue 9).
+ */
+static void conn_hangup(struct rb_worker *w, struct rb_conn *c)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+	/* Lingering after our FIN, a hang-up is the peer's FIN: a clean end. */
+	conn_close(w, c, err != 0 || !(c->flags & CONN_WR_SHUT));
+}
+
 static void conn_event(struct rb_worker *w, struct rb_conn *c, uint32_t ev)
 {
 	if (c->flags & CONN_CLOSED)
 		return; /* stale: closed earlier in this batch (rule 7) */
+	if (ev & RB_ERR) {
+		conn_hangup(w, c);
+		return;
+	}
 	if (ev & RB_HUP)
 		c->flags |= CONN_PEER_HUP;
 	if (ev & (RB_READ | RB_HUP))
@@ -418,6 +537,7 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 		free(c);
 		goto refuse;
 	}
+	rb_list_init(&c->all);
 	rb_list_add_tail(&w->conns, &c->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
@@ -499,17 +619,43 @@ static void worker_begin_stop(struct rb_worker *w)
 	/* Stop accepting for real: new peers are refused, not left in a backlog. */
 	if (__atomic_sub_fetch(&w->srv->listening_workers, 1, __ATOMIC_ACQ_REL) == 0)
 		rb__server_close_listeners(w->srv);
-	/* Stop reading, flush what is queued, then close each connection. */
+	/* Stop echoing new input: flush what is queued, then FIN, discarding
+	 * input until the peer's FIN, then close each connection. */
 	for (it = w->conns.next; it != &w->conns; it = next) {
 		struct rb_conn *c = rb_container_of(it, struct rb_conn, all);
 		next = it->next;
-		c->flags |= CONN_RD_EOF;
-		if (c->flags & CONN_MEMWAIT) {
-			rb_list_del(&c->qlink);
-			c->flags &= ~CONN_MEMWAIT;
-		}
+		c->flags |= CONN_RD_EOF | CONN_DISCARD;
 		c->flags &= ~CONN_PIPE_WAIT;
+		if (c->queue == RB_Q_MEMWAIT)
+			conn_queue(w, c, RB_Q_NONE);
 		conn_run(w, c);
+	}
+}
+
+/*
+ * The stop deadline: what is still unsent is dropped. A connection that had
+ * echo left gets an RST (a FIN would pass a cut stream off as complete) and
+ * is counted with its bytes, those we held and those still in the kernel's
+ * send queue; one that was only waiting for the peer's FIN closes cleanly.
+ */
+static void worker_stop_deadline(struct rb_worker *w)
+{
+	while (!rb_list_empty(&w->conns)) {
+		struct rb_conn *c = rb_container_of(w->conns.next, struct rb_conn, all);
+
+		/* Empty the receive queue, or close() itself sends an RST. */
+		while (recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT) > 0)
+			;
+		if (conn_pending(c) > 0) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+			int unsent = 0;
+			if (ioctl(c->fd, SIOCOUTQ, &unsent) < 0 || unsent < 0)
+				unsent = 0;
+			RB_STAT_ADD(w, stop_dropped_conns, 1);
+			RB_STAT_ADD(w, stop_dropped_bytes, conn_pending(c) + (uint64_t)unsent);
+			setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		}
+		conn_close(w, c, false);
 	}
 }
 
@@ -528,9 +674,43 @@ static void free_grave(struct rb_worker *w)
 	}
 }
 
-static bool pool_has_room(const struct rb_pool *p)
+/*
+ * Memory came back: run the connections waiting for it, in the order they
+ * began to wait, as many as there are chunks they may take (one holding no
+ * chunk may use the reserve). Waking more would only send them back to
+ * wait; waking one that cannot be served would spin.
+ */
+static void memwait_wake(struct rb_worker *w)
 {
-	return p->limit == 0 || p->in_use + p->chunk_size <= p->limit;
+	const struct rb_pool *p = &w->pool;
+	size_t cs = p->chunk_size, total, general;
+	struct rb_list *it, *next;
+
+	if (rb_list_empty(&w->memwait) || w->memwait_puts == p->puts)
+		return;
+	w->memwait_puts = p->puts;
+	if (p->limit) {
+		total = p->in_use < p->limit ? (p->limit - p->in_use) / cs : 0;
+		general = p->in_use < p->limit - p->reserve
+				  ? (p->limit - p->reserve - p->in_use) / cs
+				  : 0;
+	} else {
+		total = general = SIZE_MAX; /* waiting for malloc: try them all */
+	}
+	for (it = w->memwait.next; it != &w->memwait && total > 0; it = next) {
+		struct rb_conn *c = rb_container_of(it, struct rb_conn, qlink);
+		next = it->next;
+		if (c->chain.chunks == 0) {
+			if (general > 0)
+				general--;
+		} else if (general > 0) {
+			general--;
+		} else {
+			continue;
+		}
+		total--;
+		conn_queue(w, c, RB_Q_READY);
+	}
 }
 
 static int next_timeout(struct rb_worker *w)
@@ -573,14 +753,16 @@ int rb__reactor_run(struct rb_worker *w)
 			if (rb_list_empty(&w->conns))
 				break;
 			if (rb__now_ms() >= w->deadline_ms) {
-				while (!rb_list_empty(&w->conns))
-					conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all),
-						   false);
+				worker_stop_deadline(w);
 				free_grave(w);
 				break;
 			}
 		}
-		int n = w->ops->wait(w->poller, ev, EVENT_BATCH, next_timeout(w));
+		int timeout = next_timeout(w);
+		/* About to sleep: give what the pool freed back to the system. */
+		if (timeout != 0)
+			rb_pool_trim(&w->pool);
+		int n = w->ops->wait(w->poller, ev, EVENT_BATCH, timeout);
 		if (n < 0) {
 			if (n == -EINTR)
 				continue;
@@ -613,7 +795,7 @@ int rb__reactor_run(struct rb_worker *w)
 		while (!rb_list_empty(&snap)) {
 			struct rb_conn *c = rb_container_of(snap.next, struct rb_conn, qlink);
 			rb_list_del(&c->qlink);
-			c->flags &= ~CONN_QUEUED;
+			c->queue = RB_Q_NONE;
 			conn_run(w, c);
 		}
 		for (size_t i = 0; i < w->n_listeners; i++) {
@@ -623,15 +805,7 @@ int rb__reactor_run(struct rb_worker *w)
 			else if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
 				listener_accept(w, l);
 		}
-		if (!rb_list_empty(&w->memwait) && pool_has_room(&w->pool)) {
-			while (!rb_list_empty(&w->memwait)) {
-				struct rb_conn *c =
-					rb_container_of(w->memwait.next, struct rb_conn, qlink);
-				rb_list_del(&c->qlink);
-				c->flags &= ~CONN_MEMWAIT;
-				ready_push(w, c);
-			}
-		}
+		memwait_wake(w);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
@@ -644,6 +818,10 @@ int rb__reactor_run(struct rb_worker *w)
 int rb__reactor_worker_init(struct rb_worker *w)
 {
 	int err = w->ops->create(&w->poller, w->srv->cfg.trigger, 1024);
+
+	/* An eighth of the cap serves only connections that hold no chunk, so
+	 * peers that fill the rest cannot starve new ones (issue 9). */
+	rb_pool_set_reserve(&w->pool, w->pool.limit / 8);
 
 	if (err < 0)
 		return err;
