@@ -29,6 +29,7 @@ struct result {
 	uint64_t verified;
 	uint64_t lost;
 	uint64_t late;
+	uint64_t reordered;
 	unsigned connected;
 	unsigned connect_errors;
 	struct rbb_hist *hist;
@@ -123,8 +124,9 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 		printf("latency us   no messages measured\n");
 	printf("connections  %u connected, %u connect errors\n", r->connected, r->connect_errors);
 	if (o->target.proto == RBB_PROTO_UDP)
-		printf("udp          %llu datagrams lost, %llu late\n", (unsigned long long)r->lost,
-		       (unsigned long long)r->late);
+		printf("udp          %llu datagrams lost, %llu late, %llu reordered\n",
+		       (unsigned long long)r->lost, (unsigned long long)r->late,
+		       (unsigned long long)r->reordered);
 	if (r->have_cpu) {
 		printf("server cpu   %.2f s", r->cpu_s);
 		if (r->msgs)
@@ -177,9 +179,10 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
 	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
 	printf(" \"connected\": %u, \"connect_errors\": %u, \"verified_bytes\": %llu, "
-	       "\"udp_lost\": %llu, \"udp_late\": %llu,\n",
+	       "\"udp_lost\": %llu, \"udp_late\": %llu, \"udp_reordered\": %llu,\n",
 	       r->connected, r->connect_errors, (unsigned long long)r->verified,
-	       (unsigned long long)r->lost, (unsigned long long)r->late);
+	       (unsigned long long)r->lost, (unsigned long long)r->late,
+	       (unsigned long long)r->reordered);
 	if (r->have_cpu)
 		printf(" \"server_cpu_s\": %.3f, \"server_cpu_s_per_mmsg\": %.6f, "
 		       "\"server_cpu_s_per_gib\": %.6f,\n",
@@ -388,6 +391,7 @@ static int run_bench(const struct rbb_opts *o)
 		r.verified += w->verified;
 		r.lost += w->lost;
 		r.late += w->late;
+		r.reordered += w->reordered;
 		if (w->last_done > last_done)
 			last_done = w->last_done;
 	}

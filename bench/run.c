@@ -46,6 +46,14 @@ struct rbb_conn {
 	uint64_t quota;        /* messages to send; UINT64_MAX with -d */
 	uint64_t last_progress;
 	uint64_t loss_since; /* udp: first loss since the last echo, 0 if none */
+	/*
+	 * udp: bit k % win is set while datagram k is sent and not back. A
+	 * datagram overtaken by a later one (a hole) is counted lost until it
+	 * turns up; those below gaveup_below were given up by the loss timeout.
+	 */
+	uint64_t *out_bits;
+	uint64_t holes;
+	uint64_t gaveup_below;
 	uint64_t *ts; /* send (or intended send) time of in-flight messages */
 };
 
@@ -90,6 +98,13 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	w->conns = calloc(n ? n : 1, sizeof(*w->conns));
 	w->act = calloc(n ? n : 1, sizeof(*w->act));
 	w->ts = calloc((size_t)(n ? n : 1) * o->depth, sizeof(*w->ts));
+	if (o->target.proto == RBB_PROTO_UDP) {
+		/* Wide enough for every datagram in flight and a generous reordering. */
+		w->win = (64 + 4 * o->depth + 63) / 64 * 64;
+		w->bits = calloc((size_t)(n ? n : 1) * (w->win / 64), sizeof(*w->bits));
+		if (!w->bits)
+			return -ENOMEM;
+	}
 	w->sbuf = malloc(SBUF_SIZE);
 	w->rbuf = malloc(RBUF_SIZE);
 	if (!w->conns || !w->act || !w->ts || !w->sbuf || !w->rbuf)
@@ -107,6 +122,8 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 		c->index = id + i * run->n_workers;
 		c->active = c->index < o->active;
 		c->ts = w->ts + (size_t)i * o->depth;
+		if (w->bits)
+			c->out_bits = w->bits + (size_t)i * (w->win / 64);
 		c->quota = UINT64_MAX;
 		rbb_verifier_init(&c->v, rbb_stream_seed(o->seed, c->index));
 	}
@@ -124,6 +141,7 @@ void rbb_worker_fini(struct rbb_worker *w)
 	free(w->conns);
 	free(w->act);
 	free(w->ts);
+	free(w->bits);
 	free(w->sbuf);
 	free(w->rbuf);
 }
@@ -292,6 +310,31 @@ static uint64_t due(const struct rbb_worker *w, const struct rbb_conn *c, uint64
 	return (uint64_t)floor((x - c->act_ix) / w->n_act) + 1;
 }
 
+static bool udp_outstanding(const struct rbb_worker *w, const struct rbb_conn *c, uint64_t k)
+{
+	uint64_t slot = k % w->win;
+
+	return c->out_bits[slot / 64] >> (slot % 64) & 1;
+}
+
+static void udp_set_outstanding(struct rbb_worker *w, struct rbb_conn *c, uint64_t k, bool on)
+{
+	uint64_t slot = k % w->win, bit = 1ULL << (slot % 64);
+
+	if (on)
+		c->out_bits[slot / 64] |= bit;
+	else
+		c->out_bits[slot / 64] &= ~bit;
+}
+
+/* Datagram @k is on its way; its slot's previous owner, k - win, is lost for good. */
+static void udp_mark_sent(struct rbb_worker *w, struct rbb_conn *c, uint64_t k)
+{
+	if (k >= w->win && udp_outstanding(w, c, k) && k - w->win >= c->gaveup_below && c->holes)
+		c->holes--;
+	udp_set_outstanding(w, c, k, true);
+}
+
 static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 {
 	uint64_t target = c->issued * w->run->o->size;
@@ -305,6 +348,8 @@ static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 			n = w->run->o->size;
 		rbb_stream_fill(c->v.seed, c->sent, w->sbuf, n);
 		r = send(c->fd, w->sbuf, n, MSG_NOSIGNAL);
+		if (r > 0 && is_udp(w))
+			udp_mark_sent(w, c, c->sent / n);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -372,7 +417,8 @@ static void conn_maybe_finish(struct rbb_worker *w, struct rbb_conn *c, uint64_t
 	sending_over = w->ending || (c->active && c->issued >= c->quota);
 	if (!sending_over)
 		return;
-	if (c->sent == c->issued * w->run->o->size && c->v.off == c->sent)
+	/* udp: a hole may still turn up (reordered); the loss timeout ends the wait. */
+	if (c->sent == c->issued * w->run->o->size && c->v.off == c->sent && !c->holes)
 		conn_shutdown(w, c, now);
 }
 
@@ -418,36 +464,73 @@ static void conn_completed(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 }
 
 /*
- * A datagram that is not the next message. UDP may lose datagrams (and on
- * a busy machine our loss timeout may give up on one that then arrives):
- * a later message in flight means the ones before it were lost, an earlier
- * one is late. Returns 1 to verify it as message k (now next), 0 to ignore
- * it, or -EBADMSG when it is no message at all: a corrupt datagram.
+ * Which datagram a received one is. UDP may lose, reorder and (on a busy
+ * machine, past our loss timeout) delay datagrams. The next one expected is
+ * tried first, then the later ones in flight (the ones they overtook become
+ * holes, counted lost until they turn up), then earlier ones still in the
+ * window: an earlier one that is outstanding is reordered (or late, if the
+ * loss timeout gave up on it), one that already came back is a duplicate.
+ * Returns 0 to verify it as the next message, 1 when it was counted and is
+ * done with, or -EBADMSG after recording the error.
  */
-static int udp_resync(struct rbb_worker *w, struct rbb_conn *c, size_t len)
+static int udp_classify(struct rbb_worker *w, struct rbb_conn *c, size_t len)
 {
 	const size_t size = w->run->o->size;
-	const uint64_t next = c->v.off / size;
-	uint64_t back = 64 + 4ULL * w->run->o->depth;
+	const uint64_t next = c->v.off / size, sent_msgs = c->sent / size;
+	const uint64_t low = sent_msgs > w->win ? sent_msgs - w->win : 0;
+	size_t bad;
 
-	for (uint64_t k = next + 1; k * size < c->sent; k++) {
+	if (next < sent_msgs) {
+		bad = rbb_stream_check(c->v.seed, next * size, w->rbuf, len);
+		if (bad == len)
+			return 0;
+	} else {
+		bad = len;
+	}
+	for (uint64_t k = next + 1; k < sent_msgs; k++) {
 		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
 			w->lost += k - next;
+			c->holes += k - next;
 			c->done = k;
 			c->v.off = k * size;
-			return 1;
-		}
-	}
-	for (uint64_t k = next; k-- > 0 && back--;) {
-		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
-			w->late++;
 			return 0;
 		}
 	}
-	rbb_error(w->run, true,
-		  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %llu): expected 0x%02x, got 0x%02x",
-		  c->index, (unsigned long long)c->v.bad_off, (unsigned long long)next,
-		  (unsigned long long)(c->v.bad_off - c->v.off), c->v.expected, c->v.got);
+	for (uint64_t k = next < sent_msgs ? next : sent_msgs; k-- > low;) {
+		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) != len)
+			continue;
+		if (!udp_outstanding(w, c, k)) {
+			rbb_error(w->run, true,
+				  "connection %u: duplicate udp datagram %llu (offset %llu): it came back before",
+				  c->index, (unsigned long long)k, (unsigned long long)(k * size));
+			return -EBADMSG;
+		}
+		udp_set_outstanding(w, c, k, false);
+		w->lost--;
+		if (k < c->gaveup_below) {
+			w->late++;
+		} else {
+			w->reordered++;
+			c->holes--;
+		}
+		w->verified += len;
+		atomic_fetch_add_explicit(&w->prog_bytes, len, memory_order_relaxed);
+		return 1;
+	}
+	if (bad < len)
+		rbb_error(w->run, true,
+			  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %zu): expected 0x%02x, got 0x%02x%s",
+			  c->index, (unsigned long long)(next * size + bad),
+			  (unsigned long long)next, bad,
+			  rbb_stream_byte(c->v.seed, next * size + bad), w->rbuf[bad],
+			  c->v.off == 0 && w->verified == 0 ?
+				  " (the first byte came back different: is this an echo server?)" :
+				  "");
+	else
+		rbb_error(w->run, true,
+			  "connection %u: extra udp datagram: nothing is in flight after %llu datagrams, and it matches none of the last %llu",
+			  c->index, (unsigned long long)sent_msgs,
+			  (unsigned long long)(sent_msgs - low));
 	return -EBADMSG;
 }
 
@@ -457,11 +540,12 @@ static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 	const size_t size = w->run->o->size;
 	uint64_t sent_msgs = c->sent / size;
 
-	if (now - c->last_progress < UDP_LOSS_NS || c->done >= sent_msgs)
+	if (now - c->last_progress < UDP_LOSS_NS || (c->done >= sent_msgs && !c->holes))
 		return;
-	if (!c->loss_since)
+	if (c->done < sent_msgs && !c->loss_since)
 		c->loss_since = c->last_progress;
-	if (now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
+	if (c->loss_since &&
+	    now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
 		rbb_error(w->run, true,
 			  "connection %u: stall: no udp datagram echoed for %.1f s at offset %llu (%llu datagrams lost in all)",
 			  c->index, (double)(now - c->loss_since) / 1e9,
@@ -473,6 +557,8 @@ static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 	w->lost += sent_msgs - c->done;
 	c->done = sent_msgs;
 	c->v.off = c->sent;
+	c->holes = 0;
+	c->gaveup_below = sent_msgs;
 	c->last_progress = now;
 	conn_issue(w, c, now);
 	conn_maybe_finish(w, c, now);
@@ -505,25 +591,15 @@ static void udp_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			conn_fail(w, c);
 			return;
 		}
-		rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
-		if (rc == -EBADMSG) {
-			rc = udp_resync(w, c, (size_t)r);
-			if (rc < 0) {
-				conn_fail(w, c);
-				return;
-			}
-			if (rc == 0)
-				continue;
-			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
-		}
-		if (rc == -EOVERFLOW) {
-			rbb_error(w->run, true,
-				  "connection %u: extra udp datagram at offset %llu: only %llu bytes were sent",
-				  c->index, (unsigned long long)c->v.off,
-				  (unsigned long long)c->sent);
+		rc = udp_classify(w, c, (size_t)r);
+		if (rc < 0) {
 			conn_fail(w, c);
 			return;
 		}
+		if (rc > 0)
+			continue;
+		udp_set_outstanding(w, c, c->v.off / size, false);
+		c->v.off += size;
 		c->last_progress = now;
 		c->loss_since = 0;
 		conn_completed(w, c, now, (size_t)r);

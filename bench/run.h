@@ -47,6 +47,8 @@ struct rbb_worker {
 	struct rbb_conn **act; /* connected active connections */
 	unsigned n_act;
 	uint64_t *ts; /* send time rings, depth slots per connection */
+	uint64_t *bits; /* udp: outstanding-datagram rings, win bits per connection */
+	unsigned win;
 	uint8_t *sbuf;
 	uint8_t *rbuf;
 	struct rbb_hist *hist;
@@ -65,6 +67,7 @@ struct rbb_worker {
 	uint64_t last_done; /* ns of the last completion */
 	uint64_t lost;      /* udp datagrams that never came back */
 	uint64_t late;      /* udp datagrams that came back after being given up */
+	uint64_t reordered; /* udp datagrams that came back after a later one */
 	unsigned connected;
 	unsigned connect_errors;
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */

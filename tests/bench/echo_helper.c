@@ -6,6 +6,8 @@
  *   --flip-at N   invert byte N of every connection's stream
  *   --stall-at N  stop echoing (but keep the connection) at byte N
  *   --close-at N  close the connection at byte N
+ *   --udp-swap    udp: echo datagrams in swapped pairs (2nd, then 1st)
+ *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
  *                 or unix:PATH; over udp the offsets count all datagrams' bytes
  * Prints "echo-helper: listening on URL" to stderr once it accepts and
@@ -40,6 +42,7 @@ struct conn {
 };
 
 static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
+static bool udp_swap, udp_dup;
 static int epfd;
 static struct conn *conns;
 
@@ -139,7 +142,26 @@ static void udp_echo(int fd)
 				continue;
 			out[n++] = off == flip_at ? (uint8_t)~in[i] : in[i];
 		}
+		if (udp_swap) {
+			/* Hold every other datagram and send it after the next one. */
+			static uint8_t held[65536];
+			static size_t held_len;
+			static bool holding;
+
+			if (!holding) {
+				memcpy(held, out, n);
+				held_len = n;
+				holding = true;
+				continue;
+			}
+			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
+			sendto(fd, held, held_len, 0, (struct sockaddr *)&peer, pl);
+			holding = false;
+			continue;
+		}
 		if (n || !r)
+			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
+		if (udp_dup)
 			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
 	}
 }
@@ -216,6 +238,14 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--udp-swap")) {
+			udp_swap = true;
+			continue;
+		}
+		if (!strcmp(argv[i], "--udp-dup")) {
+			udp_dup = true;
+			continue;
+		}
 		if (i + 1 >= argc) {
 			fprintf(stderr, "echo-helper: '%s' needs a value\n", argv[i]);
 			return 2;

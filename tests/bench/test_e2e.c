@@ -363,6 +363,37 @@ Test(e2e, udp_silence_is_a_stall)
 	cr_assert_eq(stop_server(&s), 0);
 }
 
+/*
+ * Issue 9 item 9: a server that reorders datagrams (rebound's workers share
+ * one socket) echoes each exactly once; reordering is counted, not an error.
+ */
+Test(e2e, udp_reordering_is_counted_not_an_error)
+{
+	const char *args[] = {"-c", "1", "-s", "1024", "--depth", "2", "-n", "1000", "--json", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--udp-swap", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"udp_lost\": 0, \"udp_late\": 0, \"udp_reordered\": 500,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"verified_bytes\": 1024000,"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, udp_duplicate_is_an_error)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-n", "10", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--udp-dup", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: duplicate udp datagram 0 (offset 0)"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
 Test(e2e, bad_usage_exits_2_with_one_line)
 {
 	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};
