@@ -32,6 +32,7 @@ struct result {
 	uint64_t reordered;
 	unsigned connected;
 	unsigned connect_errors;
+	unsigned unserved;
 	struct rbb_hist *hist;
 	bool have_cpu;
 	double cpu_s;
@@ -122,7 +123,10 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 		       us(h->max), rbb_hist_mean(h) / 1000.0);
 	else
 		printf("latency us   no messages measured\n");
-	printf("connections  %u connected, %u connect errors\n", r->connected, r->connect_errors);
+	printf("connections  %u connected, %u connect errors", r->connected, r->connect_errors);
+	if (r->unserved)
+		printf(", %u idle not served", r->unserved);
+	printf("\n");
 	if (o->target.proto == RBB_PROTO_UDP)
 		printf("udp          %llu datagrams lost, %llu late, %llu reordered\n",
 		       (unsigned long long)r->lost, (unsigned long long)r->late,
@@ -178,9 +182,9 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
 	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
 	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
-	printf(" \"connected\": %u, \"connect_errors\": %u, \"verified_bytes\": %llu, "
+	printf(" \"connected\": %u, \"connect_errors\": %u, \"unserved\": %u, \"verified_bytes\": %llu, "
 	       "\"udp_lost\": %llu, \"udp_late\": %llu, \"udp_reordered\": %llu,\n",
-	       r->connected, r->connect_errors, (unsigned long long)r->verified,
+	       r->connected, r->connect_errors, r->unserved, (unsigned long long)r->verified,
 	       (unsigned long long)r->lost, (unsigned long long)r->late,
 	       (unsigned long long)r->reordered);
 	if (r->have_cpu)
@@ -342,9 +346,14 @@ static int run_bench(const struct rbb_opts *o)
 	for (i = 0; i < o->threads; i++) {
 		r.connected += run.workers[i].connected;
 		r.connect_errors += run.workers[i].connect_errors;
+		r.unserved += run.workers[i].unserved;
 		act_total += run.workers[i].n_act;
 	}
 	run.n_active_connected = act_total;
+	if (r.unserved)
+		rbb_error(&run, false,
+			  "%u idle connections were not served (no echo of their first byte)",
+			  r.unserved);
 	if (!r.connected)
 		rbb_error(&run, true, "no connection to %s succeeded", o->url);
 	quota_left = o->messages;

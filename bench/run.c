@@ -27,6 +27,7 @@ enum conn_state {
 	CONN_NEW,
 	CONN_RETRY,      /* connect said EAGAIN: try again */
 	CONN_CONNECTING, /* waiting for the connect to complete */
+	CONN_PROBING,    /* idle: waiting for the echo of its first byte */
 	CONN_RUNNING,
 	CONN_SHUTDOWN, /* SHUT_WR sent, waiting for the server's EOF */
 	CONN_DONE,
@@ -215,6 +216,87 @@ static void connect_start(struct rbb_worker *w, struct rbb_conn *c)
 	c->state = CONN_CONNECTING;
 }
 
+static void unserved(struct rbb_worker *w, struct rbb_conn *c, const char *why)
+{
+	if (!w->unserved)
+		rbb_error(w->run, false, "connection %u: idle connection not served: %s", c->index,
+			  why);
+	w->unserved++;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CONN_FAILED;
+}
+
+/* Reads the echo of an idle connection's first byte; anything else ends it. */
+static void probe_read(struct rbb_worker *w, struct rbb_conn *c)
+{
+	char why[160];
+
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r > 0) {
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+			if (rc == -EBADMSG) {
+				rbb_error(w->run, true,
+					  "connection %u: byte mismatch at offset 0: expected 0x%02x, got 0x%02x (the first byte came back different: is this an echo server?)",
+					  c->index, c->v.expected, c->v.got);
+				conn_fail(w, c);
+				return;
+			}
+			if (rc == -EOVERFLOW) {
+				rbb_error(w->run, true,
+					  "connection %u: extra bytes: %zd bytes came back for the 1 sent (is this an echo server?)",
+					  c->index, r);
+				conn_fail(w, c);
+				return;
+			}
+			if (c->state == CONN_PROBING) {
+				c->state = CONN_RUNNING;
+				w->connected++;
+			}
+			continue; /* an EOF right behind the echo must be seen now */
+		}
+		if (r == 0) {
+			if (c->state == CONN_RUNNING) {
+				/* Echoed, then closed: the traffic phase never gets another edge. */
+				w->connected--;
+				unserved(w, c, "closed by the server right after its first echo");
+			} else {
+				unserved(w, c, "closed by the server before it echoed its first byte");
+			}
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return;
+		snprintf(why, sizeof(why), "%s before it echoed its first byte", strerror(errno));
+		if (c->state == CONN_RUNNING)
+			w->connected--;
+		unserved(w, c, why);
+		return;
+	}
+}
+
+static void probe_start(struct rbb_worker *w, struct rbb_conn *c)
+{
+	char why[160];
+	uint8_t b;
+
+	rbb_stream_fill(c->v.seed, 0, &b, 1);
+	if (send(c->fd, &b, 1, MSG_NOSIGNAL) != 1) {
+		snprintf(why, sizeof(why), "sending its first byte: %s", strerror(errno));
+		unserved(w, c, why);
+		return;
+	}
+	c->sent = c->v.sent = 1;
+	c->state = CONN_PROBING;
+	probe_read(w, c);
+}
+
 static void connect_check(struct rbb_worker *w, struct rbb_conn *c)
 {
 	int err = 0;
@@ -224,6 +306,16 @@ static void connect_check(struct rbb_worker *w, struct rbb_conn *c)
 		err = errno;
 	if (err) {
 		connect_failed(w, c, err);
+		return;
+	}
+	/*
+	 * An idle connection proves it is served: one byte (byte 0 of its
+	 * stream) must come back before it counts as connected. A completed
+	 * handshake alone may mean a connection left in the accept backlog,
+	 * or one the server closes at once.
+	 */
+	if (!c->active && w->run->o->target.proto != RBB_PROTO_UDP) {
+		probe_start(w, c);
 		return;
 	}
 	c->state = CONN_RUNNING;
@@ -252,7 +344,8 @@ static void connect_all(struct rbb_worker *w)
 				connect_start(w, c);
 				retry |= c->state == CONN_RETRY;
 			}
-			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY;
+			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY ||
+				   c->state == CONN_PROBING;
 		}
 		if (!pending || atomic_load(&w->run->stop))
 			break;
@@ -260,8 +353,16 @@ static void connect_all(struct rbb_worker *w)
 			for (unsigned i = 0; i < w->n_conns; i++) {
 				struct rbb_conn *c = &w->conns[i];
 
-				if (c->state == CONN_CONNECTING || c->state == CONN_RETRY)
+				if (c->state == CONN_CONNECTING || c->state == CONN_RETRY) {
 					connect_failed(w, c, ETIMEDOUT);
+				} else if (c->state == CONN_PROBING) {
+					char why[96];
+
+					snprintf(why, sizeof(why),
+						 "no echo of its first byte within %.1f s",
+						 fmax(o->stall_timeout, 1.0));
+					unserved(w, c, why);
+				}
 			}
 			break;
 		}
@@ -273,6 +374,8 @@ static void connect_all(struct rbb_worker *w)
 
 			if (c->state == CONN_CONNECTING)
 				connect_check(w, c);
+			else if (c->state == CONN_PROBING || (c->state == CONN_RUNNING && !c->active))
+				probe_read(w, c);
 		}
 	}
 }
@@ -418,7 +521,9 @@ static void conn_maybe_finish(struct rbb_worker *w, struct rbb_conn *c, uint64_t
 	if (!sending_over)
 		return;
 	/* udp: a hole may still turn up (reordered); the loss timeout ends the wait. */
-	if (c->sent == c->issued * w->run->o->size && c->v.off == c->sent && !c->holes)
+	/* An idle connection's only byte is its probe (sent == 1, issued == 0). */
+	if ((!c->active || c->sent == c->issued * w->run->o->size) && c->v.off == c->sent &&
+	    !c->holes)
 		conn_shutdown(w, c, now);
 }
 
@@ -647,7 +752,11 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 				conn_close(w, c, CONN_DONE);
 				return;
 			}
-			if (c->v.off < c->sent)
+			if (!c->active)
+				rbb_error(w->run, true,
+					  "connection %u: the server closed this idle connection before the client did",
+					  c->index);
+			else if (c->v.off < c->sent)
 				rbb_error(w->run, true,
 					  "connection %u: short stream: server closed after %llu of %llu bytes",
 					  c->index, (unsigned long long)c->v.off,
@@ -663,8 +772,13 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			continue;
 		if (errno == EAGAIN)
 			break;
-		rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s", c->index,
-			  (unsigned long long)c->v.off, (unsigned long long)c->sent, strerror(errno));
+		if (!c->active)
+			rbb_error(w->run, true, "connection %u: idle connection: %s", c->index,
+				  strerror(errno));
+		else
+			rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s",
+				  c->index, (unsigned long long)c->v.off,
+				  (unsigned long long)c->sent, strerror(errno));
 		conn_fail(w, c);
 		return;
 	}

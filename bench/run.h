@@ -70,6 +70,7 @@ struct rbb_worker {
 	uint64_t reordered; /* udp datagrams that came back after a later one */
 	unsigned connected;
 	unsigned connect_errors;
+	unsigned unserved; /* idle connections that did not echo their first byte */
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */
 	atomic_uint_least64_t prog_bytes;
 };

@@ -6,6 +6,9 @@
  *   --flip-at N   invert byte N of every connection's stream
  *   --stall-at N  stop echoing (but keep the connection) at byte N
  *   --close-at N  close the connection at byte N
+ *   --max-conns N close every connection accepted after the first N at once
+ *   --accept-max N  stop accepting after N connections (the rest wait in
+ *                 the backlog)
  *   --udp-swap    udp: echo datagrams in swapped pairs (2nd, then 1st)
  *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
@@ -43,6 +46,7 @@ struct conn {
 
 static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
 static bool udp_swap, udp_dup;
+static uint64_t max_conns = NONE, accept_max = NONE, accepted;
 static int epfd;
 static struct conn *conns;
 
@@ -258,6 +262,10 @@ int main(int argc, char **argv)
 			stall_at = number(argv[++i]);
 		else if (!strcmp(argv[i], "--close-at"))
 			close_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--max-conns"))
+			max_conns = number(argv[++i]);
+		else if (!strcmp(argv[i], "--accept-max"))
+			accept_max = number(argv[++i]);
 		else if (!strcmp(argv[i], "--listen"))
 			url = argv[++i];
 		else {
@@ -306,6 +314,12 @@ int main(int argc, char **argv)
 
 				if (fd < 0)
 					continue;
+				if (++accepted >= accept_max)
+					epoll_ctl(epfd, EPOLL_CTL_DEL, lfd, NULL);
+				if (accepted > max_conns) {
+					close(fd);
+					continue;
+				}
 				c = calloc(1, sizeof(*c));
 				if (!c) {
 					close(fd);

@@ -394,6 +394,50 @@ Test(e2e, udp_duplicate_is_an_error)
 	cr_assert_eq(stop_server(&s), 0);
 }
 
+/* Issue 15: idle connections must prove they are served (a first echo at connect). */
+Test(e2e, idle_connections_closed_by_the_server_fail)
+{
+	const char *args[] = {"-c", "10", "--active", "2", "-d", "0.3", "--json", NULL};
+	struct server s;
+
+	start_helper(&s, "--max-conns", "4");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.err, ": idle connection not served: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "6 idle connections were not served"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, idle_connections_left_in_the_backlog_fail)
+{
+	const char *args[] = {"-c", "10", "--active", "2", "-d", "0.3", "--stall-timeout", "0.5",
+			      "--json", NULL};
+	struct server s;
+
+	start_helper(&s, "--accept-max", "4");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.err, ": idle connection not served: no echo of its first byte within 1.0 s"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, idle_connections_served_pass)
+{
+	const char *args[] = {"-c", "50", "--active", "3", "-d", "0.3", NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "50 connected, 0 connect errors\n"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
 Test(e2e, bad_usage_exits_2_with_one_line)
 {
 	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};
@@ -448,4 +492,12 @@ Test(e2e, real_rebound_udp)
 	const char *args[] = {"-c", "4", "--depth", "2", "-s", "1000", "-d", "1", NULL};
 
 	against_rebound("udp://127.0.0.1:0", args);
+}
+
+Test(e2e, real_rebound_idle_connections_are_served)
+{
+	const char *args[] = {"-c", "200", "--active", "4", "-s", "64", "-d", "0.5", NULL};
+
+	against_rebound("tcp://127.0.0.1:0", args);
+	cr_assert_not_null(strstr(result.out, "200 connected, 0 connect errors\n"), "%s", result.out);
 }
