@@ -17,6 +17,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "cpustat.h"
 #include "rb_config.h"
 #include "run.h"
 
@@ -35,35 +36,55 @@ struct result {
 	unsigned unserved;
 	struct rbb_hist *hist;
 	bool have_cpu;
-	double cpu_s;
+	double cpu_s;       /* server (process tree) */
+	unsigned srv_procs; /* processes in the server's tree at the end */
+	bool have_cli;
+	double cli_s; /* rebound-bench itself (getrusage) */
+	bool have_sys;
+	double sys_s; /* every CPU's busy time (/proc/stat) */
+	struct rbb_cpustat *sys0, *sys1;
 	bool interrupted;
 };
 
-/* utime + stime of @pid in seconds, or -errno. */
-static int server_cpu(pid_t pid, double *out)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long ut, st;
-	ssize_t n;
-	FILE *f;
+/* CPU counters at one edge of the measured window. */
+struct sample {
+	bool taken;
+	bool have_srv, have_cli, have_sys;
+	double srv, cli;
+	unsigned srv_procs;
+	struct rbb_cpustat sys;
+};
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "re");
-	if (!f)
-		return -errno;
-	n = (ssize_t)fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	if (n <= 0)
-		return -EIO;
-	buf[n] = '\0';
-	/* The command name may hold spaces and parentheses: skip past the last ')'. */
-	p = strrchr(buf, ')');
-	/* After ')': state(3) ... utime(14) stime(15), so skip 11 fields. */
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut,
-			 &st) != 2)
-		return -EIO;
-	*out = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-	return 0;
+static bool tree_warned;
+
+/* CPU seconds of @pid's process tree, or -errno; warns once when only @pid could be counted. */
+static int server_cpu(pid_t pid, double *out, unsigned *nprocs)
+{
+	int rc = rbb_tree_cpu(NULL, pid, out, nprocs);
+
+	if (rc > 0 && !tree_warned) {
+		fprintf(stderr,
+			"rebound-bench: warning: cannot walk /proc (%s): --server-pid counts process %d only, not its children\n",
+			strerror(rc), (int)pid);
+		tree_warned = true;
+	}
+	return rc > 0 ? 0 : rc;
+}
+
+static void take_sample(const struct rbb_opts *o, struct sample *s)
+{
+	struct rusage ru;
+
+	s->taken = true;
+	if (o->server_pid)
+		s->have_srv = server_cpu(o->server_pid, &s->srv, &s->srv_procs) == 0;
+	if (getrusage(RUSAGE_SELF, &ru) == 0) {
+		s->cli = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+			 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+		s->have_cli = true;
+	}
+	if (o->cpu_system)
+		s->have_sys = rbb_cpustat_read(NULL, &s->sys) == 0;
 }
 
 static int raise_nofile(const struct rbb_opts *o)
@@ -96,6 +117,37 @@ static double us(uint64_t ns)
 static const char *mode_name(const struct rbb_opts *o)
 {
 	return o->rate > 0 ? "open" : "closed";
+}
+
+static double per_mmsg(const struct result *r, double secs)
+{
+	return r->msgs ? secs / ((double)r->msgs / 1e6) : 0;
+}
+
+static double per_gib(const struct result *r, double secs)
+{
+	return r->bytes ? secs / ((double)r->bytes / 1073741824.0) : 0;
+}
+
+static void print_cpu(const struct result *r, double secs)
+{
+	printf("%.2f s", secs);
+	if (r->msgs)
+		printf(", %.3f s per million messages", per_mmsg(r, secs));
+	if (r->bytes)
+		printf(", %.3f s per GiB", per_gib(r, secs));
+}
+
+/* rebound-bench's CPU time over the window as a fraction of its threads' CPUs. */
+static double client_util(const struct rbb_opts *o, const struct result *r)
+{
+	return r->seconds > 0 ? r->cli_s / r->seconds / o->threads : 0;
+}
+
+/* Every client thread busy 90% of the time: the numbers may be the client's limit. */
+static bool client_limited(const struct rbb_opts *o, const struct result *r)
+{
+	return r->have_cli && r->seconds >= 0.2 && client_util(o, r) >= 0.9;
 }
 
 static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
@@ -132,13 +184,32 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 		       (unsigned long long)r->lost, (unsigned long long)r->late,
 		       (unsigned long long)r->reordered);
 	if (r->have_cpu) {
-		printf("server cpu   %.2f s", r->cpu_s);
-		if (r->msgs)
-			printf(", %.3f s per million messages", r->cpu_s / ((double)r->msgs / 1e6));
-		if (r->bytes)
-			printf(", %.3f s per GiB", r->cpu_s / ((double)r->bytes / 1073741824.0));
-		printf("\n");
+		printf("server cpu   ");
+		print_cpu(r, r->cpu_s);
+		printf(" (%u process%s)\n", r->srv_procs, r->srv_procs == 1 ? "" : "es");
 	}
+	if (r->have_cli) {
+		printf("client cpu   ");
+		print_cpu(r, r->cli_s);
+		printf(" (%.0f%% of %u CPU%s)\n", 100 * client_util(o, r), o->threads,
+		       o->threads == 1 ? "" : "s");
+	}
+	if (r->have_sys) {
+		printf("system cpu   ");
+		print_cpu(r, r->sys_s);
+		printf(" (all %u CPUs: %.0f%% busy", r->sys1->n_cpus,
+		       100 * fmax(rbb_cpustat_util(r->sys0, r->sys1, -1), 0));
+		for (int c = 0; c < RBB_MAX_CPUS; c++) {
+			double u = rbb_cpustat_util(r->sys0, r->sys1, c);
+
+			if (u >= 0)
+				printf(", cpu%d %.0f%%", c, 100 * u);
+		}
+		printf(")\n");
+	}
+	if (client_limited(o, r))
+		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the server, may be the limit\n",
+		       100 * client_util(o, r));
 	printf("verified     %llu bytes echoed, %s\n", (unsigned long long)r->verified,
 	       run->n_errors ? "ERRORS (see stderr)" : "all correct");
 }
@@ -189,9 +260,32 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	       (unsigned long long)r->reordered);
 	if (r->have_cpu)
 		printf(" \"server_cpu_s\": %.3f, \"server_cpu_s_per_mmsg\": %.6f, "
-		       "\"server_cpu_s_per_gib\": %.6f,\n",
-		       r->cpu_s, r->msgs ? r->cpu_s / ((double)r->msgs / 1e6) : 0,
-		       r->bytes ? r->cpu_s / ((double)r->bytes / 1073741824.0) : 0);
+		       "\"server_cpu_s_per_gib\": %.6f, \"server_procs\": %u,\n",
+		       r->cpu_s, per_mmsg(r, r->cpu_s), per_gib(r, r->cpu_s), r->srv_procs);
+	if (r->have_cli)
+		printf(" \"client_cpu_s\": %.3f, \"client_cpu_s_per_mmsg\": %.6f, "
+		       "\"client_cpu_s_per_gib\": %.6f, \"client_cpu_util\": %.4f, "
+		       "\"client_limited\": %s,\n",
+		       r->cli_s, per_mmsg(r, r->cli_s), per_gib(r, r->cli_s), client_util(o, r),
+		       client_limited(o, r) ? "true" : "false");
+	if (r->have_sys) {
+		bool first = true;
+
+		printf(" \"system_cpu_s\": %.3f, \"system_cpu_s_per_mmsg\": %.6f, "
+		       "\"system_cpu_s_per_gib\": %.6f, \"system_cpus\": %u, "
+		       "\"system_cpu_util\": %.4f, \"system_cpu_util_by_cpu\": {",
+		       r->sys_s, per_mmsg(r, r->sys_s), per_gib(r, r->sys_s), r->sys1->n_cpus,
+		       fmax(rbb_cpustat_util(r->sys0, r->sys1, -1), 0));
+		for (int c = 0; c < RBB_MAX_CPUS; c++) {
+			double u = rbb_cpustat_util(r->sys0, r->sys1, c);
+
+			if (u < 0)
+				continue;
+			printf("%s\"cpu%d\": %.4f", first ? "" : ", ", c, u);
+			first = false;
+		}
+		printf("},\n");
+	}
 	printf(" \"interrupted\": %s, \"ok\": %s, \"errors\": [", r->interrupted ? "true" : "false",
 	       run->n_errors ? "false" : "true");
 	for (unsigned i = 0; i < shown; i++) {
@@ -241,8 +335,8 @@ static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64
  * samples the server's CPU time at the window's edges and turns SIGINT
  * and SIGTERM into a stop.
  */
-static void supervise(struct rbb_run *run, int sfd, struct result *r, double *cpu0, double *cpu1,
-		      bool *have0, bool *have1)
+static void supervise(struct rbb_run *run, int sfd, struct result *r, struct sample *s0,
+		      struct sample *s1)
 {
 	const struct rbb_opts *o = run->o;
 	uint64_t iv = (uint64_t)(o->interval * 1e9);
@@ -256,10 +350,10 @@ static void supervise(struct rbb_run *run, int sfd, struct result *r, double *cp
 		uint64_t now = rbb_now(), wake = next_iv;
 		int timeout;
 
-		if (o->server_pid && !o->messages) {
-			if (!*have0 && run->t_measure < wake)
+		if (!o->messages) {
+			if (!s0->taken && run->t_measure < wake)
 				wake = run->t_measure;
-			if (!*have1 && run->t_end < wake)
+			if (!s1->taken && run->t_end < wake)
 				wake = run->t_end;
 		}
 		timeout = wake == UINT64_MAX ? -1 :
@@ -281,11 +375,11 @@ static void supervise(struct rbb_run *run, int sfd, struct result *r, double *cp
 			if (read(run->done_fd, &v, sizeof(v)) == sizeof(v))
 				finished += (unsigned)v;
 		}
-		if (o->server_pid && !o->messages) {
-			if (!*have0 && now >= run->t_measure)
-				*have0 = server_cpu(o->server_pid, cpu0) == 0;
-			if (!*have1 && now >= run->t_end)
-				*have1 = server_cpu(o->server_pid, cpu1) == 0;
+		if (!o->messages) {
+			if (!s0->taken && now >= run->t_measure)
+				take_sample(o, s0);
+			if (!s1->taken && now >= run->t_end)
+				take_sample(o, s1);
 		}
 		if (now >= next_iv) {
 			progress(run, now, &last_t, &last_m, &last_b);
@@ -300,8 +394,7 @@ static int run_bench(const struct rbb_opts *o)
 {
 	struct rbb_run run = {0};
 	struct result r = {0};
-	double cpu0 = 0, cpu1 = 0;
-	bool have0 = false, have1 = false;
+	struct sample *s0 = calloc(1, sizeof(*s0)), *s1 = calloc(1, sizeof(*s1));
 	unsigned started = 0, i;
 	uint64_t act_total = 0, quota_left, stop_time;
 	sigset_t sigs;
@@ -313,7 +406,7 @@ static int run_bench(const struct rbb_opts *o)
 	run.done_fd = eventfd(0, EFD_CLOEXEC);
 	run.workers = calloc(o->threads, sizeof(*run.workers));
 	rc = rbb_hist_create(&r.hist);
-	if (run.done_fd < 0 || !run.workers || rc < 0) {
+	if (run.done_fd < 0 || !run.workers || rc < 0 || !s0 || !s1) {
 		fprintf(stderr, "rebound-bench: out of memory or descriptors\n");
 		goto out;
 	}
@@ -378,11 +471,11 @@ static int run_bench(const struct rbb_opts *o)
 	run.t_start = rbb_now();
 	run.t_measure = run.t_start + (uint64_t)(o->warmup * 1e9);
 	run.t_end = run.t_measure + (uint64_t)(o->duration * 1e9);
-	if (o->server_pid && o->messages)
-		have0 = server_cpu(o->server_pid, &cpu0) == 0;
+	if (o->messages)
+		take_sample(o, s0);
 	pthread_barrier_wait(&run.barrier);
 
-	supervise(&run, sfd, &r, &cpu0, &cpu1, &have0, &have1);
+	supervise(&run, sfd, &r, s0, s1);
 	for (i = 0; i < started; i++)
 		pthread_join(run.workers[i].tid, NULL);
 	stop_time = rbb_now();
@@ -406,17 +499,28 @@ static int run_bench(const struct rbb_opts *o)
 	}
 	if (o->messages) {
 		r.seconds = (double)(last_done - run.t_start) / 1e9;
-		if (o->server_pid)
-			have1 = server_cpu(o->server_pid, &cpu1) == 0;
+		take_sample(o, s1);
 	} else {
 		uint64_t end = stop_time < run.t_end ? stop_time : run.t_end;
 
 		r.seconds = end > run.t_measure ? (double)(end - run.t_measure) / 1e9 : 0;
-		if (o->server_pid && !have1)
-			have1 = server_cpu(o->server_pid, &cpu1) == 0;
+		if (!s1->taken)
+			take_sample(o, s1);
 	}
-	r.have_cpu = have0 && have1;
-	r.cpu_s = cpu1 - cpu0;
+	/* A run stopped before its window began has no window: its start is its end. */
+	if (!s0->taken)
+		*s0 = *s1;
+	r.have_cpu = s0->have_srv && s1->have_srv;
+	r.cpu_s = s1->srv - s0->srv;
+	r.srv_procs = s1->srv_procs;
+	r.have_cli = s0->have_cli && s1->have_cli;
+	r.cli_s = s1->cli - s0->cli;
+	r.have_sys = s0->have_sys && s1->have_sys;
+	if (r.have_sys) {
+		r.sys_s = rbb_cpustat_busy_s(&s0->sys, &s1->sys, sysconf(_SC_CLK_TCK));
+		r.sys0 = &s0->sys;
+		r.sys1 = &s1->sys;
+	}
 
 	if (o->json)
 		print_json(o, &run, &r);
@@ -446,6 +550,8 @@ out:
 	if (run.done_fd >= 0)
 		close(run.done_fd);
 	rbb_hist_destroy(r.hist);
+	free(s0);
+	free(s1);
 	free(run.workers);
 	pthread_mutex_destroy(&run.err_lock);
 	return status;
@@ -455,6 +561,7 @@ int main(int argc, char **argv)
 {
 	struct rbb_opts o;
 	char err[512];
+	unsigned nprocs;
 	double cpu;
 
 	if (rbb_opts_parse(&o, argc, argv, err, sizeof(err)) < 0) {
@@ -469,7 +576,7 @@ int main(int argc, char **argv)
 		printf("rebound-bench %s\n", RB_VERSION_STRING);
 		return 0;
 	}
-	if (o.server_pid && server_cpu(o.server_pid, &cpu) < 0) {
+	if (o.server_pid && server_cpu(o.server_pid, &cpu, &nprocs) < 0) {
 		fprintf(stderr, "rebound-bench: invalid --server-pid '%d': no such process\n",
 			(int)o.server_pid);
 		return 2;

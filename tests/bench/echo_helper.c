@@ -9,6 +9,8 @@
  *   --max-conns N close every connection accepted after the first N at once
  *   --accept-max N  stop accepting after N connections (the rest wait in
  *                 the backlog)
+ *   --fork-child  fork an idle child (a process tree, as a forking server has);
+ *                 it exits when the parent does
  *   --udp-swap    udp: echo datagrams in swapped pairs (2nd, then 1st)
  *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
@@ -244,6 +246,22 @@ int main(int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--udp-swap")) {
 			udp_swap = true;
+			continue;
+		}
+		if (!strcmp(argv[i], "--fork-child")) {
+			int p[2];
+			char b;
+
+			if (pipe(p) < 0)
+				return 1;
+			if (fork() == 0) {
+				/* EOF when the parent (the write end's only holder) exits. */
+				close(p[1]);
+				while (read(p[0], &b, 1) > 0)
+					;
+				_exit(0);
+			}
+			close(p[0]);
 			continue;
 		}
 		if (!strcmp(argv[i], "--udp-dup")) {

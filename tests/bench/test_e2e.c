@@ -438,6 +438,27 @@ Test(e2e, idle_connections_served_pass)
 	cr_assert_eq(stop_server(&s), 0);
 }
 
+/* Issue 15: --server-pid counts the whole process tree; --cpu-system and the client's CPU. */
+Test(e2e, cpu_of_server_tree_client_and_system)
+{
+	char pid[32], want[64];
+	const char *args[] = {"-c", "2", "-s", "1000", "-d", "0.3", "--json", "--cpu-system",
+			      "--server-pid", pid, NULL};
+	struct server s;
+
+	start_helper(&s, "--fork-child", NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"server_procs\": 2,"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"client_cpu_s\": "), "%s", result.out);
+	snprintf(want, sizeof(want), "\"system_cpus\": %ld,", sysconf(_SC_NPROCESSORS_ONLN));
+	cr_assert_not_null(strstr(result.out, want), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"system_cpu_util_by_cpu\": {\"cpu0\": "), "%s",
+			   result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
 Test(e2e, bad_usage_exits_2_with_one_line)
 {
 	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};
