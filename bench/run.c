@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define RBUF_SIZE   (256 * 1024)
-#define SBUF_SIZE   (64 * 1024)
+#define SBUF_SIZE   (64 * 1024) /* at most RBB_STREAM_WINDOW */
 #define MAX_EVENTS  256
 #define TICK_NS     100000000ULL /* longest epoll_wait: stop and stall checks */
 #define RETRY_NS    10000000ULL  /* connect retry after EAGAIN (unix backlog full) */
@@ -106,9 +106,8 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 		if (!w->bits)
 			return -ENOMEM;
 	}
-	w->sbuf = malloc(SBUF_SIZE);
 	w->rbuf = malloc(RBUF_SIZE);
-	if (!w->conns || !w->act || !w->ts || !w->sbuf || !w->rbuf)
+	if (!w->conns || !w->act || !w->ts || !w->rbuf)
 		return -ENOMEM;
 	rc = rbb_hist_create(&w->hist);
 	if (rc < 0)
@@ -143,7 +142,6 @@ void rbb_worker_fini(struct rbb_worker *w)
 	free(w->act);
 	free(w->ts);
 	free(w->bits);
-	free(w->sbuf);
 	free(w->rbuf);
 }
 
@@ -449,8 +447,8 @@ static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 		/* UDP: exactly one message per datagram (size <= RBB_MAX_DATAGRAM < SBUF_SIZE). */
 		if (is_udp(w))
 			n = w->run->o->size;
-		rbb_stream_fill(c->v.seed, c->sent, w->sbuf, n);
-		r = send(c->fd, w->sbuf, n, MSG_NOSIGNAL);
+		/* Straight from the stream's pattern: nothing to generate or copy. */
+		r = send(c->fd, rbb_stream_window(c->v.seed, c->sent, n), n, MSG_NOSIGNAL);
 		if (r > 0 && is_udp(w))
 			udp_mark_sent(w, c, c->sent / n);
 		if (r < 0) {

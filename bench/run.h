@@ -49,7 +49,6 @@ struct rbb_worker {
 	uint64_t *ts; /* send time rings, depth slots per connection */
 	uint64_t *bits; /* udp: outstanding-datagram rings, win bits per connection */
 	unsigned win;
-	uint8_t *sbuf;
 	uint8_t *rbuf;
 	struct rbb_hist *hist;
 
