@@ -35,6 +35,8 @@ struct result {
 	unsigned connect_errors;
 	unsigned unserved;
 	struct rbb_hist *hist;
+	struct rbb_hist *conn_hist; /* --crr */
+	int fds0, fds1;             /* --crr with --server-pid: the server's descriptors */
 	bool have_cpu;
 	double cpu_s;       /* server (process tree) */
 	unsigned srv_procs; /* processes in the server's tree at the end */
@@ -116,7 +118,28 @@ static double us(uint64_t ns)
 
 static const char *mode_name(const struct rbb_opts *o)
 {
-	return o->rate > 0 ? "open" : "closed";
+	return o->crr ? "crr" : o->rate > 0 ? "open" : "closed";
+}
+
+static void print_lat_human(const char *label, const struct rbb_hist *h)
+{
+	if (h->total)
+		printf("%-12s min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
+		       label, us(h->min), us(rbb_hist_percentile(h, 50)),
+		       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
+		       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0);
+	else
+		printf("%-12s no messages measured\n", label);
+}
+
+static void print_lat_json(const char *key, const struct rbb_hist *h)
+{
+	printf(" \"%s\": {\"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
+	       "\"p99_9\": %.3f, \"max\": %.3f, \"mean\": %.3f, \"stddev\": %.3f, \"count\": %llu},\n",
+	       key, h->total ? us(h->min) : 0, us(rbb_hist_percentile(h, 50)),
+	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
+	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
+	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
 }
 
 static double per_mmsg(const struct result *r, double secs)
@@ -165,16 +188,17 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 	if (o->warmup > 0)
 		printf(" after %.2f s warmup", o->warmup);
 	printf("\n");
-	printf("messages     %llu (%.0f msg/s)\n", (unsigned long long)r->msgs,
-	       (double)r->msgs / secs);
-	printf("throughput   %.2f MB/s echoed\n", (double)r->bytes / secs / 1e6);
-	if (h->total)
-		printf("latency us   min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
-		       us(h->min), us(rbb_hist_percentile(h, 50)), us(rbb_hist_percentile(h, 90)),
-		       us(rbb_hist_percentile(h, 99)), us(rbb_hist_percentile(h, 99.9)),
-		       us(h->max), rbb_hist_mean(h) / 1000.0);
-	else
-		printf("latency us   no messages measured\n");
+	if (o->crr) {
+		printf("transactions %llu (%.0f tx/s): connect, %zu B echoed, close\n",
+		       (unsigned long long)r->msgs, (double)r->msgs / secs, o->size);
+		print_lat_human("connect us", r->conn_hist);
+		print_lat_human("txn us", h);
+	} else {
+		printf("messages     %llu (%.0f msg/s)\n", (unsigned long long)r->msgs,
+		       (double)r->msgs / secs);
+		printf("throughput   %.2f MB/s echoed\n", (double)r->bytes / secs / 1e6);
+		print_lat_human("latency us", h);
+	}
 	printf("connections  %u connected, %u connect errors", r->connected, r->connect_errors);
 	if (r->unserved)
 		printf(", %u idle not served", r->unserved);
@@ -207,6 +231,13 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 		}
 		printf(")\n");
 	}
+	if (o->crr && r->msgs && (r->have_cpu || r->have_sys))
+		printf("per txn      server cpu %.1f us, system cpu %.1f us, client cpu %.1f us\n",
+		       r->have_cpu ? r->cpu_s / (double)r->msgs * 1e6 : 0,
+		       r->have_sys ? r->sys_s / (double)r->msgs * 1e6 : 0,
+		       r->cli_s / (double)r->msgs * 1e6);
+	if (r->fds0 >= 0)
+		printf("server fds   %d before, %d after\n", r->fds0, r->fds1);
 	if (client_limited(o, r))
 		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the server, may be the limit\n",
 		       100 * client_util(o, r));
@@ -247,12 +278,20 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	printf(" \"messages\": %llu, \"bytes\": %llu, \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f,\n",
 	       (unsigned long long)r->msgs, (unsigned long long)r->bytes,
 	       (double)r->msgs / secs, (double)r->bytes / secs / 1e6);
-	printf(" \"latency_us\": {\"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
-	       "\"p99_9\": %.3f, \"max\": %.3f, \"mean\": %.3f, \"stddev\": %.3f, \"count\": %llu},\n",
-	       h->total ? us(h->min) : 0, us(rbb_hist_percentile(h, 50)),
-	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
-	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
-	       rbb_hist_stddev(h) / 1000.0, (unsigned long long)h->total);
+	print_lat_json("latency_us", h);
+	if (o->crr) {
+		print_lat_json("connect_latency_us", r->conn_hist);
+		printf(" \"transactions\": %llu, \"tx_per_s\": %.3f,",
+		       (unsigned long long)r->msgs, (double)r->msgs / secs);
+		if (r->have_cpu && r->msgs)
+			printf(" \"server_cpu_us_per_tx\": %.3f,", r->cpu_s / (double)r->msgs * 1e6);
+		if (r->have_sys && r->msgs)
+			printf(" \"system_cpu_us_per_tx\": %.3f,", r->sys_s / (double)r->msgs * 1e6);
+		if (r->fds0 >= 0)
+			printf(" \"server_fds_before\": %d, \"server_fds_after\": %d,", r->fds0,
+			       r->fds1);
+		printf("\n");
+	}
 	printf(" \"connected\": %u, \"connect_errors\": %u, \"unserved\": %u, \"verified_bytes\": %llu, "
 	       "\"udp_lost\": %llu, \"udp_late\": %llu, \"udp_reordered\": %llu,\n",
 	       r->connected, r->connect_errors, r->unserved, (unsigned long long)r->verified,
@@ -406,6 +445,8 @@ static int run_bench(const struct rbb_opts *o)
 	run.done_fd = eventfd(0, EFD_CLOEXEC);
 	run.workers = calloc(o->threads, sizeof(*run.workers));
 	rc = rbb_hist_create(&r.hist);
+	if (rc >= 0)
+		rc = rbb_hist_create(&r.conn_hist);
 	if (run.done_fd < 0 || !run.workers || rc < 0 || !s0 || !s1) {
 		fprintf(stderr, "rebound-bench: out of memory or descriptors\n");
 		goto out;
@@ -424,6 +465,9 @@ static int run_bench(const struct rbb_opts *o)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 	pthread_barrier_init(&run.barrier, NULL, o->threads + 1);
+	r.fds0 = r.fds1 = -1;
+	if (o->crr && o->server_pid)
+		r.fds0 = rbb_tree_fds(NULL, o->server_pid);
 	for (i = 0; i < o->threads; i++) {
 		rc = pthread_create(&run.workers[i].tid, NULL, rbb_worker_main, &run.workers[i]);
 		if (rc) {
@@ -447,7 +491,7 @@ static int run_bench(const struct rbb_opts *o)
 		rbb_error(&run, false,
 			  "%u idle connections were not served (no echo of their first byte)",
 			  r.unserved);
-	if (!r.connected)
+	if (!r.connected && !o->crr)
 		rbb_error(&run, true, "no connection to %s succeeded", o->url);
 	quota_left = o->messages;
 	for (i = 0; i < o->threads; i++) {
@@ -481,6 +525,24 @@ static int run_bench(const struct rbb_opts *o)
 	stop_time = rbb_now();
 	if (r.interrupted)
 		rbb_error(&run, false, "interrupted");
+	if (r.fds0 >= 0) {
+		/*
+		 * The server may close its side just after our EOF arrived: give
+		 * it up to a second to settle before calling it a leak.
+		 */
+		uint64_t until = rbb_now() + NS;
+
+		do {
+			r.fds1 = rbb_tree_fds(NULL, o->server_pid);
+			if (r.fds1 <= r.fds0)
+				break;
+			poll(NULL, 0, 10);
+		} while (rbb_now() < until);
+		if (r.fds1 > r.fds0 && !run.n_errors)
+			rbb_error(&run, false,
+				  "the server's descriptors grew from %d to %d over the run", r.fds0,
+				  r.fds1);
+	}
 
 	uint64_t last_done = run.t_start;
 
@@ -488,6 +550,11 @@ static int run_bench(const struct rbb_opts *o)
 		struct rbb_worker *w = &run.workers[i];
 
 		rbb_hist_merge(r.hist, w->hist);
+		rbb_hist_merge(r.conn_hist, w->conn_hist);
+		if (o->crr) {
+			r.connected += w->connected;
+			r.connect_errors += w->connect_errors;
+		}
 		r.msgs += w->msgs;
 		r.bytes += w->bytes;
 		r.verified += w->verified;
@@ -550,6 +617,7 @@ out:
 	if (run.done_fd >= 0)
 		close(run.done_fd);
 	rbb_hist_destroy(r.hist);
+	rbb_hist_destroy(r.conn_hist);
 	free(s0);
 	free(s1);
 	free(run.workers);

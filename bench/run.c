@@ -55,6 +55,10 @@ struct rbb_conn {
 	uint64_t *out_bits;
 	uint64_t holes;
 	uint64_t gaveup_below;
+	/* --crr: this slot's transactions started, and the current one's times. */
+	uint64_t txn;
+	uint64_t txn_start;
+	bool restart; /* closed in this epoll batch: reconnect after it */
 	uint64_t *ts; /* send (or intended send) time of in-flight messages */
 };
 
@@ -112,6 +116,9 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	rc = rbb_hist_create(&w->hist);
 	if (rc < 0)
 		return rc;
+	rc = rbb_hist_create(&w->conn_hist);
+	if (rc < 0)
+		return rc;
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (w->epfd < 0)
 		return -errno;
@@ -138,6 +145,7 @@ void rbb_worker_fini(struct rbb_worker *w)
 	if (w->epfd >= 0)
 		close(w->epfd);
 	rbb_hist_destroy(w->hist);
+	rbb_hist_destroy(w->conn_hist);
 	free(w->conns);
 	free(w->act);
 	free(w->ts);
@@ -939,12 +947,241 @@ static void traffic(struct rbb_worker *w)
 	}
 }
 
+/* ---- --crr: connect, send one message, read its echo, close ------------ */
+
+static void crr_next(struct rbb_worker *w, struct rbb_conn *c, uint64_t now);
+
+static void crr_fail(struct rbb_worker *w, struct rbb_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CONN_FAILED;
+	w->left--;
+	atomic_store(&w->run->stop, 1);
+}
+
+/* The echo came back whole and the server closed after us: one transaction. */
+static void crr_done(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	size_t size = w->run->o->size;
+
+	close(c->fd);
+	c->fd = -1;
+	w->verified += size;
+	if (measuring(w, now)) {
+		w->msgs++;
+		w->bytes += size;
+		rbb_hist_record(w->hist, now - c->txn_start);
+	}
+	w->last_done = now;
+	atomic_fetch_add_explicit(&w->prog_msgs, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->prog_bytes, size, memory_order_relaxed);
+	c->state = CONN_NEW;
+	c->restart = true; /* after this batch: a stale event must not hit the new socket */
+}
+
+static void crr_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r > 0) {
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+			if (rc < 0) {
+				rbb_error(w->run, true,
+					  "connection %u: transaction %llu: %s at offset %llu: expected 0x%02x, got 0x%02x%s",
+					  c->index, (unsigned long long)c->txn,
+					  rc == -EBADMSG ? "byte mismatch" : "extra byte",
+					  (unsigned long long)c->v.bad_off, c->v.expected, c->v.got,
+					  c->v.bad_off == 0 ?
+						  " (the first byte came back different: is this an echo server?)" :
+						  "");
+				crr_fail(w, c);
+				return;
+			}
+			c->last_progress = now;
+			if (c->state == CONN_RUNNING && c->v.off == w->run->o->size) {
+				shutdown(c->fd, SHUT_WR);
+				c->state = CONN_SHUTDOWN;
+			}
+			continue;
+		}
+		if (r == 0) {
+			if (c->state == CONN_SHUTDOWN) {
+				crr_done(w, c, now);
+				return;
+			}
+			rbb_error(w->run, true,
+				  "connection %u: transaction %llu: short stream: server closed after %llu of %zu bytes",
+				  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
+				  w->run->o->size);
+			crr_fail(w, c);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return;
+		rbb_error(w->run, true, "connection %u: transaction %llu: recv after %llu of %zu bytes: %s",
+			  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
+			  w->run->o->size, strerror(errno));
+		crr_fail(w, c);
+		return;
+	}
+}
+
+static void crr_connected(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		rbb_error(w->run, true, "connection %u: transaction %llu: connect to %s: %s",
+			  c->index, (unsigned long long)c->txn, w->run->o->url, strerror(err));
+		w->connect_errors++;
+		crr_fail(w, c);
+		return;
+	}
+	if (measuring(w, now))
+		rbb_hist_record(w->conn_hist, now - c->txn_start);
+	w->connected++;
+	c->state = CONN_RUNNING;
+	c->last_progress = now;
+	conn_flush(w, c);
+	if (c->state == CONN_RUNNING)
+		crr_read(w, c, now);
+}
+
+/* Starts this slot's next transaction, or retires the slot. */
+static void crr_next(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	const struct rbb_opts *o = w->run->o;
+
+	c->restart = false;
+	if (w->ending || (o->messages && w->quota_used >= w->quota)) {
+		c->state = CONN_DONE;
+		w->left--;
+		return;
+	}
+	w->quota_used++;
+	c->txn++;
+	rbb_verifier_init(&c->v, rbb_stream_seed(o->seed, c->txn << 32 | c->index));
+	c->sent = 0;
+	c->issued = 1;
+	c->done = 0;
+	c->txn_start = now;
+	c->last_progress = now;
+	connect_start(w, c);
+	if (c->state == CONN_FAILED) {
+		w->left--;
+		atomic_store(&w->run->stop, 1);
+		return;
+	}
+	if (c->state == CONN_RETRY) {
+		/* A full unix backlog: try again on the next pass. */
+		c->state = CONN_NEW;
+		c->restart = true;
+	}
+}
+
+static void crr_traffic(struct rbb_worker *w)
+{
+	struct rbb_run *run = w->run;
+	const struct rbb_opts *o = run->o;
+	struct epoll_event evs[MAX_EVENTS];
+	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
+	uint64_t limit = (uint64_t)(o->stall_timeout * 1e9);
+
+	w->left = w->n_conns;
+	for (unsigned i = 0; i < w->n_conns; i++)
+		crr_next(w, &w->conns[i], now);
+	while (w->left && !atomic_load(&run->stop)) {
+		bool retry = false;
+		uint64_t wake = next_sweep;
+		int n;
+
+		if (!w->ending && run->t_end < wake)
+			wake = run->t_end;
+		for (unsigned i = 0; i < w->n_conns; i++)
+			retry |= w->conns[i].restart;
+		now = rbb_now();
+		n = wait_events(w, evs, retry ? 0 : wake > now ? wake - now : 0);
+		if (n < 0 && errno != EINTR) {
+			rbb_error(run, true, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		now = rbb_now();
+		for (int i = 0; i < n; i++) {
+			struct rbb_conn *c = evs[i].data.ptr;
+
+			if (c->restart || c->fd < 0)
+				continue; /* stale: its socket was closed in this batch */
+			if (c->state == CONN_CONNECTING) {
+				if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+					crr_connected(w, c, now);
+				continue;
+			}
+			if (c->state == CONN_RUNNING && (evs[i].events & EPOLLOUT))
+				conn_flush(w, c);
+			if ((c->state == CONN_RUNNING || c->state == CONN_SHUTDOWN) &&
+			    (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+				crr_read(w, c, now);
+		}
+		if (!w->ending && now >= run->t_end) {
+			if (o->messages) {
+				rbb_error(run, true,
+					  "time limit of %.1f s reached before %llu transactions were done",
+					  o->duration, (unsigned long long)o->messages);
+				break;
+			}
+			w->ending = true;
+		}
+		for (unsigned i = 0; i < w->n_conns; i++)
+			if (w->conns[i].restart)
+				crr_next(w, &w->conns[i], now);
+		if (now >= next_sweep) {
+			for (unsigned i = 0; i < w->n_conns; i++) {
+				struct rbb_conn *c = &w->conns[i];
+
+				if (c->fd < 0 || now - c->last_progress < limit)
+					continue;
+				rbb_error(run, true,
+					  "connection %u: transaction %llu: stall: no progress for %.1f s %s at offset %llu",
+					  c->index, (unsigned long long)c->txn,
+					  (double)(now - c->last_progress) / 1e9,
+					  c->state == CONN_CONNECTING ? "connecting" :
+					  c->state == CONN_SHUTDOWN   ? "waiting for the server's EOF" :
+									"waiting for the echo",
+					  (unsigned long long)c->v.off);
+				crr_fail(w, c);
+			}
+			next_sweep = now + TICK_NS;
+		}
+	}
+}
+
 void *rbb_worker_main(void *arg)
 {
 	struct rbb_worker *w = arg;
 	struct rbb_run *run = w->run;
 	uint64_t one = 1;
 
+	if (run->o->crr) {
+		/* Connections are made by the transactions; the quota is split by slots. */
+		w->n_act = w->n_conns;
+		pthread_barrier_wait(&run->barrier);
+		pthread_barrier_wait(&run->barrier);
+		if (!atomic_load(&run->stop))
+			crr_traffic(w);
+		if (write(run->done_fd, &one, sizeof(one)) < 0) {
+			/* Cannot happen for an eventfd below its maximum. */
+		}
+		return NULL;
+	}
 	connect_all(w);
 	for (unsigned i = 0; i < w->n_conns; i++) {
 		struct rbb_conn *c = &w->conns[i];

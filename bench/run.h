@@ -50,9 +50,11 @@ struct rbb_worker {
 	uint64_t *bits; /* udp: outstanding-datagram rings, win bits per connection */
 	unsigned win;
 	uint8_t *rbuf;
-	struct rbb_hist *hist;
+	struct rbb_hist *hist;      /* message latency; --crr: transaction latency */
+	struct rbb_hist *conn_hist; /* --crr: connect latency */
 
 	uint64_t quota; /* -n: messages this worker's connections send */
+	uint64_t quota_used; /* --crr: transactions started */
 	double period;  /* open loop: ns between this worker's sends */
 	int64_t last_j; /* open loop: last scheduled send slot visited */
 	unsigned left;  /* connections not finished yet */

@@ -11,6 +11,7 @@
  *                 the backlog)
  *   --fork-child  fork an idle child (a process tree, as a forking server has);
  *                 it exits when the parent does
+ *   --leak-fds    at a client's EOF, send FIN but never close the descriptor
  *   --udp-swap    udp: echo datagrams in swapped pairs (2nd, then 1st)
  *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
@@ -47,7 +48,7 @@ struct conn {
 };
 
 static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
-static bool udp_swap, udp_dup;
+static bool udp_swap, udp_dup, leak_fds;
 static uint64_t max_conns = NONE, accept_max = NONE, accepted;
 static int epfd;
 static struct conn *conns;
@@ -119,6 +120,11 @@ static bool conn_io(struct conn *c, uint32_t events)
 	}
 	if (c->eof && c->head == c->tail) {
 		shutdown(c->fd, SHUT_WR);
+		if (leak_fds) {
+			epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+			c->fd = dup(c->fd); /* the original stays open for good */
+			return false;
+		}
 		conn_close(c);
 		return false;
 	}
@@ -262,6 +268,10 @@ int main(int argc, char **argv)
 				_exit(0);
 			}
 			close(p[0]);
+			continue;
+		}
+		if (!strcmp(argv[i], "--leak-fds")) {
+			leak_fds = true;
 			continue;
 		}
 		if (!strcmp(argv[i], "--udp-dup")) {

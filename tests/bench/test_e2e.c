@@ -522,3 +522,71 @@ Test(e2e, real_rebound_idle_connections_are_served)
 	against_rebound("tcp://127.0.0.1:0", args);
 	cr_assert_not_null(strstr(result.out, "200 connected, 0 connect errors\n"), "%s", result.out);
 }
+
+/* The number after @key in @json, or -1. */
+static long json_num(const char *json, const char *key)
+{
+	char k[64];
+	const char *at;
+
+	snprintf(k, sizeof(k), "\"%s\": ", key);
+	at = strstr(json, k);
+	return at ? strtol(at + strlen(k), NULL, 10) : -1;
+}
+
+/* Issue 15: --crr against rebound: exact transactions, no errors, no descriptor growth. */
+Test(e2e, crr_against_rebound)
+{
+	const char *rebound = getenv("REBOUND");
+	char pid[32];
+	const char *args[] = {"--crr", "-c", "4", "-n", "2000", "-s", "100", "--json",
+			      "--server-pid", pid, NULL};
+	struct server s;
+
+	if (!rebound || !*rebound)
+		cr_skip_test("rebound is not built in this tree");
+	char *argv[] = {(char *)rebound, (char *)"--listen", (char *)"tcp://127.0.0.1:0", NULL};
+
+	start_server(&s, argv);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_eq(json_num(result.out, "transactions"), 2000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "connected"), 2000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "verified_bytes"), 200000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "count"), 2000, "%s", result.out);
+	cr_assert_gt(json_num(result.out, "server_fds_before"), 0, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "server_fds_after"),
+		     json_num(result.out, "server_fds_before"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"mode\": \"crr\""), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"ok\": true"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, crr_catches_a_server_that_leaks_descriptors)
+{
+	char pid[32];
+	const char *args[] = {"--crr", "-c", "2", "-n", "50", "--server-pid", pid, NULL};
+	struct server s;
+
+	start_helper(&s, "--leak-fds", NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "transactions 50 "), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: the server's descriptors grew from "),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, crr_finds_a_wrong_byte)
+{
+	const char *args[] = {"--crr", "-c", "3", "-n", "300", "-s", "2000", NULL};
+	struct server s;
+
+	start_helper(&s, "--flip-at", "1500");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, ": byte mismatch at offset 1500: "), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
