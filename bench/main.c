@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cpustat.h"
@@ -45,6 +46,10 @@ struct result {
 	bool have_sys;
 	double sys_s; /* every CPU's busy time (/proc/stat) */
 	struct rbb_cpustat *sys0, *sys1;
+	struct rbb_tcpagg tcpi;
+	char timestamp[32]; /* the run's start, UTC */
+	double rate_achieved;
+	bool rate_behind; /* open loop: more than 5% under --rate */
 	bool interrupted;
 };
 
@@ -58,6 +63,42 @@ struct sample {
 };
 
 static bool tree_warned;
+
+/* --interval samples, kept for the JSON report. */
+struct iv_sample {
+	double t;
+	const char *phase;
+	double msgs_per_s, mb_per_s;
+	unsigned errors;
+	struct rbb_tcpagg tcpi;
+};
+
+static struct iv_sample *ivs;
+static size_t n_ivs, cap_ivs;
+
+static void tcpi_json(FILE *f, const struct rbb_tcpagg *a)
+{
+	double n = a->n ? (double)a->n : 1;
+
+	fprintf(f,
+		"{\"samples\": %llu, \"rtt_us\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}, "
+		"\"rttvar_us_mean\": %.1f, \"retrans\": %llu, "
+		"\"cwnd\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}}",
+		(unsigned long long)a->n, a->rtt_min, a->rtt_sum / n, a->rtt_max, a->rttvar_sum / n,
+		(unsigned long long)a->retrans, a->cwnd_min, a->cwnd_sum / n, a->cwnd_max);
+}
+
+static void iv_json(FILE *f, const struct rbb_opts *o, const struct iv_sample *v)
+{
+	fprintf(f, "{\"t\": %.3f, \"phase\": \"%s\", \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f, "
+		   "\"errors\": %u",
+		v->t, v->phase, v->msgs_per_s, v->mb_per_s, v->errors);
+	if (o->tcp_info) {
+		fprintf(f, ", \"tcp_info\": ");
+		tcpi_json(f, &v->tcpi);
+	}
+	fprintf(f, "}");
+}
 
 /* CPU seconds of @pid's process tree, or -errno; warns once when only @pid could be counted. */
 static int server_cpu(pid_t pid, double *out, unsigned *nprocs)
@@ -238,6 +279,17 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 		       r->cli_s / (double)r->msgs * 1e6);
 	if (r->fds0 >= 0)
 		printf("server fds   %d before, %d after\n", r->fds0, r->fds1);
+	if (o->tcp_info && r->tcpi.n)
+		printf("tcp_info     %llu connections: rtt us min %u mean %.1f max %u, rttvar mean %.1f, "
+		       "%llu retransmits, cwnd min %u mean %.1f max %u\n",
+		       (unsigned long long)r->tcpi.n, r->tcpi.rtt_min,
+		       r->tcpi.rtt_sum / (double)r->tcpi.n, r->tcpi.rtt_max,
+		       r->tcpi.rttvar_sum / (double)r->tcpi.n, (unsigned long long)r->tcpi.retrans,
+		       r->tcpi.cwnd_min, r->tcpi.cwnd_sum / (double)r->tcpi.n, r->tcpi.cwnd_max);
+	if (o->rate > 0)
+		printf("rate         %.0f msg/s achieved of %.0f asked (%.1f%%)%s\n", r->rate_achieved,
+		       o->rate, 100 * r->rate_achieved / o->rate,
+		       r->rate_behind ? ": FELL BEHIND" : "");
 	if (client_limited(o, r))
 		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the server, may be the limit\n",
 		       100 * client_util(o, r));
@@ -268,7 +320,8 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	double secs = r->seconds > 0 ? r->seconds : 1e-9;
 	unsigned shown = run->n_errors < RBB_MAX_ERRORS ? run->n_errors : RBB_MAX_ERRORS;
 
-	printf("{\"target\": ");
+	printf("{\"version\": \"%s\", \"timestamp\": \"%s\", \"target\": ", RB_VERSION_STRING,
+	       r->timestamp);
 	json_string(o->url);
 	printf(", \"connections\": %u, \"active\": %u, \"threads\": %u, \"size\": %zu, "
 	       "\"depth\": %u, \"mode\": \"%s\", \"rate\": %.3f, \"warmup_s\": %.3f, "
@@ -325,6 +378,20 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 		}
 		printf("},\n");
 	}
+	if (o->rate > 0)
+		printf(" \"rate_achieved\": %.3f, \"rate_behind\": %s,\n", r->rate_achieved,
+		       r->rate_behind ? "true" : "false");
+	if (o->tcp_info) {
+		printf(" \"tcp_info\": ");
+		tcpi_json(stdout, &r->tcpi);
+		printf(",\n");
+	}
+	printf(" \"intervals\": [");
+	for (size_t i = 0; i < n_ivs; i++) {
+		printf(i ? ",\n  " : "\n  ");
+		iv_json(stdout, o, &ivs[i]);
+	}
+	printf("],\n");
 	printf(" \"interrupted\": %s, \"ok\": %s, \"errors\": [", r->interrupted ? "true" : "false",
 	       run->n_errors ? "false" : "true");
 	for (unsigned i = 0; i < shown; i++) {
@@ -361,9 +428,40 @@ static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64
 	}
 	if (dt <= 0)
 		return;
-	fprintf(stderr, "rebound-bench: %7.1f s %-6s %10.0f msg/s %10.2f MB/s %u errors\n",
-		(double)(now - run->t_start) / 1e9, phase, (double)(m - *last_m) / dt,
-		(double)(b - *last_b) / dt / 1e6, run->n_errors);
+	struct iv_sample v = {.t = (double)(now - run->t_start) / 1e9, .phase = phase,
+			      .msgs_per_s = (double)(m - *last_m) / dt,
+			      .mb_per_s = (double)(b - *last_b) / dt / 1e6,
+			      .errors = run->n_errors};
+
+	for (unsigned i = 0; run->o->tcp_info && i < run->n_workers; i++) {
+		pthread_mutex_lock(&run->workers[i].tcpi_lock);
+		rbb_tcpagg_merge(&v.tcpi, &run->workers[i].tcpi_iv);
+		pthread_mutex_unlock(&run->workers[i].tcpi_lock);
+	}
+	if (run->o->json) {
+		/* JSON lines on stderr, and the same samples in the report. */
+		iv_json(stderr, run->o, &v);
+		fputc('\n', stderr);
+		if (n_ivs == cap_ivs) {
+			size_t cap = cap_ivs ? 2 * cap_ivs : 64;
+			struct iv_sample *nv = realloc(ivs, cap * sizeof(*nv));
+
+			if (nv) {
+				ivs = nv;
+				cap_ivs = cap;
+			}
+		}
+		if (n_ivs < cap_ivs)
+			ivs[n_ivs++] = v;
+	} else {
+		fprintf(stderr, "rebound-bench: %7.1f s %-6s %10.0f msg/s %10.2f MB/s %u errors",
+			v.t, phase, v.msgs_per_s, v.mb_per_s, v.errors);
+		if (run->o->tcp_info && v.tcpi.n)
+			fprintf(stderr, " rtt %.0f us cwnd %.0f retrans %llu",
+				v.tcpi.rtt_sum / (double)v.tcpi.n, v.tcpi.cwnd_sum / (double)v.tcpi.n,
+				(unsigned long long)v.tcpi.retrans);
+		fputc('\n', stderr);
+	}
 	*last_t = now;
 	*last_m = m;
 	*last_b = b;
@@ -512,6 +610,13 @@ static int run_bench(const struct rbb_opts *o)
 			quota_left--;
 		}
 	}
+	{
+		time_t t = time(NULL);
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(r.timestamp, sizeof(r.timestamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
 	run.t_start = rbb_now();
 	run.t_measure = run.t_start + (uint64_t)(o->warmup * 1e9);
 	run.t_end = run.t_measure + (uint64_t)(o->duration * 1e9);
@@ -551,6 +656,7 @@ static int run_bench(const struct rbb_opts *o)
 
 		rbb_hist_merge(r.hist, w->hist);
 		rbb_hist_merge(r.conn_hist, w->conn_hist);
+		rbb_tcpagg_merge(&r.tcpi, &w->tcpi);
 		if (o->crr) {
 			r.connected += w->connected;
 			r.connect_errors += w->connect_errors;
@@ -589,6 +695,19 @@ static int run_bench(const struct rbb_opts *o)
 		r.sys1 = &s1->sys;
 	}
 
+	if (o->rate > 0 && r.seconds > 0) {
+		r.rate_achieved = (double)r.msgs / r.seconds;
+		r.rate_behind = r.rate_achieved < 0.95 * o->rate;
+		if (r.rate_behind) {
+			fprintf(stderr,
+				"rebound-bench: fell behind --rate: %.0f msg/s achieved of %.0f asked (%.1f%%)\n",
+				r.rate_achieved, o->rate, 100 * r.rate_achieved / o->rate);
+			if (o->strict)
+				rbb_error(&run, false,
+					  "--strict: the achieved rate (%.0f msg/s) is more than 5%% below --rate %.0f",
+					  r.rate_achieved, o->rate);
+		}
+	}
 	if (o->json)
 		print_json(o, &run, &r);
 	else
@@ -620,6 +739,7 @@ out:
 	rbb_hist_destroy(r.conn_hist);
 	free(s0);
 	free(s1);
+	free(ivs);
 	free(run.workers);
 	pthread_mutex_destroy(&run.err_lock);
 	return status;

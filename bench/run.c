@@ -93,6 +93,7 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	int rc;
 
 	memset(w, 0, sizeof(*w));
+	pthread_mutex_init(&w->tcpi_lock, NULL);
 	w->run = run;
 	w->id = id;
 	w->epfd = -1;
@@ -146,11 +147,64 @@ void rbb_worker_fini(struct rbb_worker *w)
 		close(w->epfd);
 	rbb_hist_destroy(w->hist);
 	rbb_hist_destroy(w->conn_hist);
+	pthread_mutex_destroy(&w->tcpi_lock);
 	free(w->conns);
 	free(w->act);
 	free(w->ts);
 	free(w->bits);
 	free(w->rbuf);
+}
+
+void rbb_tcpagg_merge(struct rbb_tcpagg *a, const struct rbb_tcpagg *b)
+{
+	if (!b->n)
+		return;
+	if (!a->n || b->rtt_min < a->rtt_min)
+		a->rtt_min = b->rtt_min;
+	if (!a->n || b->cwnd_min < a->cwnd_min)
+		a->cwnd_min = b->cwnd_min;
+	if (b->rtt_max > a->rtt_max)
+		a->rtt_max = b->rtt_max;
+	if (b->cwnd_max > a->cwnd_max)
+		a->cwnd_max = b->cwnd_max;
+	a->n += b->n;
+	a->retrans += b->retrans;
+	a->rtt_sum += b->rtt_sum;
+	a->rttvar_sum += b->rttvar_sum;
+	a->cwnd_sum += b->cwnd_sum;
+}
+
+/* Adds connection @c's TCP_INFO to @agg (nothing when the kernel says no). */
+static void tcpi_sample(const struct rbb_conn *c, struct rbb_tcpagg *agg)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	struct rbb_tcpagg one = {0};
+
+	memset(&ti, 0, sizeof(ti));
+	if (c->fd < 0 || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return;
+	one.n = 1;
+	one.retrans = ti.tcpi_total_retrans;
+	one.rtt_min = one.rtt_max = ti.tcpi_rtt;
+	one.cwnd_min = one.cwnd_max = ti.tcpi_snd_cwnd;
+	one.rtt_sum = ti.tcpi_rtt;
+	one.rttvar_sum = ti.tcpi_rttvar;
+	one.cwnd_sum = ti.tcpi_snd_cwnd;
+	rbb_tcpagg_merge(agg, &one);
+}
+
+/* --tcp-info --interval: a fresh sample of every open connection, for the main thread. */
+static void tcpi_interval(struct rbb_worker *w)
+{
+	struct rbb_tcpagg agg = {0};
+
+	for (unsigned i = 0; i < w->n_conns; i++)
+		if (w->conns[i].state == CONN_RUNNING || w->conns[i].state == CONN_SHUTDOWN)
+			tcpi_sample(&w->conns[i], &agg);
+	pthread_mutex_lock(&w->tcpi_lock);
+	w->tcpi_iv = agg;
+	pthread_mutex_unlock(&w->tcpi_lock);
 }
 
 static void conn_close(struct rbb_worker *w, struct rbb_conn *c, enum conn_state state)
@@ -505,6 +559,8 @@ static void conn_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now
 	if (is_udp(w)) {
 		conn_close(w, c, CONN_DONE);
 	} else {
+		if (w->run->o->tcp_info)
+			tcpi_sample(c, &w->tcpi);
 		shutdown(c->fd, SHUT_WR);
 		c->state = CONN_SHUTDOWN;
 		c->last_progress = now;
@@ -733,9 +789,12 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
 			if (rc == -EBADMSG) {
 				rbb_error(w->run, true,
-					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x",
+					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x%s",
 					  c->index, (unsigned long long)c->v.bad_off,
-					  c->v.expected, c->v.got);
+					  c->v.expected, c->v.got,
+					  c->v.bad_off == 0 ?
+						  " (the first byte came back different: is this an echo server?)" :
+						  "");
 				conn_fail(w, c);
 				return;
 			}
@@ -878,6 +937,8 @@ static void traffic(struct rbb_worker *w)
 	struct epoll_event evs[MAX_EVENTS];
 	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
 	uint64_t per_conn = 0, extra = 0;
+	uint64_t iv = o->tcp_info ? (uint64_t)(o->interval * 1e9) : 0;
+	uint64_t next_iv = iv ? run->t_start + iv : UINT64_MAX;
 
 	/* Split this worker's quota (-n) and rate over its connected active connections. */
 	if (w->n_act) {
@@ -906,6 +967,8 @@ static void traffic(struct rbb_worker *w)
 
 		if (!w->ending && run->t_end < wake)
 			wake = run->t_end;
+		if (next_iv < wake)
+			wake = next_iv;
 		if (open_loop(w) && !w->ending && w->n_act && next_slot(w) < wake)
 			wake = next_slot(w);
 		now = rbb_now();
@@ -943,6 +1006,11 @@ static void traffic(struct rbb_worker *w)
 		if (now >= next_sweep) {
 			stall_check(w, now);
 			next_sweep = now + TICK_NS;
+		}
+		if (now >= next_iv) {
+			/* Just before the main thread's progress line at the same instant. */
+			tcpi_interval(w);
+			next_iv += iv;
 		}
 	}
 }

@@ -17,6 +17,17 @@
 
 struct rbb_worker;
 
+/* TCP_INFO samples summed up: per connection, at the end or at an interval. */
+struct rbb_tcpagg {
+	uint64_t n;
+	uint64_t retrans; /* tcpi_total_retrans summed */
+	double rtt_sum, rttvar_sum, cwnd_sum;
+	uint32_t rtt_min, rtt_max, cwnd_min, cwnd_max; /* rtt in us, cwnd in segments */
+};
+
+/* Adds @b into @a. */
+void rbb_tcpagg_merge(struct rbb_tcpagg *a, const struct rbb_tcpagg *b);
+
 struct rbb_run {
 	const struct rbb_opts *o;
 	unsigned n_workers;
@@ -72,6 +83,9 @@ struct rbb_worker {
 	unsigned connected;
 	unsigned connect_errors;
 	unsigned unserved; /* idle connections that did not echo their first byte */
+	struct rbb_tcpagg tcpi;    /* --tcp-info: every connection at its end */
+	pthread_mutex_t tcpi_lock; /* guards tcpi_iv */
+	struct rbb_tcpagg tcpi_iv; /* --tcp-info: the latest --interval sample */
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */
 	atomic_uint_least64_t prog_bytes;
 };

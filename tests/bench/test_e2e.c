@@ -590,3 +590,58 @@ Test(e2e, crr_finds_a_wrong_byte)
 	cr_assert_not_null(strstr(result.err, ": byte mismatch at offset 1500: "), "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
+
+/* Issue 15: TCP_INFO in the JSON, at the end and at every --interval; version and timestamp. */
+Test(e2e, tcp_info_and_interval_samples_in_the_json)
+{
+	const char *args[] = {"-c", "3", "--depth", "2", "-d", "0.5", "--interval", "0.1",
+			      "--tcp-info", "--json", NULL};
+	struct server s;
+	const char *ti, *iv;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "{\"version\": \""), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"timestamp\": \"20"), "%s", result.out);
+	ti = strstr(result.out, "\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": ");
+	cr_assert_not_null(ti, "%s", result.out);
+	cr_assert_gt(strtol(ti + strlen("\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": "), NULL, 10), 0,
+		     "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"retrans\": "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"cwnd\": {\"min\": "), "%s", result.out);
+	/* Interval lines: JSON on stderr, and the same samples in the report. */
+	iv = strstr(result.out, "\"intervals\": [\n  {\"t\": ");
+	cr_assert_not_null(iv, "%s", result.out);
+	cr_assert_not_null(strstr(iv, "\"tcp_info\": {\"samples\": 3,"), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "{\"t\": "), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, falling_behind_the_rate_is_reported_and_strict_fails)
+{
+	const char *args[] = {"-c", "1", "--rate", "100000000", "-d", "0.3", "--strict", "--json",
+			      NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"rate_behind\": true"), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: fell behind --rate: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "--strict: the achieved rate"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, not_an_echo_server_gets_a_hint)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-d", "0.3", NULL};
+	struct server s;
+
+	start_helper(&s, "--flip-at", "0");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "(the first byte came back different: is this an echo server?)"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
