@@ -29,7 +29,18 @@ const char rbb_usage[] =
 	"      --stall-timeout T   fail when a connection makes no progress for T\n"
 	"                          (default 5s)\n"
 	"      --interval T        print a progress line every T\n"
-	"      --server-pid PID    report PID's CPU time per message and per GiB\n"
+	"      --server-pid PID    report the CPU time of PID and its children per\n"
+	"                          message and per GiB\n"
+	"      --cpu-system        report every CPU's busy time (/proc/stat) per\n"
+	"                          message and per GiB, beside the server's and\n"
+	"                          rebound-bench's own\n"
+	"      --crr               each transaction connects, sends one message,\n"
+	"                          reads the echo and closes (-c in parallel);\n"
+	"                          -n counts transactions\n"
+	"      --tcp-info          sample TCP_INFO (rtt, rttvar, retransmits, cwnd)\n"
+	"                          per connection at the end and every --interval\n"
+	"      --strict            with --rate: fail when the achieved rate is\n"
+	"                          more than 5% below it\n"
 	"      --json              print the report as JSON\n"
 	"      --hgrm FILE         write the latency distribution (HdrHistogram\n"
 	"                          text format, microseconds) to FILE\n"
@@ -47,6 +58,10 @@ enum {
 	OPT_STALL,
 	OPT_INTERVAL,
 	OPT_SERVER_PID,
+	OPT_CPU_SYSTEM,
+	OPT_CRR,
+	OPT_TCP_INFO,
+	OPT_STRICT,
 	OPT_JSON,
 	OPT_HGRM,
 	OPT_SEED,
@@ -66,6 +81,10 @@ static const struct option long_opts[] = {
 	{"stall-timeout", required_argument, NULL, OPT_STALL},
 	{"interval", required_argument, NULL, OPT_INTERVAL},
 	{"server-pid", required_argument, NULL, OPT_SERVER_PID},
+	{"cpu-system", no_argument, NULL, OPT_CPU_SYSTEM},
+	{"crr", no_argument, NULL, OPT_CRR},
+	{"tcp-info", no_argument, NULL, OPT_TCP_INFO},
+	{"strict", no_argument, NULL, OPT_STRICT},
 	{"json", no_argument, NULL, OPT_JSON},
 	{"hgrm", required_argument, NULL, OPT_HGRM},
 	{"seed", required_argument, NULL, OPT_SEED},
@@ -367,6 +386,18 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 			rc = opt_uint(name, optarg, 1, 1, 4194304, &v, err, errlen);
 			o->server_pid = (pid_t)v;
 			break;
+		case OPT_CPU_SYSTEM:
+			o->cpu_system = true;
+			break;
+		case OPT_CRR:
+			o->crr = true;
+			break;
+		case OPT_TCP_INFO:
+			o->tcp_info = true;
+			break;
+		case OPT_STRICT:
+			o->strict = true;
+			break;
 		case OPT_JSON:
 			o->json = true;
 			break;
@@ -418,6 +449,14 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		o->duration = 60;
 	if (o->messages && o->warmup > 0)
 		return fail(err, errlen, "--warmup works with -d only, not with -n");
+	if (o->crr && o->target.proto == RBB_PROTO_UDP)
+		return fail(err, errlen, "invalid target '%s': --crr needs tcp:// or unix:", o->url);
+	if (o->crr && (have_active || o->depth > 1))
+		return fail(err, errlen, "--crr takes neither --active nor --depth");
+	if (o->tcp_info && o->target.proto != RBB_PROTO_TCP)
+		return fail(err, errlen, "invalid target '%s': --tcp-info needs tcp://", o->url);
+	if (o->strict && o->rate <= 0)
+		return fail(err, errlen, "--strict works with --rate only");
 	if (o->target.proto == RBB_PROTO_UDP && o->size > RBB_MAX_DATAGRAM)
 		return fail(err, errlen, "invalid --size '%zu': a udp datagram carries at most %u bytes",
 			    o->size, RBB_MAX_DATAGRAM);

@@ -44,6 +44,10 @@ struct rbb_opts {
 	double stall_timeout; /* --stall-timeout seconds */
 	double interval;      /* --interval seconds, 0 = no progress lines */
 	pid_t server_pid;     /* --server-pid, 0 = none */
+	bool cpu_system;      /* --cpu-system: whole-machine busy time from /proc/stat */
+	bool crr;             /* --crr: connect, send, receive, close per transaction */
+	bool tcp_info;        /* --tcp-info: sample TCP_INFO per connection */
+	bool strict;          /* --strict: falling behind --rate by over 5% fails */
 	bool json;
 	const char *hgrm; /* --hgrm FILE */
 	uint64_t seed;

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define RBUF_SIZE   (256 * 1024)
-#define SBUF_SIZE   (64 * 1024)
+#define SBUF_SIZE   (64 * 1024) /* at most RBB_STREAM_WINDOW */
 #define MAX_EVENTS  256
 #define TICK_NS     100000000ULL /* longest epoll_wait: stop and stall checks */
 #define RETRY_NS    10000000ULL  /* connect retry after EAGAIN (unix backlog full) */
@@ -27,6 +27,7 @@ enum conn_state {
 	CONN_NEW,
 	CONN_RETRY,      /* connect said EAGAIN: try again */
 	CONN_CONNECTING, /* waiting for the connect to complete */
+	CONN_PROBING,    /* idle: waiting for the echo of its first byte */
 	CONN_RUNNING,
 	CONN_SHUTDOWN, /* SHUT_WR sent, waiting for the server's EOF */
 	CONN_DONE,
@@ -46,6 +47,18 @@ struct rbb_conn {
 	uint64_t quota;        /* messages to send; UINT64_MAX with -d */
 	uint64_t last_progress;
 	uint64_t loss_since; /* udp: first loss since the last echo, 0 if none */
+	/*
+	 * udp: bit k % win is set while datagram k is sent and not back. A
+	 * datagram overtaken by a later one (a hole) is counted lost until it
+	 * turns up; those below gaveup_below were given up by the loss timeout.
+	 */
+	uint64_t *out_bits;
+	uint64_t holes;
+	uint64_t gaveup_below;
+	/* --crr: this slot's transactions started, and the current one's times. */
+	uint64_t txn;
+	uint64_t txn_start;
+	bool restart; /* closed in this epoll batch: reconnect after it */
 	uint64_t *ts; /* send (or intended send) time of in-flight messages */
 };
 
@@ -80,6 +93,7 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	int rc;
 
 	memset(w, 0, sizeof(*w));
+	pthread_mutex_init(&w->tcpi_lock, NULL);
 	w->run = run;
 	w->id = id;
 	w->epfd = -1;
@@ -90,11 +104,20 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	w->conns = calloc(n ? n : 1, sizeof(*w->conns));
 	w->act = calloc(n ? n : 1, sizeof(*w->act));
 	w->ts = calloc((size_t)(n ? n : 1) * o->depth, sizeof(*w->ts));
-	w->sbuf = malloc(SBUF_SIZE);
+	if (o->target.proto == RBB_PROTO_UDP) {
+		/* Wide enough for every datagram in flight and a generous reordering. */
+		w->win = (64 + 4 * o->depth + 63) / 64 * 64;
+		w->bits = calloc((size_t)(n ? n : 1) * (w->win / 64), sizeof(*w->bits));
+		if (!w->bits)
+			return -ENOMEM;
+	}
 	w->rbuf = malloc(RBUF_SIZE);
-	if (!w->conns || !w->act || !w->ts || !w->sbuf || !w->rbuf)
+	if (!w->conns || !w->act || !w->ts || !w->rbuf)
 		return -ENOMEM;
 	rc = rbb_hist_create(&w->hist);
+	if (rc < 0)
+		return rc;
+	rc = rbb_hist_create(&w->conn_hist);
 	if (rc < 0)
 		return rc;
 	w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -107,6 +130,8 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 		c->index = id + i * run->n_workers;
 		c->active = c->index < o->active;
 		c->ts = w->ts + (size_t)i * o->depth;
+		if (w->bits)
+			c->out_bits = w->bits + (size_t)i * (w->win / 64);
 		c->quota = UINT64_MAX;
 		rbb_verifier_init(&c->v, rbb_stream_seed(o->seed, c->index));
 	}
@@ -121,11 +146,65 @@ void rbb_worker_fini(struct rbb_worker *w)
 	if (w->epfd >= 0)
 		close(w->epfd);
 	rbb_hist_destroy(w->hist);
+	rbb_hist_destroy(w->conn_hist);
+	pthread_mutex_destroy(&w->tcpi_lock);
 	free(w->conns);
 	free(w->act);
 	free(w->ts);
-	free(w->sbuf);
+	free(w->bits);
 	free(w->rbuf);
+}
+
+void rbb_tcpagg_merge(struct rbb_tcpagg *a, const struct rbb_tcpagg *b)
+{
+	if (!b->n)
+		return;
+	if (!a->n || b->rtt_min < a->rtt_min)
+		a->rtt_min = b->rtt_min;
+	if (!a->n || b->cwnd_min < a->cwnd_min)
+		a->cwnd_min = b->cwnd_min;
+	if (b->rtt_max > a->rtt_max)
+		a->rtt_max = b->rtt_max;
+	if (b->cwnd_max > a->cwnd_max)
+		a->cwnd_max = b->cwnd_max;
+	a->n += b->n;
+	a->retrans += b->retrans;
+	a->rtt_sum += b->rtt_sum;
+	a->rttvar_sum += b->rttvar_sum;
+	a->cwnd_sum += b->cwnd_sum;
+}
+
+/* Adds connection @c's TCP_INFO to @agg (nothing when the kernel says no). */
+static void tcpi_sample(const struct rbb_conn *c, struct rbb_tcpagg *agg)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	struct rbb_tcpagg one = {0};
+
+	memset(&ti, 0, sizeof(ti));
+	if (c->fd < 0 || getsockopt(c->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0)
+		return;
+	one.n = 1;
+	one.retrans = ti.tcpi_total_retrans;
+	one.rtt_min = one.rtt_max = ti.tcpi_rtt;
+	one.cwnd_min = one.cwnd_max = ti.tcpi_snd_cwnd;
+	one.rtt_sum = ti.tcpi_rtt;
+	one.rttvar_sum = ti.tcpi_rttvar;
+	one.cwnd_sum = ti.tcpi_snd_cwnd;
+	rbb_tcpagg_merge(agg, &one);
+}
+
+/* --tcp-info --interval: a fresh sample of every open connection, for the main thread. */
+static void tcpi_interval(struct rbb_worker *w)
+{
+	struct rbb_tcpagg agg = {0};
+
+	for (unsigned i = 0; i < w->n_conns; i++)
+		if (w->conns[i].state == CONN_RUNNING || w->conns[i].state == CONN_SHUTDOWN)
+			tcpi_sample(&w->conns[i], &agg);
+	pthread_mutex_lock(&w->tcpi_lock);
+	w->tcpi_iv = agg;
+	pthread_mutex_unlock(&w->tcpi_lock);
 }
 
 static void conn_close(struct rbb_worker *w, struct rbb_conn *c, enum conn_state state)
@@ -197,6 +276,87 @@ static void connect_start(struct rbb_worker *w, struct rbb_conn *c)
 	c->state = CONN_CONNECTING;
 }
 
+static void unserved(struct rbb_worker *w, struct rbb_conn *c, const char *why)
+{
+	if (!w->unserved)
+		rbb_error(w->run, false, "connection %u: idle connection not served: %s", c->index,
+			  why);
+	w->unserved++;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CONN_FAILED;
+}
+
+/* Reads the echo of an idle connection's first byte; anything else ends it. */
+static void probe_read(struct rbb_worker *w, struct rbb_conn *c)
+{
+	char why[160];
+
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r > 0) {
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+			if (rc == -EBADMSG) {
+				rbb_error(w->run, true,
+					  "connection %u: byte mismatch at offset 0: expected 0x%02x, got 0x%02x (the first byte came back different: is this an echo server?)",
+					  c->index, c->v.expected, c->v.got);
+				conn_fail(w, c);
+				return;
+			}
+			if (rc == -EOVERFLOW) {
+				rbb_error(w->run, true,
+					  "connection %u: extra bytes: %zd bytes came back for the 1 sent (is this an echo server?)",
+					  c->index, r);
+				conn_fail(w, c);
+				return;
+			}
+			if (c->state == CONN_PROBING) {
+				c->state = CONN_RUNNING;
+				w->connected++;
+			}
+			continue; /* an EOF right behind the echo must be seen now */
+		}
+		if (r == 0) {
+			if (c->state == CONN_RUNNING) {
+				/* Echoed, then closed: the traffic phase never gets another edge. */
+				w->connected--;
+				unserved(w, c, "closed by the server right after its first echo");
+			} else {
+				unserved(w, c, "closed by the server before it echoed its first byte");
+			}
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return;
+		snprintf(why, sizeof(why), "%s before it echoed its first byte", strerror(errno));
+		if (c->state == CONN_RUNNING)
+			w->connected--;
+		unserved(w, c, why);
+		return;
+	}
+}
+
+static void probe_start(struct rbb_worker *w, struct rbb_conn *c)
+{
+	char why[160];
+	uint8_t b;
+
+	rbb_stream_fill(c->v.seed, 0, &b, 1);
+	if (send(c->fd, &b, 1, MSG_NOSIGNAL) != 1) {
+		snprintf(why, sizeof(why), "sending its first byte: %s", strerror(errno));
+		unserved(w, c, why);
+		return;
+	}
+	c->sent = c->v.sent = 1;
+	c->state = CONN_PROBING;
+	probe_read(w, c);
+}
+
 static void connect_check(struct rbb_worker *w, struct rbb_conn *c)
 {
 	int err = 0;
@@ -206,6 +366,16 @@ static void connect_check(struct rbb_worker *w, struct rbb_conn *c)
 		err = errno;
 	if (err) {
 		connect_failed(w, c, err);
+		return;
+	}
+	/*
+	 * An idle connection proves it is served: one byte (byte 0 of its
+	 * stream) must come back before it counts as connected. A completed
+	 * handshake alone may mean a connection left in the accept backlog,
+	 * or one the server closes at once.
+	 */
+	if (!c->active && w->run->o->target.proto != RBB_PROTO_UDP) {
+		probe_start(w, c);
 		return;
 	}
 	c->state = CONN_RUNNING;
@@ -234,7 +404,8 @@ static void connect_all(struct rbb_worker *w)
 				connect_start(w, c);
 				retry |= c->state == CONN_RETRY;
 			}
-			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY;
+			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY ||
+				   c->state == CONN_PROBING;
 		}
 		if (!pending || atomic_load(&w->run->stop))
 			break;
@@ -242,8 +413,16 @@ static void connect_all(struct rbb_worker *w)
 			for (unsigned i = 0; i < w->n_conns; i++) {
 				struct rbb_conn *c = &w->conns[i];
 
-				if (c->state == CONN_CONNECTING || c->state == CONN_RETRY)
+				if (c->state == CONN_CONNECTING || c->state == CONN_RETRY) {
 					connect_failed(w, c, ETIMEDOUT);
+				} else if (c->state == CONN_PROBING) {
+					char why[96];
+
+					snprintf(why, sizeof(why),
+						 "no echo of its first byte within %.1f s",
+						 fmax(o->stall_timeout, 1.0));
+					unserved(w, c, why);
+				}
 			}
 			break;
 		}
@@ -255,6 +434,8 @@ static void connect_all(struct rbb_worker *w)
 
 			if (c->state == CONN_CONNECTING)
 				connect_check(w, c);
+			else if (c->state == CONN_PROBING || (c->state == CONN_RUNNING && !c->active))
+				probe_read(w, c);
 		}
 	}
 }
@@ -292,6 +473,31 @@ static uint64_t due(const struct rbb_worker *w, const struct rbb_conn *c, uint64
 	return (uint64_t)floor((x - c->act_ix) / w->n_act) + 1;
 }
 
+static bool udp_outstanding(const struct rbb_worker *w, const struct rbb_conn *c, uint64_t k)
+{
+	uint64_t slot = k % w->win;
+
+	return c->out_bits[slot / 64] >> (slot % 64) & 1;
+}
+
+static void udp_set_outstanding(struct rbb_worker *w, struct rbb_conn *c, uint64_t k, bool on)
+{
+	uint64_t slot = k % w->win, bit = 1ULL << (slot % 64);
+
+	if (on)
+		c->out_bits[slot / 64] |= bit;
+	else
+		c->out_bits[slot / 64] &= ~bit;
+}
+
+/* Datagram @k is on its way; its slot's previous owner, k - win, is lost for good. */
+static void udp_mark_sent(struct rbb_worker *w, struct rbb_conn *c, uint64_t k)
+{
+	if (k >= w->win && udp_outstanding(w, c, k) && k - w->win >= c->gaveup_below && c->holes)
+		c->holes--;
+	udp_set_outstanding(w, c, k, true);
+}
+
 static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 {
 	uint64_t target = c->issued * w->run->o->size;
@@ -303,8 +509,10 @@ static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 		/* UDP: exactly one message per datagram (size <= RBB_MAX_DATAGRAM < SBUF_SIZE). */
 		if (is_udp(w))
 			n = w->run->o->size;
-		rbb_stream_fill(c->v.seed, c->sent, w->sbuf, n);
-		r = send(c->fd, w->sbuf, n, MSG_NOSIGNAL);
+		/* Straight from the stream's pattern: nothing to generate or copy. */
+		r = send(c->fd, rbb_stream_window(c->v.seed, c->sent, n), n, MSG_NOSIGNAL);
+		if (r > 0 && is_udp(w))
+			udp_mark_sent(w, c, c->sent / n);
 		if (r < 0) {
 			if (errno == EINTR)
 				continue;
@@ -351,6 +559,8 @@ static void conn_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now
 	if (is_udp(w)) {
 		conn_close(w, c, CONN_DONE);
 	} else {
+		if (w->run->o->tcp_info)
+			tcpi_sample(c, &w->tcpi);
 		shutdown(c->fd, SHUT_WR);
 		c->state = CONN_SHUTDOWN;
 		c->last_progress = now;
@@ -372,7 +582,10 @@ static void conn_maybe_finish(struct rbb_worker *w, struct rbb_conn *c, uint64_t
 	sending_over = w->ending || (c->active && c->issued >= c->quota);
 	if (!sending_over)
 		return;
-	if (c->sent == c->issued * w->run->o->size && c->v.off == c->sent)
+	/* udp: a hole may still turn up (reordered); the loss timeout ends the wait. */
+	/* An idle connection's only byte is its probe (sent == 1, issued == 0). */
+	if ((!c->active || c->sent == c->issued * w->run->o->size) && c->v.off == c->sent &&
+	    !c->holes)
 		conn_shutdown(w, c, now);
 }
 
@@ -418,36 +631,73 @@ static void conn_completed(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 }
 
 /*
- * A datagram that is not the next message. UDP may lose datagrams (and on
- * a busy machine our loss timeout may give up on one that then arrives):
- * a later message in flight means the ones before it were lost, an earlier
- * one is late. Returns 1 to verify it as message k (now next), 0 to ignore
- * it, or -EBADMSG when it is no message at all: a corrupt datagram.
+ * Which datagram a received one is. UDP may lose, reorder and (on a busy
+ * machine, past our loss timeout) delay datagrams. The next one expected is
+ * tried first, then the later ones in flight (the ones they overtook become
+ * holes, counted lost until they turn up), then earlier ones still in the
+ * window: an earlier one that is outstanding is reordered (or late, if the
+ * loss timeout gave up on it), one that already came back is a duplicate.
+ * Returns 0 to verify it as the next message, 1 when it was counted and is
+ * done with, or -EBADMSG after recording the error.
  */
-static int udp_resync(struct rbb_worker *w, struct rbb_conn *c, size_t len)
+static int udp_classify(struct rbb_worker *w, struct rbb_conn *c, size_t len)
 {
 	const size_t size = w->run->o->size;
-	const uint64_t next = c->v.off / size;
-	uint64_t back = 64 + 4ULL * w->run->o->depth;
+	const uint64_t next = c->v.off / size, sent_msgs = c->sent / size;
+	const uint64_t low = sent_msgs > w->win ? sent_msgs - w->win : 0;
+	size_t bad;
 
-	for (uint64_t k = next + 1; k * size < c->sent; k++) {
+	if (next < sent_msgs) {
+		bad = rbb_stream_check(c->v.seed, next * size, w->rbuf, len);
+		if (bad == len)
+			return 0;
+	} else {
+		bad = len;
+	}
+	for (uint64_t k = next + 1; k < sent_msgs; k++) {
 		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
 			w->lost += k - next;
+			c->holes += k - next;
 			c->done = k;
 			c->v.off = k * size;
-			return 1;
-		}
-	}
-	for (uint64_t k = next; k-- > 0 && back--;) {
-		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) == len) {
-			w->late++;
 			return 0;
 		}
 	}
-	rbb_error(w->run, true,
-		  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %llu): expected 0x%02x, got 0x%02x",
-		  c->index, (unsigned long long)c->v.bad_off, (unsigned long long)next,
-		  (unsigned long long)(c->v.bad_off - c->v.off), c->v.expected, c->v.got);
+	for (uint64_t k = next < sent_msgs ? next : sent_msgs; k-- > low;) {
+		if (rbb_stream_check(c->v.seed, k * size, w->rbuf, len) != len)
+			continue;
+		if (!udp_outstanding(w, c, k)) {
+			rbb_error(w->run, true,
+				  "connection %u: duplicate udp datagram %llu (offset %llu): it came back before",
+				  c->index, (unsigned long long)k, (unsigned long long)(k * size));
+			return -EBADMSG;
+		}
+		udp_set_outstanding(w, c, k, false);
+		w->lost--;
+		if (k < c->gaveup_below) {
+			w->late++;
+		} else {
+			w->reordered++;
+			c->holes--;
+		}
+		w->verified += len;
+		atomic_fetch_add_explicit(&w->prog_bytes, len, memory_order_relaxed);
+		return 1;
+	}
+	if (bad < len)
+		rbb_error(w->run, true,
+			  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %zu): expected 0x%02x, got 0x%02x%s",
+			  c->index, (unsigned long long)(next * size + bad),
+			  (unsigned long long)next, bad,
+			  rbb_stream_byte(c->v.seed, next * size + bad), w->rbuf[bad],
+			  c->v.off == 0 && w->verified == 0 ?
+				  " (the first byte came back different: is this an echo server?)" :
+				  "");
+	else
+		rbb_error(w->run, true,
+			  "connection %u: extra udp datagram: nothing is in flight after %llu datagrams, and it matches none of the last %llu",
+			  c->index, (unsigned long long)sent_msgs,
+			  (unsigned long long)(sent_msgs - low));
 	return -EBADMSG;
 }
 
@@ -457,11 +707,12 @@ static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 	const size_t size = w->run->o->size;
 	uint64_t sent_msgs = c->sent / size;
 
-	if (now - c->last_progress < UDP_LOSS_NS || c->done >= sent_msgs)
+	if (now - c->last_progress < UDP_LOSS_NS || (c->done >= sent_msgs && !c->holes))
 		return;
-	if (!c->loss_since)
+	if (c->done < sent_msgs && !c->loss_since)
 		c->loss_since = c->last_progress;
-	if (now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
+	if (c->loss_since &&
+	    now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
 		rbb_error(w->run, true,
 			  "connection %u: stall: no udp datagram echoed for %.1f s at offset %llu (%llu datagrams lost in all)",
 			  c->index, (double)(now - c->loss_since) / 1e9,
@@ -473,6 +724,8 @@ static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 	w->lost += sent_msgs - c->done;
 	c->done = sent_msgs;
 	c->v.off = c->sent;
+	c->holes = 0;
+	c->gaveup_below = sent_msgs;
 	c->last_progress = now;
 	conn_issue(w, c, now);
 	conn_maybe_finish(w, c, now);
@@ -505,25 +758,15 @@ static void udp_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			conn_fail(w, c);
 			return;
 		}
-		rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
-		if (rc == -EBADMSG) {
-			rc = udp_resync(w, c, (size_t)r);
-			if (rc < 0) {
-				conn_fail(w, c);
-				return;
-			}
-			if (rc == 0)
-				continue;
-			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
-		}
-		if (rc == -EOVERFLOW) {
-			rbb_error(w->run, true,
-				  "connection %u: extra udp datagram at offset %llu: only %llu bytes were sent",
-				  c->index, (unsigned long long)c->v.off,
-				  (unsigned long long)c->sent);
+		rc = udp_classify(w, c, (size_t)r);
+		if (rc < 0) {
 			conn_fail(w, c);
 			return;
 		}
+		if (rc > 0)
+			continue;
+		udp_set_outstanding(w, c, c->v.off / size, false);
+		c->v.off += size;
 		c->last_progress = now;
 		c->loss_since = 0;
 		conn_completed(w, c, now, (size_t)r);
@@ -546,9 +789,12 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
 			if (rc == -EBADMSG) {
 				rbb_error(w->run, true,
-					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x",
+					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x%s",
 					  c->index, (unsigned long long)c->v.bad_off,
-					  c->v.expected, c->v.got);
+					  c->v.expected, c->v.got,
+					  c->v.bad_off == 0 ?
+						  " (the first byte came back different: is this an echo server?)" :
+						  "");
 				conn_fail(w, c);
 				return;
 			}
@@ -571,7 +817,11 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 				conn_close(w, c, CONN_DONE);
 				return;
 			}
-			if (c->v.off < c->sent)
+			if (!c->active)
+				rbb_error(w->run, true,
+					  "connection %u: the server closed this idle connection before the client did",
+					  c->index);
+			else if (c->v.off < c->sent)
 				rbb_error(w->run, true,
 					  "connection %u: short stream: server closed after %llu of %llu bytes",
 					  c->index, (unsigned long long)c->v.off,
@@ -587,8 +837,13 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			continue;
 		if (errno == EAGAIN)
 			break;
-		rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s", c->index,
-			  (unsigned long long)c->v.off, (unsigned long long)c->sent, strerror(errno));
+		if (!c->active)
+			rbb_error(w->run, true, "connection %u: idle connection: %s", c->index,
+				  strerror(errno));
+		else
+			rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s",
+				  c->index, (unsigned long long)c->v.off,
+				  (unsigned long long)c->sent, strerror(errno));
 		conn_fail(w, c);
 		return;
 	}
@@ -682,6 +937,8 @@ static void traffic(struct rbb_worker *w)
 	struct epoll_event evs[MAX_EVENTS];
 	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
 	uint64_t per_conn = 0, extra = 0;
+	uint64_t iv = o->tcp_info ? (uint64_t)(o->interval * 1e9) : 0;
+	uint64_t next_iv = iv ? run->t_start + iv : UINT64_MAX;
 
 	/* Split this worker's quota (-n) and rate over its connected active connections. */
 	if (w->n_act) {
@@ -710,6 +967,8 @@ static void traffic(struct rbb_worker *w)
 
 		if (!w->ending && run->t_end < wake)
 			wake = run->t_end;
+		if (next_iv < wake)
+			wake = next_iv;
 		if (open_loop(w) && !w->ending && w->n_act && next_slot(w) < wake)
 			wake = next_slot(w);
 		now = rbb_now();
@@ -748,6 +1007,228 @@ static void traffic(struct rbb_worker *w)
 			stall_check(w, now);
 			next_sweep = now + TICK_NS;
 		}
+		if (now >= next_iv) {
+			/* Just before the main thread's progress line at the same instant. */
+			tcpi_interval(w);
+			next_iv += iv;
+		}
+	}
+}
+
+/* ---- --crr: connect, send one message, read its echo, close ------------ */
+
+static void crr_next(struct rbb_worker *w, struct rbb_conn *c, uint64_t now);
+
+static void crr_fail(struct rbb_worker *w, struct rbb_conn *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->state = CONN_FAILED;
+	w->left--;
+	atomic_store(&w->run->stop, 1);
+}
+
+/* The echo came back whole and the server closed after us: one transaction. */
+static void crr_done(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	size_t size = w->run->o->size;
+
+	close(c->fd);
+	c->fd = -1;
+	w->verified += size;
+	if (measuring(w, now)) {
+		w->msgs++;
+		w->bytes += size;
+		rbb_hist_record(w->hist, now - c->txn_start);
+	}
+	w->last_done = now;
+	atomic_fetch_add_explicit(&w->prog_msgs, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->prog_bytes, size, memory_order_relaxed);
+	c->state = CONN_NEW;
+	c->restart = true; /* after this batch: a stale event must not hit the new socket */
+}
+
+static void crr_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+		int rc;
+
+		if (r > 0) {
+			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
+			if (rc < 0) {
+				rbb_error(w->run, true,
+					  "connection %u: transaction %llu: %s at offset %llu: expected 0x%02x, got 0x%02x%s",
+					  c->index, (unsigned long long)c->txn,
+					  rc == -EBADMSG ? "byte mismatch" : "extra byte",
+					  (unsigned long long)c->v.bad_off, c->v.expected, c->v.got,
+					  c->v.bad_off == 0 ?
+						  " (the first byte came back different: is this an echo server?)" :
+						  "");
+				crr_fail(w, c);
+				return;
+			}
+			c->last_progress = now;
+			if (c->state == CONN_RUNNING && c->v.off == w->run->o->size) {
+				shutdown(c->fd, SHUT_WR);
+				c->state = CONN_SHUTDOWN;
+			}
+			continue;
+		}
+		if (r == 0) {
+			if (c->state == CONN_SHUTDOWN) {
+				crr_done(w, c, now);
+				return;
+			}
+			rbb_error(w->run, true,
+				  "connection %u: transaction %llu: short stream: server closed after %llu of %zu bytes",
+				  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
+				  w->run->o->size);
+			crr_fail(w, c);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return;
+		rbb_error(w->run, true, "connection %u: transaction %llu: recv after %llu of %zu bytes: %s",
+			  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
+			  w->run->o->size, strerror(errno));
+		crr_fail(w, c);
+		return;
+	}
+}
+
+static void crr_connected(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err) {
+		rbb_error(w->run, true, "connection %u: transaction %llu: connect to %s: %s",
+			  c->index, (unsigned long long)c->txn, w->run->o->url, strerror(err));
+		w->connect_errors++;
+		crr_fail(w, c);
+		return;
+	}
+	if (measuring(w, now))
+		rbb_hist_record(w->conn_hist, now - c->txn_start);
+	w->connected++;
+	c->state = CONN_RUNNING;
+	c->last_progress = now;
+	conn_flush(w, c);
+	if (c->state == CONN_RUNNING)
+		crr_read(w, c, now);
+}
+
+/* Starts this slot's next transaction, or retires the slot. */
+static void crr_next(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	const struct rbb_opts *o = w->run->o;
+
+	c->restart = false;
+	if (w->ending || (o->messages && w->quota_used >= w->quota)) {
+		c->state = CONN_DONE;
+		w->left--;
+		return;
+	}
+	w->quota_used++;
+	c->txn++;
+	rbb_verifier_init(&c->v, rbb_stream_seed(o->seed, c->txn << 32 | c->index));
+	c->sent = 0;
+	c->issued = 1;
+	c->done = 0;
+	c->txn_start = now;
+	c->last_progress = now;
+	connect_start(w, c);
+	if (c->state == CONN_FAILED) {
+		w->left--;
+		atomic_store(&w->run->stop, 1);
+		return;
+	}
+	if (c->state == CONN_RETRY) {
+		/* A full unix backlog: try again on the next pass. */
+		c->state = CONN_NEW;
+		c->restart = true;
+	}
+}
+
+static void crr_traffic(struct rbb_worker *w)
+{
+	struct rbb_run *run = w->run;
+	const struct rbb_opts *o = run->o;
+	struct epoll_event evs[MAX_EVENTS];
+	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
+	uint64_t limit = (uint64_t)(o->stall_timeout * 1e9);
+
+	w->left = w->n_conns;
+	for (unsigned i = 0; i < w->n_conns; i++)
+		crr_next(w, &w->conns[i], now);
+	while (w->left && !atomic_load(&run->stop)) {
+		bool retry = false;
+		uint64_t wake = next_sweep;
+		int n;
+
+		if (!w->ending && run->t_end < wake)
+			wake = run->t_end;
+		for (unsigned i = 0; i < w->n_conns; i++)
+			retry |= w->conns[i].restart;
+		now = rbb_now();
+		n = wait_events(w, evs, retry ? 0 : wake > now ? wake - now : 0);
+		if (n < 0 && errno != EINTR) {
+			rbb_error(run, true, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		now = rbb_now();
+		for (int i = 0; i < n; i++) {
+			struct rbb_conn *c = evs[i].data.ptr;
+
+			if (c->restart || c->fd < 0)
+				continue; /* stale: its socket was closed in this batch */
+			if (c->state == CONN_CONNECTING) {
+				if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP))
+					crr_connected(w, c, now);
+				continue;
+			}
+			if (c->state == CONN_RUNNING && (evs[i].events & EPOLLOUT))
+				conn_flush(w, c);
+			if ((c->state == CONN_RUNNING || c->state == CONN_SHUTDOWN) &&
+			    (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+				crr_read(w, c, now);
+		}
+		if (!w->ending && now >= run->t_end) {
+			if (o->messages) {
+				rbb_error(run, true,
+					  "time limit of %.1f s reached before %llu transactions were done",
+					  o->duration, (unsigned long long)o->messages);
+				break;
+			}
+			w->ending = true;
+		}
+		for (unsigned i = 0; i < w->n_conns; i++)
+			if (w->conns[i].restart)
+				crr_next(w, &w->conns[i], now);
+		if (now >= next_sweep) {
+			for (unsigned i = 0; i < w->n_conns; i++) {
+				struct rbb_conn *c = &w->conns[i];
+
+				if (c->fd < 0 || now - c->last_progress < limit)
+					continue;
+				rbb_error(run, true,
+					  "connection %u: transaction %llu: stall: no progress for %.1f s %s at offset %llu",
+					  c->index, (unsigned long long)c->txn,
+					  (double)(now - c->last_progress) / 1e9,
+					  c->state == CONN_CONNECTING ? "connecting" :
+					  c->state == CONN_SHUTDOWN   ? "waiting for the server's EOF" :
+									"waiting for the echo",
+					  (unsigned long long)c->v.off);
+				crr_fail(w, c);
+			}
+			next_sweep = now + TICK_NS;
+		}
 	}
 }
 
@@ -757,6 +1238,18 @@ void *rbb_worker_main(void *arg)
 	struct rbb_run *run = w->run;
 	uint64_t one = 1;
 
+	if (run->o->crr) {
+		/* Connections are made by the transactions; the quota is split by slots. */
+		w->n_act = w->n_conns;
+		pthread_barrier_wait(&run->barrier);
+		pthread_barrier_wait(&run->barrier);
+		if (!atomic_load(&run->stop))
+			crr_traffic(w);
+		if (write(run->done_fd, &one, sizeof(one)) < 0) {
+			/* Cannot happen for an eventfd below its maximum. */
+		}
+		return NULL;
+	}
 	connect_all(w);
 	for (unsigned i = 0; i < w->n_conns; i++) {
 		struct rbb_conn *c = &w->conns[i];

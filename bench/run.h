@@ -17,6 +17,17 @@
 
 struct rbb_worker;
 
+/* TCP_INFO samples summed up: per connection, at the end or at an interval. */
+struct rbb_tcpagg {
+	uint64_t n;
+	uint64_t retrans; /* tcpi_total_retrans summed */
+	double rtt_sum, rttvar_sum, cwnd_sum;
+	uint32_t rtt_min, rtt_max, cwnd_min, cwnd_max; /* rtt in us, cwnd in segments */
+};
+
+/* Adds @b into @a. */
+void rbb_tcpagg_merge(struct rbb_tcpagg *a, const struct rbb_tcpagg *b);
+
 struct rbb_run {
 	const struct rbb_opts *o;
 	unsigned n_workers;
@@ -47,11 +58,14 @@ struct rbb_worker {
 	struct rbb_conn **act; /* connected active connections */
 	unsigned n_act;
 	uint64_t *ts; /* send time rings, depth slots per connection */
-	uint8_t *sbuf;
+	uint64_t *bits; /* udp: outstanding-datagram rings, win bits per connection */
+	unsigned win;
 	uint8_t *rbuf;
-	struct rbb_hist *hist;
+	struct rbb_hist *hist;      /* message latency; --crr: transaction latency */
+	struct rbb_hist *conn_hist; /* --crr: connect latency */
 
 	uint64_t quota; /* -n: messages this worker's connections send */
+	uint64_t quota_used; /* --crr: transactions started */
 	double period;  /* open loop: ns between this worker's sends */
 	int64_t last_j; /* open loop: last scheduled send slot visited */
 	unsigned left;  /* connections not finished yet */
@@ -65,8 +79,13 @@ struct rbb_worker {
 	uint64_t last_done; /* ns of the last completion */
 	uint64_t lost;      /* udp datagrams that never came back */
 	uint64_t late;      /* udp datagrams that came back after being given up */
+	uint64_t reordered; /* udp datagrams that came back after a later one */
 	unsigned connected;
 	unsigned connect_errors;
+	unsigned unserved; /* idle connections that did not echo their first byte */
+	struct rbb_tcpagg tcpi;    /* --tcp-info: every connection at its end */
+	pthread_mutex_t tcpi_lock; /* guards tcpi_iv */
+	struct rbb_tcpagg tcpi_iv; /* --tcp-info: the latest --interval sample */
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */
 	atomic_uint_least64_t prog_bytes;
 };

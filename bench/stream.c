@@ -2,6 +2,8 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* splitmix64's output function: a fast, well-mixed 64-bit bijection. */
@@ -20,11 +22,37 @@ static uint64_t word_at(uint64_t seed, uint64_t block)
 	return mix64(seed + block * 0x9e3779b97f4a7c15ULL);
 }
 
-/* Words are laid out little-endian whatever the host, so streams are portable. */
-static void store_le(uint8_t *p, uint64_t w)
+/*
+ * The pattern: RBB_STREAM_PERIOD pseudo-random bytes, followed by a copy of
+ * its first RBB_STREAM_WINDOW bytes so that any window of up to that length
+ * is contiguous. Stream @seed is the pattern read from offset seed % period,
+ * wrapping: sending is a pointer into it and checking is memcmp, so the
+ * client costs little next to the kernel's copies. The period is odd, so it
+ * never lines up with message or buffer sizes.
+ */
+static uint8_t *pattern;
+static pthread_once_t pattern_once = PTHREAD_ONCE_INIT;
+
+static void pattern_init(void)
 {
-	for (unsigned i = 0; i < 8; i++)
-		p[i] = (uint8_t)(w >> (8 * i));
+	size_t len = RBB_STREAM_PERIOD + RBB_STREAM_WINDOW;
+
+	pattern = malloc(len);
+	if (!pattern)
+		abort();
+	for (size_t i = 0; i < RBB_STREAM_PERIOD; i += 8) {
+		uint64_t w = word_at(0x5eedULL, i / 8);
+
+		for (size_t k = 0; k < 8 && i + k < RBB_STREAM_PERIOD; k++)
+			pattern[i + k] = (uint8_t)(w >> (8 * k));
+	}
+	memcpy(pattern + RBB_STREAM_PERIOD, pattern, RBB_STREAM_WINDOW);
+}
+
+static const uint8_t *pattern_at(uint64_t seed, uint64_t off)
+{
+	pthread_once(&pattern_once, pattern_init);
+	return pattern + (seed % RBB_STREAM_PERIOD + off % RBB_STREAM_PERIOD) % RBB_STREAM_PERIOD;
 }
 
 uint64_t rbb_stream_seed(uint64_t run_seed, uint64_t index)
@@ -34,29 +62,25 @@ uint64_t rbb_stream_seed(uint64_t run_seed, uint64_t index)
 
 uint8_t rbb_stream_byte(uint64_t seed, uint64_t off)
 {
-	return (uint8_t)(word_at(seed, off / 8) >> (8 * (off % 8)));
+	return *pattern_at(seed, off);
+}
+
+const void *rbb_stream_window(uint64_t seed, uint64_t off, size_t len)
+{
+	return len <= RBB_STREAM_WINDOW ? pattern_at(seed, off) : NULL;
 }
 
 void rbb_stream_fill(uint64_t seed, uint64_t off, void *buf, size_t len)
 {
 	uint8_t *p = buf;
-	uint64_t block = off / 8;
-	uint8_t w[8];
 
-	/* Head up to the next word boundary. */
-	while (len && off % 8) {
-		*p++ = rbb_stream_byte(seed, off++);
-		len--;
-	}
-	block = off / 8;
-	while (len >= 8) {
-		store_le(p, word_at(seed, block++));
-		p += 8;
-		len -= 8;
-	}
-	if (len) {
-		store_le(w, word_at(seed, block));
-		memcpy(p, w, len);
+	while (len) {
+		size_t n = len < RBB_STREAM_WINDOW ? len : RBB_STREAM_WINDOW;
+
+		memcpy(p, pattern_at(seed, off), n);
+		p += n;
+		off += n;
+		len -= n;
 	}
 }
 
@@ -64,26 +88,17 @@ size_t rbb_stream_check(uint64_t seed, uint64_t off, const void *buf, size_t len
 {
 	const uint8_t *p = buf;
 	size_t i = 0;
-	uint8_t w[8];
 
-	while (i < len && (off + i) % 8) {
-		if (p[i] != rbb_stream_byte(seed, off + i))
-			return i;
-		i++;
-	}
-	while (len - i >= 8) {
-		store_le(w, word_at(seed, (off + i) / 8));
-		if (memcmp(w, p + i, 8)) {
-			for (unsigned k = 0; k < 8; k++)
-				if (w[k] != p[i + k])
+	while (i < len) {
+		size_t n = len - i < RBB_STREAM_WINDOW ? len - i : RBB_STREAM_WINDOW;
+		const uint8_t *want = pattern_at(seed, off + i);
+
+		if (memcmp(p + i, want, n)) {
+			for (size_t k = 0; k < n; k++)
+				if (p[i + k] != want[k])
 					return i + k;
 		}
-		i += 8;
-	}
-	while (i < len) {
-		if (p[i] != rbb_stream_byte(seed, off + i))
-			return i;
-		i++;
+		i += n;
 	}
 	return len;
 }

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Per-connection pseudo-random byte streams. Byte k of a stream is a pure
- * function of (seed, k), so the sender regenerates any part of it on demand
- * and the receiver checks echoed bytes without keeping a copy of what was
- * sent.
+ * function of (seed, k): a window of one precomputed pseudo-random pattern,
+ * so the sender sends straight from it and the receiver checks echoed bytes
+ * with memcmp, without keeping a copy of what was sent.
  */
 #ifndef RBB_STREAM_H
 #define RBB_STREAM_H
@@ -11,10 +11,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Period of every stream: an odd length, a little under 1 MiB. */
+#define RBB_STREAM_PERIOD ((1u << 20) - 3)
+/* The longest window rbb_stream_window() hands out. */
+#define RBB_STREAM_WINDOW (256u * 1024u)
+
 /* Seed of connection @index's stream in a run seeded with @run_seed. */
 uint64_t rbb_stream_seed(uint64_t run_seed, uint64_t index);
 /* Writes bytes [off, off + len) of stream @seed into @buf. */
 void rbb_stream_fill(uint64_t seed, uint64_t off, void *buf, size_t len);
+/*
+ * Bytes [off, off + len) of stream @seed, in place: valid for the life of
+ * the process. NULL when @len is over RBB_STREAM_WINDOW.
+ */
+const void *rbb_stream_window(uint64_t seed, uint64_t off, size_t len);
 /* Byte @off of stream @seed. */
 uint8_t rbb_stream_byte(uint64_t seed, uint64_t off);
 /*

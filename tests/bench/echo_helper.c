@@ -6,6 +6,14 @@
  *   --flip-at N   invert byte N of every connection's stream
  *   --stall-at N  stop echoing (but keep the connection) at byte N
  *   --close-at N  close the connection at byte N
+ *   --max-conns N close every connection accepted after the first N at once
+ *   --accept-max N  stop accepting after N connections (the rest wait in
+ *                 the backlog)
+ *   --fork-child  fork an idle child (a process tree, as a forking server has);
+ *                 it exits when the parent does
+ *   --leak-fds    at a client's EOF, send FIN but never close the descriptor
+ *   --udp-swap    udp: echo datagrams in swapped pairs (2nd, then 1st)
+ *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
  *                 or unix:PATH; over udp the offsets count all datagrams' bytes
  * Prints "echo-helper: listening on URL" to stderr once it accepts and
@@ -40,6 +48,8 @@ struct conn {
 };
 
 static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
+static bool udp_swap, udp_dup, leak_fds;
+static uint64_t max_conns = NONE, accept_max = NONE, accepted;
 static int epfd;
 static struct conn *conns;
 
@@ -110,6 +120,11 @@ static bool conn_io(struct conn *c, uint32_t events)
 	}
 	if (c->eof && c->head == c->tail) {
 		shutdown(c->fd, SHUT_WR);
+		if (leak_fds) {
+			epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+			c->fd = dup(c->fd); /* the original stays open for good */
+			return false;
+		}
 		conn_close(c);
 		return false;
 	}
@@ -139,7 +154,26 @@ static void udp_echo(int fd)
 				continue;
 			out[n++] = off == flip_at ? (uint8_t)~in[i] : in[i];
 		}
+		if (udp_swap) {
+			/* Hold every other datagram and send it after the next one. */
+			static uint8_t held[65536];
+			static size_t held_len;
+			static bool holding;
+
+			if (!holding) {
+				memcpy(held, out, n);
+				held_len = n;
+				holding = true;
+				continue;
+			}
+			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
+			sendto(fd, held, held_len, 0, (struct sockaddr *)&peer, pl);
+			holding = false;
+			continue;
+		}
 		if (n || !r)
+			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
+		if (udp_dup)
 			sendto(fd, out, n, 0, (struct sockaddr *)&peer, pl);
 	}
 }
@@ -216,6 +250,34 @@ int main(int argc, char **argv)
 	sigset_t sigs;
 
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--udp-swap")) {
+			udp_swap = true;
+			continue;
+		}
+		if (!strcmp(argv[i], "--fork-child")) {
+			int p[2];
+			char b;
+
+			if (pipe(p) < 0)
+				return 1;
+			if (fork() == 0) {
+				/* EOF when the parent (the write end's only holder) exits. */
+				close(p[1]);
+				while (read(p[0], &b, 1) > 0)
+					;
+				_exit(0);
+			}
+			close(p[0]);
+			continue;
+		}
+		if (!strcmp(argv[i], "--leak-fds")) {
+			leak_fds = true;
+			continue;
+		}
+		if (!strcmp(argv[i], "--udp-dup")) {
+			udp_dup = true;
+			continue;
+		}
 		if (i + 1 >= argc) {
 			fprintf(stderr, "echo-helper: '%s' needs a value\n", argv[i]);
 			return 2;
@@ -228,6 +290,10 @@ int main(int argc, char **argv)
 			stall_at = number(argv[++i]);
 		else if (!strcmp(argv[i], "--close-at"))
 			close_at = number(argv[++i]);
+		else if (!strcmp(argv[i], "--max-conns"))
+			max_conns = number(argv[++i]);
+		else if (!strcmp(argv[i], "--accept-max"))
+			accept_max = number(argv[++i]);
 		else if (!strcmp(argv[i], "--listen"))
 			url = argv[++i];
 		else {
@@ -276,6 +342,12 @@ int main(int argc, char **argv)
 
 				if (fd < 0)
 					continue;
+				if (++accepted >= accept_max)
+					epoll_ctl(epfd, EPOLL_CTL_DEL, lfd, NULL);
+				if (accepted > max_conns) {
+					close(fd);
+					continue;
+				}
 				c = calloc(1, sizeof(*c));
 				if (!c) {
 					close(fd);

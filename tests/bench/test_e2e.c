@@ -363,6 +363,102 @@ Test(e2e, udp_silence_is_a_stall)
 	cr_assert_eq(stop_server(&s), 0);
 }
 
+/*
+ * Issue 9 item 9: a server that reorders datagrams (rebound's workers share
+ * one socket) echoes each exactly once; reordering is counted, not an error.
+ */
+Test(e2e, udp_reordering_is_counted_not_an_error)
+{
+	const char *args[] = {"-c", "1", "-s", "1024", "--depth", "2", "-n", "1000", "--json", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--udp-swap", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"udp_lost\": 0, \"udp_late\": 0, \"udp_reordered\": 500,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"verified_bytes\": 1024000,"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, udp_duplicate_is_an_error)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-n", "10", NULL};
+	struct server s;
+
+	start_udp_helper(&s, "--udp-dup", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: duplicate udp datagram 0 (offset 0)"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* Issue 15: idle connections must prove they are served (a first echo at connect). */
+Test(e2e, idle_connections_closed_by_the_server_fail)
+{
+	const char *args[] = {"-c", "10", "--active", "2", "-d", "0.3", "--json", NULL};
+	struct server s;
+
+	start_helper(&s, "--max-conns", "4");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.err, ": idle connection not served: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "6 idle connections were not served"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, idle_connections_left_in_the_backlog_fail)
+{
+	const char *args[] = {"-c", "10", "--active", "2", "-d", "0.3", "--stall-timeout", "0.5",
+			      "--json", NULL};
+	struct server s;
+
+	start_helper(&s, "--accept-max", "4");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+			   "%s", result.out);
+	cr_assert_not_null(strstr(result.err, ": idle connection not served: no echo of its first byte within 1.0 s"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, idle_connections_served_pass)
+{
+	const char *args[] = {"-c", "50", "--active", "3", "-d", "0.3", NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "50 connected, 0 connect errors\n"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* Issue 15: --server-pid counts the whole process tree; --cpu-system and the client's CPU. */
+Test(e2e, cpu_of_server_tree_client_and_system)
+{
+	char pid[32], want[64];
+	const char *args[] = {"-c", "2", "-s", "1000", "-d", "0.3", "--json", "--cpu-system",
+			      "--server-pid", pid, NULL};
+	struct server s;
+
+	start_helper(&s, "--fork-child", NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"server_procs\": 2,"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"client_cpu_s\": "), "%s", result.out);
+	snprintf(want, sizeof(want), "\"system_cpus\": %ld,", sysconf(_SC_NPROCESSORS_ONLN));
+	cr_assert_not_null(strstr(result.out, want), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"system_cpu_util_by_cpu\": {\"cpu0\": "), "%s",
+			   result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
 Test(e2e, bad_usage_exits_2_with_one_line)
 {
 	const char *args[] = {"-c", "0", "tcp://127.0.0.1:1", NULL};
@@ -417,4 +513,135 @@ Test(e2e, real_rebound_udp)
 	const char *args[] = {"-c", "4", "--depth", "2", "-s", "1000", "-d", "1", NULL};
 
 	against_rebound("udp://127.0.0.1:0", args);
+}
+
+Test(e2e, real_rebound_idle_connections_are_served)
+{
+	const char *args[] = {"-c", "200", "--active", "4", "-s", "64", "-d", "0.5", NULL};
+
+	against_rebound("tcp://127.0.0.1:0", args);
+	cr_assert_not_null(strstr(result.out, "200 connected, 0 connect errors\n"), "%s", result.out);
+}
+
+/* The number after @key in @json, or -1. */
+static long json_num(const char *json, const char *key)
+{
+	char k[64];
+	const char *at;
+
+	snprintf(k, sizeof(k), "\"%s\": ", key);
+	at = strstr(json, k);
+	return at ? strtol(at + strlen(k), NULL, 10) : -1;
+}
+
+/* Issue 15: --crr against rebound: exact transactions, no errors, no descriptor growth. */
+Test(e2e, crr_against_rebound)
+{
+	const char *rebound = getenv("REBOUND");
+	char pid[32];
+	const char *args[] = {"--crr", "-c", "4", "-n", "2000", "-s", "100", "--json",
+			      "--server-pid", pid, NULL};
+	struct server s;
+
+	if (!rebound || !*rebound)
+		cr_skip_test("rebound is not built in this tree");
+	char *argv[] = {(char *)rebound, (char *)"--listen", (char *)"tcp://127.0.0.1:0", NULL};
+
+	start_server(&s, argv);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_eq(json_num(result.out, "transactions"), 2000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "connected"), 2000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "verified_bytes"), 200000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "count"), 2000, "%s", result.out);
+	cr_assert_gt(json_num(result.out, "server_fds_before"), 0, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "server_fds_after"),
+		     json_num(result.out, "server_fds_before"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"mode\": \"crr\""), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"ok\": true"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, crr_catches_a_server_that_leaks_descriptors)
+{
+	char pid[32];
+	const char *args[] = {"--crr", "-c", "2", "-n", "50", "--server-pid", pid, NULL};
+	struct server s;
+
+	start_helper(&s, "--leak-fds", NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "transactions 50 "), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: the server's descriptors grew from "),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, crr_finds_a_wrong_byte)
+{
+	const char *args[] = {"--crr", "-c", "3", "-n", "300", "-s", "2000", NULL};
+	struct server s;
+
+	start_helper(&s, "--flip-at", "1500");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, ": byte mismatch at offset 1500: "), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* Issue 15: TCP_INFO in the JSON, at the end and at every --interval; version and timestamp. */
+Test(e2e, tcp_info_and_interval_samples_in_the_json)
+{
+	const char *args[] = {"-c", "3", "--depth", "2", "-d", "0.5", "--interval", "0.1",
+			      "--tcp-info", "--json", NULL};
+	struct server s;
+	const char *ti, *iv;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "{\"version\": \""), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"timestamp\": \"20"), "%s", result.out);
+	ti = strstr(result.out, "\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": ");
+	cr_assert_not_null(ti, "%s", result.out);
+	cr_assert_gt(strtol(ti + strlen("\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": "), NULL, 10), 0,
+		     "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"retrans\": "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"cwnd\": {\"min\": "), "%s", result.out);
+	/* Interval lines: JSON on stderr, and the same samples in the report. */
+	iv = strstr(result.out, "\"intervals\": [\n  {\"t\": ");
+	cr_assert_not_null(iv, "%s", result.out);
+	cr_assert_not_null(strstr(iv, "\"tcp_info\": {\"samples\": 3,"), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "{\"t\": "), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, falling_behind_the_rate_is_reported_and_strict_fails)
+{
+	const char *args[] = {"-c", "1", "--rate", "100000000", "-d", "0.3", "--strict", "--json",
+			      NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "\"rate_behind\": true"), "%s", result.out);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: fell behind --rate: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "--strict: the achieved rate"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, not_an_echo_server_gets_a_hint)
+{
+	const char *args[] = {"-c", "1", "-s", "100", "-d", "0.3", NULL};
+	struct server s;
+
+	start_helper(&s, "--flip-at", "0");
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "(the first byte came back different: is this an echo server?)"),
+			   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
 }

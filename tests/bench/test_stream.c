@@ -191,3 +191,29 @@ Test(stream, more_bytes_than_sent)
 	cr_assert_eq(v.bad_off, 100);
 	cr_assert_eq(v.off, 60);
 }
+
+Test(stream, windows_are_the_stream_in_place_across_the_wrap)
+{
+	uint64_t seed = rbb_stream_seed(9, 1);
+	uint64_t wrap = RBB_STREAM_PERIOD - seed % RBB_STREAM_PERIOD; /* offset of the wrap */
+	static uint8_t buf[RBB_STREAM_WINDOW + 1];
+
+	for (uint64_t off = wrap - 70000; off < wrap + 70000; off += 9973) {
+		const uint8_t *win = rbb_stream_window(seed, off, RBB_STREAM_WINDOW);
+
+		cr_assert_not_null(win);
+		for (size_t i = 0; i < RBB_STREAM_WINDOW; i += 4099)
+			cr_assert_eq(win[i], rbb_stream_byte(seed, off + i), "off %llu + %zu",
+				     (unsigned long long)off, i);
+		cr_assert_eq(rbb_stream_check(seed, off, win, RBB_STREAM_WINDOW), RBB_STREAM_WINDOW);
+	}
+	cr_assert_null(rbb_stream_window(seed, 0, RBB_STREAM_WINDOW + 1));
+	/* Longer than a window: fill and check work in pieces. */
+	rbb_stream_fill(seed, wrap - 5, buf, sizeof(buf));
+	cr_assert_eq(rbb_stream_check(seed, wrap - 5, buf, sizeof(buf)), sizeof(buf));
+	buf[RBB_STREAM_WINDOW] ^= 1;
+	cr_assert_eq(rbb_stream_check(seed, wrap - 5, buf, sizeof(buf)), RBB_STREAM_WINDOW);
+	/* The period is where a stream repeats, and nowhere sooner for a window's length. */
+	cr_assert_eq(rbb_stream_byte(seed, 12345), rbb_stream_byte(seed, 12345 + RBB_STREAM_PERIOD));
+	cr_assert_neq(rbb_stream_check(seed, 0, rbb_stream_window(seed, 1u << 19, 4096), 4096), 4096);
+}
