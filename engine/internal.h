@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 #include <time.h>
 
@@ -91,13 +92,23 @@ struct rb_addr {
 	bool is_unix;
 	bool is_udp;
 	int inherited_fd; /* fd:N: a socket opened by someone else (socket activation) */
+	dev_t file_dev;   /* unix:PATH as bound: the file we may remove at exit */
+	ino_t file_ino;
 	char url[160];
+};
+
+struct rb_listen_opts {
+	int backlog;
+	bool reuseport;     /* SO_REUSEPORT: one socket per worker */
+	unsigned unix_mode; /* mode of a unix:PATH socket file */
 };
 
 /* Parse a --listen URL; 0 or -EINVAL with a reason in err. */
 int rb__parse_url(const char *url, struct rb_addr *out, char *err, size_t errlen);
 /* Open, bind and listen; returns the fd or -errno (reason in err). */
-int rb__listen(struct rb_addr *a, int backlog, char *err, size_t errlen);
+int rb__listen(struct rb_addr *a, const struct rb_listen_opts *o, char *err, size_t errlen);
+/* Remove a unix:PATH socket file, only if it is still the one we bound. */
+void rb__unix_unlink_if_ours(const struct rb_addr *a);
 /* Set a->url from the bound address (numeric host, real port). */
 void rb__addr_format(struct rb_addr *a);
 
@@ -166,6 +177,8 @@ struct rb_listener {
 	int fd;
 	bool pending; /* accept budget ran out: more may be waiting */
 	bool active;
+	bool owned;   /* this worker's own socket (UDP with SO_REUSEPORT): closed with it */
+	int port;     /* bound port (UDP: datagrams from it are never answered) */
 	struct rb_udp *udp;      /* a UDP socket: echoed datagram by datagram */
 	uint32_t udp_interest;   /* registered with a level-triggered poller */
 };
@@ -231,7 +244,7 @@ struct rb_server {
 
 /* UDP sockets (udp.c). */
 #define RB_UDP_BATCH 32
-struct rb_udp *rb__udp_create(int fd);
+struct rb_udp *rb__udp_create(int fd, int port);
 void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u);
 void rb__udp_run(struct rb_worker *w, struct rb_udp *u, uint32_t events);
 bool rb__udp_pending(const struct rb_udp *u);
@@ -247,6 +260,8 @@ void rb__pipes_fini(struct rb_worker *w);
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
 int rb__worker_run(struct rb_worker *w);
 bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
+/* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
+void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
 /* Drain the control eventfd and serve a stats request; true if a stop is asked. */
 bool rb__worker_control(struct rb_worker *w);
 void rb__worker_fini(struct rb_worker *w);
@@ -262,6 +277,9 @@ int rb__uring_worker_init(struct rb_worker *w);
 int rb__uring_run(struct rb_worker *w);
 void rb__uring_worker_fini(struct rb_worker *w);
 const char *rb__uring_detail(const struct rb_worker *w);
+/* UDP listener i: each worker has its own socket (SO_REUSEPORT), so the
+ * kernel keeps a flow on one worker and never reorders it. */
+bool rb__udp_per_worker(const struct rb_server *srv, size_t i);
 /* Close (and unlink) every listening socket; idempotent. */
 void rb__server_close_listeners(struct rb_server *srv);
 

@@ -44,7 +44,7 @@ static int parse_unix(const char *url, const char *path, struct rb_addr *a, char
 	if (len >= sizeof(sun->sun_path)) {
 		snprintf(err, errlen, "invalid listen URL '%s': socket path longer than %zu bytes",
 			 url, sizeof(sun->sun_path) - 1);
-		return -ENAMETOOLONG;
+		return -EINVAL;
 	}
 	sun->sun_family = AF_UNIX;
 	memcpy(sun->sun_path, path, len + 1);
@@ -138,24 +138,42 @@ bad_host:
 	return -EINVAL;
 }
 
-/* A leftover socket file from a dead server is removed; a live one is not. */
+/*
+ * A leftover socket file from a dead server is removed; a live one is not.
+ * The probe connect is non-blocking: a live server with a full backlog
+ * answers EAGAIN, which means alive, instead of blocking start-up for good.
+ */
 static int unix_clear_stale(const struct sockaddr_un *sun, socklen_t len)
 {
 	struct stat st;
-	int fd, rc;
+	int fd, rc, err;
 
 	if (sun->sun_path[0] == '\0' || stat(sun->sun_path, &st) < 0 || !S_ISSOCK(st.st_mode))
 		return 0;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
 	rc = connect(fd, (const struct sockaddr *)sun, len);
+	err = errno;
 	close(fd);
-	if (rc == 0)
+	if (rc == 0 || err == EAGAIN || err == EINPROGRESS)
 		return -EADDRINUSE;
-	if (errno == ECONNREFUSED)
+	if (err == ECONNREFUSED)
 		unlink(sun->sun_path);
 	return 0;
+}
+
+void rb__unix_unlink_if_ours(const struct rb_addr *a)
+{
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)&a->ss;
+	struct stat st;
+
+	/* Only the socket we bound: something put there since is not ours. */
+	if (!a->is_unix || a->inherited_fd >= 0 || !sun->sun_path[0] || !a->file_ino)
+		return;
+	if (lstat(sun->sun_path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == a->file_dev &&
+	    st.st_ino == a->file_ino)
+		unlink(sun->sun_path);
 }
 
 /* The URL of an address as bound: numeric host, real port. */
@@ -221,9 +239,10 @@ static int adopt(struct rb_addr *a, char *err, size_t errlen)
 	return fd;
 }
 
-int rb__listen(struct rb_addr *a, int backlog, char *err, size_t errlen)
+int rb__listen(struct rb_addr *a, const struct rb_listen_opts *o, char *err, size_t errlen)
 {
 	int family = a->ss.ss_family, one = 1, fd, rc;
+	const struct sockaddr_un *sun = (const struct sockaddr_un *)&a->ss;
 
 	if (a->inherited_fd >= 0)
 		return adopt(a, err, errlen);
@@ -238,13 +257,33 @@ int rb__listen(struct rb_addr *a, int backlog, char *err, size_t errlen)
 	fd = socket(family, (a->is_udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		goto fail;
-	if (!a->is_unix && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+	/* TCP: a restarted server may bind while old connections linger in
+	 * TIME_WAIT. Never for UDP: there SO_REUSEADDR lets another user bind
+	 * the same port and take our datagrams. SO_REUSEPORT (each worker its
+	 * own UDP socket) is safe: the kernel lets only the same user join. */
+	if (!a->is_unix && !a->is_udp &&
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto fail_close;
+	if (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
 		goto fail_close;
 	if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
 		goto fail_close;
 	if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0)
 		goto fail_close;
-	if (!a->is_udp && listen(fd, backlog) < 0)
+	if (a->is_unix && sun->sun_path[0]) {
+		struct stat st;
+		/* The file's mode would follow the umask (0777 under umask 000);
+		 * nobody can connect before listen(), so set it in between. */
+		if (chmod(sun->sun_path, o->unix_mode) < 0 || stat(sun->sun_path, &st) < 0) {
+			rc = -errno;
+			unlink(sun->sun_path);
+			errno = -rc;
+			goto fail_close;
+		}
+		a->file_dev = st.st_dev;
+		a->file_ino = st.st_ino;
+	}
+	if (!a->is_udp && listen(fd, o->backlog) < 0)
 		goto fail_close;
 	if (!a->is_unix) {
 		a->len = sizeof(a->ss);

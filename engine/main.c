@@ -62,6 +62,15 @@ static void usage(FILE *f)
 		"      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
 		"      --max-memory SIZE    cap on all buffered bytes, 0 = none (default 512m)\n"
 		"      --shutdown-timeout MS  flush deadline on SIGINT/SIGTERM (default 2000)\n"
+		"      --keepalive IDLE[,INTVL,CNT]  TCP keepalive in seconds, or off\n"
+		"                           (default 120,30,4)\n"
+		"      --user-timeout MS    TCP_USER_TIMEOUT: end a connection whose data stays\n"
+		"                           unacknowledged this long, 0 = kernel default\n"
+		"                           (default 240000)\n"
+		"      --unix-mode MODE     octal mode of unix:PATH socket files (default 0660)\n"
+		"      --udp-rate N         UDP datagrams answered per second per source\n"
+		"                           address, 0 = no limit (default 10000)\n"
+		"      --udp-allow-low-ports  answer UDP sources below port 1024 (default: never)\n"
 		"      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
 		"                           (default 1024)\n"
 		"      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
@@ -126,6 +135,44 @@ static int parse_uint_flag(const char *flag, const char *value, unsigned long mi
 	return 0;
 }
 
+/* --keepalive off | IDLE[,INTVL,CNT] (seconds). */
+static int parse_keepalive(const char *value, struct rb_config *cfg)
+{
+	unsigned long v[3] = {0, cfg->keepalive_intvl_s, cfg->keepalive_cnt};
+	static const unsigned long max[3] = {32767, 32767, 127};
+	const char *p = value;
+	char *end;
+
+	if (strcmp(value, "off") == 0) {
+		cfg->keepalive_idle_s = 0;
+		return 0;
+	}
+	for (int i = 0; i < 3; i++) {
+		if (*p < '0' || *p > '9')
+			goto bad;
+		errno = 0;
+		v[i] = strtoul(p, &end, 10);
+		if (errno || v[i] < 1 || v[i] > max[i])
+			goto bad;
+		p = end;
+		if (*p == '\0')
+			break;
+		if (*p != ',' || i == 2)
+			goto bad;
+		p++;
+	}
+	if (*p)
+		goto bad;
+	cfg->keepalive_idle_s = (unsigned)v[0];
+	cfg->keepalive_intvl_s = (unsigned)v[1];
+	cfg->keepalive_cnt = (unsigned)v[2];
+	return 0;
+bad:
+	return bad_value("--keepalive", value,
+			 "expected off or IDLE[,INTVL,CNT] in seconds (idle and interval "
+			 "1 to 32767, count 1 to 127)");
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -154,7 +201,8 @@ int main(int argc, char **argv)
 {
 	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL };
 	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
-	       OPT_LIST, OPT_PIPE };
+	       OPT_LIST, OPT_PIPE, OPT_KEEPALIVE, OPT_USER_TIMEOUT, OPT_UNIX_MODE, OPT_UDP_RATE,
+	       OPT_UDP_LOW };
 	static const struct option opts[] = {
 		{"listen", required_argument, NULL, 'l'},
 		{"engine", required_argument, NULL, 'e'},
@@ -170,6 +218,11 @@ int main(int argc, char **argv)
 		{"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
 		{"pipe-size", required_argument, NULL, OPT_PIPE},
 		{"list-engines", no_argument, NULL, OPT_LIST},
+		{"keepalive", required_argument, NULL, OPT_KEEPALIVE},
+		{"user-timeout", required_argument, NULL, OPT_USER_TIMEOUT},
+		{"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
+		{"udp-rate", required_argument, NULL, OPT_UDP_RATE},
+		{"udp-allow-low-ports", no_argument, NULL, OPT_UDP_LOW},
 		{"verbose", no_argument, NULL, 'v'},
 		{"quiet", no_argument, NULL, 'q'},
 		{"help", no_argument, NULL, 'h'},
@@ -179,7 +232,7 @@ int main(int argc, char **argv)
 	struct rb_config cfg;
 	struct rb_stats st;
 	struct sigaction sa;
-	char err[256];
+	char err[8192]; /* room for a whole over-long URL in the message */
 	unsigned long ul;
 	bool trigger_set = false;
 	int c, rc;
@@ -254,6 +307,34 @@ int main(int argc, char **argv)
 			if ((rc = parse_uint_flag("--uring-sqpoll", optarg, 0, 60000, &ul)))
 				return rc;
 			cfg.uring_sqpoll_ms = (unsigned)ul;
+			break;
+		case OPT_KEEPALIVE:
+			if ((rc = parse_keepalive(optarg, &cfg)))
+				return rc;
+			break;
+		case OPT_USER_TIMEOUT:
+			if ((rc = parse_uint_flag("--user-timeout", optarg, 0, 2147483647, &ul)))
+				return rc;
+			cfg.user_timeout_ms = (unsigned)ul;
+			break;
+		case OPT_UNIX_MODE: {
+			char *end;
+			errno = 0;
+			ul = strtoul(optarg, &end, 8);
+			if (!*optarg || *end || errno || ul > 0777 ||
+			    strspn(optarg, "01234567") != strlen(optarg))
+				return bad_value("--unix-mode", optarg,
+						 "expected an octal mode from 0 to 0777, such as 0660");
+			cfg.unix_mode = (unsigned)ul;
+			break;
+		}
+		case OPT_UDP_RATE:
+			if ((rc = parse_uint_flag("--udp-rate", optarg, 0, 100000000, &ul)))
+				return rc;
+			cfg.udp_rate = (unsigned)ul;
+			break;
+		case OPT_UDP_LOW:
+			cfg.udp_low_ports = true;
 			break;
 		case OPT_LIST:
 			for (int e = RB_ENGINE_EPOLL; e <= RB_ENGINE_URING; e++)

@@ -778,7 +778,6 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 {
 	struct uconn *c = calloc(1, sizeof(*c));
-	int one = 1;
 
 	if (!c) {
 		unsigned sup;
@@ -802,8 +801,7 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	c->iov = c->iov_inline;
 	c->iov_cap = INLINE_IOV;
 	rb_list_init(&c->link);
-	if (tcp)
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	rb__tune_accepted(w, fd, tcp);
 	rb_list_init(&c->all);
 	rb_list_add_tail(&u->conns, &c->all);
 	RB_STAT_ADD(w, accepted, 1);

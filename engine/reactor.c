@@ -512,7 +512,7 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 {
 	struct rb_conn *c;
 	uint32_t events = w->edge ? (RB_READ | RB_WRITE) : RB_READ;
-	int one = 1, err;
+	int err;
 
 	if (w->ops->max_fd >= 0 && fd > w->ops->max_fd) {
 		err = -EMFILE;
@@ -530,8 +530,7 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	c->pipe_rd = c->pipe_wr = -1;
 	rb_chain_init(&c->chain);
 	rb_list_init(&c->qlink);
-	if (tcp)
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	rb__tune_accepted(w, fd, tcp);
 	err = w->ops->add(w->poller, fd, c, events);
 	if (err < 0) {
 		free(c);
@@ -833,7 +832,7 @@ int rb__reactor_worker_init(struct rb_worker *w)
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
 		if (w->srv->addrs[i].is_udp) {
-			l->udp = rb__udp_create(l->fd);
+			l->udp = rb__udp_create(l->fd, l->port);
 			if (!l->udp)
 				return -ENOMEM;
 			l->udp_interest = w->edge ? RB_READ | RB_WRITE : RB_READ;

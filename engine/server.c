@@ -131,6 +131,12 @@ void rb_config_init(struct rb_config *cfg)
 		.uring_buffers = 4096,
 		.backlog = 4096,
 		.verbosity = 1,
+		.unix_mode = 0660,
+		.udp_rate = 10000,
+		.keepalive_idle_s = 120,
+		.keepalive_intvl_s = 30,
+		.keepalive_cnt = 4,
+		.user_timeout_ms = (120 + 30 * 4) * 1000,
 	};
 }
 
@@ -213,6 +219,19 @@ static int validate(const struct rb_config *cfg, char *err, size_t errlen)
 			 cfg->max_memory, cfg->chunk_size * cfg->threads);
 		return -EINVAL;
 	}
+	if (cfg->unix_mode > 0777) {
+		snprintf(err, errlen, "unix socket mode %#o out of range (0 to 0777)", cfg->unix_mode);
+		return -EINVAL;
+	}
+	if (cfg->keepalive_idle_s > 32767 || cfg->keepalive_intvl_s > 32767 ||
+	    cfg->keepalive_cnt > 127 ||
+	    (cfg->keepalive_idle_s && (!cfg->keepalive_intvl_s || !cfg->keepalive_cnt))) {
+		snprintf(err, errlen,
+			 "keepalive %u,%u,%u out of range (idle and interval 1 to 32767 s, "
+			 "count 1 to 127)",
+			 cfg->keepalive_idle_s, cfg->keepalive_intvl_s, cfg->keepalive_cnt);
+		return -EINVAL;
+	}
 	if (cfg->read_budget < 1 || cfg->accept_budget < 1) {
 		snprintf(err, errlen, "read and accept budgets must be at least 1");
 		return -EINVAL;
@@ -227,6 +246,26 @@ static int validate(const struct rb_config *cfg, char *err, size_t errlen)
 		return -EINVAL;
 	}
 	return 0;
+}
+
+/* Two URLs naming one address (port 0 and fd:N excepted: each is its own). */
+static bool same_address(const struct rb_addr *a, const struct rb_addr *b)
+{
+	if (a->inherited_fd >= 0 || b->inherited_fd >= 0 || a->is_udp != b->is_udp ||
+	    a->len != b->len || a->ss.ss_family != b->ss.ss_family)
+		return false;
+	if (a->ss.ss_family == AF_INET &&
+	    ((const struct sockaddr_in *)&a->ss)->sin_port == 0)
+		return false;
+	if (a->ss.ss_family == AF_INET6 &&
+	    ((const struct sockaddr_in6 *)&a->ss)->sin6_port == 0)
+		return false;
+	return memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+bool rb__udp_per_worker(const struct rb_server *srv, size_t i)
+{
+	return srv->addrs[i].is_udp && srv->addrs[i].inherited_fd < 0 && srv->cfg.threads > 1;
 }
 
 static int bound_port(int fd)
@@ -301,7 +340,21 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		}
 	}
 	for (size_t i = 0; i < srv->n_listen; i++) {
-		rc = rb__listen(&srv->addrs[i], cfg->backlog, err, errlen);
+		for (size_t j = 0; j < i; j++) {
+			if (same_address(&srv->addrs[i], &srv->addrs[j])) {
+				snprintf(err, errlen, "listen URL '%s' is given twice", cfg->listen[i]);
+				rc = -EINVAL;
+				goto fail;
+			}
+		}
+	}
+	for (size_t i = 0; i < srv->n_listen; i++) {
+		struct rb_listen_opts o = {
+			.backlog = cfg->backlog,
+			.reuseport = rb__udp_per_worker(srv, i),
+			.unix_mode = cfg->unix_mode,
+		};
+		rc = rb__listen(&srv->addrs[i], &o, err, errlen);
 		if (rc < 0)
 			goto fail;
 		srv->listen_fds[i] = rc;
@@ -420,12 +473,7 @@ void rb__server_close_listeners(struct rb_server *srv)
 			continue;
 		close(srv->listen_fds[i]);
 		srv->listen_fds[i] = -1;
-		/* A socket file is ours to remove only if we created it. */
-		if (srv->addrs[i].is_unix && srv->addrs[i].inherited_fd < 0) {
-			const struct sockaddr_un *sun = (const struct sockaddr_un *)&srv->addrs[i].ss;
-			if (sun->sun_path[0])
-				unlink(sun->sun_path);
-		}
+		rb__unix_unlink_if_ours(&srv->addrs[i]);
 	}
 }
 

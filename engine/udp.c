@@ -6,8 +6,17 @@
  * is truncated) and sent back with sendmmsg. A batch that cannot be sent yet
  * (EAGAIN) is kept and reading stops until it is gone: the backlog then
  * stays in the kernel's receive buffer, where UDP's own rules apply.
+ *
+ * Security posture (an echo answers anyone, so it can be aimed at a third
+ * party, or at another echo to loop for ever): a datagram is not answered
+ * if its source port is below 1024 (echo, daytime, chargen, DNS, NTP ...;
+ * --udp-allow-low-ports), or is the port this socket serves (itself, or
+ * another rebound on the same port: a loop), and each source address gets
+ * at most --udp-rate datagrams a second (a token bucket; a loop that gets
+ * through is broken by the first drop). Both are counted.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -17,8 +26,20 @@
 /* Larger than any UDP payload (65,507 over IPv4, 65,527 over IPv6). */
 #define SLOT_SIZE 65536u
 
+/* Token buckets per source address: a fixed table, a slot per address hash;
+ * a colliding address takes the slot over (it starts with a full bucket). */
+#define RL_SLOTS 4096
+
+struct rl_slot {
+	unsigned char key[17]; /* family byte + address */
+	uint64_t tokens_milli; /* thousandths of a datagram */
+	uint64_t last_ms;
+};
+
 struct rb_udp {
 	int fd;
+	int port;                /* the port served: datagrams from it are loops */
+	struct rl_slot *rl;      /* allocated on first use when --udp-rate is set */
 	bool can_read, can_write;
 	bool pending;            /* budget ran out with work left */
 	unsigned first, n;       /* unsent datagrams: msgs[first .. first + n) */
@@ -28,13 +49,14 @@ struct rb_udp {
 	struct sockaddr_storage addr[RB_UDP_BATCH];
 };
 
-struct rb_udp *rb__udp_create(int fd)
+struct rb_udp *rb__udp_create(int fd, int port)
 {
 	struct rb_udp *u = calloc(1, sizeof(*u));
 
 	if (!u)
 		return NULL;
 	u->fd = fd;
+	u->port = port;
 	u->can_write = true;
 	return u;
 }
@@ -50,6 +72,7 @@ void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u)
 		RB_STAT_SUB(w, buffered, bytes);
 	}
 	free(u->slots);
+	free(u->rl);
 	free(u);
 }
 
@@ -96,6 +119,75 @@ static bool udp_send(struct rb_worker *w, struct rb_udp *u)
 	return true;
 }
 
+static uint64_t fnv1a(const unsigned char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	while (n--)
+		h = (h ^ *p++) * 1099511628211ull;
+	return h;
+}
+
+/* May this source get one more answer now? (token bucket, burst = rate) */
+static bool rate_ok(struct rb_worker *w, struct rb_udp *u, const struct sockaddr_storage *ss,
+		    uint64_t now)
+{
+	unsigned rate = w->srv->cfg.udp_rate;
+	unsigned char key[17] = {0};
+	struct rl_slot *sl;
+	uint64_t add;
+
+	if (!rate)
+		return true;
+	if (!u->rl && !(u->rl = calloc(RL_SLOTS, sizeof(*u->rl))))
+		return true; /* no memory for the table: fail open, never stall */
+	key[0] = (unsigned char)ss->ss_family;
+	if (ss->ss_family == AF_INET)
+		memcpy(key + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
+	else if (ss->ss_family == AF_INET6)
+		memcpy(key + 1, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
+	sl = &u->rl[fnv1a(key, sizeof(key)) % RL_SLOTS];
+	if (memcmp(sl->key, key, sizeof(key)) != 0 || !sl->last_ms) {
+		memcpy(sl->key, key, sizeof(key));
+		sl->tokens_milli = (uint64_t)rate * 1000u;
+		sl->last_ms = now;
+	}
+	add = (now - sl->last_ms) * rate; /* ms x datagrams/s = thousandths */
+	sl->last_ms = now;
+	sl->tokens_milli += add;
+	if (sl->tokens_milli > (uint64_t)rate * 1000u)
+		sl->tokens_milli = (uint64_t)rate * 1000u;
+	if (sl->tokens_milli < 1000u)
+		return false;
+	sl->tokens_milli -= 1000u;
+	return true;
+}
+
+static int source_port(const struct sockaddr_storage *ss)
+{
+	if (ss->ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
+	if (ss->ss_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	return -1;
+}
+
+/* Should datagram i be answered? Counts the ones that are not. */
+static bool udp_answer(struct rb_worker *w, struct rb_udp *u, unsigned i, uint64_t now)
+{
+	int port = source_port(&u->addr[i]);
+
+	if (port >= 0 && ((port < 1024 && !w->srv->cfg.udp_low_ports) || port == u->port)) {
+		RB_STAT_ADD(w, datagrams_refused, 1);
+		return false;
+	}
+	if (!rate_ok(w, u, &u->addr[i], now)) {
+		RB_STAT_ADD(w, datagrams_limited, 1);
+		return false;
+	}
+	return true;
+}
+
 /* Receive one batch; returns the count, 0 if none is waiting, -1 on memory. */
 static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 {
@@ -128,19 +220,34 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		u->can_read = false;
 		return 0;
 	}
-	uint64_t bytes = 0;
-	for (int i = 0; i < r; i++) {
-		/* Echo exactly what arrived, to whoever sent it. */
-		u->iov[i].iov_len = u->msgs[i].msg_len;
-		bytes += u->msgs[i].msg_len;
-	}
+	uint64_t bytes = 0, now = rb__now_ms();
+	unsigned keep = 0;
 	/* A short batch means the receive queue is drained (as a short read). */
 	if ((unsigned)r < RB_UDP_BATCH)
 		u->can_read = false;
-	u->first = 0;
-	u->n = (unsigned)r;
-	RB_STAT_ADD(w, bytes_in, bytes);
 	RB_STAT_ADD(w, datagrams_in, (uint64_t)r);
+	for (int i = 0; i < r; i++) {
+		if (!udp_answer(w, u, (unsigned)i, now))
+			continue;
+		/* Echo exactly what arrived, to whoever sent it. The slots stay
+		 * in place; only the headers move down over the dropped ones. */
+		if ((unsigned)i != keep) {
+			struct iovec tmp = u->iov[keep];
+			struct sockaddr_storage ta = u->addr[keep];
+			u->iov[keep] = u->iov[i];
+			u->iov[i] = tmp;
+			u->addr[keep] = u->addr[i];
+			u->addr[i] = ta;
+			u->msgs[keep].msg_len = u->msgs[i].msg_len;
+			u->msgs[keep].msg_hdr.msg_namelen = u->msgs[i].msg_hdr.msg_namelen;
+		}
+		u->iov[keep].iov_len = u->msgs[keep].msg_len;
+		bytes += u->msgs[keep].msg_len;
+		keep++;
+	}
+	u->first = 0;
+	u->n = keep;
+	RB_STAT_ADD(w, bytes_in, bytes);
 	RB_STAT_ADD(w, buffered, bytes);
 	RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 	return r;

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -37,6 +39,20 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 		struct rb_listener *l = &w->listeners[i];
 		l->h.kind = RB_H_LISTENER;
 		l->fd = srv->listen_fds[i];
+		l->port = srv->ports[i];
+		if (id > 0 && rb__udp_per_worker(srv, i)) {
+			/* The first socket is bound: this one joins its port. */
+			struct rb_addr a = srv->addrs[i];
+			struct rb_listen_opts o = {.reuseport = true};
+			char why[256];
+			int fd = rb__listen(&a, &o, why, sizeof(why));
+			if (fd < 0) {
+				rb__log(RB_LOG_ERR, "%s", why);
+				return fd;
+			}
+			l->fd = fd;
+			l->owned = true;
+		}
 	}
 	w->n_listeners = srv->n_listen;
 	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -45,6 +61,31 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 		return rb__uring_worker_init(w);
 #endif
 	return rb__reactor_worker_init(w);
+}
+
+void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp)
+{
+	const struct rb_config *cfg = &w->srv->cfg;
+	int one = 1;
+
+	if (!tcp)
+		return;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* A peer that vanished (a dropped link, a host that died) would hold
+	 * its descriptor and buffers for ever: keepalive probes find it, and
+	 * the user timeout ends one whose data is never acknowledged. */
+	if (cfg->keepalive_idle_s) {
+		int idle = (int)cfg->keepalive_idle_s, intvl = (int)cfg->keepalive_intvl_s,
+		    cnt = (int)cfg->keepalive_cnt;
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	}
+	if (cfg->user_timeout_ms) {
+		unsigned ut = cfg->user_timeout_ms;
+		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+	}
 }
 
 bool rb__worker_control(struct rb_worker *w)
@@ -108,6 +149,11 @@ void rb__worker_fini(struct rb_worker *w)
 #endif
 		rb__reactor_worker_fini(w);
 	rb__pipes_fini(w);
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		if (w->listeners[i].owned)
+			close(w->listeners[i].fd);
+		w->listeners[i].owned = false;
+	}
 	if (w->ctl_fd >= 0)
 		close(w->ctl_fd);
 	w->ctl_fd = -1;

@@ -63,6 +63,13 @@ struct rb_config {
 	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
 	int backlog;
 	int verbosity;               /* 0 quiet, 1 normal, 2 verbose */
+	unsigned unix_mode;          /* mode of unix:PATH socket files (default 0660) */
+	unsigned udp_rate;           /* UDP datagrams/s answered per source address, 0 = no limit */
+	bool udp_low_ports;          /* answer UDP sources below port 1024 (off: reflection) */
+	unsigned keepalive_idle_s;   /* TCP keepalive: idle seconds before probes, 0 = off */
+	unsigned keepalive_intvl_s;  /* ... seconds between probes */
+	unsigned keepalive_cnt;      /* ... unanswered probes before the peer is dead */
+	unsigned user_timeout_ms;    /* TCP_USER_TIMEOUT for unacknowledged data, 0 = kernel's */
 };
 
 /*
