@@ -157,3 +157,59 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 	free(data);
 	free(buf);
 }
+
+/* The readiness engines in writev mode: where the worker's memory cap is
+ * what a connection waits for. */
+static bool memory_waits_from(const struct rb_stats *st, void *arg)
+{
+	return st->memory_waits > *(uint64_t *)arg;
+}
+
+static bool buffered_a_chunk(const struct rb_stats *st, void *arg)
+{
+	(void)arg;
+	return st->buffered >= 512 && st->memory_waits >= 1;
+}
+
+static bool one_reset(const struct rb_stats *st, void *arg)
+{
+	(void)arg;
+	return st->closed == 1 && st->resets == 1;
+}
+
+/*
+ * A peer that resets while its connection waits for memory is closed at
+ * once (issue 9, item 3): level-triggered pollers kept reporting its
+ * hang-up, ignored, and spun; edge-triggered ones kept it open for good.
+ */
+REL_TEST(hangup_while_waiting_for_memory, 60)
+{
+	static unsigned char data[4u << 20];
+	struct test_server ts;
+	struct rb_stats st;
+	uint64_t waits;
+	int hog, victim;
+
+	if (p->engine == RB_ENGINE_URING || p->copy == RB_COPY_SPLICE)
+		cr_skip_test("the worker memory cap applies to the readiness engines' writev chains");
+	if (p->engine == RB_ENGINE_SELECT)
+		cr_skip_test("select reports no hang-up without read interest: a reset peer "
+			     "waiting for memory is found when memory comes back");
+	th_server_start(&ts, p, tiny_memory);
+	/* A peer that never reads takes the only chunk and keeps it. */
+	hog = th_connect_bufs(ts.port, 2048, 0);
+	th_set_nonblock(hog);
+	th_send_until(&ts, hog, data, sizeof(data), buffered_a_chunk, NULL,
+		      "the non-reader to hold the only chunk");
+	rb_server_stats(ts.srv, &st);
+	waits = st.memory_waits;
+	victim = th_connect(ts.port);
+	cr_assert_eq(send(victim, "hello", 5, 0), 5);
+	th_wait_stats(&ts, memory_waits_from, &waits, "the second peer to wait for memory");
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(victim, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(victim);
+	th_wait_stats(&ts, one_reset, NULL, "the reset peer to be closed");
+	close(hog);
+	th_server_stop(&ts);
+}
