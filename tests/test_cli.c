@@ -459,3 +459,34 @@ Test(cli, fd_url_must_be_a_socket)
 	expect_fail(1, ARGS("--listen", "fd:0"),
 		    "rebound: cannot use 'fd:0': Socket operation on non-socket\n");
 }
+
+/* Issue 9: the same listen URL twice, an over-long UNIX path (exit 2, the
+ * whole message), and the new flags' bad values. */
+Test(cli, reliability_flags_and_urls)
+{
+	char path[301], url[320], msg[512];
+
+	expect_fail(2, ARGS("-l", "tcp://127.0.0.1:7990", "-l", "tcp://127.0.0.1:7990"),
+		    "rebound: listen URL 'tcp://127.0.0.1:7990' is given twice\n");
+	memset(path, 'p', 300);
+	path[0] = '/';
+	path[300] = '\0';
+	snprintf(url, sizeof(url), "unix:%s", path);
+	snprintf(msg, sizeof(msg),
+		 "rebound: invalid listen URL '%s': socket path longer than 107 bytes\n", url);
+	expect_fail(2, ARGS("-l", url), msg);
+	expect_fail(2, ARGS("--keepalive", "60,0"),
+		    "rebound: invalid --keepalive '60,0': expected off or IDLE[,INTVL,CNT] in "
+		    "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
+	expect_fail(2, ARGS("--keepalive", "1,2,3,4"),
+		    "rebound: invalid --keepalive '1,2,3,4': expected off or IDLE[,INTVL,CNT] in "
+		    "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
+	expect_fail(2, ARGS("--unix-mode", "0888"),
+		    "rebound: invalid --unix-mode '0888': expected an octal mode from 0 to 0777, "
+		    "such as 0660\n");
+	expect_fail(2, ARGS("--udp-rate", "-5"),
+		    "rebound: invalid --udp-rate '-5': expected a whole number\n");
+	expect_fail(2, ARGS("--user-timeout", "9999999999"),
+		    "rebound: invalid --user-timeout '9999999999': must be between 0 and "
+		    "2147483647\n");
+}
