@@ -71,10 +71,12 @@ static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
 
 #define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
-/* ---- logging ---- */
-enum { RB_LOG_ERR = 0, RB_LOG_INFO = 1, RB_LOG_DEBUG = 2 };
-extern int rb__verbosity;
-void rb__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* ---- logging (levels and sinks: rebound.h) ---- */
+/* Log with the settings bound to this thread (a server's), else the defaults. */
+void rb__log(enum rb_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Bind cfg's log settings to the calling thread; unbind them if bound. */
+void rb__log_bind(const struct rb_config *cfg);
+void rb__log_unbind(const struct rb_config *cfg);
 
 /* At most one message per second; counts what it suppressed. */
 struct rb_ratelimit {

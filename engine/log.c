@@ -1,26 +1,119 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * Logging: a server's messages go to its rb_config's sink, or to stderr as
+ * one line each, in the journal's "<N>" priority form when stderr is the
+ * journal (sd-daemon(3)), else with a "rebound: " prefix and optional
+ * ISO 8601 timestamps.
+ */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
-int rb__verbosity = RB_LOG_INFO;
+/* Longest message, the NUL included (room for the stats JSON). */
+#define RB_LOG_MAX 2048
 
-void rb__log(int level, const char *fmt, ...)
+/* What a thread outside any server (or an unbound one) logs with. */
+static const struct rb_config log_defaults = {.log_level = RB_LOG_INFO};
+/* The settings of the server this thread is creating or running. */
+static _Thread_local const struct rb_config *log_bound;
+
+void rb__log_bind(const struct rb_config *cfg)
 {
-	char line[2048];
-	va_list ap;
+	log_bound = cfg;
+}
+
+void rb__log_unbind(const struct rb_config *cfg)
+{
+	if (log_bound == cfg)
+		log_bound = NULL;
+}
+
+/* systemd sets JOURNAL_STREAM=DEV:INO for the stream it connects to stderr;
+ * it is inherited, so it counts only if stderr is still that stream. */
+static bool stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+	int end = 0;
+
+	if (!js || sscanf(js, "%llu:%llu%n", &dev, &ino, &end) != 2 || js[end] != '\0')
+		return false;
+	return fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+	       (unsigned long long)st.st_ino == ino;
+}
+
+static void log_stderr(enum rb_log_level level, bool timestamps, const char *msg)
+{
+	char line[RB_LOG_MAX + 64], stamp[40] = "";
+	size_t off = 0;
 	int n;
 
-	if (level > rb__verbosity)
+	if (stderr_is_journal()) {
+		/* The journal stamps and tags lines itself. */
+		n = snprintf(line, sizeof(line), "<%d>%s\n", (int)level, msg);
+	} else {
+		if (timestamps) {
+			struct timespec ts;
+			struct tm tm;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			gmtime_r(&ts.tv_sec, &tm);
+			size_t k = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+			snprintf(stamp + k, sizeof(stamp) - k, ".%03ldZ ", ts.tv_nsec / 1000000L);
+		}
+		n = snprintf(line, sizeof(line), "%srebound: %s\n", stamp, msg);
+	}
+	if (n < 0)
 		return;
-	n = snprintf(line, sizeof(line), "rebound: ");
-	va_start(ap, fmt);
-	vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-	va_end(ap);
+	if ((size_t)n >= sizeof(line)) { /* truncated: keep the newline */
+		n = (int)sizeof(line) - 1;
+		line[n - 1] = '\n';
+	}
 	/* One write per line, so lines from several workers never interleave. */
-	fprintf(stderr, "%s\n", line);
+	while (off < (size_t)n) {
+		ssize_t w = write(STDERR_FILENO, line + off, (size_t)n - off);
+		if (w <= 0)
+			return;
+		off += (size_t)w;
+	}
+}
+
+__attribute__((format(printf, 3, 0))) static void
+vlog(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, va_list ap)
+{
+	char msg[RB_LOG_MAX];
+
+	if (level > cfg->log_level)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (cfg->log_fn)
+		cfg->log_fn(cfg->log_ctx, level, msg);
+	else
+		log_stderr(level, cfg->log_timestamps, msg);
+}
+
+void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(cfg ? cfg : &log_defaults, level, fmt, ap);
+	va_end(ap);
+}
+
+void rb__log(enum rb_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vlog(log_bound ? log_bound : &log_defaults, level, fmt, ap);
+	va_end(ap);
 }
 
 uint64_t rb__now_ms(void)

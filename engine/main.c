@@ -81,12 +81,15 @@ static void usage(FILE *f)
 		"      --list-engines       print the engines that can run here and exit\n"
 		"  -v, --verbose            more logging\n"
 		"  -q, --quiet              errors only\n"
+		"      --log-timestamps     start log lines with an ISO 8601 UTC time (not\n"
+		"                           when stderr is the journal: it has its own)\n"
 		"  -h, --help               this help\n"
 		"  -V, --version            print the version\n"
 		"\n"
 		"SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
 		"second one exits at once); SIGUSR1 logs a stats line. Under systemd it reports\n"
-		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET. Exit status: 0 after a clean stop,\n"
+		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET, and logs with <N> priority\n"
+		"prefixes when stderr is the journal. Exit status: 0 after a clean stop,\n"
 		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
 		"3 if the engine asked for cannot run here.\n",
 		RB_MAX_THREADS);
@@ -186,7 +189,7 @@ static void raise_nofile(void)
 static void print_listening(const struct rb_server *srv, const struct rb_config *cfg)
 {
 	for (size_t i = 0; i < cfg->n_listen; i++)
-		fprintf(stderr, "rebound: listening on %s\n", rb_server_listen_url(srv, i));
+		rb_log(cfg, RB_LOG_INFO, "listening on %s", rb_server_listen_url(srv, i));
 }
 
 /* In the engine line's parentheses: what the engine chose, else the trigger. */
@@ -202,7 +205,7 @@ int main(int argc, char **argv)
 	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL };
 	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
 	       OPT_LIST, OPT_PIPE, OPT_KEEPALIVE, OPT_USER_TIMEOUT, OPT_UNIX_MODE, OPT_UDP_RATE,
-	       OPT_UDP_LOW };
+	       OPT_UDP_LOW, OPT_LOG_TIMESTAMPS };
 	static const struct option opts[] = {
 		{"listen", required_argument, NULL, 'l'},
 		{"engine", required_argument, NULL, 'e'},
@@ -225,6 +228,7 @@ int main(int argc, char **argv)
 		{"udp-allow-low-ports", no_argument, NULL, OPT_UDP_LOW},
 		{"verbose", no_argument, NULL, 'v'},
 		{"quiet", no_argument, NULL, 'q'},
+		{"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
 		{"help", no_argument, NULL, 'h'},
 		{"version", no_argument, NULL, 'V'},
 		{0},
@@ -342,10 +346,13 @@ int main(int argc, char **argv)
 					printf("%s\n", rb_engine_name((enum rb_engine)e));
 			return 0;
 		case 'v':
-			cfg.verbosity = 2;
+			cfg.log_level = RB_LOG_DEBUG;
 			break;
 		case 'q':
-			cfg.verbosity = 0;
+			cfg.log_level = RB_LOG_ERR;
+			break;
+		case OPT_LOG_TIMESTAMPS:
+			cfg.log_timestamps = true;
 			break;
 		case 'h':
 			usage(stdout);
@@ -393,7 +400,7 @@ int main(int argc, char **argv)
 	if (cfg.n_listen == 0)
 		cfg.listen[cfg.n_listen++] = "tcp://127.0.0.1:7007";
 	if (rb_sd_notify_init() < 0)
-		fprintf(stderr, "rebound: ignoring an invalid NOTIFY_SOCKET\n");
+		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid NOTIFY_SOCKET");
 
 	/* splice has no MSG_NOSIGNAL: a peer that left must not kill us (rule 8). */
 	signal(SIGPIPE, SIG_IGN);
@@ -401,7 +408,7 @@ int main(int argc, char **argv)
 
 	rc = rb_server_create(&cfg, &g_srv, err, sizeof(err));
 	if (rc < 0) {
-		fprintf(stderr, "rebound: %s\n", err);
+		rb_log(&cfg, RB_LOG_ERR, "%s", err);
 		if (rc == -ENOTSUP || rc == -ENOSYS || rc == -EPERM)
 			return EXIT_UNAVAILABLE;
 		return rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
@@ -415,14 +422,12 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_stats_signal;
 	sigaction(SIGUSR1, &sa, NULL);
 
-	if (cfg.verbosity > 0) {
-		print_listening(g_srv, &cfg);
-		fprintf(stderr,
-			"rebound: engine %s (%s), copy %s, %u thread%s, chunk %zu, conn-buffer %zu\n",
-			rb_engine_name(rb_server_engine(g_srv)), engine_detail(g_srv, &cfg),
-			rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s",
-			cfg.chunk_size, cfg.conn_buffer);
-	}
+	print_listening(g_srv, &cfg);
+	rb_log(&cfg, RB_LOG_INFO,
+	       "engine %s (%s), copy %s, %u thread%s, chunk %zu, conn-buffer %zu",
+	       rb_engine_name(rb_server_engine(g_srv)), engine_detail(g_srv, &cfg),
+	       rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s", cfg.chunk_size,
+	       cfg.conn_buffer);
 	{
 		char status[160];
 		snprintf(status, sizeof(status), "READY=1\nSTATUS=echoing with the %s engine",
@@ -431,12 +436,10 @@ int main(int argc, char **argv)
 	}
 	rc = rb_server_run(g_srv);
 	rb_server_stats(g_srv, &st);
-	if (cfg.verbosity > 0)
-		fprintf(stderr,
-			"rebound: stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64
-			" bytes out, engine %s\n",
-			st.accepted, st.bytes_in, st.bytes_out,
-			rb_engine_name(rb_server_engine(g_srv)));
+	rb_log(&cfg, RB_LOG_INFO,
+	       "stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64
+	       " bytes out, engine %s",
+	       st.accepted, st.bytes_in, st.bytes_out, rb_engine_name(rb_server_engine(g_srv)));
 	{
 		struct rb_server *srv = g_srv;
 		g_srv = NULL;
@@ -444,7 +447,7 @@ int main(int argc, char **argv)
 	}
 	rb_sd_notify_fini();
 	if (rc < 0) {
-		fprintf(stderr, "rebound: %s\n", strerror(-rc));
+		rb_log(&cfg, RB_LOG_ERR, "%s", strerror(-rc));
 		return EXIT_RUNTIME;
 	}
 	return 0;

@@ -130,7 +130,7 @@ void rb_config_init(struct rb_config *cfg)
 		.uring_entries = 1024,
 		.uring_buffers = 4096,
 		.backlog = 4096,
-		.verbosity = 1,
+		.log_level = RB_LOG_INFO,
 		.unix_mode = 0660,
 		.udp_rate = 10000,
 		.keepalive_idle_s = 120,
@@ -305,7 +305,7 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	srv->cfg = *cfg;
 	for (size_t i = 0; i < RB_MAX_LISTEN; i++)
 		srv->listen_fds[i] = -1;
-	rb__verbosity = cfg->verbosity;
+	rb__log_bind(&srv->cfg); /* until create returns (logs in this thread) */
 
 	srv->engine = cfg->engine;
 	if (srv->engine == RB_ENGINE_AUTO) {
@@ -389,6 +389,7 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 			goto fail;
 		}
 	}
+	rb__log_unbind(&srv->cfg);
 	*out = srv;
 	return 0;
 fail:
@@ -488,6 +489,7 @@ void rb_server_destroy(struct rb_server *srv)
 		free(srv->workers);
 	}
 	rb__server_close_listeners(srv);
+	rb__log_unbind(&srv->cfg);
 	free(srv);
 }
 

@@ -133,11 +133,18 @@ bool rb__accept_reserve(struct rb_worker *w, int lfd, int err)
 
 int rb__worker_run(struct rb_worker *w)
 {
+	int rc;
+
+	/* The worker logs with its server's settings while it runs. */
+	rb__log_bind(&w->srv->cfg);
 #if RB_HAVE_URING
 	if (w->srv->engine == RB_ENGINE_URING)
-		return rb__uring_run(w);
+		rc = rb__uring_run(w);
+	else
 #endif
-	return rb__reactor_run(w);
+		rc = rb__reactor_run(w);
+	rb__log_unbind(&w->srv->cfg);
+	return rc;
 }
 
 void rb__worker_fini(struct rb_worker *w)

@@ -76,7 +76,7 @@ void th_server_start(struct test_server *ts, const struct engine_param *p,
 	rb_config_init(&ts->cfg);
 	ts->cfg.listen[0] = "tcp://127.0.0.1:0";
 	ts->cfg.n_listen = 1;
-	ts->cfg.verbosity = 0;
+	ts->cfg.log_level = RB_LOG_ERR;
 	if (p) {
 		ts->cfg.engine = p->engine;
 		ts->cfg.trigger = p->trigger;

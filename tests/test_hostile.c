@@ -198,7 +198,7 @@ static int rb_create_unix(struct rb_server **srv, char *err, size_t len)
 	char url[128];
 
 	rb_config_init(&cfg);
-	cfg.verbosity = 0;
+	cfg.log_level = RB_LOG_ERR;
 	snprintf(url, sizeof(url), "unix:%s", g_path);
 	cfg.listen[0] = url;
 	cfg.n_listen = 1;

@@ -41,6 +41,23 @@ enum rb_trigger {
 	RB_TRIGGER_LEVEL,
 };
 
+/* Log levels, numbered as the syslog(3) priorities they become in the journal. */
+enum rb_log_level {
+	RB_LOG_ERR = 3,
+	RB_LOG_WARNING = 4,
+	RB_LOG_NOTICE = 5,
+	RB_LOG_INFO = 6,
+	RB_LOG_DEBUG = 7,
+};
+
+/*
+ * A log sink: one message, without a trailing newline or a "rebound: "
+ * prefix. Called in the thread that logs (any worker thread, or the thread
+ * calling rb_server_create/rb_server_run), so it must be thread-safe; it runs
+ * inside the event loop, so it should be quick.
+ */
+typedef void rb_log_fn(void *ctx, enum rb_log_level level, const char *msg);
+
 struct rb_config {
 	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH,
 	 * fd:N (an open listening or datagram socket, e.g. from systemd). */
@@ -62,7 +79,6 @@ struct rb_config {
 	unsigned uring_buffers;      /* uring: provided buffers per worker (power of two) */
 	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
 	int backlog;
-	int verbosity;               /* 0 quiet, 1 normal, 2 verbose */
 	unsigned unix_mode;          /* mode of unix:PATH socket files (default 0660) */
 	unsigned udp_rate;           /* UDP datagrams/s answered per source address, 0 = no limit */
 	bool udp_low_ports;          /* answer UDP sources below port 1024 (off: reflection) */
@@ -70,6 +86,14 @@ struct rb_config {
 	unsigned keepalive_intvl_s;  /* ... seconds between probes */
 	unsigned keepalive_cnt;      /* ... unanswered probes before the peer is dead */
 	unsigned user_timeout_ms;    /* TCP_USER_TIMEOUT for unacknowledged data, 0 = kernel's */
+	/* Logging: messages up to log_level (RB_LOG_INFO by default; below
+	 * RB_LOG_ERR logs nothing) go to log_fn, or without one to stderr (see
+	 * rb_log). The library's own messages use the settings of the server
+	 * whose thread logs them. */
+	enum rb_log_level log_level;
+	rb_log_fn *log_fn;           /* NULL: the stderr logger */
+	void *log_ctx;               /* passed to log_fn */
+	bool log_timestamps;         /* stderr logger: ISO 8601 UTC timestamps */
 };
 
 /*
@@ -177,6 +201,19 @@ int rb_engine_available(enum rb_engine e, char *why, size_t whylen);
 
 /* Parse a size with optional suffix k, m, g (binary); 0 or -EINVAL/-ERANGE. */
 int rb_parse_size(const char *s, size_t *out);
+
+/*
+ * Log one message as the library does: nothing if level is above
+ * cfg->log_level, else to cfg->log_fn, else to stderr as one line:
+ * "<N>MSG" when stderr is the journal ($JOURNAL_STREAM names its device and
+ * inode; N is the level), otherwise "rebound: MSG", preceded by
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ " when cfg->log_timestamps is set.
+ */
+void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+	__attribute__((format(printf, 3, 4)))
+#endif
+	;
 
 #ifdef __cplusplus
 }
