@@ -226,6 +226,7 @@ struct rb_worker {
 	void *uring; /* the completion model's per-worker state */
 	struct rb_cached_pipe pipes[RB_PIPE_CACHE];
 	unsigned n_pipes;
+	unsigned heartbeat_seen; /* the server's heartbeat round this worker last saw */
 };
 
 struct rb_server {
@@ -242,6 +243,7 @@ struct rb_server {
 	volatile sig_atomic_t stats_requested;
 	unsigned listening_workers; /* the last to stop listening closes the sockets */
 	size_t pipe_size;           /* splice pipe size asked for, after pipe-max-size */
+	unsigned heartbeat;         /* rb_server_heartbeat's round (watchdog.c) */
 };
 
 /* UDP sockets (udp.c). */

@@ -88,8 +88,9 @@ static void usage(FILE *f)
 		"\n"
 		"SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
 		"second one exits at once); SIGUSR1 logs a stats line. Under systemd it reports\n"
-		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET, and logs with <N> priority\n"
-		"prefixes when stderr is the journal. Exit status: 0 after a clean stop,\n"
+		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET, WATCHDOG=1 while every worker\n"
+		"is alive if $WATCHDOG_USEC asks, and logs with <N> priority prefixes when\n"
+		"stderr is the journal. Exit status: 0 after a clean stop,\n"
 		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
 		"3 if the engine asked for cannot run here.\n",
 		RB_MAX_THREADS);
@@ -434,7 +435,10 @@ int main(int argc, char **argv)
 			 rb_engine_name(rb_server_engine(g_srv)));
 		rb_sd_notify(status);
 	}
+	if (rb_sd_watchdog_start(g_srv, &cfg) < 0)
+		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid WATCHDOG_USEC");
 	rc = rb_server_run(g_srv);
+	rb_sd_watchdog_stop();
 	rb_server_stats(g_srv, &st);
 	rb_log(&cfg, RB_LOG_INFO,
 	       "stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64

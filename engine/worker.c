@@ -94,6 +94,9 @@ bool rb__worker_control(struct rb_worker *w)
 
 	while (read(w->ctl_fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
 		;
+	/* Back in the event loop: answer the watchdog's heartbeat (watchdog.c). */
+	__atomic_store_n(&w->heartbeat_seen, __atomic_load_n(&w->srv->heartbeat, __ATOMIC_ACQUIRE),
+			 __ATOMIC_RELEASE);
 	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
 		struct rb_stats st;
 		char json[2048];

@@ -164,6 +164,14 @@ void rb_server_stop(struct rb_server *srv);
  * Async-signal-safe (the CLI calls it on SIGUSR1). */
 void rb_server_request_stats(struct rb_server *srv);
 
+/*
+ * Liveness for a watchdog: returns how many workers have not come back to
+ * their event loop since the previous call (0: all alive; the first call
+ * returns 0), then asks every worker to check in again. Call it from one
+ * thread at the watchdog's pace, while the server runs. Async-signal-safe.
+ */
+int rb_server_heartbeat(struct rb_server *srv);
+
 /* Free a server (stopped or never run). NULL is a no-op. */
 void rb_server_destroy(struct rb_server *srv);
 
