@@ -444,6 +444,14 @@ int main(int argc, char **argv)
 	       "stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64
 	       " bytes out, engine %s",
 	       st.accepted, st.bytes_in, st.bytes_out, rb_engine_name(rb_server_engine(g_srv)));
+	/* Not a clean stop: say what the deadline cut (peers that kept their
+	 * echo unread past --shutdown-timeout got an RST). */
+	if (st.stop_dropped_conns)
+		rb_log(&cfg, RB_LOG_WARNING,
+		       "shutdown deadline reached: %" PRIu64 " connection%s reset, %" PRIu64
+		       " echoed bytes never delivered",
+		       st.stop_dropped_conns, st.stop_dropped_conns == 1 ? "" : "s",
+		       st.stop_dropped_bytes);
 	{
 		struct rb_server *srv = g_srv;
 		g_srv = NULL;

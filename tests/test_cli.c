@@ -379,6 +379,53 @@ Test(cli, second_signal_exits_at_once, .timeout = 60)
 	free(data);
 }
 
+/* A stop that reaches its deadline says what it cut (issue 9, item 2). */
+Test(cli, stop_deadline_reports_what_it_cut, .timeout = 60)
+{
+	const size_t len = 16u << 20;
+	unsigned char *data = calloc(1, len);
+	unsigned long long bytes = 0;
+	unsigned conns = 0;
+	struct proc p;
+	char err[8192];
+	int port, fd;
+
+	port = start_daemon(&p, ARGS("--shutdown-timeout", "300"));
+	fd = th_connect_bufs(port, 4096, 4096);
+	th_set_nonblock(fd);
+	for (;;) {
+		char line[2048];
+		size_t n = 0;
+		unsigned long buffered = 0;
+		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
+			;
+		cr_assert_eq(kill(p.pid, SIGUSR1), 0);
+		while (n < sizeof(line) - 1 && read(p.err, line + n, 1) == 1 && line[n] != '\n')
+			n++;
+		line[n] = '\0';
+		const char *b = strstr(line, "\"buffered\":");
+		cr_assert_not_null(b, "no stats line: %s", line);
+		sscanf(b, "\"buffered\":%lu", &buffered);
+		if (buffered == 1048576)
+			break;
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
+	}
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	th_slurp(p.err, err, sizeof(err));
+	cr_assert_eq(wait_exit(p.pid), 0, "stderr: %s", err);
+	const char *l = strstr(err, "rebound: shutdown deadline reached: ");
+	cr_assert_not_null(l, "no deadline line in: %s", err);
+	cr_assert_eq(sscanf(l, "rebound: shutdown deadline reached: %u connection reset, %llu echoed",
+			    &conns, &bytes), 2, "%s", l);
+	cr_expect_eq(conns, 1);
+	/* At least what the server held; the kernel's unsent queue comes on top. */
+	cr_expect_geq(bytes, 1048576ull);
+	close(fd);
+	close(p.out);
+	free(data);
+}
+
 /* Read one line of the daemon's stderr (without the newline). */
 static void read_line(int fd, char *line, size_t len)
 {
