@@ -112,8 +112,11 @@ Test(stress, thousand_non_readers_at_the_default_cap, .timeout = 300)
 	uint64_t took = now_ms() - t0;
 	cr_expect_lt(took, 2000 + 1500, "stop took %lu ms (deadline 2000)", (unsigned long)took);
 	rb_server_stats(ts.srv, &st);
-	cr_expect_gt(st.stop_dropped_conns, 0);
+	/* Echo still held by rebound at the deadline is counted with its
+	 * connections; echo already in the kernel's send queue behind our FIN
+	 * is not lost (the kernel still delivers it), so the count may be 0. */
 	cr_expect_leq(st.stop_dropped_conns, PUSHERS);
+	cr_expect_eq(st.stop_dropped_conns == 0, st.stop_dropped_bytes == 0);
 	cr_expect_eq(st.active, 0);
 	cr_expect_eq(st.buffered, 0);
 	rb_server_destroy(ts.srv);
