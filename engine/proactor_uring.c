@@ -1633,8 +1633,11 @@ int rb__uring_worker_init(struct rb_worker *w)
 	u->bundle = caps.bundle && !(cfg->uring_off & RB_URING_BUNDLE);
 	u->inc = caps.inc && !(cfg->uring_off & RB_URING_INC);
 	/* Batching needs our own io_uring_enter; an SQPOLL ring submits by itself. */
-	u->batch = caps.min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll;
-	u->batch_us = cfg->uring_batch_us ? cfg->uring_batch_us : 50;
+	/* Opt-in (--uring-batch-us): it halves the wake-ups of a lone
+	 * connection but costs more CPU per message here (docs/uring.md). */
+	u->batch = caps.min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
+		   cfg->uring_batch_us > 0;
+	u->batch_us = cfg->uring_batch_us;
 	rc = bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0, &u->br,
 			      &u->br_len);
 	if (rc < 0)

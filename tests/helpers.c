@@ -90,6 +90,8 @@ void th_server_start(struct test_server *ts, const struct engine_param *p,
 		ts->cfg.trigger = p->trigger;
 		ts->cfg.copy = p->copy;
 		ts->cfg.uring_off = p->uring_off;
+		/* Batching is opt-in: the suite runs with it where not off. */
+		ts->cfg.uring_batch_us = p->uring_off & RB_URING_BATCH ? 0 : 50;
 	}
 	if (tweak)
 		tweak(&ts->cfg);

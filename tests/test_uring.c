@@ -501,6 +501,7 @@ Test(uring, detail_line)
 	cr_expect(strstr(d, "bundles: yes") || strstr(d, "bundles: no (kernel)"), "%s", d);
 	cr_expect(strstr(d, "incremental buffers: yes") ||
 		      strstr(d, "incremental buffers: no (kernel)"), "%s", d);
+	/* Batching is opt-in; the test helpers ask for a 50 us window. */
 	cr_expect(strstr(d, "batching: min-wait 50 us") || strstr(d, "batching: no (kernel)"),
 		  "%s", d);
 	th_server_stop(&ts);
@@ -714,7 +715,8 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	/* Before anything probes: the probe runs once per process. */
 	rb__uring_test_unsupported = RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH;
 	need_uring();
-	th_server_start(&ts, &uring_param, NULL);
+	test_batch_us = 50; /* asked for, and absent */
+	th_server_start(&ts, &uring_param, features);
 	d = rb_server_engine_detail(ts.srv);
 	cr_expect_not_null(strstr(d, "bundles: no (kernel), incremental buffers: no (kernel), "
 				     "batching: no (kernel)"),

@@ -86,7 +86,7 @@ struct rb_config {
 	unsigned uring_buffers;      /* uring: provided buffers per worker (power of two) */
 	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
 	unsigned uring_off;          /* uring: RB_URING_* features not to use, 0 = all the kernel has */
-	unsigned uring_batch_us;     /* uring: min-wait batching window in us, 0 = default (50) */
+	unsigned uring_batch_us;     /* uring: min-wait batching window in us, 0 = no batching */
 	int backlog;
 	unsigned unix_mode;          /* mode of unix:PATH socket files (default 0660) */
 	unsigned udp_rate;           /* UDP datagrams/s answered per source address, 0 = no limit */
