@@ -78,6 +78,10 @@ static void usage(FILE *f)
 		"                           needed (default 4096)\n"
 		"      --uring-sqpoll MS    uring: a kernel thread submits, idle after MS\n"
 		"                           (default 0: off)\n"
+		"      --uring-off LIST     uring: features not to use, comma-separated: bundle,\n"
+		"                           inc, batch (default: use all the kernel has)\n"
+		"      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
+		"                           of N us, 1 to 100000 (default: off)\n"
 		"      --list-engines       print the engines that can run here and exit\n"
 		"  -v, --verbose            more logging\n"
 		"  -q, --quiet              errors only\n"
@@ -177,6 +181,32 @@ bad:
 			 "1 to 32767, count 1 to 127)");
 }
 
+/* --uring-off bundle,inc,batch: a set of RB_URING_* bits. */
+static int parse_uring_off(const char *value, unsigned *out)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} names[] = {{"bundle", RB_URING_BUNDLE}, {"inc", RB_URING_INC}, {"batch", RB_URING_BATCH}};
+	const char *p = value;
+	unsigned bits = 0;
+
+	while (*p) {
+		size_t len = strcspn(p, ","), i;
+		for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+			if (strlen(names[i].name) == len && strncmp(p, names[i].name, len) == 0)
+				break;
+		if (i == sizeof(names) / sizeof(names[0]))
+			return bad_value("--uring-off", value, "expected a list of bundle, inc, batch");
+		bits |= names[i].bit;
+		p += len;
+		if (*p == ',')
+			p++;
+	}
+	*out = bits;
+	return 0;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -203,7 +233,8 @@ static const char *engine_detail(const struct rb_server *srv, const struct rb_co
 
 int main(int argc, char **argv)
 {
-	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL };
+	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL, OPT_URING_OFF,
+	       OPT_URING_BATCH };
 	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
 	       OPT_LIST, OPT_PIPE, OPT_KEEPALIVE, OPT_USER_TIMEOUT, OPT_UNIX_MODE, OPT_UDP_RATE,
 	       OPT_UDP_LOW, OPT_LOG_TIMESTAMPS };
@@ -220,6 +251,8 @@ int main(int argc, char **argv)
 		{"uring-entries", required_argument, NULL, OPT_URING_ENTRIES},
 		{"uring-buffers", required_argument, NULL, OPT_URING_BUFFERS},
 		{"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
+		{"uring-off", required_argument, NULL, OPT_URING_OFF},
+		{"uring-batch-us", required_argument, NULL, OPT_URING_BATCH},
 		{"pipe-size", required_argument, NULL, OPT_PIPE},
 		{"list-engines", no_argument, NULL, OPT_LIST},
 		{"keepalive", required_argument, NULL, OPT_KEEPALIVE},
@@ -340,6 +373,15 @@ int main(int argc, char **argv)
 			break;
 		case OPT_UDP_LOW:
 			cfg.udp_low_ports = true;
+			break;
+		case OPT_URING_OFF:
+			if ((rc = parse_uring_off(optarg, &cfg.uring_off)))
+				return rc;
+			break;
+		case OPT_URING_BATCH:
+			if ((rc = parse_uint_flag("--uring-batch-us", optarg, 1, 100000, &ul)))
+				return rc;
+			cfg.uring_batch_us = (unsigned)ul;
 			break;
 		case OPT_LIST:
 			for (int e = RB_ENGINE_EPOLL; e <= RB_ENGINE_URING; e++)

@@ -25,6 +25,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "uring_uapi.h"
 
 /* Operation tags in the low bits of user_data (every tagged object is 8-aligned). */
 enum {
@@ -60,6 +62,19 @@ enum {
 /* Test hook: when set before a server is created, use single-shot receives
  * only, as on kernels without multishot byte limits. */
 int rb__uring_test_single_recv;
+/* Test hook: RB_URING_* features the probe reports as absent, as on an older
+ * kernel (set before the first server of the process is created). */
+unsigned rb__uring_test_unsupported;
+/* Test counters, summed over every worker of the process. */
+struct rb_uring_test_counters {
+	uint64_t bundle_cqes;   /* receive CQEs that covered more than one buffer */
+	uint64_t bufs_consumed; /* ring buffers the kernel finished with */
+	uint64_t shared_bufs;   /* buffers that held bytes of more than one receive */
+	uint64_t shadow_miss;   /* CQEs whose buffer was not at the shadow's head */
+	uint64_t batched_waits; /* waits for more than one CQE (min-wait batching) */
+};
+struct rb_uring_test_counters rb__uring_test_counters;
+#define TEST_COUNT(field, n) __atomic_add_fetch(&rb__uring_test_counters.field, (n), __ATOMIC_RELAXED)
 
 enum {
 	UC_RECV = 1u << 0,      /* a receive is in flight */
@@ -76,24 +91,39 @@ enum {
 	UC_DISCARD = 1u << 11,  /* stopping: input is received and dropped */
 	UC_WR_SHUT = 1u << 12,  /* our FIN is sent: waiting for the peer's */
 	UC_PEER_EOF = 1u << 13, /* the peer's FIN arrived */
+	UC_BUNDLE = 1u << 14,   /* the receive in flight is a bundle */
+	UC_SENT = 1u << 15,     /* on the list of sends made since the last wait */
 };
 
+/* A ring buffer: given to the kernel, filled by receives (one receive, or
+ * several with incremental consumption), back to the ring when the kernel
+ * has finished with it and every byte in it has been sent. */
 struct ubuf {
-	uint32_t len;  /* bytes received into it */
-	uint16_t next; /* next buffer in its connection's queue */
+	uint32_t fill; /* bytes the kernel has put into it */
+	uint32_t refs; /* queued segments that point into it */
+	bool kdone;    /* the kernel has moved past it */
 };
+
+/* A run of received bytes in one buffer, queued on a connection. */
+struct useg {
+	uint32_t next; /* next segment of the connection's queue, or SEG_NIL */
+	uint32_t off, len;
+	uint16_t bid;
+};
+#define SEG_NIL UINT32_MAX
 
 struct uconn {
 	int fd;
 	int slot;        /* registered file index, or -1 */
 	uint32_t flags;
 	unsigned refs;   /* operations in flight (recv, send, cancel) */
-	/* Received, unsent bytes: ring buffers in arrival order. */
-	uint16_t qhead, qtail;
-	unsigned qbufs;
-	uint32_t qoff;   /* bytes of the head buffer already sent */
+	/* Received, unsent bytes: segments in arrival order. */
+	uint32_t qhead, qtail;
+	unsigned qbufs;  /* segments queued */
+	uint32_t qoff;   /* bytes of the head segment already sent */
 	size_t bytes;    /* unsent bytes */
 	size_t arm_bytes; /* received since the last requeue: the read budget */
+	size_t send_bytes; /* bytes of the send in flight */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -124,7 +154,23 @@ struct uring {
 	unsigned to_publish; /* added since the last advance */
 	struct rb_chunk **chunk;
 	struct ubuf *meta;
+	/* The ring's order, as the kernel sees it: shadow[pos & mask] is the
+	 * buffer at ring position pos. The kernel takes buffers from khead on;
+	 * a bundle's buffers are found by position from there. */
+	uint16_t *shadow;
+	unsigned khead, ktail;
 	uint32_t bufsize;
+	bool bundle;          /* receives are bundles */
+	bool inc;             /* the ring consumes buffers incrementally */
+	bool batch;           /* min-wait batching: one enter per wake-up */
+	unsigned batch_us;
+	/* Connections that sent since the last wait (see ring_wait). */
+	struct uconn **sent;
+	unsigned n_sent, sent_cap;
+	bool reg_ring;
+	/* Segments: a pool of indices, grown as needed. */
+	struct useg *seg;
+	uint32_t nseg, seg_free;
 	unsigned conn_bufcap; /* buffers one connection may hold */
 	bool mshot_limit;
 	bool want_grow;       /* a receive found the ring empty */
@@ -139,7 +185,7 @@ struct uring {
 	bool ctl_armed, ctl_cancelled;
 	bool listen_released;
 	bool closing_all;
-	char detail[192];
+	char detail[320];
 };
 
 /* ---- what this kernel can do: probed once per process ---- */
@@ -150,7 +196,9 @@ struct caps {
 	bool mshot_recv;  /* multishot receive (Linux 6.0) */
 	bool mshot_limit; /* multishot receive byte limit in sqe->optlen */
 	bool reg_ring;    /* registered ring descriptors */
-	bool bundle;      /* recv bundles (kernel feature bit, headers permitting) */
+	bool bundle;      /* receive bundles: IORING_FEAT_RECVSEND_BUNDLE (6.10) */
+	bool inc;         /* incremental buffer rings: IOU_PBUF_RING_INC (6.12) */
+	bool min_wait;    /* min-wait in io_uring_enter: IORING_FEAT_MIN_TIMEOUT (6.12) */
 };
 
 static struct caps caps;
@@ -170,14 +218,14 @@ static inline void *untag(uint64_t ud)
  * (by hand where liburing, like Debian 12's 2.3, has no
  * io_uring_setup_buf_ring). Returns 0 or -errno. */
 static int bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
-			    struct io_uring_buf_ring **out, size_t *len_out)
+			    unsigned flags, struct io_uring_buf_ring **out, size_t *len_out)
 {
 	size_t len = entries * sizeof(struct io_uring_buf);
 #if RB_HAVE_IO_URING_SETUP_BUF_RING
 	int rc;
 
 	/* Newer liburing does the mmap and registration itself. */
-	*out = io_uring_setup_buf_ring(ring, entries, (int)bgid, 0, &rc);
+	*out = io_uring_setup_buf_ring(ring, entries, (int)bgid, flags, &rc);
 	if (!*out)
 		return rc;
 	*len_out = len;
@@ -195,6 +243,8 @@ static int bufring_register(struct io_uring *ring, unsigned entries, unsigned bg
 	reg.ring_addr = (uint64_t)(uintptr_t)mem;
 	reg.ring_entries = entries;
 	reg.bgid = (uint16_t)bgid;
+	/* io_uring_buf_reg.flags (Linux 6.4) is `pad` in liburing 2.3's copy. */
+	reg.pad = (uint16_t)flags;
 	rc = io_uring_register_buf_ring(ring, &reg, 0);
 	if (rc < 0) {
 		munmap(mem, len);
@@ -264,7 +314,7 @@ static void caps_probe_recv(struct io_uring *ring)
 	unsigned flags;
 	int sv[2], res;
 
-	if (bufring_register(ring, 8, 7, &br, &brlen) < 0)
+	if (bufring_register(ring, 8, 7, 0, &br, &brlen) < 0)
 		return;
 	for (int i = 0; i < 8; i++)
 		io_uring_buf_ring_add(br, bufs[i], sizeof(bufs[i]), (uint16_t)i, 7, i);
@@ -283,6 +333,19 @@ static void caps_probe_recv(struct io_uring *ring)
 out:
 	io_uring_unregister_buf_ring(ring, 7);
 	munmap(br, brlen);
+}
+
+/* Incremental consumption: a kernel without it refuses the flag (EINVAL). */
+static bool caps_probe_inc(struct io_uring *ring)
+{
+	struct io_uring_buf_ring *br;
+	size_t brlen;
+
+	if (bufring_register(ring, 8, 8, IOU_PBUF_RING_INC, &br, &brlen) < 0)
+		return false;
+	io_uring_unregister_buf_ring(ring, 8);
+	munmap(br, brlen);
+	return true;
 }
 
 static int read_disabled_sysctl(void)
@@ -358,9 +421,11 @@ static void caps_detect(void)
 		if (caps.reg_ring)
 			io_uring_unregister_ring_fd(&ring);
 		caps_probe_recv(&ring);
-#ifdef IORING_FEAT_RECVSEND_BUNDLE
-		caps.bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0;
-#endif
+		caps.bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0 &&
+			      !(rb__uring_test_unsupported & RB_URING_BUNDLE);
+		caps.min_wait = (ring.features & IORING_FEAT_MIN_TIMEOUT) != 0 &&
+				!(rb__uring_test_unsupported & RB_URING_BATCH);
+		caps.inc = caps_probe_inc(&ring) && !(rb__uring_test_unsupported & RB_URING_INC);
 	}
 	io_uring_queue_exit(&ring);
 }
@@ -375,11 +440,51 @@ int rb__uring_probe(char *why, size_t whylen)
 
 /* ---- provided buffers ---- */
 
+/* Put a buffer at the ring's tail (visible at the next buf_publish), and
+ * note where it went. */
 static void buf_give(struct uring *u, uint16_t bid)
 {
 	io_uring_buf_ring_add(u->br, u->chunk[bid]->data, u->bufsize, bid,
 			      io_uring_buf_ring_mask(u->nbufs), (int)u->to_publish);
+	u->shadow[u->ktail & (u->nbufs - 1)] = bid;
+	u->ktail++;
 	u->to_publish++;
+	u->meta[bid].fill = 0;
+	u->meta[bid].refs = 0;
+	u->meta[bid].kdone = false;
+}
+
+/* A buffer goes back once the kernel is done with it and its bytes are sent. */
+static void buf_release(struct uring *u, uint16_t bid)
+{
+	if (u->meta[bid].kdone && u->meta[bid].refs == 0)
+		buf_give(u, bid);
+}
+
+static uint32_t seg_alloc(struct uring *u)
+{
+	uint32_t i;
+
+	if (u->seg_free == SEG_NIL) {
+		uint32_t n = u->nseg ? u->nseg * 2 : 256;
+		struct useg *seg = realloc(u->seg, n * sizeof(*seg));
+		if (!seg)
+			return SEG_NIL;
+		for (i = u->nseg; i < n; i++)
+			seg[i].next = i + 1 < n ? i + 1 : SEG_NIL;
+		u->seg = seg;
+		u->seg_free = u->nseg;
+		u->nseg = n;
+	}
+	i = u->seg_free;
+	u->seg_free = u->seg[i].next;
+	return i;
+}
+
+static void seg_free(struct uring *u, uint32_t i)
+{
+	u->seg[i].next = u->seg_free;
+	u->seg_free = i;
 }
 
 /* Make the buffers given back since the last call visible to the kernel. */
@@ -498,11 +603,19 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 		u->slot_free[u->n_slot_free++] = c->slot;
 	}
 	close(c->fd);
+	if (c->flags & UC_SENT) {
+		for (unsigned i = 0; i < u->n_sent; i++)
+			if (u->sent[i] == c)
+				u->sent[i] = u->sent[--u->n_sent];
+	}
 	while (c->qbufs) {
-		uint16_t bid = c->qhead;
-		c->qhead = u->meta[bid].next;
+		uint32_t i = c->qhead;
+		uint16_t bid = u->seg[i].bid;
+		c->qhead = u->seg[i].next;
 		c->qbufs--;
-		buf_give(u, bid);
+		seg_free(u, i);
+		u->meta[bid].refs--;
+		buf_release(u, bid);
 	}
 	RB_STAT_SUB(w, buffered, c->bytes);
 	conn_unlist(c);
@@ -521,7 +634,7 @@ static void conn_send(struct uring *u, struct uconn *c)
 {
 	unsigned n = c->qbufs < IOV_MAX ? c->qbufs : IOV_MAX;
 	struct io_uring_sqe *sqe;
-	uint16_t bid = c->qhead;
+	uint32_t seg = c->qhead;
 
 	if (n > c->iov_cap) {
 		unsigned cap = c->iov_cap;
@@ -541,10 +654,11 @@ static void conn_send(struct uring *u, struct uconn *c)
 			n = c->iov_cap; /* out of memory: send what fits, the rest next */
 	}
 	for (unsigned i = 0; i < n; i++) {
+		const struct useg *g = &u->seg[seg];
 		uint32_t off = i == 0 ? c->qoff : 0;
-		c->iov[i].iov_base = u->chunk[bid]->data + off;
-		c->iov[i].iov_len = u->meta[bid].len - off;
-		bid = u->meta[bid].next;
+		c->iov[i].iov_base = u->chunk[g->bid]->data + g->off + off;
+		c->iov[i].iov_len = g->len - off;
+		seg = g->next;
 	}
 	sqe = get_sqe(u);
 	if (n == 1) {
@@ -562,6 +676,45 @@ static void conn_send(struct uring *u, struct uconn *c)
 	io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
 	c->flags |= UC_SEND;
 	c->refs++;
+	c->send_bytes = 0;
+	for (unsigned i = 0; i < n; i++)
+		c->send_bytes += c->iov[i].iov_len;
+	if (u->batch && !(c->flags & UC_SENT)) {
+		if (u->n_sent == u->sent_cap) {
+			unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
+			struct uconn **v = realloc(u->sent, cap * sizeof(*v));
+			if (!v)
+				return; /* not listed: counted as a send someone waits for */
+			u->sent = v;
+			u->sent_cap = cap;
+		}
+		u->sent[u->n_sent++] = c;
+		c->flags |= UC_SENT;
+	}
+}
+
+/*
+ * Sends made since the last wait whose CQE nobody waits for: still in
+ * flight, covering everything the connection holds, on a connection that
+ * is still receiving (not paused, no EOF, not closing) while no receive
+ * waits for buffers. Their CQEs only return buffers. Decided at the wait,
+ * not at the send: a receive handled after the send can make it needed.
+ */
+static unsigned light_sends(struct uring *u)
+{
+	const uint32_t quiet = UC_RECV | UC_MSHOT | UC_BUNDLE | UC_SEND | UC_TCP | UC_SENT;
+	bool bufs_ok = rb_list_empty(&u->bufwait);
+	unsigned n = 0;
+
+	for (unsigned i = 0; i < u->n_sent; i++) {
+		struct uconn *c = u->sent[i];
+		c->flags &= ~UC_SENT;
+		if (bufs_ok && (c->flags & UC_SEND) && (c->flags & UC_RECV) && !(c->flags & ~quiet) &&
+		    c->bytes == c->send_bytes)
+			n++;
+	}
+	u->n_sent = 0;
+	return n;
 }
 
 /*
@@ -608,6 +761,13 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 	sqe_target(sqe, c);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
+	/* Only multishot receives are bundles: their byte limit bounds a
+	 * bundle exactly, while a single-shot bundle's length was seen to be
+	 * exceeded (with incremental buffers, Linux 6.18), past the cap. */
+	if (u->bundle && (c->flags & UC_MSHOT)) {
+		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
+		c->flags |= UC_BUNDLE;
+	}
 	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
 	c->flags |= UC_RECV;
 	c->refs++;
@@ -676,35 +836,116 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 		conn_arm_recv(w, u, c);
 }
 
-static void conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t len)
+/* Queue len bytes at off in buffer bid; 0 or -ENOMEM. Bytes that follow
+ * the tail segment in the same buffer extend it (one iovec, not two). */
+static int conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t off,
+			uint32_t len)
 {
-	u->meta[bid].len = len;
+	uint32_t i;
+
+	if (c->qbufs) {
+		struct useg *t = &u->seg[c->qtail];
+		if (t->bid == bid && t->off + t->len == off) {
+			t->len += len;
+			c->bytes += len;
+			return 0;
+		}
+	}
+	i = seg_alloc(u);
+	if (i == SEG_NIL)
+		return -ENOMEM;
+	u->seg[i] = (struct useg){.next = SEG_NIL, .off = off, .len = len, .bid = bid};
+	u->meta[bid].refs++;
 	if (c->qbufs)
-		u->meta[c->qtail].next = bid;
+		u->seg[c->qtail].next = i;
 	else {
-		c->qhead = bid;
+		c->qhead = i;
 		c->qoff = 0;
 	}
-	c->qtail = bid;
+	c->qtail = i;
 	c->qbufs++;
 	c->bytes += len;
+	return 0;
+}
+
+/* The kernel is done with the buffer at the ring's head: it moves on. */
+static uint16_t ring_pop(struct uring *u)
+{
+	uint16_t bid = u->shadow[u->khead & (u->nbufs - 1)];
+
+	u->khead++;
+	if (u->ring_free)
+		u->ring_free--;
+	u->meta[bid].kdone = true;
+	TEST_COUNT(bufs_consumed, 1);
+	return bid;
+}
+
+/*
+ * A receive CQE naming buffer bid with res bytes: find its buffers by ring
+ * position (a bundle covers several, in ring order from the head; with
+ * incremental consumption the head buffer may already hold earlier bytes
+ * and keeps what is left), queue the bytes on c (NULL: drop them) and
+ * return how many were queued.
+ */
+static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int res, bool bundle)
+{
+	uint32_t left = res > 0 ? (uint32_t)res : 0, kept = 0;
+	unsigned pieces = 0;
+
+	if (u->shadow[u->khead & (u->nbufs - 1)] != bid)
+		TEST_COUNT(shadow_miss, 1);
+	if (u->inc) {
+		/* The kernel advances its head only past a buffer it has filled;
+		 * a receive of 0 bytes (EOF) takes nothing. */
+		while (left > 0) {
+			uint16_t b = u->shadow[u->khead & (u->nbufs - 1)];
+			uint32_t off = u->meta[b].fill;
+			uint32_t take = u->bufsize - off < left ? u->bufsize - off : left;
+			if (off > 0)
+				TEST_COUNT(shared_bufs, 1);
+			if (c && kept == (uint32_t)res - left && conn_enqueue(u, c, b, off, take) == 0)
+				kept += take;
+			u->meta[b].fill += take;
+			left -= take;
+			pieces++;
+			if (u->meta[b].fill == u->bufsize) {
+				ring_pop(u);
+				buf_release(u, b);
+			}
+		}
+	} else {
+		/* Whole buffers: a bundle takes as many as its bytes fill (none
+		 * for 0 bytes); a single receive always takes one. */
+		unsigned n = bundle ? (left + u->bufsize - 1) / u->bufsize : 1;
+		for (unsigned i = 0; i < n; i++) {
+			uint16_t b = ring_pop(u);
+			uint32_t take = left < u->bufsize ? left : u->bufsize;
+			if (c && take && kept == (uint32_t)res - left &&
+			    conn_enqueue(u, c, b, 0, take) == 0)
+				kept += take;
+			left -= take;
+			pieces++;
+			buf_release(u, b);
+		}
+	}
+	if (pieces > 1)
+		TEST_COUNT(bundle_cqes, 1);
+	return kept;
 }
 
 static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res,
 		    unsigned flags)
 {
+	bool keep = res > 0 && !(c->flags & (UC_CLOSING | UC_DISCARD));
+	uint32_t kept = 0;
+
 	RB_STAT_ADD(w, read_calls, 1);
-	if (flags & IORING_CQE_F_BUFFER) {
-		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
-		if (u->ring_free)
-			u->ring_free--;
-		if (res > 0 && !(c->flags & (UC_CLOSING | UC_DISCARD)))
-			conn_enqueue(u, c, bid, (uint32_t)res);
-		else
-			buf_give(u, bid);
-	}
+	if (flags & IORING_CQE_F_BUFFER)
+		kept = recv_take(u, keep ? c : NULL, (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT),
+				 res, c->flags & UC_BUNDLE);
 	if (!(flags & IORING_CQE_F_MORE)) {
-		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING);
+		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING | UC_BUNDLE);
 		c->refs--;
 	}
 	if (res > 0 && (c->flags & UC_DISCARD)) {
@@ -712,9 +953,14 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		if (!(c->flags & UC_CLOSING)) {
-			RB_STAT_ADD(w, buffered, (uint64_t)res);
+			RB_STAT_ADD(w, buffered, (uint64_t)kept);
 			RB_STAT_MAX(w, peak_conn_buffered, c->bytes);
 			c->arm_bytes += (size_t)res;
+			if (kept < (uint32_t)res) {
+				/* Out of memory for the queue: the stream cannot go on. */
+				conn_close(w, u, c, true);
+				return;
+			}
 			/* One connection must not hold every buffer: stop a multishot
 			 * receive at the buffer cap (the byte cap needs no cancel). */
 			if (c->qbufs >= u->conn_bufcap)
@@ -744,17 +990,20 @@ static void conn_consume(struct rb_worker *w, struct uring *u, struct uconn *c, 
 	RB_STAT_SUB(w, buffered, (uint64_t)n);
 	c->bytes -= n;
 	while (n > 0) {
-		uint16_t bid = c->qhead;
-		size_t avail = u->meta[bid].len - c->qoff;
+		uint32_t i = c->qhead;
+		uint16_t bid = u->seg[i].bid;
+		size_t avail = u->seg[i].len - c->qoff;
 		if (n < avail) {
 			c->qoff += (uint32_t)n;
 			return;
 		}
 		n -= avail;
-		c->qhead = u->meta[bid].next;
+		c->qhead = u->seg[i].next;
 		c->qoff = 0;
 		c->qbufs--;
-		buf_give(u, bid);
+		seg_free(u, i);
+		u->meta[bid].refs--;
+		buf_release(u, bid);
 	}
 }
 
@@ -1074,11 +1323,67 @@ static int next_timeout_ms(struct rb_worker *w, struct uring *u)
 	return timeout;
 }
 
+/* Publish the SQEs prepared since the last call (the SQ tail, with release
+ * order so the kernel sees them filled) and return how many the kernel has
+ * not consumed yet. Not for SQPOLL rings. */
+static unsigned sq_publish(struct io_uring *ring)
+{
+	struct io_uring_sq *sq = &ring->sq;
+
+	if (sq->sqe_head != sq->sqe_tail) {
+		sq->sqe_head = sq->sqe_tail;
+		__atomic_store_n(sq->ktail, sq->sqe_tail, __ATOMIC_RELEASE);
+	}
+	return sq->sqe_tail - __atomic_load_n(sq->khead, __ATOMIC_ACQUIRE);
+}
+
+/*
+ * Submit and wait in one io_uring_enter, for 1 + light CQEs: a light send
+ * (conn_send) usually completes inline during this very call, and waiting
+ * for one CQE would then return at once, without the receive the worker is
+ * really waiting for, and cost a second enter. A send that does not
+ * complete inline must not hold up the CQEs that did arrive: min_wait_usec
+ * (Linux 6.12) returns with whatever is there after batch_us, and a send
+ * whose CQE someone waits for is never light.
+ */
+static int ring_wait_batch(struct uring *u, unsigned light, int timeout_ms)
+{
+	/* min_wait_usec needs a timeout, and is cut short by it: nothing to
+	 * time, so one long enough never to matter. */
+	struct __kernel_timespec ts = {.tv_sec = 3600};
+	struct rb_uring_getevents_arg arg = {.sigmask_sz = _NSIG / 8,
+					     .min_wait_usec = u->batch_us,
+					     .ts = (uint64_t)(uintptr_t)&ts};
+	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
+	unsigned submit = sq_publish(&u->ring);
+	int fd = u->ring.ring_fd;
+	long rc;
+
+	if (timeout_ms >= 0) {
+		ts.tv_sec = timeout_ms / 1000;
+		ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+	}
+	if (u->reg_ring) {
+		fd = u->ring.enter_ring_fd;
+		flags |= IORING_ENTER_REGISTERED_RING;
+	}
+	if (light)
+		TEST_COUNT(batched_waits, 1);
+	rc = syscall(__NR_io_uring_enter, fd, submit, 1 + light, flags, &arg, sizeof(arg));
+	if (rc < 0)
+		rc = -errno;
+	if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN)
+		return 0;
+	return rc < 0 ? (int)rc : 0;
+}
+
 static int ring_wait(struct uring *u, int timeout_ms)
 {
 	struct io_uring_cqe *cqe;
 	int rc;
 
+	if (u->batch)
+		return ring_wait_batch(u, light_sends(u), timeout_ms);
 	if (timeout_ms < 0) {
 		rc = io_uring_submit_and_wait(&u->ring, 1);
 	} else {
@@ -1170,7 +1475,7 @@ int rb__uring_run(struct rb_worker *w)
 	}
 	u->enabled = true;
 	if (caps.reg_ring)
-		io_uring_register_ring_fd(&u->ring);
+		u->reg_ring = io_uring_register_ring_fd(&u->ring) == 1;
 	buf_grow(w, u, INITIAL_BUFS);
 	ctl_arm(u, w->ctl_fd);
 	for (size_t i = 0; i < u->n_lst; i++)
@@ -1201,7 +1506,7 @@ int rb__uring_run(struct rb_worker *w)
 		update_stats(w, u);
 	}
 	update_stats(w, u);
-	if (caps.reg_ring)
+	if (u->reg_ring)
 		io_uring_unregister_ring_fd(&u->ring); /* per-thread: undo it here */
 	return 0;
 }
@@ -1269,8 +1574,15 @@ static int ring_create(struct uring *u, const struct rb_config *cfg)
 	return rc;
 }
 
+/* "yes", "off" (switched off by --uring-off) or "no (kernel)". */
+static const char *feature_state(bool used, bool kernel)
+{
+	return used ? "yes" : kernel ? "off" : "no (kernel)";
+}
+
 int rb__uring_worker_init(struct rb_worker *w)
 {
+	char batch_state[32];
 	const struct rb_config *cfg = &w->srv->cfg;
 	size_t per_conn;
 	struct uring *u;
@@ -1314,9 +1626,20 @@ int rb__uring_worker_init(struct rb_worker *w)
 	u->ring_ok = true;
 	u->chunk = calloc(u->nbufs, sizeof(*u->chunk));
 	u->meta = calloc(u->nbufs, sizeof(*u->meta));
-	if (!u->chunk || !u->meta)
+	u->shadow = calloc(u->nbufs, sizeof(*u->shadow));
+	if (!u->chunk || !u->meta || !u->shadow)
 		return -ENOMEM;
-	rc = bufring_register(&u->ring, u->nbufs, BGID, &u->br, &u->br_len);
+	u->seg_free = SEG_NIL;
+	u->bundle = caps.bundle && !(cfg->uring_off & RB_URING_BUNDLE);
+	u->inc = caps.inc && !(cfg->uring_off & RB_URING_INC);
+	/* Batching needs our own io_uring_enter; an SQPOLL ring submits by itself. */
+	/* Opt-in (--uring-batch-us): it halves the wake-ups of a lone
+	 * connection but costs more CPU per message here (docs/uring.md). */
+	u->batch = caps.min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
+		   cfg->uring_batch_us > 0;
+	u->batch_us = cfg->uring_batch_us;
+	rc = bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0, &u->br,
+			      &u->br_len);
 	if (rc < 0)
 		return rc;
 	files_register(u);
@@ -1325,18 +1648,15 @@ int rb__uring_worker_init(struct rb_worker *w)
 		u->lst[i].tcp = !w->srv->addrs[i].is_unix;
 	}
 	u->n_lst = w->n_listeners;
+	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
 	snprintf(u->detail, sizeof(u->detail),
-		 "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s", u->mode,
-		 cfg->uring_entries, caps.reg_ring ? "registered ring fd" : "ring fd",
-		 u->n_slots ? ", fixed files" : "",
-		 u->nbufs, u->bufsize,
-		 u->mshot_limit ? "multishot+limit" : "single-shot",
-#ifdef IORING_RECVSEND_BUNDLE
-		 caps.bundle ? "no (kernel has them, not used yet)" : "no (kernel)"
-#else
-		 "no"
-#endif
-	);
+		 "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
+		 "incremental buffers: %s, batching: %s",
+		 u->mode, cfg->uring_entries, caps.reg_ring ? "registered ring fd" : "ring fd",
+		 u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
+		 u->mshot_limit ? "multishot+limit" : "single-shot", feature_state(u->bundle, caps.bundle),
+		 feature_state(u->inc, caps.inc),
+		 u->batch ? batch_state : feature_state(false, caps.min_wait && !u->sqpoll));
 	return 0;
 }
 
@@ -1369,6 +1689,9 @@ void rb__uring_worker_fini(struct rb_worker *w)
 		rb_pool_put(&w->pool, u->chunk[i]);
 	free(u->chunk);
 	free(u->meta);
+	free(u->shadow);
+	free(u->seg);
+	free(u->sent);
 	free(u->slot_free);
 	free(u);
 	w->uring = NULL;

@@ -26,7 +26,13 @@ static struct engine_param all_params[] = {
 	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 #if RB_HAVE_URING
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	/* Every io_uring feature on, then each off alone, then all off. */
+	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BUNDLE},
+	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_INC},
+	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BATCH},
+	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV,
+	 RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
 #endif
 	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE},
 	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
@@ -46,8 +52,10 @@ size_t th_engine_params(struct engine_param **out)
 
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/%s/%s", rb_engine_name(p->engine), rb_trigger_name(p->trigger),
-		 rb_copy_name(p->copy));
+	snprintf(buf, len, "%s/%s/%s%s%s%s", rb_engine_name(p->engine), rb_trigger_name(p->trigger),
+		 rb_copy_name(p->copy), p->uring_off & RB_URING_BUNDLE ? "/no-bundle" : "",
+		 p->uring_off & RB_URING_INC ? "/no-inc" : "",
+		 p->uring_off & RB_URING_BATCH ? "/no-batch" : "");
 }
 
 static uint64_t now_ms(void)
@@ -81,6 +89,9 @@ void th_server_start(struct test_server *ts, const struct engine_param *p,
 		ts->cfg.engine = p->engine;
 		ts->cfg.trigger = p->trigger;
 		ts->cfg.copy = p->copy;
+		ts->cfg.uring_off = p->uring_off;
+		/* Batching is opt-in: the suite runs with it where not off. */
+		ts->cfg.uring_batch_us = p->uring_off & RB_URING_BATCH ? 0 : 50;
 	}
 	if (tweak)
 		tweak(&ts->cfg);

@@ -15,6 +15,7 @@ struct engine_param {
 	enum rb_engine engine;
 	enum rb_trigger trigger;
 	enum rb_copy copy;
+	unsigned uring_off; /* uring: RB_URING_* features switched off */
 };
 
 /* Every engine configuration that is built, for parameterized tests. */

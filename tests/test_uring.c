@@ -496,10 +496,257 @@ Test(uring, detail_line)
 	need_uring();
 	th_server_start(&ts, &uring_param, NULL);
 	d = rb_server_engine_detail(ts.srv);
-#if !RB_HAVE_IORING_RECVSEND_BUNDLE
-	cr_expect_not_null(strstr(d, "bundles: no"), "%s", d);
-#endif
 	cr_expect_not_null(strstr(d, "4096 buffers of 16384"), "%s", d);
+	/* Each feature is either used or said to be missing from the kernel. */
+	cr_expect(strstr(d, "bundles: yes") || strstr(d, "bundles: no (kernel)"), "%s", d);
+	cr_expect(strstr(d, "incremental buffers: yes") ||
+		      strstr(d, "incremental buffers: no (kernel)"), "%s", d);
+	/* Batching is opt-in; the test helpers ask for a 50 us window. */
+	cr_expect(strstr(d, "batching: min-wait 50 us") || strstr(d, "batching: no (kernel)"),
+		  "%s", d);
+	th_server_stop(&ts);
+}
+
+/* ---- issue 14: bundles, incremental buffers, batching ---- */
+
+/* Test hooks and counters in proactor_uring.c. */
+extern unsigned rb__uring_test_unsupported;
+struct rb_uring_test_counters {
+	uint64_t bundle_cqes, bufs_consumed, shared_bufs, shadow_miss, batched_waits;
+};
+extern struct rb_uring_test_counters rb__uring_test_counters;
+
+static unsigned test_off;
+static unsigned test_batch_us;
+
+static void features(struct rb_config *cfg)
+{
+	cfg->uring_off = test_off;
+	cfg->uring_batch_us = test_batch_us;
+}
+
+/* Skip, saying why, when the kernel lacks a feature the test is about. */
+static void need_feature(const char *what)
+{
+	struct test_server ts;
+	char want[64];
+
+	need_uring();
+	th_server_start(&ts, &uring_param, NULL);
+	snprintf(want, sizeof(want), "%s: no (kernel)", what);
+	if (strstr(rb_server_engine_detail(ts.srv), want)) {
+		th_server_stop(&ts);
+		cr_skip_test("this kernel has no %s", what);
+	}
+	th_server_stop(&ts);
+}
+
+/* 16 MiB in large pieces: receives find several buffers' worth queued. */
+static void bundle_stream(unsigned off)
+{
+	const size_t len = 16u << 20;
+	unsigned char *data = malloc(len);
+	struct test_server ts;
+	struct th_stream st;
+
+	th_fill(data, len, 14);
+	test_off = off;
+	th_server_start(&ts, &uring_param, features);
+	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
+	st = (struct th_stream){.fd = th_connect(ts.port), .data = data, .len = len,
+				.max_piece = 1u << 20, .rng = 3};
+	th_run_streams(&st, 1);
+	close(st.fd);
+	expect_clean(&ts, 1, len);
+	th_server_stop(&ts);
+	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
+	free(data);
+}
+
+Test(uring, bundles_cover_several_buffers, .timeout = 120)
+{
+	need_feature("bundles");
+	bundle_stream(RB_URING_INC); /* whole buffers: bundles alone */
+	cr_expect_gt(rb__uring_test_counters.bundle_cqes, 0, "no receive took two buffers");
+	bundle_stream(0); /* and with incremental buffers */
+	cr_expect_gt(rb__uring_test_counters.bundle_cqes, 0, "no receive took two buffers");
+}
+
+Test(uring, bundles_off_one_buffer_per_receive, .timeout = 120)
+{
+	need_uring();
+	bundle_stream(RB_URING_BUNDLE | RB_URING_INC);
+	cr_expect_eq(rb__uring_test_counters.bundle_cqes, 0);
+	bundle_stream(RB_URING_BUNDLE);
+	cr_expect_eq(rb__uring_test_counters.bundle_cqes, 0);
+}
+
+/* n request/response rounds of size bytes on one connection. */
+static void ping_pong(int port, unsigned n, size_t size)
+{
+	unsigned char msg[512], got[512];
+	int fd = th_connect(port);
+
+	cr_assert_leq(size, sizeof(msg));
+	for (unsigned i = 0; i < n; i++) {
+		size_t have = 0;
+		th_fill(msg, size, i);
+		cr_assert_eq(send(fd, msg, size, MSG_NOSIGNAL), (ssize_t)size);
+		while (have < size) {
+			ssize_t r = recv(fd, got + have, size - have, 0);
+			cr_assert_gt(r, 0, "round %u: %s", i, r < 0 ? strerror(errno) : "EOF");
+			have += (size_t)r;
+		}
+		cr_assert_arr_eq(got, msg, size, "round %u", i);
+	}
+	close(fd);
+}
+
+/*
+ * 1000 messages of 64 bytes: with incremental consumption they share
+ * buffers, so the kernel finishes about one 16 KiB buffer per 256 of them;
+ * without, every message takes (and holds until sent back) a whole buffer.
+ */
+static uint64_t small_messages(unsigned off)
+{
+	struct test_server ts;
+
+	test_off = off;
+	th_server_start(&ts, &uring_param, features);
+	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
+	ping_pong(ts.port, 1000, 64);
+	expect_clean(&ts, 1, 64000);
+	th_server_stop(&ts);
+	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
+	return rb__uring_test_counters.bufs_consumed;
+}
+
+Test(uring, incremental_buffers_shared_by_small_messages, .timeout = 60)
+{
+	uint64_t used;
+
+	need_feature("incremental buffers");
+	used = small_messages(0);
+	cr_expect_leq(used, 64000 / 16384, "%lu buffers for 64000 bytes", (unsigned long)used);
+	cr_expect_gt(rb__uring_test_counters.shared_bufs, 900);
+}
+
+Test(uring, incremental_off_one_buffer_per_message, .timeout = 60)
+{
+	uint64_t used;
+
+	need_uring();
+	used = small_messages(RB_URING_INC);
+	/* At least one per message, plus the one the EOF takes. */
+	cr_expect_geq(used, 1000, "%lu buffers for 1000 messages", (unsigned long)used);
+	cr_expect_eq(rb__uring_test_counters.shared_bufs, 0);
+}
+
+/*
+ * Ping-pong with a batching window far longer than any test: each round is
+ * one wake-up (the send that completes inline and the next request in one
+ * io_uring_enter); without batching, two.
+ */
+static uint64_t pingpong_wakeups(unsigned off)
+{
+	struct test_server ts;
+	struct rb_stats st;
+
+	test_off = off;
+	test_batch_us = 30u * 1000 * 1000;
+	th_server_start(&ts, &uring_param, features);
+	ping_pong(ts.port, 500, 64);
+	expect_clean(&ts, 1, 32000);
+	rb_server_stats(ts.srv, &st);
+	th_server_stop(&ts);
+	return st.wakeups;
+}
+
+Test(uring, batching_one_wakeup_per_message, .timeout = 20)
+{
+	uint64_t n;
+
+	need_feature("batching");
+	n = pingpong_wakeups(0);
+	cr_expect_leq(n, 500 + 20, "%lu wake-ups for 500 messages", (unsigned long)n);
+	cr_expect_gt(rb__uring_test_counters.batched_waits, 400);
+}
+
+Test(uring, batching_off_two_wakeups_per_message, .timeout = 20)
+{
+	uint64_t n;
+
+	need_uring();
+	n = pingpong_wakeups(RB_URING_BATCH);
+	cr_expect_geq(n, 2 * 500, "%lu wake-ups for 500 messages", (unsigned long)n);
+	cr_expect_eq(rb__uring_test_counters.batched_waits, 0);
+}
+
+/*
+ * A send whose completion someone needs must wake the worker at once, even
+ * with a 30 s batching window (the test times out in 20 s): a stream larger
+ * than the cap (paused until sends drain it), small pieces, half-close
+ * (the FIN follows the last send), a slow reader (sends that do not
+ * complete inline), 50 at once.
+ */
+Test(uring, batching_never_stalls, .timeout = 20)
+{
+	struct test_server ts;
+	uint64_t total = 0;
+
+	need_feature("batching");
+	test_batch_us = 30u * 1000 * 1000;
+	th_server_start(&ts, &uring_param, features);
+	run_many(&ts, 50, 1000, 65537, 0, &total);
+	run_many(&ts, 1, 3u << 20, 0, 0, &total);
+	run_many(&ts, 10, 1, 1, 7, &total);
+	expect_clean(&ts, 61, total);
+	th_server_stop(&ts);
+}
+
+/* Every feature reported absent by the probe (as on a 6.1 kernel): the
+ * start-up line says so, nothing is used, streams are intact. */
+Test(uring, probe_falls_back_when_absent, .timeout = 120)
+{
+	struct test_server ts;
+	uint64_t total = 0;
+	const char *d;
+
+	/* Before anything probes: the probe runs once per process. */
+	rb__uring_test_unsupported = RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH;
+	need_uring();
+	test_batch_us = 50; /* asked for, and absent */
+	th_server_start(&ts, &uring_param, features);
+	d = rb_server_engine_detail(ts.srv);
+	cr_expect_not_null(strstr(d, "bundles: no (kernel), incremental buffers: no (kernel), "
+				     "batching: no (kernel)"),
+			   "%s", d);
+	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
+	run_many(&ts, 20, 100000, 40000, 0, &total);
+	ping_pong(ts.port, 100, 64);
+	total += 6400;
+	expect_clean(&ts, 21, total);
+	th_server_stop(&ts);
+	cr_expect_eq(rb__uring_test_counters.bundle_cqes, 0);
+	cr_expect_eq(rb__uring_test_counters.shared_bufs, 0);
+	cr_expect_eq(rb__uring_test_counters.batched_waits, 0);
+	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
+}
+
+/* --uring-off switches a feature off and the start-up line says so. */
+Test(uring, features_switched_off)
+{
+	struct test_server ts;
+	const char *d;
+
+	need_uring();
+	test_off = RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH;
+	th_server_start(&ts, &uring_param, features);
+	d = rb_server_engine_detail(ts.srv);
+	cr_expect(strstr(d, "bundles: off") || strstr(d, "bundles: no (kernel)"), "%s", d);
+	cr_expect(strstr(d, "incremental buffers: off") ||
+		      strstr(d, "incremental buffers: no (kernel)"), "%s", d);
+	cr_expect(strstr(d, "batching: off") || strstr(d, "batching: no (kernel)"), "%s", d);
 	th_server_stop(&ts);
 }
 

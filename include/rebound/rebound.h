@@ -58,6 +58,13 @@ enum rb_log_level {
  */
 typedef void rb_log_fn(void *ctx, enum rb_log_level level, const char *msg);
 
+/* io_uring features that can be switched off (rb_config.uring_off). */
+enum {
+	RB_URING_BUNDLE = 1u << 0, /* receive bundles (Linux 6.10) */
+	RB_URING_INC = 1u << 1,    /* incremental buffer consumption (6.12) */
+	RB_URING_BATCH = 1u << 2,  /* one enter per wake-up: min-wait batching (6.12) */
+};
+
 struct rb_config {
 	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH,
 	 * fd:N (an open listening or datagram socket, e.g. from systemd). */
@@ -78,6 +85,8 @@ struct rb_config {
 	unsigned uring_entries;      /* uring: submission queue entries per ring */
 	unsigned uring_buffers;      /* uring: provided buffers per worker (power of two) */
 	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
+	unsigned uring_off;          /* uring: RB_URING_* features not to use, 0 = all the kernel has */
+	unsigned uring_batch_us;     /* uring: min-wait batching window in us, 0 = no batching */
 	int backlog;
 	unsigned unix_mode;          /* mode of unix:PATH socket files (default 0660) */
 	unsigned udp_rate;           /* UDP datagrams/s answered per source address, 0 = no limit */
