@@ -264,6 +264,13 @@ void rb__pipes_fini(struct rb_worker *w);
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
 int rb__worker_run(struct rb_worker *w);
 bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
+/*
+ * The stop deadline, before a connection is closed: empty its receive queue
+ * (or close() sends an RST); with `pending` echo bytes still ours, reset it
+ * (a FIN would pass a cut stream off as complete) and count it with what it
+ * loses, ours and the kernel's unsent queue.
+ */
+void rb__stop_deadline_close(struct rb_worker *w, int fd, uint64_t pending);
 /* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
 /* Drain the control eventfd and serve a stats request; true if a stop is asked. */

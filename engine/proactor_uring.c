@@ -29,8 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1195,20 +1193,8 @@ static void close_all(struct rb_worker *w, struct uring *u)
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, all);
 		next = it->next;
-		/* As the readiness engines: empty the receive queue (or close()
-		 * sends an RST); a connection with echo left is reset and counted
-		 * with what it loses, ours and the kernel's send queue. */
-		while (recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT) > 0)
-			;
-		if (c->bytes > 0 || (c->flags & UC_SEND)) {
-			struct linger lg = {.l_onoff = 1, .l_linger = 0};
-			int unsent = 0;
-			if (ioctl(c->fd, SIOCOUTQ, &unsent) < 0 || unsent < 0)
-				unsent = 0;
-			RB_STAT_ADD(w, stop_dropped_conns, 1);
-			RB_STAT_ADD(w, stop_dropped_bytes, c->bytes + (uint64_t)unsent);
-			setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-		}
+		/* As the readiness engines (a send in flight is part of c->bytes). */
+		rb__stop_deadline_close(w, c->fd, c->bytes);
 		conn_close(w, u, c, false);
 	}
 }

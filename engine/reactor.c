@@ -10,8 +10,6 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -642,18 +640,7 @@ static void worker_stop_deadline(struct rb_worker *w)
 	while (!rb_list_empty(&w->conns)) {
 		struct rb_conn *c = rb_container_of(w->conns.next, struct rb_conn, all);
 
-		/* Empty the receive queue, or close() itself sends an RST. */
-		while (recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT) > 0)
-			;
-		if (conn_pending(c) > 0) {
-			struct linger lg = {.l_onoff = 1, .l_linger = 0};
-			int unsent = 0;
-			if (ioctl(c->fd, SIOCOUTQ, &unsent) < 0 || unsent < 0)
-				unsent = 0;
-			RB_STAT_ADD(w, stop_dropped_conns, 1);
-			RB_STAT_ADD(w, stop_dropped_bytes, conn_pending(c) + (uint64_t)unsent);
-			setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-		}
+		rb__stop_deadline_close(w, c->fd, conn_pending(c));
 		conn_close(w, c, false);
 	}
 }

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -85,6 +87,22 @@ void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp)
 	if (cfg->user_timeout_ms) {
 		unsigned ut = cfg->user_timeout_ms;
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+	}
+}
+
+void rb__stop_deadline_close(struct rb_worker *w, int fd, uint64_t pending)
+{
+	/* Empty the receive queue, or close() itself sends an RST. */
+	while (recv(fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT) > 0)
+		;
+	if (pending > 0) {
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+		int unsent = 0;
+		if (ioctl(fd, SIOCOUTQ, &unsent) < 0 || unsent < 0)
+			unsent = 0;
+		RB_STAT_ADD(w, stop_dropped_conns, 1);
+		RB_STAT_ADD(w, stop_dropped_bytes, pending + (uint64_t)unsent);
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
 }
 

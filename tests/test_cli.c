@@ -327,6 +327,37 @@ Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
 	free(data);
 }
 
+/*
+ * A peer that never reads keeps output pending: connect one and write until
+ * the daemon's stats (SIGUSR1) show it paused at its 1 MiB cap.
+ */
+static int connect_paused_peer(struct proc *p, int port, const unsigned char *data,
+			       size_t len)
+{
+	int fd = th_connect_bufs(port, 4096, 4096);
+
+	th_set_nonblock(fd);
+	for (;;) {
+		char line[4096]; /* a whole stats line */
+		size_t n = 0;
+		unsigned long buffered = 0;
+		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
+			;
+		cr_assert_eq(kill(p->pid, SIGUSR1), 0);
+		while (n < sizeof(line) - 1 && read(p->err, line + n, 1) == 1 && line[n] != '\n')
+			n++;
+		line[n] = '\0';
+		const char *b = strstr(line, "\"buffered\":");
+		cr_assert_not_null(b, "no stats line: %s", line);
+		cr_assert(strncmp(line, "rebound: stats {", 16) == 0, "%s", line);
+		sscanf(b, "\"buffered\":%lu", &buffered);
+		if (buffered == 1048576)
+			return fd;
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		poll(&pfd, 1, 10);
+	}
+}
+
 Test(cli, second_signal_exits_at_once, .timeout = 60)
 {
 	const size_t len = 16u << 20;
@@ -336,29 +367,8 @@ Test(cli, second_signal_exits_at_once, .timeout = 60)
 	int port, fd;
 
 	port = start_daemon(&p, ARGS("--shutdown-timeout", "3600000"));
-	/* A peer that never reads keeps output pending, so the graceful stop waits:
-	 * write until the daemon's stats (SIGUSR1) show it paused at its cap. */
-	fd = th_connect_bufs(port, 4096, 4096);
-	th_set_nonblock(fd);
-	for (;;) {
-		char line[1024];
-		size_t n = 0;
-		unsigned long buffered = 0;
-		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
-			;
-		cr_assert_eq(kill(p.pid, SIGUSR1), 0);
-		while (n < sizeof(line) - 1 && read(p.err, line + n, 1) == 1 && line[n] != '\n')
-			n++;
-		line[n] = '\0';
-		const char *b = strstr(line, "\"buffered\":");
-		cr_assert_not_null(b, "no stats line: %s", line);
-		cr_assert(strncmp(line, "rebound: stats {", 16) == 0, "%s", line);
-		sscanf(b, "\"buffered\":%lu", &buffered);
-		if (buffered == 1048576)
-			break;
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, 10);
-	}
+	/* A peer paused at its cap keeps the graceful stop waiting. */
+	fd = connect_paused_peer(&p, port, data, len);
 	cr_assert_eq(kill(p.pid, SIGTERM), 0);
 	/* The first signal is being handled once the listener is gone. */
 	for (;;) {
@@ -391,26 +401,7 @@ Test(cli, stop_deadline_reports_what_it_cut, .timeout = 60)
 	int port, fd;
 
 	port = start_daemon(&p, ARGS("--shutdown-timeout", "300"));
-	fd = th_connect_bufs(port, 4096, 4096);
-	th_set_nonblock(fd);
-	for (;;) {
-		char line[2048];
-		size_t n = 0;
-		unsigned long buffered = 0;
-		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
-			;
-		cr_assert_eq(kill(p.pid, SIGUSR1), 0);
-		while (n < sizeof(line) - 1 && read(p.err, line + n, 1) == 1 && line[n] != '\n')
-			n++;
-		line[n] = '\0';
-		const char *b = strstr(line, "\"buffered\":");
-		cr_assert_not_null(b, "no stats line: %s", line);
-		sscanf(b, "\"buffered\":%lu", &buffered);
-		if (buffered == 1048576)
-			break;
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		poll(&pfd, 1, 10);
-	}
+	fd = connect_paused_peer(&p, port, data, len);
 	cr_assert_eq(kill(p.pid, SIGTERM), 0);
 	th_slurp(p.err, err, sizeof(err));
 	cr_assert_eq(wait_exit(p.pid), 0, "stderr: %s", err);
