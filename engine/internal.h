@@ -18,7 +18,9 @@
 #include "rb_config.h"
 #include "rebound/rebound.h"
 #include "iopool.h"
+#include "engines.h"
 #include "poller.h"
+#include "timer.h"
 
 /* ---- intrusive doubly linked list (circular, with a sentinel) ---- */
 struct rb_list {
@@ -114,6 +116,29 @@ void rb__unix_unlink_if_ours(const struct rb_addr *a);
 /* Set a->url from the bound address (numeric host, real port). */
 void rb__addr_format(struct rb_addr *a);
 
+/*
+ * The server's listening sockets. Every worker holds them until it stops
+ * accepting; the last one to let go closes them, so new peers are refused
+ * rather than left waiting in a backlog nobody accepts from.
+ */
+struct rb_listen_set {
+	struct rb_addr addrs[RB_MAX_LISTEN];
+	int fds[RB_MAX_LISTEN];
+	int ports[RB_MAX_LISTEN];
+	/* UDP with several workers: each has its own socket (SO_REUSEPORT), so
+	 * the kernel keeps a flow on one worker and never reorders it. */
+	bool per_worker[RB_MAX_LISTEN];
+	size_t n;
+	unsigned holders;
+};
+
+/* Empty set: no descriptors. */
+void rb__listen_set_init(struct rb_listen_set *ls);
+/* One holder lets go; the last closes every socket. */
+void rb__listen_set_release(struct rb_listen_set *ls);
+/* Close (and unlink) every listening socket; idempotent. */
+void rb__listen_set_close(struct rb_listen_set *ls);
+
 /* ---- stats: written only by the owning worker, read by anyone ---- */
 #define RB_STAT_ADD(w, field, n)                                                           \
 	__atomic_store_n(&(w)->st.field, (w)->st.field + (n), __ATOMIC_RELAXED)
@@ -180,9 +205,12 @@ struct rb_listener {
 	bool pending; /* accept budget ran out: more may be waiting */
 	bool active;
 	bool owned;   /* this worker's own socket (UDP with SO_REUSEPORT): closed with it */
+	bool is_udp;
+	bool tcp;     /* a TCP socket (not UNIX): accepted sockets get TCP options */
 	int port;     /* bound port (UDP: datagrams from it are never answered) */
 	struct rb_udp *udp;      /* a UDP socket: echoed datagram by datagram */
 	uint32_t udp_interest;   /* registered with a level-triggered poller */
+	struct rb_timer retry;   /* accept back-off: descriptors or memory ran out */
 };
 
 struct rb_server;
@@ -200,7 +228,8 @@ struct rb_worker {
 	unsigned id;
 	pthread_t thread;
 	bool thread_started;
-	const struct rb_poller_ops *ops;
+	const struct rb_engine_desc *eng;
+	const struct rb_poller_ops *ops; /* readiness model: eng->poller */
 	struct rb_poller *poller;
 	bool edge;
 	struct rb_pool pool;
@@ -214,8 +243,8 @@ struct rb_worker {
 	struct rb_list grave;
 	int reserve_fd; /* spare descriptor for EMFILE at accept */
 	bool stopping;
-	uint64_t deadline_ms;
-	uint64_t accept_retry_ms;
+	struct rb_timers timers;
+	struct rb_timer stop_timer; /* the graceful stop's deadline */
 	struct rb_ratelimit rl_emfile;
 	struct rb_ratelimit rl_pipe;
 	struct rb_stats st;
@@ -231,17 +260,12 @@ struct rb_worker {
 
 struct rb_server {
 	struct rb_config cfg;
-	struct rb_addr addrs[RB_MAX_LISTEN];
-	int listen_fds[RB_MAX_LISTEN];
-	int ports[RB_MAX_LISTEN];
-	size_t n_listen;
-	enum rb_engine engine;
-	const struct rb_poller_ops *ops;
+	struct rb_listen_set ls;
+	const struct rb_engine_desc *eng;
 	struct rb_worker *workers;
 	unsigned n_workers;
 	volatile sig_atomic_t stop_requested;
 	volatile sig_atomic_t stats_requested;
-	unsigned listening_workers; /* the last to stop listening closes the sockets */
 	size_t pipe_size;           /* splice pipe size asked for, after pipe-max-size */
 	unsigned heartbeat;         /* rb_server_heartbeat's round (watchdog.c) */
 };
@@ -260,10 +284,30 @@ int rb__pipe_get(struct rb_worker *w, struct rb_conn *c);
 void rb__pipe_put(struct rb_worker *w, struct rb_conn *c, bool verify);
 void rb__pipes_fini(struct rb_worker *w);
 
-/* Workers (worker.c): the common part, then the model's own. */
+/*
+ * Workers (worker.c): what every worker has whichever model drives it, and
+ * the helpers both models share. The server calls the model (through the
+ * engine table) after rb__worker_init and before rb__worker_fini.
+ */
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id);
-int rb__worker_run(struct rb_worker *w);
-bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
+void rb__worker_fini(struct rb_worker *w);
+/* Drain the control eventfd and serve a stats request; true if a stop is asked. */
+bool rb__worker_control(struct rb_worker *w);
+/* Enter the stopping state and arm the deadline timer, which calls
+ * on_deadline(&w->stop_timer, w); false if already stopping. */
+bool rb__worker_begin_stop(struct rb_worker *w, rb_timer_fn *on_deadline);
+/* This worker accepts no more: the last one to say so closes the listeners. */
+void rb__worker_release_listeners(struct rb_worker *w);
+/* What an accept error means for the listener. */
+enum rb_accept_next {
+	RB_ACCEPT_RETRY,   /* try again now (a peer gave up, or the reserve served one) */
+	RB_ACCEPT_IDLE,    /* nothing waits: wait for readiness */
+	RB_ACCEPT_BACKOFF, /* out of descriptors or memory: retry after RB_ACCEPT_BACKOFF_MS */
+};
+#define RB_ACCEPT_BACKOFF_MS 100
+enum rb_accept_next rb__accept_error(struct rb_worker *w, int lfd, int err);
+/* A connection we cannot serve (err < 0 says why): closed, counted, logged. */
+void rb__refuse(struct rb_worker *w, int fd, int err);
 /*
  * The stop deadline, before a connection is closed: empty its receive queue
  * (or close() sends an RST); with `pending` echo bytes still ours, reset it
@@ -273,25 +317,5 @@ bool rb__accept_reserve(struct rb_worker *w, int lfd, int err);
 void rb__stop_deadline_close(struct rb_worker *w, int fd, uint64_t pending);
 /* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
-/* Drain the control eventfd and serve a stats request; true if a stop is asked. */
-bool rb__worker_control(struct rb_worker *w);
-void rb__worker_fini(struct rb_worker *w);
-
-/* Readiness model (reactor.c). */
-int rb__reactor_worker_init(struct rb_worker *w);
-int rb__reactor_run(struct rb_worker *w);
-void rb__reactor_worker_fini(struct rb_worker *w);
-
-/* Completion model (proactor_uring.c, built only with liburing). */
-int rb__uring_probe(char *why, size_t whylen);
-int rb__uring_worker_init(struct rb_worker *w);
-int rb__uring_run(struct rb_worker *w);
-void rb__uring_worker_fini(struct rb_worker *w);
-const char *rb__uring_detail(const struct rb_worker *w);
-/* UDP listener i: each worker has its own socket (SO_REUSEPORT), so the
- * kernel keeps a flow on one worker and never reorders it. */
-bool rb__udp_per_worker(const struct rb_server *srv, size_t i);
-/* Close (and unlink) every listening socket; idempotent. */
-void rb__server_close_listeners(struct rb_server *srv);
 
 #endif

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "iopool.h"
+#include "rb_limits.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -7,7 +8,7 @@
 
 int rb_pool_init(struct rb_pool *p, size_t chunk_size, unsigned max_free, size_t limit)
 {
-	if (chunk_size < 64 || chunk_size > (64u << 20))
+	if (chunk_size < RB_POOL_CHUNK_MIN || chunk_size > RB_POOL_CHUNK_MAX)
 		return -EINVAL;
 	*p = (struct rb_pool){
 		.chunk_size = chunk_size,

@@ -307,3 +307,27 @@ fail:
 	snprintf(err, errlen, "cannot listen on '%s': %s", a->url, strerror(-rc));
 	return rc;
 }
+
+void rb__listen_set_init(struct rb_listen_set *ls)
+{
+	memset(ls, 0, sizeof(*ls));
+	for (size_t i = 0; i < RB_MAX_LISTEN; i++)
+		ls->fds[i] = -1;
+}
+
+void rb__listen_set_close(struct rb_listen_set *ls)
+{
+	for (size_t i = 0; i < RB_MAX_LISTEN; i++) {
+		if (ls->fds[i] < 0)
+			continue;
+		close(ls->fds[i]);
+		ls->fds[i] = -1;
+		rb__unix_unlink_if_ours(&ls->addrs[i]);
+	}
+}
+
+void rb__listen_set_release(struct rb_listen_set *ls)
+{
+	if (__atomic_sub_fetch(&ls->holders, 1, __ATOMIC_ACQ_REL) == 0)
+		rb__listen_set_close(ls);
+}

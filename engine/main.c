@@ -51,7 +51,8 @@ static void usage(FILE *f)
 		"                           unix:PATH or fd:N (an open socket); systemd's\n"
 		"                           socket activation adds its sockets\n"
 		"                           (repeatable; default tcp://127.0.0.1:7007)\n"
-		"  -e, --engine NAME        epoll, poll, select, uring or auto (default auto);\n"
+		"  -e, --engine NAME        epoll, poll, select, uring, sockmap or auto (default\n"
+		"                           auto);\n"
 		"                           select refuses connections whose descriptor is\n"
 		"                           1024 (FD_SETSIZE) or more\n"
 		"      --trigger MODE       edge or level, for the epoll engine (default edge)\n"
@@ -81,7 +82,7 @@ static void usage(FILE *f)
 		"      --uring-off LIST     uring: features not to use, comma-separated: bundle,\n"
 		"                           inc, batch (default: use all the kernel has)\n"
 		"      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
-		"                           of N us, 1 to 100000 (default: off)\n"
+		"                           of N us, up to 60000000 (default 0: off)\n"
 		"      --list-engines       print the engines that can run here and exit\n"
 		"  -v, --verbose            more logging\n"
 		"  -q, --quiet              errors only\n"
@@ -106,48 +107,42 @@ static int bad_value(const char *flag, const char *value, const char *why)
 	return EXIT_USAGE;
 }
 
-static int parse_size_flag(const char *flag, const char *value, size_t min, size_t max,
-			   size_t *out)
+/*
+ * The CLI only parses: a value that is not a size or a number is refused
+ * here; whether a value is within its limits is the library's to say
+ * (rb_config_check, called by rb_server_create), with the flag's name.
+ */
+static int parse_size_flag(const char *flag, const char *value, size_t *out)
 {
-	char why[96];
-	size_t v;
-	int rc = rb_parse_size(value, &v);
+	int rc = rb_parse_size(value, out);
 
 	if (rc == -ERANGE)
 		return bad_value(flag, value, "too large");
 	if (rc < 0)
 		return bad_value(flag, value, "expected a size such as 4096, 16k or 1m");
-	if (v < min || v > max) {
-		snprintf(why, sizeof(why), "must be between %zu and %zu bytes", min, max);
-		return bad_value(flag, value, why);
-	}
-	*out = v;
 	return 0;
 }
 
-static int parse_uint_flag(const char *flag, const char *value, unsigned long min,
-			   unsigned long max, unsigned long *out)
+static int parse_uint_flag(const char *flag, const char *value, unsigned *out)
 {
-	char why[96], *end;
-	unsigned long v;
+	unsigned long long v;
+	char *end;
 
 	errno = 0;
 	if (!*value || strspn(value, "0123456789") != strlen(value))
 		return bad_value(flag, value, "expected a whole number");
-	v = strtoul(value, &end, 10);
-	if (errno || v < min || v > max) {
-		snprintf(why, sizeof(why), "must be between %lu and %lu", min, max);
-		return bad_value(flag, value, why);
-	}
-	*out = v;
+	v = strtoull(value, &end, 10);
+	if (errno || v > UINT_MAX)
+		return bad_value(flag, value, "too large");
+	*out = (unsigned)v;
 	return 0;
 }
 
-/* --keepalive off | IDLE[,INTVL,CNT] (seconds). */
+/* --keepalive off | IDLE[,INTVL,CNT] (seconds); the ranges are checked by
+ * the library. */
 static int parse_keepalive(const char *value, struct rb_config *cfg)
 {
-	unsigned long v[3] = {0, cfg->keepalive_intvl_s, cfg->keepalive_cnt};
-	static const unsigned long max[3] = {32767, 32767, 127};
+	unsigned v[3] = {0, cfg->keepalive_intvl_s, cfg->keepalive_cnt};
 	const char *p = value;
 	char *end;
 
@@ -156,12 +151,14 @@ static int parse_keepalive(const char *value, struct rb_config *cfg)
 		return 0;
 	}
 	for (int i = 0; i < 3; i++) {
+		unsigned long long x;
 		if (*p < '0' || *p > '9')
 			goto bad;
 		errno = 0;
-		v[i] = strtoul(p, &end, 10);
-		if (errno || v[i] < 1 || v[i] > max[i])
+		x = strtoull(p, &end, 10);
+		if (errno || x > UINT_MAX || (i == 0 && x == 0))
 			goto bad;
+		v[i] = (unsigned)x;
 		p = end;
 		if (*p == '\0')
 			break;
@@ -171,9 +168,9 @@ static int parse_keepalive(const char *value, struct rb_config *cfg)
 	}
 	if (*p)
 		goto bad;
-	cfg->keepalive_idle_s = (unsigned)v[0];
-	cfg->keepalive_intvl_s = (unsigned)v[1];
-	cfg->keepalive_cnt = (unsigned)v[2];
+	cfg->keepalive_idle_s = v[0];
+	cfg->keepalive_intvl_s = v[1];
+	cfg->keepalive_cnt = v[2];
 	return 0;
 bad:
 	return bad_value("--keepalive", value,
@@ -205,6 +202,32 @@ static int parse_uring_off(const char *value, unsigned *out)
 	}
 	*out = bits;
 	return 0;
+}
+
+/* "expected epoll, poll, select, uring, sockmap or auto", from the engine table. */
+static const char *engine_choices(void)
+{
+	static char buf[160];
+	enum rb_engine e[16];
+	size_t n = rb_engine_list(e, 16), off;
+
+	off = (size_t)snprintf(buf, sizeof(buf), "expected ");
+	for (size_t i = 0; i < n && i < 16 && off < sizeof(buf); i++)
+		off += (size_t)snprintf(buf + off, sizeof(buf) - off, "%s, ", rb_engine_name(e[i]));
+	if (off >= 2 && off < sizeof(buf))
+		snprintf(buf + off - 2, sizeof(buf) - (off - 2), " or auto");
+	return buf;
+}
+
+/* --list-engines: the engines that can run here, in preference order. */
+static void list_engines(void)
+{
+	enum rb_engine e[16];
+	size_t n = rb_engine_list(e, 16);
+
+	for (size_t i = 0; i < n && i < 16; i++)
+		if (rb_engine_available(e[i], NULL, 0) == 0)
+			printf("%s\n", rb_engine_name(e[i]));
 }
 
 static void raise_nofile(void)
@@ -272,7 +295,6 @@ int main(int argc, char **argv)
 	struct sigaction sa;
 	char err[8192]; /* room for a whole over-long URL in the message */
 	unsigned long ul;
-	bool trigger_set = false;
 	int c, rc;
 
 	rb_config_init(&cfg);
@@ -286,80 +308,65 @@ int main(int argc, char **argv)
 			break;
 		case 'e':
 			if (rb_engine_parse(optarg, &cfg.engine) < 0)
-				return bad_value("--engine", optarg,
-						 "expected epoll, poll, select, uring or auto");
+				return bad_value("--engine", optarg, engine_choices());
 			break;
 		case OPT_TRIGGER:
 			if (rb_trigger_parse(optarg, &cfg.trigger) < 0)
 				return bad_value("--trigger", optarg, "expected edge or level");
-			trigger_set = true;
 			break;
 		case OPT_COPY:
 			if (rb_copy_parse(optarg, &cfg.copy) < 0)
 				return bad_value("--copy", optarg, "expected writev or splice");
 			break;
 		case 't':
-			if ((rc = parse_uint_flag("--threads", optarg, 1, RB_MAX_THREADS, &ul)))
+			if ((rc = parse_uint_flag("--threads", optarg, &cfg.threads)))
 				return rc;
-			cfg.threads = (unsigned)ul;
 			break;
 		case OPT_CHUNK:
-			if ((rc = parse_size_flag("--chunk-size", optarg, 512, 16u << 20,
-						  &cfg.chunk_size)))
+			if ((rc = parse_size_flag("--chunk-size", optarg, &cfg.chunk_size)))
 				return rc;
 			break;
 		case OPT_CONNBUF:
-			if ((rc = parse_size_flag("--conn-buffer", optarg, 1, 1u << 30,
-						  &cfg.conn_buffer)))
+			if ((rc = parse_size_flag("--conn-buffer", optarg, &cfg.conn_buffer)))
 				return rc;
 			break;
 		case OPT_MAXMEM:
-			if ((rc = parse_size_flag("--max-memory", optarg, 0, SIZE_MAX,
-						  &cfg.max_memory)))
+			if ((rc = parse_size_flag("--max-memory", optarg, &cfg.max_memory)))
 				return rc;
 			break;
 		case OPT_PIPE:
-			if ((rc = parse_size_flag("--pipe-size", optarg, 4096, 1u << 30,
-						  &cfg.pipe_size)))
+			if ((rc = parse_size_flag("--pipe-size", optarg, &cfg.pipe_size)))
 				return rc;
 			break;
 		case OPT_SHUTDOWN:
-			if ((rc = parse_uint_flag("--shutdown-timeout", optarg, 0, 3600000, &ul)))
+			if ((rc = parse_uint_flag("--shutdown-timeout", optarg, &cfg.shutdown_timeout_ms)))
 				return rc;
-			cfg.shutdown_timeout_ms = (unsigned)ul;
 			break;
 		case OPT_URING_ENTRIES:
-			if ((rc = parse_uint_flag("--uring-entries", optarg, 1, 32768, &ul)))
+			if ((rc = parse_uint_flag("--uring-entries", optarg, &cfg.uring_entries)))
 				return rc;
-			cfg.uring_entries = (unsigned)ul;
 			break;
 		case OPT_URING_BUFFERS:
-			if ((rc = parse_uint_flag("--uring-buffers", optarg, 1, 32768, &ul)))
+			if ((rc = parse_uint_flag("--uring-buffers", optarg, &cfg.uring_buffers)))
 				return rc;
-			if (ul & (ul - 1))
-				return bad_value("--uring-buffers", optarg,
-						 "must be a power of two (1, 2, 4 ... 32768)");
-			cfg.uring_buffers = (unsigned)ul;
 			break;
 		case OPT_URING_SQPOLL:
-			if ((rc = parse_uint_flag("--uring-sqpoll", optarg, 0, 60000, &ul)))
+			if ((rc = parse_uint_flag("--uring-sqpoll", optarg, &cfg.uring_sqpoll_ms)))
 				return rc;
-			cfg.uring_sqpoll_ms = (unsigned)ul;
 			break;
 		case OPT_KEEPALIVE:
 			if ((rc = parse_keepalive(optarg, &cfg)))
 				return rc;
 			break;
 		case OPT_USER_TIMEOUT:
-			if ((rc = parse_uint_flag("--user-timeout", optarg, 0, 2147483647, &ul)))
+			if ((rc = parse_uint_flag("--user-timeout", optarg, &cfg.user_timeout_ms)))
 				return rc;
-			cfg.user_timeout_ms = (unsigned)ul;
 			break;
 		case OPT_UNIX_MODE: {
 			char *end;
 			errno = 0;
 			ul = strtoul(optarg, &end, 8);
-			if (!*optarg || *end || errno || ul > 0777 ||
+			if (!*optarg || *end || errno || ul > UINT_MAX ||
 			    strspn(optarg, "01234567") != strlen(optarg))
 				return bad_value("--unix-mode", optarg,
 						 "expected an octal mode from 0 to 0777, such as 0660");
@@ -367,9 +374,8 @@ int main(int argc, char **argv)
 			break;
 		}
 		case OPT_UDP_RATE:
-			if ((rc = parse_uint_flag("--udp-rate", optarg, 0, 100000000, &ul)))
+			if ((rc = parse_uint_flag("--udp-rate", optarg, &cfg.udp_rate)))
 				return rc;
-			cfg.udp_rate = (unsigned)ul;
 			break;
 		case OPT_UDP_LOW:
 			cfg.udp_low_ports = true;
@@ -379,14 +385,11 @@ int main(int argc, char **argv)
 				return rc;
 			break;
 		case OPT_URING_BATCH:
-			if ((rc = parse_uint_flag("--uring-batch-us", optarg, 1, 100000, &ul)))
+			if ((rc = parse_uint_flag("--uring-batch-us", optarg, &cfg.uring_batch_us)))
 				return rc;
-			cfg.uring_batch_us = (unsigned)ul;
 			break;
 		case OPT_LIST:
-			for (int e = RB_ENGINE_EPOLL; e <= RB_ENGINE_URING; e++)
-				if (rb_engine_available((enum rb_engine)e, err, sizeof(err)) == 0)
-					printf("%s\n", rb_engine_name((enum rb_engine)e));
+			list_engines();
 			return 0;
 		case 'v':
 			cfg.log_level = RB_LOG_DEBUG;
@@ -416,15 +419,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "rebound: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return EXIT_USAGE;
 	}
-	if (trigger_set && cfg.engine != RB_ENGINE_EPOLL && cfg.engine != RB_ENGINE_AUTO) {
-		fprintf(stderr, "rebound: --trigger applies only to the epoll engine, not '%s'\n",
-			rb_engine_name(cfg.engine));
-		return EXIT_USAGE;
-	}
-	if (cfg.copy == RB_COPY_SPLICE && cfg.engine == RB_ENGINE_URING) {
-		fprintf(stderr, "rebound: --copy splice is not supported by the uring engine\n");
-		return EXIT_USAGE;
-	}
 	/* Socket activation: systemd's sockets join any --listen URLs. */
 	static char fd_urls[RB_MAX_LISTEN][16];
 	int nfds = rb_sd_listen_fds();
@@ -445,8 +439,6 @@ int main(int argc, char **argv)
 	if (rb_sd_notify_init() < 0)
 		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid NOTIFY_SOCKET");
 
-	/* splice has no MSG_NOSIGNAL: a peer that left must not kill us (rule 8). */
-	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 
 	rc = rb_server_create(&cfg, &g_srv, err, sizeof(err));

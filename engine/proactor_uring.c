@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "uring_probe.h"
 #include "uring_uapi.h"
 
 /* Operation tags in the low bits of user_data (every tagged object is 8-aligned). */
@@ -53,16 +54,12 @@ enum {
 /* Provided buffers a worker starts with: an idle server holds almost nothing. */
 #define INITIAL_BUFS 4
 #define CQE_BATCH 256
-#define ACCEPT_RETRY_MS 100
 /* iovecs kept inside each connection; longer queues get a heap array. */
 #define INLINE_IOV 4
 
 /* Test hook: when set before a server is created, use single-shot receives
  * only, as on kernels without multishot byte limits. */
 int rb__uring_test_single_recv;
-/* Test hook: RB_URING_* features the probe reports as absent, as on an older
- * kernel (set before the first server of the process is created). */
-unsigned rb__uring_test_unsupported;
 /* Test counters, summed over every worker of the process. */
 struct rb_uring_test_counters {
 	uint64_t bundle_cqes;   /* receive CQEs that covered more than one buffer */
@@ -135,10 +132,12 @@ struct ulisten {
 	bool tcp;
 	bool armed;     /* multishot accept in flight */
 	bool cancelled; /* a cancel was submitted for it */
-	uint64_t retry_ms; /* re-arm not before (descriptors ran out) */
+	struct rb_timer retry; /* re-arm after a back-off (descriptors ran out) */
+	struct uring *u;
 } __attribute__((aligned(8)));
 
 struct uring {
+	struct rb_ratelimit rl_unknown;
 	struct io_uring ring;
 	bool ring_ok;
 	bool enabled;
@@ -186,22 +185,6 @@ struct uring {
 	char detail[320];
 };
 
-/* ---- what this kernel can do: probed once per process ---- */
-
-struct caps {
-	int err;
-	char why[200];
-	bool mshot_recv;  /* multishot receive (Linux 6.0) */
-	bool mshot_limit; /* multishot receive byte limit in sqe->optlen */
-	bool reg_ring;    /* registered ring descriptors */
-	bool bundle;      /* receive bundles: IORING_FEAT_RECVSEND_BUNDLE (6.10) */
-	bool inc;         /* incremental buffer rings: IOU_PBUF_RING_INC (6.12) */
-	bool min_wait;    /* min-wait in io_uring_enter: IORING_FEAT_MIN_TIMEOUT (6.12) */
-};
-
-static struct caps caps;
-static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
-
 static inline uint64_t tag(const void *p, unsigned op)
 {
 	return (uint64_t)(uintptr_t)p | op;
@@ -210,230 +193,6 @@ static inline uint64_t tag(const void *p, unsigned op)
 static inline void *untag(uint64_t ud)
 {
 	return (void *)(uintptr_t)(ud & ~(uint64_t)OP_MASK);
-}
-
-/* mmap a buffer ring of entries slots and register it as group bgid
- * (by hand where liburing, like Debian 12's 2.3, has no
- * io_uring_setup_buf_ring). Returns 0 or -errno. */
-static int bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
-			    unsigned flags, struct io_uring_buf_ring **out, size_t *len_out)
-{
-	size_t len = entries * sizeof(struct io_uring_buf);
-#if RB_HAVE_IO_URING_SETUP_BUF_RING
-	int rc;
-
-	/* Newer liburing does the mmap and registration itself. */
-	*out = io_uring_setup_buf_ring(ring, entries, (int)bgid, flags, &rc);
-	if (!*out)
-		return rc;
-	*len_out = len;
-	return 0;
-#else
-	struct io_uring_buf_reg reg;
-	void *mem;
-	int rc;
-
-	len = (len + 4095) & ~(size_t)4095;
-	mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (mem == MAP_FAILED)
-		return -errno;
-	memset(&reg, 0, sizeof(reg));
-	reg.ring_addr = (uint64_t)(uintptr_t)mem;
-	reg.ring_entries = entries;
-	reg.bgid = (uint16_t)bgid;
-	/* io_uring_buf_reg.flags (Linux 6.4) is `pad` in liburing 2.3's copy. */
-	reg.pad = (uint16_t)flags;
-	rc = io_uring_register_buf_ring(ring, &reg, 0);
-	if (rc < 0) {
-		munmap(mem, len);
-		return rc;
-	}
-	*out = mem;
-	*len_out = len;
-	io_uring_buf_ring_init(*out);
-	return 0;
-#endif
-}
-
-static int wait_one(struct io_uring *ring, struct io_uring_cqe **cqe)
-{
-	struct __kernel_timespec ts = {.tv_sec = 1};
-
-	return io_uring_wait_cqe_timeout(ring, cqe, &ts);
-}
-
-/*
- * Arm a multishot receive on a socketpair holding `have` bytes and report
- * the first CQE's result and flags. With limit, sqe->optlen (the field
- * file_index shares in older headers) caps the bytes the request may take.
- */
-static int try_mshot(struct io_uring *ring, int fd, uint32_t limit, int *res, unsigned *flags)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-	struct io_uring_cqe *cqe;
-	int rc;
-
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = 7;
-	sqe->file_index = limit;
-	sqe->user_data = 1;
-	rc = io_uring_submit(ring);
-	if (rc < 0)
-		return rc;
-	rc = wait_one(ring, &cqe);
-	if (rc < 0)
-		return rc;
-	*res = cqe->res;
-	*flags = cqe->flags;
-	io_uring_cqe_seen(ring, cqe);
-	if (*flags & IORING_CQE_F_MORE) {
-		/* Still armed: cancel it and wait for both CQEs to leave the ring clean. */
-		sqe = io_uring_get_sqe(ring);
-		io_uring_prep_cancel64(sqe, 1, 0);
-		sqe->user_data = 2;
-		io_uring_submit(ring);
-		for (int i = 0; i < 2; i++) {
-			if (wait_one(ring, &cqe) < 0)
-				break;
-			io_uring_cqe_seen(ring, cqe);
-		}
-	}
-	return 0;
-}
-
-/* Multishot receive and its byte limit, tried for real on a socketpair:
- * the opcode table cannot tell either. */
-static void caps_probe_recv(struct io_uring *ring)
-{
-	struct io_uring_buf_ring *br;
-	static char bufs[8][64];
-	size_t brlen;
-	unsigned flags;
-	int sv[2], res;
-
-	if (bufring_register(ring, 8, 7, 0, &br, &brlen) < 0)
-		return;
-	for (int i = 0; i < 8; i++)
-		io_uring_buf_ring_add(br, bufs[i], sizeof(bufs[i]), (uint16_t)i, 7, i);
-	io_uring_buf_ring_advance(br, 8);
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		goto out;
-	if (write(sv[1], "a", 1) == 1 && try_mshot(ring, sv[0], 0, &res, &flags) == 0)
-		caps.mshot_recv = res == 1 && (flags & IORING_CQE_F_MORE);
-	/* Two bytes against a limit of one: a kernel that honours the limit ends
-	 * the request (no F_MORE); an old one rejects optlen with EINVAL. */
-	if (caps.mshot_recv && write(sv[1], "bc", 2) == 2 &&
-	    try_mshot(ring, sv[0], 1, &res, &flags) == 0)
-		caps.mshot_limit = res > 0 && !(flags & IORING_CQE_F_MORE);
-	close(sv[0]);
-	close(sv[1]);
-out:
-	io_uring_unregister_buf_ring(ring, 7);
-	munmap(br, brlen);
-}
-
-/* Incremental consumption: a kernel without it refuses the flag (EINVAL). */
-static bool caps_probe_inc(struct io_uring *ring)
-{
-	struct io_uring_buf_ring *br;
-	size_t brlen;
-
-	if (bufring_register(ring, 8, 8, IOU_PBUF_RING_INC, &br, &brlen) < 0)
-		return false;
-	io_uring_unregister_buf_ring(ring, 8);
-	munmap(br, brlen);
-	return true;
-}
-
-static int read_disabled_sysctl(void)
-{
-	char b[16] = "";
-	int fd = open("/proc/sys/kernel/io_uring_disabled", O_RDONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (fd < 0)
-		return 0; /* older than 6.6: no such switch */
-	n = read(fd, b, sizeof(b) - 1);
-	close(fd);
-	return n > 0 ? atoi(b) : 0;
-}
-
-static void caps_detect(void)
-{
-	static const int need[] = {IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND,
-				   IORING_OP_SENDMSG, IORING_OP_POLL_ADD,
-				   IORING_OP_ASYNC_CANCEL, IORING_OP_SOCKET};
-	struct io_uring_probe *probe;
-	struct io_uring ring;
-	int disabled = read_disabled_sysctl(), rc;
-
-	if (disabled == 2) {
-		caps.err = -EPERM;
-		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring is switched off by the "
-			 "sysctl kernel.io_uring_disabled=2");
-		return;
-	}
-	rc = io_uring_queue_init(4, &ring, 0);
-	if (rc == -EPERM) {
-		caps.err = rc;
-		if (disabled == 1)
-			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: kernel.io_uring_disabled=1 allows "
-				 "io_uring only to members of kernel.io_uring_group");
-		else
-			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: io_uring_setup was refused (EPERM): "
-				 "a seccomp filter or container policy blocks io_uring");
-		return;
-	}
-	if (rc == -ENOSYS) {
-		caps.err = rc;
-		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring_setup is not implemented "
-			 "(ENOSYS): a kernel without CONFIG_IO_URING, or a seccomp filter");
-		return;
-	}
-	if (rc < 0) {
-		caps.err = -ENOTSUP;
-		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring_setup failed: %s", strerror(-rc));
-		return;
-	}
-	probe = io_uring_get_probe_ring(&ring);
-	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
-		/* IORING_OP_SOCKET stands for Linux 5.19: multishot accept, buffer rings. */
-		if (!probe || !io_uring_opcode_supported(probe, need[i])) {
-			caps.err = -ENOTSUP;
-			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: the kernel's io_uring is too old "
-				 "(needs Linux 5.19 or later: multishot accept, buffer rings)");
-			break;
-		}
-	}
-	if (probe)
-		io_uring_free_probe(probe);
-	if (!caps.err) {
-		caps.reg_ring = io_uring_register_ring_fd(&ring) == 1;
-		if (caps.reg_ring)
-			io_uring_unregister_ring_fd(&ring);
-		caps_probe_recv(&ring);
-		caps.bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0 &&
-			      !(rb__uring_test_unsupported & RB_URING_BUNDLE);
-		caps.min_wait = (ring.features & IORING_FEAT_MIN_TIMEOUT) != 0 &&
-				!(rb__uring_test_unsupported & RB_URING_BATCH);
-		caps.inc = caps_probe_inc(&ring) && !(rb__uring_test_unsupported & RB_URING_INC);
-	}
-	io_uring_queue_exit(&ring);
-}
-
-int rb__uring_probe(char *why, size_t whylen)
-{
-	pthread_once(&caps_once, caps_detect);
-	if (caps.err && why && whylen)
-		snprintf(why, whylen, "%s", caps.why);
-	return caps.err;
 }
 
 /* ---- provided buffers ---- */
@@ -1027,12 +786,7 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	struct uconn *c = calloc(1, sizeof(*c));
 
 	if (!c) {
-		unsigned sup;
-		close(fd);
-		RB_STAT_ADD(w, refused, 1);
-		if (rb__ratelimit_ok(&w->rl_emfile, &sup))
-			rb__log(RB_LOG_ERR, "refusing connection: out of memory (%u more suppressed)",
-				sup);
+		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
 	c->fd = fd;
@@ -1081,8 +835,7 @@ static void listeners_check_released(struct rb_worker *w, struct uring *u)
 		if (u->lst[i].armed)
 			return;
 	u->listen_released = true;
-	if (__atomic_sub_fetch(&w->srv->listening_workers, 1, __ATOMIC_ACQ_REL) == 0)
-		rb__server_close_listeners(w->srv);
+	rb__worker_release_listeners(w);
 }
 
 static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, int res,
@@ -1099,32 +852,14 @@ static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, i
 		} else {
 			conn_new(w, u, res, l->tcp);
 		}
-	} else {
-		switch (-res) {
-		case ECANCELED:
-		case EINTR:
-		case EAGAIN:
-		case ECONNABORTED:
-		case EPROTO:
-			break;
-		case EMFILE:
-		case ENFILE:
-		case ENOBUFS:
-		case ENOMEM:
-			if (!rb__accept_reserve(w, l->fd, -res))
-				l->retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
-			break;
-		default:
-			rb__log(RB_LOG_ERR, "accept: %s", strerror(-res));
-			l->retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
-			break;
-		}
+	} else if (rb__accept_error(w, l->fd, -res) == RB_ACCEPT_BACKOFF) {
+		rb__timer_arm(&w->timers, &l->retry, rb__now_ms() + RB_ACCEPT_BACKOFF_MS);
 	}
 	if (l->armed)
 		return;
 	if (w->stopping)
 		listeners_check_released(w, u);
-	else if (l->retry_ms <= rb__now_ms())
+	else if (!rb__timer_armed(&l->retry))
 		listener_arm(u, l);
 }
 
@@ -1149,16 +884,36 @@ static void wcancel(struct uring *u, uint64_t target)
 	u->wops++;
 }
 
+static void close_all(struct rb_worker *w, struct uring *u);
+
+/* The stop deadline: what is still unsent is dropped (as the reactor does). */
+static void stop_deadline(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+
+	(void)t;
+	close_all(w, w->uring);
+}
+
+/* The accept back-off is over: accept again, unless stopping meanwhile. */
+static void listener_retry(struct rb_timer *t, void *arg)
+{
+	struct ulisten *l = rb_container_of(t, struct ulisten, retry);
+	struct rb_worker *w = arg;
+
+	if (!w->stopping && !l->armed)
+		listener_arm(l->u, l);
+}
+
 static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 {
 	struct rb_list *it, *next;
 
-	if (w->stopping)
+	if (!rb__worker_begin_stop(w, stop_deadline))
 		return;
-	w->stopping = true;
-	w->deadline_ms = rb__now_ms() + w->srv->cfg.shutdown_timeout_ms;
 	for (size_t i = 0; i < u->n_lst; i++) {
 		struct ulisten *l = &u->lst[i];
+		rb__timer_cancel(&w->timers, &l->retry);
 		if (l->armed && !l->cancelled) {
 			wcancel(u, tag(l, OP_ACCEPT));
 			l->cancelled = true;
@@ -1227,6 +982,17 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 	case OP_WCANCEL:
 		u->wops--;
 		break;
+	default: {
+		/* Not ours: every submission is tagged. Report it once a second
+		 * and go on; its target (if any) is not touched. */
+		unsigned sup;
+		if (rb__ratelimit_ok(&u->rl_unknown, &sup))
+			rb__log(RB_LOG_ERR,
+				"uring: completion with unknown operation %u (res %d, %u more "
+				"suppressed)",
+				(unsigned)(ud & OP_MASK), res, sup);
+		break;
+	}
 	}
 }
 
@@ -1272,41 +1038,6 @@ static bool worker_done(struct rb_worker *w, struct uring *u)
 		u->ctl_cancelled = true;
 	}
 	return u->wops == 0;
-}
-
-/* A listener waits to be re-armed (descriptors ran out)? */
-static bool listener_waiting(const struct uring *u)
-{
-	for (size_t i = 0; i < u->n_lst; i++)
-		if (!u->lst[i].armed)
-			return true;
-	return false;
-}
-
-static int next_timeout_ms(struct rb_worker *w, struct uring *u)
-{
-	uint64_t now;
-	int timeout = -1;
-
-	/* The common case needs no clock. */
-	if (w->stopping ? u->closing_all : !listener_waiting(u))
-		return -1;
-	now = rb__now_ms();
-
-	for (size_t i = 0; i < u->n_lst; i++) {
-		struct ulisten *l = &u->lst[i];
-		if (!l->armed && !w->stopping) {
-			int left = l->retry_ms > now ? (int)(l->retry_ms - now) : 0;
-			if (timeout < 0 || left < timeout)
-				timeout = left;
-		}
-	}
-	if (w->stopping && !u->closing_all) {
-		int left = w->deadline_ms > now ? (int)(w->deadline_ms - now) : 0;
-		if (timeout < 0 || left < timeout)
-			timeout = left;
-	}
-	return timeout;
 }
 
 /* Publish the SQEs prepared since the last call (the SQ tail, with release
@@ -1447,7 +1178,7 @@ static int ring_enable(struct io_uring *ring)
 	return 0;
 }
 
-int rb__uring_run(struct rb_worker *w)
+static int uring_run(struct rb_worker *w)
 {
 	struct uring *u = w->uring;
 	int rc;
@@ -1460,7 +1191,7 @@ int rb__uring_run(struct rb_worker *w)
 		return rc;
 	}
 	u->enabled = true;
-	if (caps.reg_ring)
+	if (rb__uring_caps()->reg_ring)
 		u->reg_ring = io_uring_register_ring_fd(&u->ring) == 1;
 	buf_grow(w, u, INITIAL_BUFS);
 	ctl_arm(u, w->ctl_fd);
@@ -1469,19 +1200,13 @@ int rb__uring_run(struct rb_worker *w)
 	for (;;) {
 		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 			worker_begin_stop(w, u);
-		if (w->stopping && !u->closing_all && rb__now_ms() >= w->deadline_ms)
-			close_all(w, u);
 		run_lists(w, u);
-		if (!w->stopping && listener_waiting(u)) {
-			uint64_t now = rb__now_ms();
-			for (size_t i = 0; i < u->n_lst; i++)
-				if (!u->lst[i].armed && u->lst[i].retry_ms <= now)
-					listener_arm(u, &u->lst[i]);
-		}
 		if (worker_done(w, u))
 			break;
 		buf_publish(u);
-		rc = ring_wait(u, next_timeout_ms(w, u));
+		/* The timers' next deadline is the wait's timeout (an io_uring
+		 * timeout); the common case reads no clock. */
+		rc = ring_wait(u, w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1);
 		if (rc < 0) {
 			rb__log(RB_LOG_ERR, "uring wait: %s", strerror(-rc));
 			emergency_drain(w, u);
@@ -1489,6 +1214,8 @@ int rb__uring_run(struct rb_worker *w)
 		}
 		RB_STAT_ADD(w, wakeups, 1);
 		drain_cqes(w, u);
+		if (w->timers.root)
+			rb__timers_run(&w->timers, rb__now_ms(), w);
 		update_stats(w, u);
 	}
 	update_stats(w, u);
@@ -1566,7 +1293,7 @@ static const char *feature_state(bool used, bool kernel)
 	return used ? "yes" : kernel ? "off" : "no (kernel)";
 }
 
-int rb__uring_worker_init(struct rb_worker *w)
+static int uring_worker_init(struct rb_worker *w)
 {
 	char batch_state[32];
 	const struct rb_config *cfg = &w->srv->cfg;
@@ -1574,20 +1301,11 @@ int rb__uring_worker_init(struct rb_worker *w)
 	struct uring *u;
 	int rc;
 
+	const struct rb_uring_caps *caps = rb__uring_caps();
+
 	rc = rb__uring_probe(NULL, 0);
 	if (rc < 0)
 		return rc;
-	if (cfg->copy != RB_COPY_WRITEV) {
-		rb__log(RB_LOG_ERR, "--copy splice is not supported by the uring engine");
-		return -EINVAL;
-	}
-	/* A buffer ring has a power-of-two size of at most 32768 entries. */
-	if (cfg->uring_entries < 1 || cfg->uring_entries > 32768 || cfg->uring_buffers < 1 ||
-	    cfg->uring_buffers > 32768 || (cfg->uring_buffers & (cfg->uring_buffers - 1))) {
-		rb__log(RB_LOG_ERR, "uring: entries %u or buffers %u out of range", cfg->uring_entries,
-			cfg->uring_buffers);
-		return -EINVAL;
-	}
 	u = calloc(1, sizeof(*u));
 	if (!u)
 		return -ENOMEM;
@@ -1597,7 +1315,7 @@ int rb__uring_worker_init(struct rb_worker *w)
 	rb_list_init(&u->bufwait);
 	u->bufsize = (uint32_t)cfg->chunk_size;
 	u->nbufs = cfg->uring_buffers;
-	u->mshot_limit = caps.mshot_limit && !rb__uring_test_single_recv;
+	u->mshot_limit = caps->mshot_limit && !rb__uring_test_single_recv;
 	/* Twice the buffers the byte cap needs (receives may land partly
 	 * filled), but never more than half the ring. */
 	per_conn = 2 * ((cfg->conn_buffer + u->bufsize - 1) / u->bufsize);
@@ -1616,44 +1334,46 @@ int rb__uring_worker_init(struct rb_worker *w)
 	if (!u->chunk || !u->meta || !u->shadow)
 		return -ENOMEM;
 	u->seg_free = SEG_NIL;
-	u->bundle = caps.bundle && !(cfg->uring_off & RB_URING_BUNDLE);
-	u->inc = caps.inc && !(cfg->uring_off & RB_URING_INC);
+	u->bundle = caps->bundle && !(cfg->uring_off & RB_URING_BUNDLE);
+	u->inc = caps->inc && !(cfg->uring_off & RB_URING_INC);
 	/* Batching needs our own io_uring_enter; an SQPOLL ring submits by itself. */
 	/* Opt-in (--uring-batch-us): it halves the wake-ups of a lone
 	 * connection but costs more CPU per message here (docs/uring.md). */
-	u->batch = caps.min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
+	u->batch = caps->min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
 		   cfg->uring_batch_us > 0;
 	u->batch_us = cfg->uring_batch_us;
-	rc = bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0, &u->br,
+	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0, &u->br,
 			      &u->br_len);
 	if (rc < 0)
 		return rc;
 	files_register(u);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		u->lst[i].fd = w->listeners[i].fd;
-		u->lst[i].tcp = !w->srv->addrs[i].is_unix;
+		u->lst[i].tcp = w->listeners[i].tcp;
+		u->lst[i].u = u;
+		rb__timer_init(&u->lst[i].retry, listener_retry);
 	}
 	u->n_lst = w->n_listeners;
 	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
 	snprintf(u->detail, sizeof(u->detail),
 		 "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
 		 "incremental buffers: %s, batching: %s",
-		 u->mode, cfg->uring_entries, caps.reg_ring ? "registered ring fd" : "ring fd",
+		 u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
 		 u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
-		 u->mshot_limit ? "multishot+limit" : "single-shot", feature_state(u->bundle, caps.bundle),
-		 feature_state(u->inc, caps.inc),
-		 u->batch ? batch_state : feature_state(false, caps.min_wait && !u->sqpoll));
+		 u->mshot_limit ? "multishot+limit" : "single-shot", feature_state(u->bundle, caps->bundle),
+		 feature_state(u->inc, caps->inc),
+		 u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll));
 	return 0;
 }
 
-const char *rb__uring_detail(const struct rb_worker *w)
+static const char *uring_detail(const struct rb_worker *w)
 {
 	const struct uring *u = w->uring;
 
 	return u ? u->detail : "";
 }
 
-void rb__uring_worker_fini(struct rb_worker *w)
+static void uring_worker_fini(struct rb_worker *w)
 {
 	struct uring *u = w->uring;
 
@@ -1682,3 +1402,10 @@ void rb__uring_worker_fini(struct rb_worker *w)
 	free(u);
 	w->uring = NULL;
 }
+
+const struct rb_model_ops rb__uring_model = {
+	.worker_init = uring_worker_init,
+	.run = uring_run,
+	.worker_fini = uring_worker_fini,
+	.detail = uring_detail,
+};

@@ -18,8 +18,6 @@
 /* iovecs per readv: enough to fill a few chunks in one call. */
 #define READ_IOV 4
 #define EVENT_BATCH 256
-/* Back-off before retrying accept when descriptors ran out and no reserve is left. */
-#define ACCEPT_RETRY_MS 100
 
 static void conn_run(struct rb_worker *w, struct rb_conn *c);
 
@@ -513,13 +511,13 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	int err;
 
 	if (w->ops->max_fd >= 0 && fd > w->ops->max_fd) {
-		err = -EMFILE;
-		goto refuse;
+		rb__refuse(w, fd, -EMFILE);
+		return;
 	}
 	c = calloc(1, sizeof(*c));
 	if (!c) {
-		err = -ENOMEM;
-		goto refuse;
+		rb__refuse(w, fd, -ENOMEM);
+		return;
 	}
 	c->h.kind = RB_H_CONN;
 	c->fd = fd;
@@ -532,60 +530,47 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	err = w->ops->add(w->poller, fd, c, events);
 	if (err < 0) {
 		free(c);
-		goto refuse;
+		rb__refuse(w, fd, err);
+		return;
 	}
 	rb_list_init(&c->all);
 	rb_list_add_tail(&w->conns, &c->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
-	return;
-refuse:
-	close(fd);
-	RB_STAT_ADD(w, refused, 1);
-	{
-		unsigned sup;
-		if (rb__ratelimit_ok(&w->rl_emfile, &sup))
-			rb__log(RB_LOG_ERR, "refusing connection on fd %d: %s (%u more suppressed)",
-				fd, strerror(-err), sup);
-	}
 }
 
 static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 {
 	unsigned budget = w->srv->cfg.accept_budget;
-	bool tcp = !w->srv->addrs[l - w->listeners].is_unix;
 
 	l->pending = false;
 	for (unsigned i = 0; i < budget; i++) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
-			conn_new(w, fd, tcp);
+			conn_new(w, fd, l->tcp);
 			continue;
 		}
-		switch (errno) {
-		case EAGAIN:
-			return;
-		case EINTR:
-		case ECONNABORTED:
-		case EPROTO:
+		switch (rb__accept_error(w, l->fd, errno)) {
+		case RB_ACCEPT_RETRY:
 			continue;
-		case EMFILE:
-		case ENFILE:
-		case ENOBUFS:
-		case ENOMEM:
-			if (rb__accept_reserve(w, l->fd, errno))
-				continue;
-			l->pending = true;
-			w->accept_retry_ms = rb__now_ms() + ACCEPT_RETRY_MS;
+		case RB_ACCEPT_IDLE:
 			return;
-		default:
-			rb__log(RB_LOG_ERR, "accept: %s", strerror(errno));
+		case RB_ACCEPT_BACKOFF:
+			/* Not pending: nothing runs it before its timer. */
+			rb__timer_arm(&w->timers, &l->retry, rb__now_ms() + RB_ACCEPT_BACKOFF_MS);
 			return;
 		}
 	}
 	/* Budget used up: more may wait, and no new edge will say so. */
 	l->pending = true;
-	w->accept_retry_ms = 0;
+}
+
+static void listener_retry(struct rb_timer *t, void *arg)
+{
+	struct rb_listener *l = rb_container_of(t, struct rb_listener, retry);
+
+	if (l->active)
+		listener_accept(arg, l);
 }
 
 /* A UDP listener is registered like a stream one; its events echo datagrams. */
@@ -598,24 +583,24 @@ static void udp_event(struct rb_worker *w, struct rb_listener *l, uint32_t ev)
 	}
 }
 
+static void worker_stop_deadline(struct rb_timer *t, void *arg);
+
 static void worker_begin_stop(struct rb_worker *w)
 {
 	struct rb_list *it, *next;
 
-	if (w->stopping)
+	if (!rb__worker_begin_stop(w, worker_stop_deadline))
 		return;
-	w->stopping = true;
-	w->deadline_ms = rb__now_ms() + w->srv->cfg.shutdown_timeout_ms;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
 		if (l->active)
 			w->ops->del(w->poller, l->fd, l);
 		l->active = false;
 		l->pending = false;
+		rb__timer_cancel(&w->timers, &l->retry);
 	}
 	/* Stop accepting for real: new peers are refused, not left in a backlog. */
-	if (__atomic_sub_fetch(&w->srv->listening_workers, 1, __ATOMIC_ACQ_REL) == 0)
-		rb__server_close_listeners(w->srv);
+	rb__worker_release_listeners(w);
 	/* Stop echoing new input: flush what is queued, then FIN, discarding
 	 * input until the peer's FIN, then close each connection. */
 	for (it = w->conns.next; it != &w->conns; it = next) {
@@ -635,8 +620,11 @@ static void worker_begin_stop(struct rb_worker *w)
  * is counted with its bytes, those we held and those still in the kernel's
  * send queue; one that was only waiting for the peer's FIN closes cleanly.
  */
-static void worker_stop_deadline(struct rb_worker *w)
+static void worker_stop_deadline(struct rb_timer *t, void *arg)
 {
+	struct rb_worker *w = arg;
+
+	(void)t;
 	while (!rb_list_empty(&w->conns)) {
 		struct rb_conn *c = rb_container_of(w->conns.next, struct rb_conn, all);
 
@@ -699,35 +687,23 @@ static void memwait_wake(struct rb_worker *w)
 	}
 }
 
+/* Work left without waiting for the poller: 0; else the next timer's. */
 static int next_timeout(struct rb_worker *w)
 {
-	int timeout = -1;
-	uint64_t now = 0;
-
 	if (!rb_list_empty(&w->ready))
 		return 0;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		const struct rb_listener *l = &w->listeners[i];
-		if (l->active && l->udp && rb__udp_pending(l->udp))
+		if (l->active && (l->pending || (l->udp && rb__udp_pending(l->udp))))
 			return 0;
-		if (w->listeners[i].pending) {
-			now = rb__now_ms();
-			if (w->accept_retry_ms <= now)
-				return 0;
-			timeout = (int)(w->accept_retry_ms - now);
-		}
 	}
-	if (w->stopping) {
-		if (!now)
-			now = rb__now_ms();
-		int left = w->deadline_ms > now ? (int)(w->deadline_ms - now) : 0;
-		if (timeout < 0 || left < timeout)
-			timeout = left;
-	}
-	return timeout;
+	/* The common case reads no clock. */
+	if (!w->timers.root)
+		return -1;
+	return rb__timers_timeout(&w->timers, rb__now_ms());
 }
 
-int rb__reactor_run(struct rb_worker *w)
+static int reactor_run(struct rb_worker *w)
 {
 	struct rb_event ev[EVENT_BATCH];
 	struct rb_list snap;
@@ -735,15 +711,8 @@ int rb__reactor_run(struct rb_worker *w)
 	for (;;) {
 		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 			worker_begin_stop(w);
-		if (w->stopping) {
-			if (rb_list_empty(&w->conns))
-				break;
-			if (rb__now_ms() >= w->deadline_ms) {
-				worker_stop_deadline(w);
-				free_grave(w);
-				break;
-			}
-		}
+		if (w->stopping && rb_list_empty(&w->conns))
+			break;
 		int timeout = next_timeout(w);
 		/* About to sleep: give what the pool freed back to the system. */
 		if (timeout != 0)
@@ -788,9 +757,11 @@ int rb__reactor_run(struct rb_worker *w)
 			struct rb_listener *l = &w->listeners[i];
 			if (l->active && l->udp && rb__udp_pending(l->udp))
 				udp_event(w, l, 0);
-			else if (l->active && l->pending && w->accept_retry_ms <= rb__now_ms())
+			else if (l->active && l->pending)
 				listener_accept(w, l);
 		}
+		if (w->timers.root)
+			rb__timers_run(&w->timers, rb__now_ms(), w);
 		memwait_wake(w);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
@@ -801,9 +772,12 @@ int rb__reactor_run(struct rb_worker *w)
 }
 
 /* Register the control eventfd and the listeners with a new poller. */
-int rb__reactor_worker_init(struct rb_worker *w)
+static int reactor_worker_init(struct rb_worker *w)
 {
-	int err = w->ops->create(&w->poller, w->srv->cfg.trigger, 1024);
+	int err;
+
+	w->ops = w->eng->poller;
+	err = w->ops->create(&w->poller, w->srv->cfg.trigger, 1024);
 
 	/* An eighth of the cap serves only connections that hold no chunk, so
 	 * peers that fill the rest cannot starve new ones (issue 9). */
@@ -818,7 +792,7 @@ int rb__reactor_worker_init(struct rb_worker *w)
 		return err;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
-		if (w->srv->addrs[i].is_udp) {
+		if (l->is_udp) {
 			l->udp = rb__udp_create(l->fd, l->port);
 			if (!l->udp)
 				return -ENOMEM;
@@ -826,6 +800,7 @@ int rb__reactor_worker_init(struct rb_worker *w)
 			err = w->ops->add(w->poller, l->fd, l, l->udp_interest);
 		} else {
 			err = w->ops->add(w->poller, l->fd, l, RB_READ);
+			rb__timer_init(&l->retry, listener_retry);
 		}
 		if (err < 0)
 			return err;
@@ -834,7 +809,7 @@ int rb__reactor_worker_init(struct rb_worker *w)
 	return 0;
 }
 
-void rb__reactor_worker_fini(struct rb_worker *w)
+static void reactor_worker_fini(struct rb_worker *w)
 {
 	while (!rb_list_empty(&w->conns))
 		conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all), false);
@@ -847,3 +822,9 @@ void rb__reactor_worker_fini(struct rb_worker *w)
 		w->ops->destroy(w->poller);
 	w->poller = NULL;
 }
+
+const struct rb_model_ops rb__reactor_model = {
+	.worker_init = reactor_worker_init,
+	.run = reactor_run,
+	.worker_fini = reactor_worker_fini,
+};

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include <inttypes.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -20,4 +21,27 @@ int rb_stats_json(const struct rb_stats *st, char *buf, size_t len)
 	if (n > 0)
 		off += (size_t)n;
 	return off < len ? (int)off : (len ? (int)len - 1 : 0);
+}
+
+/* Summed over the workers; each field is written by its worker alone. */
+#define LOAD(f) __atomic_load_n(&w->st.f, __ATOMIC_RELAXED)
+
+void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	for (unsigned i = 0; i < srv->n_workers; i++) {
+		const struct rb_worker *w = &srv->workers[i];
+		uint64_t v;
+#define SUM(name) out->name += v;
+#define MAX(name)                                                                          \
+	if (v > out->name)                                                                 \
+		out->name = v;
+#define FIELD(name, how, doc)                                                              \
+	v = LOAD(name);                                                                    \
+	how(name)
+		RB_STATS(FIELD)
+#undef FIELD
+#undef MAX
+#undef SUM
+	}
 }

@@ -22,13 +22,14 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 
 	w->srv = srv;
 	w->id = id;
-	w->ops = srv->ops;
+	w->eng = srv->eng;
 	w->ctl_fd = -1;
 	w->reserve_fd = -1;
 	rb_list_init(&w->conns);
 	rb_list_init(&w->ready);
 	rb_list_init(&w->memwait);
 	rb_list_init(&w->grave);
+	rb__timers_init(&w->timers);
 	if (limit && limit < cfg->chunk_size)
 		limit = cfg->chunk_size;
 	err = rb_pool_init(&w->pool, cfg->chunk_size, cfg->pool_cache, limit);
@@ -37,14 +38,16 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 	w->ctl_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (w->ctl_fd < 0)
 		return -errno;
-	for (size_t i = 0; i < srv->n_listen; i++) {
+	for (size_t i = 0; i < srv->ls.n; i++) {
 		struct rb_listener *l = &w->listeners[i];
 		l->h.kind = RB_H_LISTENER;
-		l->fd = srv->listen_fds[i];
-		l->port = srv->ports[i];
-		if (id > 0 && rb__udp_per_worker(srv, i)) {
+		l->fd = srv->ls.fds[i];
+		l->port = srv->ls.ports[i];
+		l->is_udp = srv->ls.addrs[i].is_udp;
+		l->tcp = !srv->ls.addrs[i].is_unix && !l->is_udp;
+		if (id > 0 && srv->ls.per_worker[i]) {
 			/* The first socket is bound: this one joins its port. */
-			struct rb_addr a = srv->addrs[i];
+			struct rb_addr a = srv->ls.addrs[i];
 			struct rb_listen_opts o = {.reuseport = true};
 			char why[256];
 			int fd = rb__listen(&a, &o, why, sizeof(why));
@@ -56,13 +59,9 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 			l->owned = true;
 		}
 	}
-	w->n_listeners = srv->n_listen;
+	w->n_listeners = srv->ls.n;
 	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-#if RB_HAVE_URING
-	if (srv->engine == RB_ENGINE_URING)
-		return rb__uring_worker_init(w);
-#endif
-	return rb__reactor_worker_init(w);
+	return 0;
 }
 
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp)
@@ -131,7 +130,7 @@ bool rb__worker_control(struct rb_worker *w)
  * waiting in the backlog, and nobody spins. Logged at most once a second.
  * Returns false if even that failed (the caller backs off).
  */
-bool rb__accept_reserve(struct rb_worker *w, int lfd, int err)
+static bool accept_reserve(struct rb_worker *w, int lfd, int err)
 {
 	unsigned sup;
 	int fd;
@@ -152,30 +151,55 @@ bool rb__accept_reserve(struct rb_worker *w, int lfd, int err)
 	return fd >= 0 && w->reserve_fd >= 0;
 }
 
-int rb__worker_run(struct rb_worker *w)
+bool rb__worker_begin_stop(struct rb_worker *w, rb_timer_fn *on_deadline)
 {
-	int rc;
+	if (w->stopping)
+		return false;
+	w->stopping = true;
+	rb__timer_init(&w->stop_timer, on_deadline);
+	rb__timer_arm(&w->timers, &w->stop_timer, rb__now_ms() + w->srv->cfg.shutdown_timeout_ms);
+	return true;
+}
 
-	/* The worker logs with its server's settings while it runs. */
-	rb__log_bind(&w->srv->cfg);
-#if RB_HAVE_URING
-	if (w->srv->engine == RB_ENGINE_URING)
-		rc = rb__uring_run(w);
-	else
-#endif
-		rc = rb__reactor_run(w);
-	rb__log_unbind(&w->srv->cfg);
-	return rc;
+void rb__worker_release_listeners(struct rb_worker *w)
+{
+	rb__listen_set_release(&w->srv->ls);
+}
+
+enum rb_accept_next rb__accept_error(struct rb_worker *w, int lfd, int err)
+{
+	switch (err) {
+	case EAGAIN:
+	case ECANCELED:
+		return RB_ACCEPT_IDLE;
+	case EINTR:
+	case ECONNABORTED:
+	case EPROTO:
+		return RB_ACCEPT_RETRY;
+	case EMFILE:
+	case ENFILE:
+	case ENOBUFS:
+	case ENOMEM:
+		return accept_reserve(w, lfd, err) ? RB_ACCEPT_RETRY : RB_ACCEPT_BACKOFF;
+	default:
+		rb__log(RB_LOG_ERR, "accept: %s", strerror(err));
+		return RB_ACCEPT_BACKOFF;
+	}
+}
+
+void rb__refuse(struct rb_worker *w, int fd, int err)
+{
+	unsigned sup;
+
+	close(fd);
+	RB_STAT_ADD(w, refused, 1);
+	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
+		rb__log(RB_LOG_ERR, "refusing connection on fd %d: %s (%u more suppressed)", fd,
+			strerror(-err), sup);
 }
 
 void rb__worker_fini(struct rb_worker *w)
 {
-#if RB_HAVE_URING
-	if (w->srv->engine == RB_ENGINE_URING)
-		rb__uring_worker_fini(w);
-	else
-#endif
-		rb__reactor_worker_fini(w);
 	rb__pipes_fini(w);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		if (w->listeners[i].owned)

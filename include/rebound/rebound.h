@@ -29,6 +29,7 @@ enum rb_engine {
 	RB_ENGINE_POLL,
 	RB_ENGINE_SELECT,
 	RB_ENGINE_URING,
+	RB_ENGINE_SOCKMAP,
 };
 
 enum rb_copy {
@@ -213,8 +214,17 @@ int rb_engine_parse(const char *s, enum rb_engine *out);
 int rb_copy_parse(const char *s, enum rb_copy *out);
 int rb_trigger_parse(const char *s, enum rb_trigger *out);
 
+/* Every engine rebound knows (built or not), in preference order: writes up
+ * to max of them to out and returns how many there are. */
+size_t rb_engine_list(enum rb_engine *out, size_t max);
+
 /* 0 if the engine is built and can run here, else -errno; why gets a reason. */
 int rb_engine_available(enum rb_engine e, char *why, size_t whylen);
+
+/* 0 if every value of cfg is within its limits, else -EINVAL with a one-line
+ * reason naming the value by its rebound(1) flag ("invalid --threads '0':
+ * must be between 1 and 64"). rb_server_create checks the same. */
+int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen);
 
 /* Parse a size with optional suffix k, m, g (binary); 0 or -EINVAL/-ERANGE. */
 int rb_parse_size(const char *s, size_t *out);
