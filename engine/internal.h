@@ -18,60 +18,14 @@
 #include "rb_config.h"
 #include "rebound/rebound.h"
 #include "iopool.h"
+#include "list.h"
 #include "engines.h"
+#include "pipes.h"
 #include "poller.h"
+#include "session.h"
+#include "copy.h"
 #include "timer.h"
 
-/* ---- intrusive doubly linked list (circular, with a sentinel) ---- */
-struct rb_list {
-	struct rb_list *prev, *next;
-};
-
-static inline void rb_list_init(struct rb_list *l)
-{
-	l->prev = l->next = l;
-}
-
-static inline bool rb_list_empty(const struct rb_list *l)
-{
-	return l->next == l;
-}
-
-static inline bool rb_list_unlinked(const struct rb_list *n)
-{
-	return n->next == n && n->prev == n;
-}
-
-/* n must not be on any list (asserted: linking a linked node corrupts two lists). */
-static inline void rb_list_add_tail(struct rb_list *head, struct rb_list *n)
-{
-	assert(rb_list_unlinked(n));
-	n->prev = head->prev;
-	n->next = head;
-	head->prev->next = n;
-	head->prev = n;
-}
-
-static inline void rb_list_del(struct rb_list *n)
-{
-	n->prev->next = n->next;
-	n->next->prev = n->prev;
-	n->prev = n->next = n;
-}
-
-/* Move every entry of src to the tail of dst; src becomes empty. */
-static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
-{
-	if (rb_list_empty(src))
-		return;
-	src->next->prev = dst->prev;
-	dst->prev->next = src->next;
-	src->prev->next = dst;
-	dst->prev = src->prev;
-	rb_list_init(src);
-}
-
-#define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* ---- logging (levels and sinks: rebound.h) ---- */
 /* Log with the settings bound to this thread (a server's), else the defaults. */
@@ -150,53 +104,6 @@ void rb__listen_set_close(struct rb_listen_set *ls);
 			__atomic_store_n(&(w)->st.field, (uint64_t)(v), __ATOMIC_RELAXED);  \
 	} while (0)
 
-/* ---- handles: what a poller event's pointer points at ---- */
-enum rb_handle_kind { RB_H_CONN = 1, RB_H_LISTENER, RB_H_CONTROL };
-
-struct rb_handle {
-	enum rb_handle_kind kind;
-};
-
-enum {
-	CONN_CAN_READ = 1u << 0,  /* the socket may have input (no EAGAIN seen since) */
-	CONN_CAN_WRITE = 1u << 1, /* the socket may take output */
-	CONN_RD_EOF = 1u << 2,    /* peer sent FIN, or we stopped reading for good */
-	CONN_PAUSED = 1u << 3,    /* at the per-connection cap */
-	CONN_CLOSED = 1u << 5,    /* closed: events for it are stale */
-	CONN_PEER_HUP = 1u << 7,  /* poller saw RDHUP/HUP/ERR: read to EOF or error */
-	CONN_PIPE_WAIT = 1u << 8, /* splice read got EAGAIN with bytes in the pipe */
-	CONN_PEER_EOF = 1u << 9,  /* read returned 0: the peer's FIN arrived */
-	CONN_DISCARD = 1u << 10,  /* stopping: input is read and dropped, never echoed */
-	CONN_WR_SHUT = 1u << 11,  /* our FIN is sent: waiting for the peer's (lingering) */
-};
-
-/*
- * The one list a connection's qlink is on. Moving between them goes through
- * one function (reactor.c, conn_queue), so a connection can never be on two
- * lists at once: that corrupted both and livelocked the worker (issue 9).
- */
-enum rb_conn_queue {
-	RB_Q_NONE = 0,
-	RB_Q_READY,   /* read budget used up: run again after the others */
-	RB_Q_MEMWAIT, /* needs a chunk the worker memory cap does not allow now */
-	RB_Q_GRAVE,   /* closed: freed after the event batch (rule 7) */
-};
-
-struct rb_conn {
-	struct rb_handle h;
-	int fd;
-	uint32_t flags;
-	enum rb_conn_queue queue;
-	uint32_t interest; /* registered with a level-triggered poller */
-	struct rb_chain chain;
-	/* --copy splice: socket -> pipe -> socket; pipe_rd < 0 means writev mode. */
-	int pipe_rd, pipe_wr;
-	size_t pipe_bytes; /* bytes in the pipe, tracked by us: EAGAIN can't tell */
-	size_t pipe_cap;
-	struct rb_list all;   /* worker->conns */
-	struct rb_list qlink; /* the list named by queue */
-};
-
 struct rb_udp;
 
 struct rb_listener {
@@ -215,32 +122,19 @@ struct rb_listener {
 
 struct rb_server;
 
-/* Idle splice pipes kept per worker. */
-#define RB_PIPE_CACHE 256
-
-struct rb_cached_pipe {
-	int rd, wr;
-	size_t cap;
-};
-
 struct rb_worker {
 	struct rb_server *srv;
 	unsigned id;
 	pthread_t thread;
 	bool thread_started;
 	const struct rb_engine_desc *eng;
-	const struct rb_poller_ops *ops; /* readiness model: eng->poller */
-	struct rb_poller *poller;
-	bool edge;
+	void *model; /* the model's own per-worker state (reactor.c, proactor_uring.c) */
+	const struct rb_copy_ops *copy; /* how new flows move bytes (--copy) */
 	struct rb_pool pool;
-	int ctl_fd; /* eventfd: stop requests */
-	struct rb_handle ctl_h;
+	struct rb_pipe_cache pipes;
+	int ctl_fd; /* eventfd: stop and stats requests, heartbeats */
 	struct rb_listener listeners[RB_MAX_LISTEN];
 	size_t n_listeners;
-	struct rb_list conns;
-	struct rb_list ready;
-	struct rb_list memwait;
-	struct rb_list grave;
 	int reserve_fd; /* spare descriptor for EMFILE at accept */
 	bool stopping;
 	struct rb_timers timers;
@@ -250,11 +144,7 @@ struct rb_worker {
 	struct rb_stats st;
 	struct iovec iov[IOV_MAX];
 	unsigned char scratch[16384]; /* input discarded while stopping */
-	uint64_t memwait_puts;        /* pool->puts when the memwait list was last woken */
 	int result;
-	void *uring; /* the completion model's per-worker state */
-	struct rb_cached_pipe pipes[RB_PIPE_CACHE];
-	unsigned n_pipes;
 	unsigned heartbeat_seen; /* the server's heartbeat round this worker last saw */
 };
 
@@ -277,12 +167,6 @@ void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u);
 void rb__udp_run(struct rb_worker *w, struct rb_udp *u, uint32_t events);
 bool rb__udp_pending(const struct rb_udp *u);
 uint32_t rb__udp_interest(const struct rb_udp *u);
-
-/* Splice pipes (pipes.c). */
-int rb__pipe_max_size(void);
-int rb__pipe_get(struct rb_worker *w, struct rb_conn *c);
-void rb__pipe_put(struct rb_worker *w, struct rb_conn *c, bool verify);
-void rb__pipes_fini(struct rb_worker *w);
 
 /*
  * Workers (worker.c): what every worker has whichever model drives it, and

@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Splice pipes: one per connection in --copy splice mode, from a per-worker
- * cache (haproxy's get_pipe/put_pipe). A pipe goes back to the cache only
- * if it is verifiably empty; one with bytes left in it is closed.
+ * Splice pipes: taken while a flow has bytes to move, from a per-worker
+ * cache. A pipe goes back to the cache only if it is verifiably empty; one
+ * with bytes left in it is closed, so no bug could ever hand a peer someone
+ * else's bytes.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "pipes.h"
 
 int rb__pipe_max_size(void)
 {
@@ -26,60 +26,55 @@ int rb__pipe_max_size(void)
 	return v;
 }
 
-int rb__pipe_get(struct rb_worker *w, struct rb_conn *c)
+void rb__pipe_cache_init(struct rb_pipe_cache *pc, size_t size)
 {
-	int fds[2];
+	pc->n = 0;
+	pc->size = size;
+}
 
-	if (w->n_pipes > 0) {
-		w->n_pipes--;
-		c->pipe_rd = w->pipes[w->n_pipes].rd;
-		c->pipe_wr = w->pipes[w->n_pipes].wr;
-		c->pipe_cap = w->pipes[w->n_pipes].cap;
-		c->pipe_bytes = 0;
-		RB_STAT_ADD(w, pipe_cache_hits, 1);
-		return 0;
+int rb__pipe_get(struct rb_pipe_cache *pc, struct rb_pipe *p)
+{
+	int fds[2], sz;
+
+	if (pc->n > 0) {
+		*p = pc->idle[--pc->n];
+		p->bytes = 0;
+		return 1;
 	}
 	if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
 		return -errno;
 	/* Best effort: the kernel may refuse a large pipe (per-user page limits);
 	 * F_GETPIPE_SZ tells what we really have. */
-	fcntl(fds[1], F_SETPIPE_SZ, (int)w->srv->pipe_size);
-	int sz = fcntl(fds[1], F_GETPIPE_SZ);
-	c->pipe_rd = fds[0];
-	c->pipe_wr = fds[1];
-	c->pipe_cap = sz > 0 ? (size_t)sz : 65536;
-	c->pipe_bytes = 0;
+	if (pc->size)
+		fcntl(fds[1], F_SETPIPE_SZ, (int)pc->size);
+	sz = fcntl(fds[1], F_GETPIPE_SZ);
+	*p = (struct rb_pipe){.rd = fds[0], .wr = fds[1], .cap = sz > 0 ? (size_t)sz : 65536};
 	return 0;
 }
 
-void rb__pipe_put(struct rb_worker *w, struct rb_conn *c, bool verify)
+void rb__pipe_put(struct rb_pipe_cache *pc, struct rb_pipe *p, bool verify)
 {
 	int queued = 0;
 
-	if (c->pipe_rd < 0)
+	if (p->rd < 0)
 		return;
-	/* Our count is exact (it adds and subtracts what splice reported), so a
-	 * drained pipe goes straight back. When a connection closes, FIONREAD
-	 * double-checks, so no bug could ever hand a peer someone else's bytes. */
-	if (c->pipe_bytes == 0 && w->n_pipes < RB_PIPE_CACHE &&
-	    (!verify || (ioctl(c->pipe_rd, FIONREAD, &queued) == 0 && queued == 0))) {
-		w->pipes[w->n_pipes].rd = c->pipe_rd;
-		w->pipes[w->n_pipes].wr = c->pipe_wr;
-		w->pipes[w->n_pipes].cap = c->pipe_cap;
-		w->n_pipes++;
+	/* The count is exact (it adds and subtracts what splice reported), so a
+	 * drained pipe goes straight back; verify double-checks with FIONREAD. */
+	if (p->bytes == 0 && pc->n < RB_PIPE_CACHE &&
+	    (!verify || (ioctl(p->rd, FIONREAD, &queued) == 0 && queued == 0))) {
+		pc->idle[pc->n++] = *p;
 	} else {
-		close(c->pipe_rd);
-		close(c->pipe_wr);
+		close(p->rd);
+		close(p->wr);
 	}
-	c->pipe_rd = c->pipe_wr = -1;
-	c->pipe_bytes = 0;
+	rb__pipe_init(p);
 }
 
-void rb__pipes_fini(struct rb_worker *w)
+void rb__pipe_cache_fini(struct rb_pipe_cache *pc)
 {
-	while (w->n_pipes > 0) {
-		w->n_pipes--;
-		close(w->pipes[w->n_pipes].rd);
-		close(w->pipes[w->n_pipes].wr);
+	while (pc->n > 0) {
+		pc->n--;
+		close(pc->idle[pc->n].rd);
+		close(pc->idle[pc->n].wr);
 	}
 }

@@ -76,16 +76,11 @@ enum {
 	UC_MSHOT = 1u << 1,     /* ... and it is multishot */
 	UC_CANCELLING = 1u << 2, /* ... and a cancel for it was submitted */
 	UC_SEND = 1u << 3,      /* a send is in flight */
-	UC_RD_EOF = 1u << 4,    /* no more receiving: peer FIN or stopping */
-	UC_PAUSED = 1u << 5,    /* at the byte or buffer cap */
 	UC_BUFWAIT = 1u << 6,   /* got ENOBUFS; on the bufwait list */
 	UC_QUEUED = 1u << 7,    /* used its read budget; on the ready list */
 	UC_CLOSING = 1u << 8,   /* closing: everything is cancelled, freed at refs 0 */
 	UC_ERROR = 1u << 9,     /* ... because of an error (counts as a reset) */
 	UC_TCP = 1u << 10,
-	UC_DISCARD = 1u << 11,  /* stopping: input is received and dropped */
-	UC_WR_SHUT = 1u << 12,  /* our FIN is sent: waiting for the peer's */
-	UC_PEER_EOF = 1u << 13, /* the peer's FIN arrived */
 	UC_BUNDLE = 1u << 14,   /* the receive in flight is a bundle */
 	UC_SENT = 1u << 15,     /* on the list of sends made since the last wait */
 };
@@ -107,8 +102,14 @@ struct useg {
 };
 #define SEG_NIL UINT32_MAX
 
+/*
+ * A connection: the echo session's records (session.h: its socket, and its
+ * one flow A -> A, whose FLOW_* state this model keeps as the reactor
+ * does), and what the completion model adds: the operations in flight and
+ * the received segments waiting to be sent.
+ */
 struct uconn {
-	int fd;
+	struct rb_session s;
 	int slot;        /* registered file index, or -1 */
 	uint32_t flags;
 	unsigned refs;   /* operations in flight (recv, send, cancel) */
@@ -123,9 +124,19 @@ struct uconn {
 	struct iovec *iov;
 	unsigned iov_cap;
 	struct iovec iov_inline[INLINE_IOV];
-	struct rb_list all;  /* uring->conns */
 	struct rb_list link; /* ready or bufwait list */
 };
+
+static inline int conn_fd(const struct uconn *c)
+{
+	return c->s.sock[0].fd;
+}
+
+/* The flow's FLOW_* state. */
+static inline uint32_t *fflags(struct uconn *c)
+{
+	return &c->s.flow[0].flags;
+}
 
 struct ulisten {
 	int fd;
@@ -352,14 +363,14 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
 	/* A clean end (not an error, nothing cancelled mid-send) sends our FIN. */
 	if (!(c->flags & UC_CLOSING))
-		shutdown(c->fd, SHUT_WR);
+		shutdown(conn_fd(c), SHUT_WR);
 	if (c->slot >= 0) {
 		/* The table holds a reference: drop it, or close() would not close. */
 		int none = -1;
 		io_uring_register_files_update(&u->ring, (unsigned)c->slot, &none, 1);
 		u->slot_free[u->n_slot_free++] = c->slot;
 	}
-	close(c->fd);
+	close(conn_fd(c));
 	if (c->flags & UC_SENT) {
 		for (unsigned i = 0; i < u->n_sent; i++)
 			if (u->sent[i] == c)
@@ -376,7 +387,7 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 	}
 	RB_STAT_SUB(w, buffered, c->bytes);
 	conn_unlist(c);
-	rb_list_del(&c->all);
+	rb_list_del(&c->s.all);
 	if (c->iov != c->iov_inline)
 		free(c->iov);
 	RB_STAT_SUB(w, active, 1);
@@ -419,7 +430,7 @@ static void conn_send(struct uring *u, struct uconn *c)
 	}
 	sqe = get_sqe(u);
 	if (n == 1) {
-		io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+		io_uring_prep_send(sqe, conn_fd(c), c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
 		sqe_target(sqe, c);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
@@ -427,7 +438,7 @@ static void conn_send(struct uring *u, struct uconn *c)
 		memset(&c->msg, 0, sizeof(c->msg));
 		c->msg.msg_iov = c->iov;
 		c->msg.msg_iovlen = n;
-		io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+		io_uring_prep_sendmsg(sqe, conn_fd(c), &c->msg, MSG_NOSIGNAL);
 		sqe_target(sqe, c);
 	}
 	io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
@@ -485,7 +496,7 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 	struct io_uring_sqe *sqe;
 
 	if (c->bytes >= cap || c->qbufs >= u->conn_bufcap) {
-		c->flags |= UC_PAUSED;
+		*fflags(c) |= FLOW_PAUSED;
 		RB_STAT_ADD(w, pauses, 1);
 		return;
 	}
@@ -508,12 +519,12 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 			limit = left;
 		if (limit > UINT32_MAX)
 			limit = UINT32_MAX;
-		io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+		io_uring_prep_recv_multishot(sqe, conn_fd(c), NULL, 0, 0);
 		sqe->file_index = (uint32_t)limit; /* sqe->optlen in newer headers */
 		c->flags |= UC_MSHOT;
 	} else {
 		size_t len = room < u->bufsize ? room : u->bufsize;
-		io_uring_prep_recv(sqe, c->fd, NULL, len, 0);
+		io_uring_prep_recv(sqe, conn_fd(c), NULL, len, 0);
 	}
 	sqe_target(sqe, c);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -536,7 +547,7 @@ static void conn_arm_discard(struct uring *u, struct uconn *c)
 {
 	struct io_uring_sqe *sqe = get_sqe(u);
 
-	io_uring_prep_recv(sqe, c->fd, NULL, u->bufsize, 0);
+	io_uring_prep_recv(sqe, conn_fd(c), NULL, u->bufsize, 0);
 	sqe_target(sqe, c);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
@@ -555,17 +566,17 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 	}
 	if (c->bytes && !(c->flags & UC_SEND))
 		conn_send(u, c);
-	if (c->flags & UC_DISCARD) {
+	if (*fflags(c) & FLOW_DISCARD) {
 		/* Lingering close: closing with unread input sends an RST that
 		 * destroys the echo still queued for the peer. Flush, FIN, and
 		 * drop input until the peer's FIN; only then close. */
 		if (c->flags & UC_QUEUED)
 			conn_unlist(c);
-		if (!c->bytes && !(c->flags & UC_SEND) && !(c->flags & UC_WR_SHUT)) {
-			shutdown(c->fd, SHUT_WR);
-			c->flags |= UC_WR_SHUT;
+		if (!c->bytes && !(c->flags & UC_SEND) && !(*fflags(c) & FLOW_SINK_SHUT)) {
+			shutdown(conn_fd(c), SHUT_WR);
+			*fflags(c) |= FLOW_SINK_SHUT;
 		}
-		if (c->flags & UC_PEER_EOF) {
+		if (*fflags(c) & FLOW_SRC_EOF) {
 			conn_cancel_recv(u, c);
 			if (!c->bytes && !c->refs)
 				conn_free(w, u, c);
@@ -574,7 +585,7 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 		}
 		return;
 	}
-	if (c->flags & UC_RD_EOF) {
+	if (*fflags(c) & FLOW_RD_EOF) {
 		conn_unlist(c);
 		conn_cancel_recv(u, c);
 		/* Drain, then FIN, then close (rule 6): only once nothing is in flight. */
@@ -582,12 +593,12 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 			conn_free(w, u, c);
 		return;
 	}
-	if (c->flags & UC_PAUSED) {
+	if (*fflags(c) & FLOW_PAUSED) {
 		/* Resume below half of both caps, so a paused connection does not
 		 * flap on every small send. */
 		if (c->bytes > conn_cap(w) / 2 || c->qbufs > u->conn_bufcap / 2)
 			return;
-		c->flags &= ~UC_PAUSED;
+		*fflags(c) &= ~FLOW_PAUSED;
 	}
 	if (!(c->flags & (UC_RECV | UC_BUFWAIT | UC_QUEUED)))
 		conn_arm_recv(w, u, c);
@@ -694,7 +705,7 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res,
 		    unsigned flags)
 {
-	bool keep = res > 0 && !(c->flags & (UC_CLOSING | UC_DISCARD));
+	bool keep = res > 0 && !(c->flags & UC_CLOSING) && !(*fflags(c) & FLOW_DISCARD);
 	uint32_t kept = 0;
 
 	RB_STAT_ADD(w, read_calls, 1);
@@ -705,7 +716,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING | UC_BUNDLE);
 		c->refs--;
 	}
-	if (res > 0 && (c->flags & UC_DISCARD)) {
+	if (res > 0 && (*fflags(c) & FLOW_DISCARD)) {
 		RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
@@ -724,11 +735,11 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 				conn_cancel_recv(u, c);
 		}
 	} else if (res == 0) {
-		c->flags |= UC_RD_EOF | UC_PEER_EOF;
+		*fflags(c) |= FLOW_RD_EOF | FLOW_SRC_EOF;
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
-		if (!(c->flags & (UC_CLOSING | UC_RD_EOF | UC_BUFWAIT))) {
+		if (!(c->flags & (UC_CLOSING | UC_BUFWAIT)) && !(*fflags(c) & FLOW_RD_EOF)) {
 			c->flags |= UC_BUFWAIT;
 			rb_list_add_tail(&u->bufwait, &c->link);
 		}
@@ -789,7 +800,8 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
-	c->fd = fd;
+	/* The ring's own buffers carry the bytes: no copy strategy. */
+	rb__session_init_echo(&c->s, fd, tcp, NULL);
 	c->slot = -1;
 	c->flags = tcp ? UC_TCP : 0;
 	if (u->n_slot_free) {
@@ -803,8 +815,7 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	c->iov_cap = INLINE_IOV;
 	rb_list_init(&c->link);
 	rb__tune_accepted(w, fd, tcp);
-	rb_list_init(&c->all);
-	rb_list_add_tail(&u->conns, &c->all);
+	rb_list_add_tail(&u->conns, &c->s.all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 	conn_advance(w, u, c);
@@ -892,7 +903,7 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 	struct rb_worker *w = arg;
 
 	(void)t;
-	close_all(w, w->uring);
+	close_all(w, w->model);
 }
 
 /* The accept back-off is over: accept again, unless stopping meanwhile. */
@@ -923,9 +934,9 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 	/* Stop echoing: flush what is queued, FIN, drop input until the
 	 * peer's FIN, then close each one. */
 	for (it = u->conns.next; it != &u->conns; it = next) {
-		struct uconn *c = rb_container_of(it, struct uconn, all);
+		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
-		c->flags |= UC_RD_EOF | UC_DISCARD;
+		*fflags(c) |= FLOW_RD_EOF | FLOW_DISCARD;
 		conn_advance(w, u, c);
 	}
 }
@@ -946,10 +957,10 @@ static void close_all(struct rb_worker *w, struct uring *u)
 
 	u->closing_all = true;
 	for (it = u->conns.next; it != &u->conns; it = next) {
-		struct uconn *c = rb_container_of(it, struct uconn, all);
+		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
 		/* As the readiness engines (a send in flight is part of c->bytes). */
-		rb__stop_deadline_close(w, c->fd, c->bytes);
+		rb__stop_deadline_close(w, conn_fd(c), c->bytes);
 		conn_close(w, u, c, false);
 	}
 }
@@ -1180,7 +1191,7 @@ static int ring_enable(struct io_uring *ring)
 
 static int uring_run(struct rb_worker *w)
 {
-	struct uring *u = w->uring;
+	struct uring *u = w->model;
 	int rc;
 
 	/* The ring was created disabled in another thread; enabling it here
@@ -1309,7 +1320,7 @@ static int uring_worker_init(struct rb_worker *w)
 	u = calloc(1, sizeof(*u));
 	if (!u)
 		return -ENOMEM;
-	w->uring = u;
+	w->model = u;
 	rb_list_init(&u->conns);
 	rb_list_init(&u->ready);
 	rb_list_init(&u->bufwait);
@@ -1368,21 +1379,21 @@ static int uring_worker_init(struct rb_worker *w)
 
 static const char *uring_detail(const struct rb_worker *w)
 {
-	const struct uring *u = w->uring;
+	const struct uring *u = w->model;
 
 	return u ? u->detail : "";
 }
 
 static void uring_worker_fini(struct rb_worker *w)
 {
-	struct uring *u = w->uring;
+	struct uring *u = w->model;
 
 	if (!u)
 		return;
 	/* Only reached with operations in flight if run failed before its drain,
 	 * or never ran (nothing was submitted then). */
 	while (!rb_list_empty(&u->conns)) {
-		struct uconn *c = rb_container_of(u->conns.next, struct uconn, all);
+		struct uconn *c = rb_container_of(u->conns.next, struct uconn, s.all);
 		c->flags |= UC_CLOSING;
 		c->refs = 0;
 		conn_free(w, u, c);
@@ -1400,7 +1411,7 @@ static void uring_worker_fini(struct rb_worker *w)
 	free(u->sent);
 	free(u->slot_free);
 	free(u);
-	w->uring = NULL;
+	w->model = NULL;
 }
 
 const struct rb_model_ops rb__uring_model = {

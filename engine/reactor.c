@@ -1,13 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The readiness model: one echo state machine, written once, driven by any
- * poller (edge- or level-triggered). See DESIGN.md, "The edge-triggered
- * rules"; the rule numbers are quoted where the code implements them.
+ * The readiness model: one state machine, written once per flow, driven by
+ * any poller (edge- or level-triggered). A socket's readiness wakes the
+ * flows that read from it or write to it; the copy strategy (copy.h) moves
+ * the bytes. See DESIGN.md, "The edge-triggered rules"; the rule numbers
+ * are quoted where the code implements them.
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,39 +14,37 @@
 
 #include "internal.h"
 
-/* iovecs per readv: enough to fill a few chunks in one call. */
-#define READ_IOV 4
 #define EVENT_BATCH 256
 
-static void conn_run(struct rb_worker *w, struct rb_conn *c);
+/* The readiness model's per-worker state. */
+struct reactor {
+	const struct rb_poller_ops *ops;
+	struct rb_poller *poller;
+	bool edge;
+	struct rb_handle ctl_h;
+	struct rb_list sessions; /* every open session */
+	struct rb_list ready;    /* read budget used up: run after the others */
+	struct rb_list memwait;  /* waiting for chunks, in the order they began */
+	struct rb_list grave;    /* closed: freed after the event batch */
+	uint64_t memwait_puts;   /* pool->puts when the memwait list was last woken */
+};
 
-static size_t conn_cap(const struct rb_worker *w)
+static inline struct reactor *R(struct rb_worker *w)
 {
-	return w->srv->cfg.conn_buffer;
+	return w->model;
 }
 
-/* Resume reading below half the cap, so a paused connection does not
- * flap between paused and running on every small write. */
-static size_t conn_lowat(const struct rb_worker *w)
-{
-	return w->srv->cfg.conn_buffer / 2;
-}
+static void session_run(struct rb_worker *w, struct rb_session *s);
 
-/* Bytes read and not yet echoed: in the chain (writev) or the pipe (splice). */
-static size_t conn_pending(const struct rb_conn *c)
-{
-	return c->chain.bytes + c->pipe_bytes;
-}
-
-static struct rb_list *queue_list(struct rb_worker *w, enum rb_conn_queue q)
+static struct rb_list *queue_list(struct reactor *r, enum rb_session_queue q)
 {
 	switch (q) {
 	case RB_Q_READY:
-		return &w->ready;
+		return &r->ready;
 	case RB_Q_MEMWAIT:
-		return &w->memwait;
+		return &r->memwait;
 	case RB_Q_GRAVE:
-		return &w->grave;
+		return &r->grave;
 	case RB_Q_NONE:
 		break;
 	}
@@ -55,486 +52,348 @@ static struct rb_list *queue_list(struct rb_worker *w, enum rb_conn_queue q)
 }
 
 /*
- * The only place a connection changes lists: off the one it is on, onto
- * the one asked for (RB_Q_NONE: none). The graveyard is final.
+ * The only place a session changes lists: off the one it is on, onto the
+ * one asked for (RB_Q_NONE: none), so it can never be on two at once (that
+ * corrupted both and livelocked the worker, issue 9). The graveyard is final.
  */
-static void conn_queue(struct rb_worker *w, struct rb_conn *c, enum rb_conn_queue q)
+static void session_queue(struct rb_worker *w, struct rb_session *s, enum rb_session_queue q)
 {
-	assert(c->queue != RB_Q_GRAVE);
-	assert((c->queue == RB_Q_NONE) == rb_list_unlinked(&c->qlink));
-	if (c->queue == q)
+	assert(s->queue != RB_Q_GRAVE);
+	assert((s->queue == RB_Q_NONE) == rb_list_unlinked(&s->qlink));
+	if (s->queue == q)
 		return;
-	if (c->queue != RB_Q_NONE)
-		rb_list_del(&c->qlink);
-	c->queue = q;
+	if (s->queue != RB_Q_NONE)
+		rb_list_del(&s->qlink);
+	s->queue = q;
 	if (q != RB_Q_NONE)
-		rb_list_add_tail(queue_list(w, q), &c->qlink);
+		rb_list_add_tail(queue_list(R(w), q), &s->qlink);
 }
 
 /* Run again after the others. One waiting for memory stays where it is:
  * the memory wake-up runs it, and reading could not progress before. */
-static void ready_push(struct rb_worker *w, struct rb_conn *c)
+static void ready_push(struct rb_worker *w, struct rb_session *s)
 {
-	if ((c->flags & CONN_CLOSED) || c->queue == RB_Q_MEMWAIT)
+	if (s->closed || s->queue == RB_Q_MEMWAIT)
 		return;
-	conn_queue(w, c, RB_Q_READY);
+	session_queue(w, s, RB_Q_READY);
 }
 
 /* Reading needs a chunk the memory cap does not allow now. */
-static void memwait_push(struct rb_worker *w, struct rb_conn *c)
+static void memwait_push(struct rb_worker *w, struct rb_session *s)
 {
-	conn_queue(w, c, RB_Q_MEMWAIT);
+	session_queue(w, s, RB_Q_MEMWAIT);
 	RB_STAT_ADD(w, memory_waits, 1);
 }
 
-/* Input is wanted: not at EOF, not paused at a cap, not waiting for memory,
- * or stopping and still discarding until the peer's FIN. */
-static bool conn_wants_input(const struct rb_conn *c)
+static bool flow_wants_input(const struct rb_flow *f)
 {
-	if (c->flags & CONN_DISCARD)
-		return !(c->flags & CONN_PEER_EOF);
-	return !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_PIPE_WAIT)) &&
-	       c->queue != RB_Q_MEMWAIT;
+	return rb__flow_wants_input(f) && f->src->s->queue != RB_Q_MEMWAIT;
 }
 
 /* Level-triggered pollers must be told what we want; edge ones never are (rule 1). */
-static void conn_set_interest(struct rb_worker *w, struct rb_conn *c)
+static void sock_set_interest(struct rb_worker *w, struct rb_sock *k)
 {
+	struct reactor *r = R(w);
 	uint32_t want = 0;
 
-	if (w->edge)
+	if (r->edge)
 		return;
-	if (conn_wants_input(c))
+	if (k->in && flow_wants_input(k->in))
 		want |= RB_READ;
-	if (conn_pending(c) > 0)
+	if (k->out && rb__flow_pending(k->out) > 0)
 		want |= RB_WRITE;
-	if (want != c->interest) {
-		int err = w->ops->mod(w->poller, c->fd, c, want);
+	if (want != k->interest) {
+		int err = r->ops->mod(r->poller, k->fd, k, want);
 		if (err < 0)
-			rb__log(RB_LOG_ERR, "poller mod fd %d: %s", c->fd, strerror(-err));
-		c->interest = want;
+			rb__log(RB_LOG_ERR, "poller mod fd %d: %s", k->fd, strerror(-err));
+		k->interest = want;
 	}
 }
 
-static void conn_close(struct rb_worker *w, struct rb_conn *c, bool error)
+static void session_close(struct rb_worker *w, struct rb_session *s, bool error)
 {
-	if (c->flags & CONN_CLOSED)
+	struct reactor *r = R(w);
+
+	if (s->closed)
 		return;
-	w->ops->del(w->poller, c->fd, c);
-	close(c->fd);
-	RB_STAT_SUB(w, buffered, conn_pending(c));
-	rb_chain_release(&w->pool, &c->chain);
-	rb__pipe_put(w, c, true);
-	rb_list_del(&c->all);
+	for (unsigned i = 0; i < s->n_socks; i++) {
+		r->ops->del(r->poller, s->sock[i].fd, &s->sock[i]);
+		close(s->sock[i].fd);
+	}
+	for (unsigned i = 0; i < s->n_flows; i++) {
+		RB_STAT_SUB(w, buffered, rb__flow_pending(&s->flow[i]));
+		s->flow[i].copy->release(w, &s->flow[i]);
+	}
+	rb_list_del(&s->all);
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
-	c->flags = CONN_CLOSED;
-	conn_queue(w, c, RB_Q_GRAVE);
+	s->closed = true;
+	session_queue(w, s, RB_Q_GRAVE);
 	RB_STAT_SUB(w, active, 1);
 	RB_STAT_ADD(w, closed, 1);
 	if (error)
 		RB_STAT_ADD(w, resets, 1);
 }
 
-/* Everything echoed after the peer's FIN: send ours, then close (rule 6). */
-static void conn_finish(struct rb_worker *w, struct rb_conn *c)
-{
-	shutdown(c->fd, SHUT_WR);
-	conn_close(w, c, false);
-}
-
 /*
- * Write from the head of the chain until it is empty or the socket is full
- * (rule 4). Returns -1 if the connection was closed.
+ * Send from the flow's buffer until it is empty or the sink is full
+ * (rule 4). Returns -1 if the session was closed.
  */
-static int conn_flush_chain(struct rb_worker *w, struct rb_conn *c)
+static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 {
-	while (c->chain.bytes > 0 && (c->flags & CONN_CAN_WRITE)) {
-		int n = rb_chain_write_iov(&w->pool, &c->chain, w->iov, IOV_MAX);
-		size_t want = 0;
-		ssize_t r;
+	struct rb_sock *sink = f->sink;
+	bool progress = false;
 
-		for (int i = 0; i < n; i++)
-			want += w->iov[i].iov_len;
-		/* sendmsg is writev with flags: MSG_NOSIGNAL, so a peer that left
-		 * costs an EPIPE, never a signal, even if the embedder kept SIGPIPE. */
-		struct msghdr mh = {.msg_iov = w->iov, .msg_iovlen = (size_t)n};
-		r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		RB_STAT_ADD(w, write_calls, 1);
-		if (r >= 0) {
-			rb_chain_consume(&w->pool, &c->chain, (size_t)r);
-			RB_STAT_ADD(w, bytes_out, (uint64_t)r);
-			RB_STAT_SUB(w, buffered, (uint64_t)r);
-			/* A short write means the send buffer is full: wait for EPOLLOUT. */
-			if ((size_t)r < want)
-				c->flags &= ~CONN_CAN_WRITE;
+	while (rb__flow_pending(f) > 0 && (sink->flags & SOCK_CAN_WRITE)) {
+		bool full = false;
+		ssize_t n = f->copy->flush(w, f, sink->fd, &full);
+		if (n >= 0) {
+			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
+			RB_STAT_SUB(w, buffered, (uint64_t)n);
+			progress |= n > 0;
+			if (full || n == 0)
+				sink->flags &= ~SOCK_CAN_WRITE;
 			continue;
 		}
-		if (errno == EINTR)
+		if (n == -EINTR)
 			continue;
-		if (errno == EAGAIN) {
-			c->flags &= ~CONN_CAN_WRITE;
+		if (n == -EAGAIN) {
+			sink->flags &= ~SOCK_CAN_WRITE;
 			break;
 		}
-		conn_close(w, c, true);
+		session_close(w, f->src->s, true);
 		return -1;
 	}
 	/* Rule 5: no new edge will come for input already queued in the kernel,
-	 * so resume reading ourselves once below the low-water mark. */
-	if ((c->flags & CONN_PAUSED) && c->chain.bytes <= conn_lowat(w)) {
-		c->flags &= ~CONN_PAUSED;
-		if (c->flags & CONN_CAN_READ)
-			ready_push(w, c);
+	 * so resume reading ourselves: below half the cap (so a paused flow does
+	 * not flap on every small write), or once a pipe that could not tell
+	 * full from empty has drained some. */
+	if (progress && ((f->flags & FLOW_PIPE_WAIT) ||
+			 ((f->flags & FLOW_PAUSED) &&
+			  rb__flow_pending(f) <= f->copy->cap(w, f) / 2))) {
+		f->flags &= ~(FLOW_PIPE_WAIT | FLOW_PAUSED);
+		if (f->src->flags & SOCK_CAN_READ)
+			ready_push(w, f->src->s);
 	}
 	return 0;
 }
 
 /*
- * Read into the chain's tail until EAGAIN, a short read, EOF, the budget
- * or the cap (rule 2), echoing after every read (rule 4). Returns -1 if the
- * connection was closed.
+ * Stopping: read and drop whatever the source still sends, until its FIN.
+ * Closing a socket with unread input makes the kernel send an RST and drop
+ * the bytes still queued for the peer (nginx's lingering close). Returns -1
+ * if the session was closed.
  */
-static int conn_read_chain(struct rb_worker *w, struct rb_conn *c)
+static int flow_discard(struct rb_worker *w, struct rb_flow *f)
 {
+	struct rb_sock *src = f->src;
 	size_t budget = w->srv->cfg.read_budget;
-	size_t cap = conn_cap(w);
-	struct iovec iov[READ_IOV];
 
-	while ((c->flags & CONN_CAN_READ) && conn_wants_input(c)) {
-		size_t room = cap - c->chain.bytes, want = 0;
-		ssize_t r;
-		int n;
+	while ((src->flags & SOCK_CAN_READ) && !(f->flags & FLOW_SRC_EOF)) {
+		ssize_t n;
+
+		if (budget == 0) {
+			ready_push(w, src->s);
+			break;
+		}
+		n = recv(src->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
+		RB_STAT_ADD(w, read_calls, 1);
+		if (n > 0) {
+			RB_STAT_ADD(w, stop_discarded, (uint64_t)n);
+			budget = (size_t)n < budget ? budget - (size_t)n : 0;
+			continue;
+		}
+		if (n == 0) {
+			f->flags |= FLOW_SRC_EOF;
+			src->flags &= ~SOCK_CAN_READ;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN) {
+			src->flags &= ~SOCK_CAN_READ;
+			break;
+		}
+		session_close(w, src->s, true);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Read into the flow until EAGAIN, a drained source, EOF, the budget or the
+ * cap (rule 2), sending after every read (rule 4). Returns -1 if the
+ * session was closed.
+ */
+static int flow_read(struct rb_worker *w, struct rb_flow *f)
+{
+	struct rb_sock *src = f->src;
+	struct rb_session *s = src->s;
+	size_t budget = w->srv->cfg.read_budget;
+
+	if (f->flags & FLOW_DISCARD)
+		return flow_discard(w, f);
+	while ((src->flags & SOCK_CAN_READ) && flow_wants_input(f)) {
+		size_t cap = f->copy->cap(w, f), pending = rb__flow_pending(f), room;
+		bool drained = false;
+		ssize_t n;
 
 		/* Rule 8: never read into a full buffer (0 would look like EOF). */
-		if (c->chain.bytes >= cap) {
-			c->flags |= CONN_PAUSED;
+		if (pending >= cap) {
+			f->flags |= FLOW_PAUSED;
 			RB_STAT_ADD(w, pauses, 1);
 			break;
 		}
 		if (budget == 0) {
 			/* Rule 3: fairness. Come back after the others had their turn. */
-			ready_push(w, c);
+			ready_push(w, s);
 			RB_STAT_ADD(w, requeues, 1);
 			break;
 		}
-		n = rb_chain_read_iov(&w->pool, &c->chain, iov, READ_IOV,
-				      room < budget ? room : budget);
-		if (n < 0) {
-			memwait_push(w, c);
-			break;
-		}
-		for (int i = 0; i < n; i++)
-			want += iov[i].iov_len;
-		r = readv(c->fd, iov, n);
-		RB_STAT_ADD(w, read_calls, 1);
-		if (r > 0) {
-			rb_chain_commit(&w->pool, &c->chain, (size_t)r);
-			RB_STAT_ADD(w, bytes_in, (uint64_t)r);
-			RB_STAT_ADD(w, buffered, (uint64_t)r);
+		room = cap - pending;
+		n = f->copy->read_into(w, f, src->fd, room < budget ? room : budget, &drained);
+		if (n > 0) {
+			RB_STAT_ADD(w, bytes_in, (uint64_t)n);
+			RB_STAT_ADD(w, buffered, (uint64_t)n);
 			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
-			RB_STAT_MAX(w, peak_conn_buffered, c->chain.bytes);
-			budget -= (size_t)r;
-			/* A short read on a stream socket means it is drained, unless the
-			 * peer's FIN is already known: its edge came with this data, so
-			 * no later edge would report the EOF (nginx's pending_eof). */
-			if ((size_t)r < want && !(c->flags & CONN_PEER_HUP))
-				c->flags &= ~CONN_CAN_READ;
-			if (conn_flush_chain(w, c) < 0)
+			RB_STAT_MAX(w, peak_conn_buffered, rb__flow_pending(f));
+			budget -= (size_t)n;
+			/* Drained, unless the source's FIN is already known: its edge
+			 * came with this data, so no later edge would report the EOF
+			 * (nginx's pending_eof). */
+			if (drained && !(src->flags & SOCK_PEER_HUP))
+				src->flags &= ~SOCK_CAN_READ;
+			if (flow_flush(w, f) < 0)
 				return -1;
 			continue;
 		}
-		rb_chain_commit(&w->pool, &c->chain, 0);
-		if (r == 0) {
-			c->flags |= CONN_RD_EOF | CONN_PEER_EOF;
-			c->flags &= ~CONN_CAN_READ;
-			break;
-		}
-		if (errno == EINTR)
+		switch (n) {
+		case 0:
+			f->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
+			src->flags &= ~SOCK_CAN_READ;
+			return 0;
+		case -EINTR:
 			continue;
-		if (errno == EAGAIN) {
-			c->flags &= ~CONN_CAN_READ;
-			break;
-		}
-		conn_close(w, c, true);
-		return -1;
-	}
-	return 0;
-}
-
-/*
- * splice: pipe -> socket until the pipe is empty or the socket is full. Any
- * progress lets a read that stopped on the pipe (full, or EAGAIN that could
- * have meant "out of pipe slots") try again. Returns -1 if closed.
- */
-static int conn_flush_pipe(struct rb_worker *w, struct rb_conn *c)
-{
-	bool progress = false;
-
-	while (c->pipe_bytes > 0 && (c->flags & CONN_CAN_WRITE)) {
-		ssize_t r = splice(c->pipe_rd, NULL, c->fd, NULL, c->pipe_bytes,
-				   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-		RB_STAT_ADD(w, write_calls, 1);
-		RB_STAT_ADD(w, splice_calls, 1);
-		if (r > 0) {
-			c->pipe_bytes -= (size_t)r;
-			RB_STAT_ADD(w, bytes_out, (uint64_t)r);
-			RB_STAT_ADD(w, bytes_spliced, (uint64_t)r);
-			RB_STAT_SUB(w, buffered, (uint64_t)r);
-			progress = true;
-			continue;
-		}
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && errno == EAGAIN) {
-			c->flags &= ~CONN_CAN_WRITE;
-			break;
-		}
-		/* An error, or 0 from a pipe we believe holds bytes: give up on it. */
-		conn_close(w, c, true);
-		return -1;
-	}
-	if (progress && ((c->flags & CONN_PIPE_WAIT) ||
-			 ((c->flags & CONN_PAUSED) && c->pipe_bytes <= c->pipe_cap / 2))) {
-		c->flags &= ~(CONN_PIPE_WAIT | CONN_PAUSED);
-		if (c->flags & CONN_CAN_READ)
-			ready_push(w, c);
-	}
-	return 0;
-}
-
-/*
- * splice: socket -> pipe, echoing after every move, until EAGAIN, EOF, the
- * budget or a full pipe. Occupancy is tracked here because EAGAIN alone
- * cannot tell "socket empty" from "pipe full". Returns -1 if closed.
- */
-static int conn_read_pipe(struct rb_worker *w, struct rb_conn *c)
-{
-	size_t budget = w->srv->cfg.read_budget;
-
-	while ((c->flags & CONN_CAN_READ) &&
-	       !(c->flags & (CONN_RD_EOF | CONN_PAUSED | CONN_PIPE_WAIT))) {
-		size_t room = c->pipe_cap - c->pipe_bytes;
-		ssize_t r;
-
-		if (room == 0) {
-			c->flags |= CONN_PAUSED;
+		case -EAGAIN:
+			src->flags &= ~SOCK_CAN_READ;
+			return 0;
+		case -ENOBUFS:
+			memwait_push(w, s);
+			return 0;
+		case -EBUSY:
+			/* Cannot tell an empty source from a full pipe: wait for a
+			 * flush to drain some. */
+			f->flags |= FLOW_PIPE_WAIT;
 			RB_STAT_ADD(w, pauses, 1);
-			break;
+			return 0;
+		default:
+			session_close(w, s, true);
+			return -1;
 		}
-		if (budget == 0) {
-			ready_push(w, c);
-			RB_STAT_ADD(w, requeues, 1);
-			break;
-		}
-		r = splice(c->fd, NULL, c->pipe_wr, NULL, room < budget ? room : budget,
-			   SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-		RB_STAT_ADD(w, read_calls, 1);
-		RB_STAT_ADD(w, splice_calls, 1);
-		if (r > 0) {
-			c->pipe_bytes += (size_t)r;
-			RB_STAT_ADD(w, bytes_in, (uint64_t)r);
-			RB_STAT_ADD(w, buffered, (uint64_t)r);
-			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
-			RB_STAT_MAX(w, peak_conn_buffered, c->pipe_bytes);
-			budget -= (size_t)r;
-			/* No short-read shortcut: a short splice may mean the pipe ran
-			 * out of slots, not that the socket is empty. */
-			if (conn_flush_pipe(w, c) < 0)
-				return -1;
-			continue;
-		}
-		if (r == 0) {
-			c->flags |= CONN_RD_EOF | CONN_PEER_EOF;
-			c->flags &= ~CONN_CAN_READ;
-			break;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN) {
-			if (c->pipe_bytes == 0)
-				c->flags &= ~CONN_CAN_READ; /* the pipe had room: socket empty */
-			else {
-				/* Ambiguous: socket empty, or the pipe out of page slots
-				 * before bytes. Either way wait for a write to drain it. */
-				c->flags |= CONN_PIPE_WAIT;
-				RB_STAT_ADD(w, pauses, 1);
-			}
-			break;
-		}
-		conn_close(w, c, true);
-		return -1;
 	}
 	return 0;
 }
 
-static int conn_flush(struct rb_worker *w, struct rb_conn *c)
-{
-	return c->pipe_rd >= 0 ? conn_flush_pipe(w, c) : conn_flush_chain(w, c);
-}
-
 /*
- * splice mode takes a pipe from the worker's cache only while there are
- * bytes to move (an idle connection holds two descriptors fewer), and gives
- * it back once drained. If none can be had (descriptors ran out), this
- * round of reading goes through the chunk pool and writev instead.
+ * Run every flow of the session: send what is buffered, read what is
+ * there, and pass a finished flow's end on to its sink (rule 6): our FIN
+ * once everything is sent. A session whose flows are all done closes.
  */
-static void conn_take_pipe(struct rb_worker *w, struct rb_conn *c)
+static void session_run(struct rb_worker *w, struct rb_session *s)
 {
-	unsigned sup;
-	int err;
+	bool all_done = true;
 
-	if (w->srv->cfg.copy != RB_COPY_SPLICE || c->pipe_rd >= 0 || c->chain.bytes > 0)
+	if (s->closed)
 		return;
-	err = rb__pipe_get(w, c);
-	if (err == 0)
-		return;
-	RB_STAT_ADD(w, splice_fallbacks, 1);
-	if (rb__ratelimit_ok(&w->rl_pipe, &sup))
-		rb__log(RB_LOG_ERR, "no pipe for fd %d (%s): using writev (%u more suppressed)",
-			c->fd, strerror(-err), sup);
-}
-
-/*
- * Stopping: read and drop whatever the peer still sends, until its FIN.
- * Closing a socket with unread input makes the kernel send an RST and drop
- * the echo still queued for the peer (nginx's lingering close). Returns -1
- * if the connection was closed.
- */
-static int conn_discard(struct rb_worker *w, struct rb_conn *c)
-{
-	size_t budget = w->srv->cfg.read_budget;
-
-	while ((c->flags & CONN_CAN_READ) && !(c->flags & CONN_PEER_EOF)) {
-		ssize_t r;
-
-		if (budget == 0) {
-			ready_push(w, c);
-			break;
-		}
-		r = recv(c->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
-		RB_STAT_ADD(w, read_calls, 1);
-		if (r > 0) {
-			RB_STAT_ADD(w, stop_discarded, (uint64_t)r);
-			budget = (size_t)r < budget ? budget - (size_t)r : 0;
-			continue;
-		}
-		if (r == 0) {
-			c->flags |= CONN_PEER_EOF;
-			c->flags &= ~CONN_CAN_READ;
-			break;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN) {
-			c->flags &= ~CONN_CAN_READ;
-			break;
-		}
-		conn_close(w, c, true);
-		return -1;
-	}
-	return 0;
-}
-
-static int conn_read(struct rb_worker *w, struct rb_conn *c)
-{
-	if (c->flags & CONN_DISCARD)
-		return conn_discard(w, c);
-	if (!(c->flags & CONN_CAN_READ) || !conn_wants_input(c))
-		return 0;
-	conn_take_pipe(w, c);
-	return c->pipe_rd >= 0 ? conn_read_pipe(w, c) : conn_read_chain(w, c);
-}
-
-static void conn_run(struct rb_worker *w, struct rb_conn *c)
-{
-	if (c->flags & CONN_CLOSED)
-		return;
-	if (conn_pending(c) > 0 && conn_flush(w, c) < 0)
-		return;
-	if (conn_read(w, c) < 0)
-		return;
-	if ((c->flags & CONN_RD_EOF) && conn_pending(c) == 0) {
-		/* Everything echoed. Stopping, our FIN goes now and the socket
-		 * stays open, discarding, until the peer's FIN (or the deadline). */
-		if ((c->flags & (CONN_DISCARD | CONN_PEER_EOF)) == CONN_DISCARD) {
-			if (!(c->flags & CONN_WR_SHUT)) {
-				shutdown(c->fd, SHUT_WR);
-				c->flags |= CONN_WR_SHUT;
-			}
-		} else {
-			conn_finish(w, c);
+	for (unsigned i = 0; i < s->n_flows; i++)
+		if (rb__flow_pending(&s->flow[i]) > 0 && flow_flush(w, &s->flow[i]) < 0)
 			return;
+	for (unsigned i = 0; i < s->n_flows; i++)
+		if (flow_read(w, &s->flow[i]) < 0)
+			return;
+	for (unsigned i = 0; i < s->n_flows; i++) {
+		struct rb_flow *f = &s->flow[i];
+		/* Everything passed on: our FIN goes now. Stopping, the flow then
+		 * lingers, discarding, until the source's FIN (or the deadline). */
+		if ((f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 &&
+		    !(f->flags & FLOW_SINK_SHUT)) {
+			shutdown(f->sink->fd, SHUT_WR);
+			f->flags |= FLOW_SINK_SHUT;
 		}
+		if (!rb__flow_done(f))
+			all_done = false;
 	}
-	if (c->pipe_rd >= 0 && c->pipe_bytes == 0)
-		rb__pipe_put(w, c, false);
-	conn_set_interest(w, c);
+	if (all_done) {
+		session_close(w, s, false);
+		return;
+	}
+	for (unsigned i = 0; i < s->n_flows; i++)
+		if (rb__flow_pending(&s->flow[i]) == 0)
+			s->flow[i].copy->idle(w, &s->flow[i]);
+	for (unsigned i = 0; i < s->n_socks; i++)
+		sock_set_interest(w, &s->sock[i]);
 }
 
 /*
  * The socket is shut both ways (EPOLLHUP/EPOLLERR, POLLHUP/POLLERR): after a
  * peer's RST, or after our FIN and the peer's. Nothing more can be sent, so
- * it is handled now, whatever the connection was waiting for: a connection
- * waiting for memory must not keep reporting a hang-up nobody looks at
- * (a level-triggered spin, issue 9).
+ * it is handled now, whatever the session was waiting for: one waiting for
+ * memory must not keep reporting a hang-up nobody looks at (a
+ * level-triggered spin, issue 9).
  */
-static void conn_hangup(struct rb_worker *w, struct rb_conn *c)
+static void sock_hangup(struct rb_worker *w, struct rb_sock *k)
 {
 	int err = 0;
 	socklen_t len = sizeof(err);
 
-	getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+	getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 	/* Lingering after our FIN, a hang-up is the peer's FIN: a clean end. */
-	conn_close(w, c, err != 0 || !(c->flags & CONN_WR_SHUT));
+	session_close(w, k->s, err != 0 || !k->out || !(k->out->flags & FLOW_SINK_SHUT));
 }
 
-static void conn_event(struct rb_worker *w, struct rb_conn *c, uint32_t ev)
+static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 {
-	if (c->flags & CONN_CLOSED)
+	if (k->s->closed)
 		return; /* stale: closed earlier in this batch (rule 7) */
 	if (ev & RB_ERR) {
-		conn_hangup(w, c);
+		sock_hangup(w, k);
 		return;
 	}
 	if (ev & RB_HUP)
-		c->flags |= CONN_PEER_HUP;
+		k->flags |= SOCK_PEER_HUP;
 	if (ev & (RB_READ | RB_HUP))
-		c->flags |= CONN_CAN_READ;
+		k->flags |= SOCK_CAN_READ;
 	if (ev & (RB_WRITE | RB_HUP))
-		c->flags |= CONN_CAN_WRITE;
-	conn_run(w, c);
+		k->flags |= SOCK_CAN_WRITE;
+	session_run(w, k->s);
 }
 
-static void conn_new(struct rb_worker *w, int fd, bool tcp)
+/* An accepted socket becomes an echo session. */
+static void session_new_echo(struct rb_worker *w, int fd, bool tcp)
 {
-	struct rb_conn *c;
-	uint32_t events = w->edge ? (RB_READ | RB_WRITE) : RB_READ;
+	struct reactor *r = R(w);
+	struct rb_session *s;
+	uint32_t events = r->edge ? (RB_READ | RB_WRITE) : RB_READ;
 	int err;
 
-	if (w->ops->max_fd >= 0 && fd > w->ops->max_fd) {
+	if (r->ops->max_fd >= 0 && fd > r->ops->max_fd) {
 		rb__refuse(w, fd, -EMFILE);
 		return;
 	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
+	s = malloc(sizeof(*s));
+	if (!s) {
 		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
-	c->h.kind = RB_H_CONN;
-	c->fd = fd;
-	c->flags = CONN_CAN_WRITE;
-	c->interest = events;
-	c->pipe_rd = c->pipe_wr = -1;
-	rb_chain_init(&c->chain);
-	rb_list_init(&c->qlink);
+	rb__session_init_echo(s, fd, tcp, w->copy);
+	s->sock[0].interest = events;
 	rb__tune_accepted(w, fd, tcp);
-	err = w->ops->add(w->poller, fd, c, events);
+	err = r->ops->add(r->poller, fd, &s->sock[0], events);
 	if (err < 0) {
-		free(c);
+		free(s);
 		rb__refuse(w, fd, err);
 		return;
 	}
-	rb_list_init(&c->all);
-	rb_list_add_tail(&w->conns, &c->all);
+	rb_list_add_tail(&r->sessions, &s->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 }
@@ -547,7 +406,7 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 	for (unsigned i = 0; i < budget; i++) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
-			conn_new(w, fd, l->tcp);
+			session_new_echo(w, fd, l->tcp);
 			continue;
 		}
 		switch (rb__accept_error(w, l->fd, errno)) {
@@ -576,93 +435,96 @@ static void listener_retry(struct rb_timer *t, void *arg)
 /* A UDP listener is registered like a stream one; its events echo datagrams. */
 static void udp_event(struct rb_worker *w, struct rb_listener *l, uint32_t ev)
 {
+	struct reactor *r = R(w);
+
 	rb__udp_run(w, l->udp, ev);
-	if (!w->edge && rb__udp_interest(l->udp) != l->udp_interest) {
+	if (!r->edge && rb__udp_interest(l->udp) != l->udp_interest) {
 		l->udp_interest = rb__udp_interest(l->udp);
-		w->ops->mod(w->poller, l->fd, l, l->udp_interest);
+		r->ops->mod(r->poller, l->fd, l, l->udp_interest);
 	}
 }
 
-static void worker_stop_deadline(struct rb_timer *t, void *arg);
+/*
+ * The stop deadline: what is still unsent is dropped. A socket that still
+ * had bytes coming to it gets an RST (a FIN would pass a cut stream off as
+ * complete) and is counted with its bytes, those we held and those still in
+ * the kernel's send queue; one that was only waiting for the peer's FIN
+ * closes cleanly.
+ */
+static void stop_deadline(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+	struct reactor *r = R(w);
+
+	(void)t;
+	while (!rb_list_empty(&r->sessions)) {
+		struct rb_session *s = rb_container_of(r->sessions.next, struct rb_session, all);
+
+		for (unsigned i = 0; i < s->n_socks; i++) {
+			const struct rb_flow *out = s->sock[i].out;
+			rb__stop_deadline_close(w, s->sock[i].fd, out ? rb__flow_pending(out) : 0);
+		}
+		session_close(w, s, false);
+	}
+}
 
 static void worker_begin_stop(struct rb_worker *w)
 {
+	struct reactor *r = R(w);
 	struct rb_list *it, *next;
 
-	if (!rb__worker_begin_stop(w, worker_stop_deadline))
+	if (!rb__worker_begin_stop(w, stop_deadline))
 		return;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		struct rb_listener *l = &w->listeners[i];
 		if (l->active)
-			w->ops->del(w->poller, l->fd, l);
+			r->ops->del(r->poller, l->fd, l);
 		l->active = false;
 		l->pending = false;
 		rb__timer_cancel(&w->timers, &l->retry);
 	}
 	/* Stop accepting for real: new peers are refused, not left in a backlog. */
 	rb__worker_release_listeners(w);
-	/* Stop echoing new input: flush what is queued, then FIN, discarding
-	 * input until the peer's FIN, then close each connection. */
-	for (it = w->conns.next; it != &w->conns; it = next) {
-		struct rb_conn *c = rb_container_of(it, struct rb_conn, all);
+	/* Stop passing new input on: flush what is buffered, then FIN,
+	 * discarding input until the peer's FIN, then close each session. */
+	for (it = r->sessions.next; it != &r->sessions; it = next) {
+		struct rb_session *s = rb_container_of(it, struct rb_session, all);
 		next = it->next;
-		c->flags |= CONN_RD_EOF | CONN_DISCARD;
-		c->flags &= ~CONN_PIPE_WAIT;
-		if (c->queue == RB_Q_MEMWAIT)
-			conn_queue(w, c, RB_Q_NONE);
-		conn_run(w, c);
+		for (unsigned i = 0; i < s->n_flows; i++) {
+			s->flow[i].flags |= FLOW_RD_EOF | FLOW_DISCARD;
+			s->flow[i].flags &= ~FLOW_PIPE_WAIT;
+		}
+		if (s->queue == RB_Q_MEMWAIT)
+			session_queue(w, s, RB_Q_NONE);
+		session_run(w, s);
+	}
+}
+
+static void free_grave(struct reactor *r)
+{
+	while (!rb_list_empty(&r->grave)) {
+		struct rb_session *s = rb_container_of(r->grave.next, struct rb_session, qlink);
+		rb_list_del(&s->qlink);
+		free(s);
 	}
 }
 
 /*
- * The stop deadline: what is still unsent is dropped. A connection that had
- * echo left gets an RST (a FIN would pass a cut stream off as complete) and
- * is counted with its bytes, those we held and those still in the kernel's
- * send queue; one that was only waiting for the peer's FIN closes cleanly.
- */
-static void worker_stop_deadline(struct rb_timer *t, void *arg)
-{
-	struct rb_worker *w = arg;
-
-	(void)t;
-	while (!rb_list_empty(&w->conns)) {
-		struct rb_conn *c = rb_container_of(w->conns.next, struct rb_conn, all);
-
-		rb__stop_deadline_close(w, c->fd, conn_pending(c));
-		conn_close(w, c, false);
-	}
-}
-
-static void control_event(struct rb_worker *w)
-{
-	if (rb__worker_control(w))
-		worker_begin_stop(w);
-}
-
-static void free_grave(struct rb_worker *w)
-{
-	while (!rb_list_empty(&w->grave)) {
-		struct rb_conn *c = rb_container_of(w->grave.next, struct rb_conn, qlink);
-		rb_list_del(&c->qlink);
-		free(c);
-	}
-}
-
-/*
- * Memory came back: run the connections waiting for it, in the order they
+ * Memory came back: run the sessions waiting for it, in the order they
  * began to wait, as many as there are chunks they may take (one holding no
  * chunk may use the reserve). Waking more would only send them back to
  * wait; waking one that cannot be served would spin.
  */
 static void memwait_wake(struct rb_worker *w)
 {
+	struct reactor *r = R(w);
 	const struct rb_pool *p = &w->pool;
 	size_t cs = p->chunk_size, total, general;
 	struct rb_list *it, *next;
 
-	if (rb_list_empty(&w->memwait) || w->memwait_puts == p->puts)
+	if (rb_list_empty(&r->memwait) || r->memwait_puts == p->puts)
 		return;
-	w->memwait_puts = p->puts;
+	r->memwait_puts = p->puts;
 	if (p->limit) {
 		total = p->in_use < p->limit ? (p->limit - p->in_use) / cs : 0;
 		general = p->in_use < p->limit - p->reserve
@@ -671,26 +533,22 @@ static void memwait_wake(struct rb_worker *w)
 	} else {
 		total = general = SIZE_MAX; /* waiting for malloc: try them all */
 	}
-	for (it = w->memwait.next; it != &w->memwait && total > 0; it = next) {
-		struct rb_conn *c = rb_container_of(it, struct rb_conn, qlink);
+	for (it = r->memwait.next; it != &r->memwait && total > 0; it = next) {
+		struct rb_session *s = rb_container_of(it, struct rb_session, qlink);
 		next = it->next;
-		if (c->chain.chunks == 0) {
-			if (general > 0)
-				general--;
-		} else if (general > 0) {
+		if (general > 0)
 			general--;
-		} else {
-			continue;
-		}
+		else if (rb__session_chunks(s) > 0)
+			continue; /* only the reserve is left, and it is not for this one */
 		total--;
-		conn_queue(w, c, RB_Q_READY);
+		session_queue(w, s, RB_Q_READY);
 	}
 }
 
 /* Work left without waiting for the poller: 0; else the next timer's. */
 static int next_timeout(struct rb_worker *w)
 {
-	if (!rb_list_empty(&w->ready))
+	if (!rb_list_empty(&R(w)->ready))
 		return 0;
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		const struct rb_listener *l = &w->listeners[i];
@@ -703,55 +561,62 @@ static int next_timeout(struct rb_worker *w)
 	return rb__timers_timeout(&w->timers, rb__now_ms());
 }
 
+static void dispatch(struct rb_worker *w, const struct rb_event *ev)
+{
+	struct rb_handle *h = ev->ptr;
+
+	switch (h->kind) {
+	case RB_H_SOCK:
+		sock_event(w, (struct rb_sock *)(void *)h, ev->events);
+		break;
+	case RB_H_LISTENER: {
+		struct rb_listener *l = (struct rb_listener *)(void *)h;
+		if (l->active && l->udp)
+			udp_event(w, l, ev->events);
+		else if (l->active)
+			listener_accept(w, l);
+		break;
+	}
+	case RB_H_CONTROL:
+		if (rb__worker_control(w))
+			worker_begin_stop(w);
+		break;
+	}
+}
+
 static int reactor_run(struct rb_worker *w)
 {
+	struct reactor *r = R(w);
 	struct rb_event ev[EVENT_BATCH];
 	struct rb_list snap;
 
 	for (;;) {
 		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 			worker_begin_stop(w);
-		if (w->stopping && rb_list_empty(&w->conns))
+		if (w->stopping && rb_list_empty(&r->sessions))
 			break;
 		int timeout = next_timeout(w);
 		/* About to sleep: give what the pool freed back to the system. */
 		if (timeout != 0)
 			rb_pool_trim(&w->pool);
-		int n = w->ops->wait(w->poller, ev, EVENT_BATCH, timeout);
+		int n = r->ops->wait(r->poller, ev, EVENT_BATCH, timeout);
 		if (n < 0) {
 			if (n == -EINTR)
 				continue;
-			rb__log(RB_LOG_ERR, "%s wait: %s", w->ops->name, strerror(-n));
+			rb__log(RB_LOG_ERR, "%s wait: %s", r->ops->name, strerror(-n));
 			return n;
 		}
 		RB_STAT_ADD(w, wakeups, 1);
-		for (int i = 0; i < n; i++) {
-			struct rb_handle *h = ev[i].ptr;
-			switch (h->kind) {
-			case RB_H_CONN:
-				conn_event(w, (struct rb_conn *)(void *)h, ev[i].events);
-				break;
-			case RB_H_LISTENER: {
-				struct rb_listener *l = (struct rb_listener *)(void *)h;
-				if (l->active && l->udp)
-					udp_event(w, l, ev[i].events);
-				else if (l->active)
-					listener_accept(w, l);
-				break;
-			}
-			case RB_H_CONTROL:
-				control_event(w);
-				break;
-			}
-		}
-		/* Connections that still had input after their budget (rule 3). */
+		for (int i = 0; i < n; i++)
+			dispatch(w, &ev[i]);
+		/* Sessions that still had input after their budget (rule 3). */
 		rb_list_init(&snap);
-		rb_list_splice_tail(&snap, &w->ready);
+		rb_list_splice_tail(&snap, &r->ready);
 		while (!rb_list_empty(&snap)) {
-			struct rb_conn *c = rb_container_of(snap.next, struct rb_conn, qlink);
-			rb_list_del(&c->qlink);
-			c->queue = RB_Q_NONE;
-			conn_run(w, c);
+			struct rb_session *s = rb_container_of(snap.next, struct rb_session, qlink);
+			rb_list_del(&s->qlink);
+			s->queue = RB_Q_NONE;
+			session_run(w, s);
 		}
 		for (size_t i = 0; i < w->n_listeners; i++) {
 			struct rb_listener *l = &w->listeners[i];
@@ -766,28 +631,35 @@ static int reactor_run(struct rb_worker *w)
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
-		free_grave(w);
+		free_grave(r);
 	}
+	free_grave(r);
 	return 0;
 }
 
-/* Register the control eventfd and the listeners with a new poller. */
+/* A poller for the worker, with the control eventfd and the listeners. */
 static int reactor_worker_init(struct rb_worker *w)
 {
+	struct reactor *r = calloc(1, sizeof(*r));
 	int err;
 
-	w->ops = w->eng->poller;
-	err = w->ops->create(&w->poller, w->srv->cfg.trigger, 1024);
-
-	/* An eighth of the cap serves only connections that hold no chunk, so
+	if (!r)
+		return -ENOMEM;
+	w->model = r;
+	r->ops = w->eng->poller;
+	rb_list_init(&r->sessions);
+	rb_list_init(&r->ready);
+	rb_list_init(&r->memwait);
+	rb_list_init(&r->grave);
+	/* An eighth of the cap serves only sessions that hold no chunk, so
 	 * peers that fill the rest cannot starve new ones (issue 9). */
 	rb_pool_set_reserve(&w->pool, w->pool.limit / 8);
-
+	err = r->ops->create(&r->poller, w->srv->cfg.trigger, 1024);
 	if (err < 0)
 		return err;
-	w->edge = w->ops->is_edge(w->poller);
-	w->ctl_h.kind = RB_H_CONTROL;
-	err = w->ops->add(w->poller, w->ctl_fd, &w->ctl_h, RB_READ);
+	r->edge = r->ops->is_edge(r->poller);
+	r->ctl_h.kind = RB_H_CONTROL;
+	err = r->ops->add(r->poller, w->ctl_fd, &r->ctl_h, RB_READ);
 	if (err < 0)
 		return err;
 	for (size_t i = 0; i < w->n_listeners; i++) {
@@ -796,10 +668,10 @@ static int reactor_worker_init(struct rb_worker *w)
 			l->udp = rb__udp_create(l->fd, l->port);
 			if (!l->udp)
 				return -ENOMEM;
-			l->udp_interest = w->edge ? RB_READ | RB_WRITE : RB_READ;
-			err = w->ops->add(w->poller, l->fd, l, l->udp_interest);
+			l->udp_interest = r->edge ? RB_READ | RB_WRITE : RB_READ;
+			err = r->ops->add(r->poller, l->fd, l, l->udp_interest);
 		} else {
-			err = w->ops->add(w->poller, l->fd, l, RB_READ);
+			err = r->ops->add(r->poller, l->fd, l, RB_READ);
 			rb__timer_init(&l->retry, listener_retry);
 		}
 		if (err < 0)
@@ -811,16 +683,21 @@ static int reactor_worker_init(struct rb_worker *w)
 
 static void reactor_worker_fini(struct rb_worker *w)
 {
-	while (!rb_list_empty(&w->conns))
-		conn_close(w, rb_container_of(w->conns.next, struct rb_conn, all), false);
-	free_grave(w);
+	struct reactor *r = R(w);
+
+	if (!r)
+		return;
+	while (!rb_list_empty(&r->sessions))
+		session_close(w, rb_container_of(r->sessions.next, struct rb_session, all), false);
+	free_grave(r);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		rb__udp_destroy(w, w->listeners[i].udp);
 		w->listeners[i].udp = NULL;
 	}
-	if (w->poller)
-		w->ops->destroy(w->poller);
-	w->poller = NULL;
+	if (r->poller)
+		r->ops->destroy(r->poller);
+	free(r);
+	w->model = NULL;
 }
 
 const struct rb_model_ops rb__reactor_model = {

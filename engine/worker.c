@@ -25,11 +25,10 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 	w->eng = srv->eng;
 	w->ctl_fd = -1;
 	w->reserve_fd = -1;
-	rb_list_init(&w->conns);
-	rb_list_init(&w->ready);
-	rb_list_init(&w->memwait);
-	rb_list_init(&w->grave);
 	rb__timers_init(&w->timers);
+	rb__pipe_cache_init(&w->pipes, srv->pipe_size);
+	/* The copy strategy is chosen here, once: new flows take it. */
+	w->copy = cfg->copy == RB_COPY_SPLICE ? &rb__copy_splice : &rb__copy_writev;
 	if (limit && limit < cfg->chunk_size)
 		limit = cfg->chunk_size;
 	err = rb_pool_init(&w->pool, cfg->chunk_size, cfg->pool_cache, limit);
@@ -200,7 +199,7 @@ void rb__refuse(struct rb_worker *w, int fd, int err)
 
 void rb__worker_fini(struct rb_worker *w)
 {
-	rb__pipes_fini(w);
+	rb__pipe_cache_fini(&w->pipes);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		if (w->listeners[i].owned)
 			close(w->listeners[i].fd);

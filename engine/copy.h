@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Copy strategies: how a flow's bytes get from its source to its sink,
+ * chosen once per flow (nginx's ngx_os_io_t recv_chain/send_chain). The
+ * flow's state machine (reactor.c) is the same for all of them.
+ */
+#ifndef REBOUND_COPY_H
+#define REBOUND_COPY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct rb_worker;
+struct rb_flow;
+
+struct rb_copy_ops {
+	const char *name;
+	/* Bytes the flow may hold before it pauses. */
+	size_t (*cap)(const struct rb_worker *w, const struct rb_flow *f);
+	/*
+	 * Move at most max (> 0) bytes from fd into the flow. Returns the bytes
+	 * moved (> 0; *drained if fd is known to be empty now), 0 at the end of
+	 * input, or -EAGAIN (nothing to read), -ENOBUFS (no memory now: wait for
+	 * chunks to come back), -EBUSY (cannot tell an empty socket from a full
+	 * buffer: wait for a flush), -EINTR, or another -errno (fd failed).
+	 */
+	ssize_t (*read_into)(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+			     bool *drained);
+	/* Send buffered bytes to fd. Returns the bytes sent (> 0; *full if fd
+	 * took less than was offered), or -EAGAIN, -EINTR, another -errno. */
+	ssize_t (*flush)(struct rb_worker *w, struct rb_flow *f, int fd, bool *full);
+	/* The flow holds no bytes: give back what it needs only while busy. */
+	void (*idle)(struct rb_worker *w, struct rb_flow *f);
+	/* The flow ends: free its buffers, dropping any bytes. */
+	void (*release)(struct rb_worker *w, struct rb_flow *f);
+};
+
+/* readv into chunk chains, sendmsg (writev) from them: the default. */
+extern const struct rb_copy_ops rb__copy_writev;
+/* splice through a pipe, falling back to writev while no pipe can be had. */
+extern const struct rb_copy_ops rb__copy_splice;
+
+#endif

@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sessions and flows (DESIGN.md, "Growing from an echo into an echo proxy"):
+ *
+ *   session = 1 or 2 sockets + 1 or 2 flows
+ *   flow    = source socket -> buffer (chunk chain or pipe) -> sink socket
+ *   echo    = one flow, A -> A
+ *
+ * These records are shared by the models: the readiness model runs its
+ * state machine per flow (reactor.c); the completion model keeps the same
+ * flow state for its bookkeeping (proactor_uring.c).
+ */
+#ifndef REBOUND_SESSION_H
+#define REBOUND_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "iopool.h"
+#include "list.h"
+#include "pipes.h"
+
+/* What a poller event's pointer points at. */
+enum rb_handle_kind { RB_H_SOCK = 1, RB_H_LISTENER, RB_H_CONTROL };
+
+struct rb_handle {
+	enum rb_handle_kind kind;
+};
+
+/* A socket's readiness, as the readiness model knows it. */
+enum {
+	SOCK_CAN_READ = 1u << 0,  /* may have input (no EAGAIN seen since) */
+	SOCK_CAN_WRITE = 1u << 1, /* may take output */
+	SOCK_PEER_HUP = 1u << 2,  /* the poller saw RDHUP/HUP: read to EOF or error */
+};
+
+/* A flow's state: the same in both models. */
+enum {
+	FLOW_RD_EOF = 1u << 0,    /* no more input: the source's FIN, or stopping */
+	FLOW_PAUSED = 1u << 1,    /* the buffer is at its cap */
+	FLOW_PIPE_WAIT = 1u << 2, /* splice read got EAGAIN with bytes in the pipe */
+	FLOW_SRC_EOF = 1u << 3,   /* a read returned 0: the source's FIN arrived */
+	FLOW_DISCARD = 1u << 4,   /* stopping: input is read and dropped, never sent */
+	FLOW_SINK_SHUT = 1u << 5, /* our FIN went to the sink */
+};
+
+struct rb_session;
+struct rb_flow;
+struct rb_copy_ops;
+
+struct rb_sock {
+	struct rb_handle h; /* RB_H_SOCK */
+	int fd;
+	uint32_t flags;     /* SOCK_* */
+	uint32_t interest;  /* registered with a level-triggered poller */
+	bool tcp;
+	struct rb_session *s;
+	struct rb_flow *in;  /* the flow that reads from this socket, if any */
+	struct rb_flow *out; /* the flow that writes to it, if any */
+};
+
+struct rb_flow {
+	struct rb_sock *src, *sink;
+	const struct rb_copy_ops *copy; /* chosen once, when the flow is made */
+	uint32_t flags;                 /* FLOW_* */
+	struct rb_chain chain;
+	struct rb_pipe pipe;
+};
+
+#define RB_SESSION_SOCKS 2
+#define RB_SESSION_FLOWS 2
+
+/* The one list a session's qlink is on (the readiness model's lists). */
+enum rb_session_queue {
+	RB_Q_NONE = 0,
+	RB_Q_READY,   /* read budget used up: run again after the others */
+	RB_Q_MEMWAIT, /* needs a chunk the worker memory cap does not allow now */
+	RB_Q_GRAVE,   /* closed: freed after the event batch (rule 7) */
+};
+
+struct rb_session {
+	struct rb_sock sock[RB_SESSION_SOCKS];
+	struct rb_flow flow[RB_SESSION_FLOWS];
+	unsigned n_socks, n_flows;
+	bool closed; /* events for it are stale */
+	enum rb_session_queue queue;
+	struct rb_list all;   /* every session of the worker */
+	struct rb_list qlink; /* the list named by queue */
+};
+
+/* An echo: one socket, one flow from it to itself. */
+void rb__session_init_echo(struct rb_session *s, int fd, bool tcp, const struct rb_copy_ops *copy);
+
+/* Bytes a flow holds that its sink has not taken yet. */
+static inline size_t rb__flow_pending(const struct rb_flow *f)
+{
+	return f->chain.bytes + f->pipe.bytes;
+}
+
+/* Chunks a session's flows hold. */
+static inline size_t rb__session_chunks(const struct rb_session *s)
+{
+	size_t n = 0;
+
+	for (unsigned i = 0; i < s->n_flows; i++)
+		n += s->flow[i].chain.chunks;
+	return n;
+}
+
+/* Input is wanted: not at EOF, not paused at a cap or waiting on a pipe;
+ * or stopping and still discarding until the source's FIN. */
+static inline bool rb__flow_wants_input(const struct rb_flow *f)
+{
+	if (f->flags & FLOW_DISCARD)
+		return !(f->flags & FLOW_SRC_EOF);
+	return !(f->flags & (FLOW_RD_EOF | FLOW_PAUSED | FLOW_PIPE_WAIT));
+}
+
+/* Everything the source will send has been passed on (or dropped). A flow
+ * that is discarding lingers until the source's FIN. */
+static inline bool rb__flow_done(const struct rb_flow *f)
+{
+	return (f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 &&
+	       (!(f->flags & FLOW_DISCARD) || (f->flags & FLOW_SRC_EOF));
+}
+
+#endif
