@@ -126,7 +126,7 @@ int rbb_pidstat_parse(const char *text, pid_t *ppid, uint64_t *ticks)
 
 	/* After ')': state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17). */
 	if (!p || sscanf(p + 1, " %*c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %lld %lld",
-			 &pp, &ut, &st, &cut, &cst) != 5)
+	                 &pp, &ut, &st, &cut, &cst) != 5)
 		return -EINVAL;
 	*ppid = (pid_t)pp;
 	*ticks = ut + st + (uint64_t)(cut > 0 ? cut : 0) + (uint64_t)(cst > 0 ? cst : 0);

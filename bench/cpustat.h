@@ -17,7 +17,7 @@
 struct rbb_cpustat {
 	unsigned n_cpus; /* cpuN lines seen */
 	/* busy = user + nice + system + irq + softirq; all = busy + idle + iowait + steal */
-	uint64_t busy, all;                          /* the "cpu" line */
+	uint64_t busy, all;                                     /* the "cpu" line */
 	uint64_t cpu_busy[RBB_MAX_CPUS], cpu_all[RBB_MAX_CPUS]; /* by CPU number */
 	uint8_t cpu_seen[RBB_MAX_CPUS];
 };

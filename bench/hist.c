@@ -215,7 +215,7 @@ int rbb_hist_write_hgrm(const struct rbb_hist *h, FILE *f, double unit_ns, unsig
 	if (!ticks_per_half)
 		ticks_per_half = 5;
 	fprintf(f, "%12s %14s %10s %14s\n\n", "Value", "Percentile", "TotalCount",
-		"1/(1-Percentile)");
+	        "1/(1-Percentile)");
 	/*
 	 * HdrHistogram's percentile iteration: the step halves each time the
 	 * remaining distance to 100% halves, so the tail gets as many lines
@@ -230,16 +230,16 @@ int rbb_hist_write_hgrm(const struct rbb_hist *h, FILE *f, double unit_ns, unsig
 		if (v >= h->max || p >= 100)
 			break;
 		fprintf(f, "%12.3f %2.12f %10llu %14.2f\n", (double)v / unit_ns, p / 100.0,
-			(unsigned long long)cum, 1.0 / (1.0 - p / 100.0));
+		        (unsigned long long)cum, 1.0 / (1.0 - p / 100.0));
 		ticks = ticks_per_half * pow(2.0, floor(log2(100.0 / (100.0 - p))) + 1);
 		p += 100.0 / ticks;
 	}
 	fprintf(f, "%12.3f %2.12f %10llu\n", (double)(h->total ? h->max : 0) / unit_ns, 1.0,
-		(unsigned long long)h->total);
+	        (unsigned long long)h->total);
 	fprintf(f, "#[Mean    = %12.3f, StdDeviation   = %12.3f]\n", rbb_hist_mean(h) / unit_ns,
-		rbb_hist_stddev(h) / unit_ns);
+	        rbb_hist_stddev(h) / unit_ns);
 	fprintf(f, "#[Max     = %12.3f, Total count    = %12llu]\n",
-		(double)(h->total ? h->max : 0) / unit_ns, (unsigned long long)h->total);
+	        (double)(h->total ? h->max : 0) / unit_ns, (unsigned long long)h->total);
 	for (unsigned i = SUB; i < h->n_counts; i += HALF)
 		buckets++;
 	fprintf(f, "#[Buckets = %12u, SubBuckets     = %12u]\n", buckets + 1, SUB);

@@ -81,18 +81,19 @@ static void tcpi_json(FILE *f, const struct rbb_tcpagg *a)
 	double n = a->n ? (double)a->n : 1;
 
 	fprintf(f,
-		"{\"samples\": %llu, \"rtt_us\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}, "
-		"\"rttvar_us_mean\": %.1f, \"retrans\": %llu, "
-		"\"cwnd\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}}",
-		(unsigned long long)a->n, a->rtt_min, a->rtt_sum / n, a->rtt_max, a->rttvar_sum / n,
-		(unsigned long long)a->retrans, a->cwnd_min, a->cwnd_sum / n, a->cwnd_max);
+	        "{\"samples\": %llu, \"rtt_us\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}, "
+	        "\"rttvar_us_mean\": %.1f, \"retrans\": %llu, "
+	        "\"cwnd\": {\"min\": %u, \"mean\": %.1f, \"max\": %u}}",
+	        (unsigned long long)a->n, a->rtt_min, a->rtt_sum / n, a->rtt_max, a->rttvar_sum / n,
+	        (unsigned long long)a->retrans, a->cwnd_min, a->cwnd_sum / n, a->cwnd_max);
 }
 
 static void iv_json(FILE *f, const struct rbb_opts *o, const struct iv_sample *v)
 {
-	fprintf(f, "{\"t\": %.3f, \"phase\": \"%s\", \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f, "
-		   "\"errors\": %u",
-		v->t, v->phase, v->msgs_per_s, v->mb_per_s, v->errors);
+	fprintf(f,
+	        "{\"t\": %.3f, \"phase\": \"%s\", \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f, "
+	        "\"errors\": %u",
+	        v->t, v->phase, v->msgs_per_s, v->mb_per_s, v->errors);
 	if (o->tcp_info) {
 		fprintf(f, ", \"tcp_info\": ");
 		tcpi_json(f, &v->tcpi);
@@ -107,8 +108,9 @@ static int server_cpu(pid_t pid, double *out, unsigned *nprocs)
 
 	if (rc > 0 && !tree_warned) {
 		fprintf(stderr,
-			"rebound-bench: warning: cannot walk /proc (%s): --server-pid counts process %d only, not its children\n",
-			strerror(rc), (int)pid);
+		        "rebound-bench: warning: cannot walk /proc (%s): --server-pid counts "
+		        "process %d only, not its children\n",
+		        strerror(rc), (int)pid);
 		tree_warned = true;
 	}
 	return rc > 0 ? 0 : rc;
@@ -123,7 +125,7 @@ static void take_sample(const struct rbb_opts *o, struct sample *s)
 		s->have_srv = server_cpu(o->server_pid, &s->srv, &s->srv_procs) == 0;
 	if (getrusage(RUSAGE_SELF, &ru) == 0) {
 		s->cli = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
-			 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+		         (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 		s->have_cli = true;
 	}
 	if (o->cpu_system)
@@ -141,9 +143,9 @@ static int raise_nofile(const struct rbb_opts *o)
 		return 0;
 	if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need) {
 		fprintf(stderr,
-			"rebound-bench: %u connections need %llu file descriptors, but RLIMIT_NOFILE's hard limit is %llu\n",
-			o->connections, (unsigned long long)need,
-			(unsigned long long)rl.rlim_max);
+		        "rebound-bench: %u connections need %llu file descriptors, but "
+		        "RLIMIT_NOFILE's hard limit is %llu\n",
+		        o->connections, (unsigned long long)need, (unsigned long long)rl.rlim_max);
 		return -EMFILE;
 	}
 	rl.rlim_cur = need;
@@ -165,7 +167,8 @@ static const char *mode_name(const struct rbb_opts *o)
 static void print_lat_human(const char *label, const struct rbb_hist *h)
 {
 	if (h->total)
-		printf("%-12s min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean %.1f\n",
+		printf("%-12s min %.1f  p50 %.1f  p90 %.1f  p99 %.1f  p99.9 %.1f  max %.1f  mean "
+		       "%.1f\n",
 		       label, us(h->min), us(rbb_hist_percentile(h, 50)),
 		       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
 		       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0);
@@ -176,7 +179,8 @@ static void print_lat_human(const char *label, const struct rbb_hist *h)
 static void print_lat_json(const char *key, const struct rbb_hist *h)
 {
 	printf(" \"%s\": {\"min\": %.3f, \"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, "
-	       "\"p99_9\": %.3f, \"max\": %.3f, \"mean\": %.3f, \"stddev\": %.3f, \"count\": %llu},\n",
+	       "\"p99_9\": %.3f, \"max\": %.3f, \"mean\": %.3f, \"stddev\": %.3f, \"count\": "
+	       "%llu},\n",
 	       key, h->total ? us(h->min) : 0, us(rbb_hist_percentile(h, 50)),
 	       us(rbb_hist_percentile(h, 90)), us(rbb_hist_percentile(h, 99)),
 	       us(rbb_hist_percentile(h, 99.9)), us(h->max), rbb_hist_mean(h) / 1000.0,
@@ -214,14 +218,13 @@ static bool client_limited(const struct rbb_opts *o, const struct result *r)
 	return r->have_cli && r->seconds >= 0.2 && client_util(o, r) >= 0.9;
 }
 
-static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
-			const struct result *r)
+static void print_human(const struct rbb_opts *o, const struct rbb_run *run, const struct result *r)
 {
 	const struct rbb_hist *h = r->hist;
 	double secs = r->seconds > 0 ? r->seconds : 1e-9;
 
-	printf("target       %s: %u connections (%u active), %u thread%s\n", o->url,
-	       o->connections, o->active, o->threads, o->threads == 1 ? "" : "s");
+	printf("target       %s: %u connections (%u active), %u thread%s\n", o->url, o->connections,
+	       o->active, o->threads, o->threads == 1 ? "" : "s");
 	printf("load         %s loop", mode_name(o));
 	if (o->rate > 0)
 		printf(" at %.0f msg/s", o->rate);
@@ -280,18 +283,20 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run,
 	if (r->fds0 >= 0)
 		printf("server fds   %d before, %d after\n", r->fds0, r->fds1);
 	if (o->tcp_info && r->tcpi.n)
-		printf("tcp_info     %llu connections: rtt us min %u mean %.1f max %u, rttvar mean %.1f, "
+		printf("tcp_info     %llu connections: rtt us min %u mean %.1f max %u, rttvar mean "
+		       "%.1f, "
 		       "%llu retransmits, cwnd min %u mean %.1f max %u\n",
 		       (unsigned long long)r->tcpi.n, r->tcpi.rtt_min,
 		       r->tcpi.rtt_sum / (double)r->tcpi.n, r->tcpi.rtt_max,
 		       r->tcpi.rttvar_sum / (double)r->tcpi.n, (unsigned long long)r->tcpi.retrans,
 		       r->tcpi.cwnd_min, r->tcpi.cwnd_sum / (double)r->tcpi.n, r->tcpi.cwnd_max);
 	if (o->rate > 0)
-		printf("rate         %.0f msg/s achieved of %.0f asked (%.1f%%)%s\n", r->rate_achieved,
-		       o->rate, 100 * r->rate_achieved / o->rate,
+		printf("rate         %.0f msg/s achieved of %.0f asked (%.1f%%)%s\n",
+		       r->rate_achieved, o->rate, 100 * r->rate_achieved / o->rate,
 		       r->rate_behind ? ": FELL BEHIND" : "");
 	if (client_limited(o, r))
-		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the server, may be the limit\n",
+		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the "
+		       "server, may be the limit\n",
 		       100 * client_util(o, r));
 	printf("verified     %llu bytes echoed, %s\n", (unsigned long long)r->verified,
 	       run->n_errors ? "ERRORS (see stderr)" : "all correct");
@@ -313,8 +318,7 @@ static void json_string(const char *s)
 	putchar('"');
 }
 
-static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
-		       const struct result *r)
+static void print_json(const struct rbb_opts *o, const struct rbb_run *run, const struct result *r)
 {
 	const struct rbb_hist *h = r->hist;
 	double secs = r->seconds > 0 ? r->seconds : 1e-9;
@@ -329,23 +333,26 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run,
 	       o->connections, o->active, o->threads, o->size, o->depth, mode_name(o), o->rate,
 	       o->warmup, r->seconds);
 	printf(" \"messages\": %llu, \"bytes\": %llu, \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f,\n",
-	       (unsigned long long)r->msgs, (unsigned long long)r->bytes,
-	       (double)r->msgs / secs, (double)r->bytes / secs / 1e6);
+	       (unsigned long long)r->msgs, (unsigned long long)r->bytes, (double)r->msgs / secs,
+	       (double)r->bytes / secs / 1e6);
 	print_lat_json("latency_us", h);
 	if (o->crr) {
 		print_lat_json("connect_latency_us", r->conn_hist);
-		printf(" \"transactions\": %llu, \"tx_per_s\": %.3f,",
-		       (unsigned long long)r->msgs, (double)r->msgs / secs);
+		printf(" \"transactions\": %llu, \"tx_per_s\": %.3f,", (unsigned long long)r->msgs,
+		       (double)r->msgs / secs);
 		if (r->have_cpu && r->msgs)
-			printf(" \"server_cpu_us_per_tx\": %.3f,", r->cpu_s / (double)r->msgs * 1e6);
+			printf(" \"server_cpu_us_per_tx\": %.3f,",
+			       r->cpu_s / (double)r->msgs * 1e6);
 		if (r->have_sys && r->msgs)
-			printf(" \"system_cpu_us_per_tx\": %.3f,", r->sys_s / (double)r->msgs * 1e6);
+			printf(" \"system_cpu_us_per_tx\": %.3f,",
+			       r->sys_s / (double)r->msgs * 1e6);
 		if (r->fds0 >= 0)
 			printf(" \"server_fds_before\": %d, \"server_fds_after\": %d,", r->fds0,
 			       r->fds1);
 		printf("\n");
 	}
-	printf(" \"connected\": %u, \"connect_errors\": %u, \"unserved\": %u, \"verified_bytes\": %llu, "
+	printf(" \"connected\": %u, \"connect_errors\": %u, \"unserved\": %u, \"verified_bytes\": "
+	       "%llu, "
 	       "\"udp_lost\": %llu, \"udp_late\": %llu, \"udp_reordered\": %llu,\n",
 	       r->connected, r->connect_errors, r->unserved, (unsigned long long)r->verified,
 	       (unsigned long long)r->lost, (unsigned long long)r->late,
@@ -416,7 +423,7 @@ static int write_hgrm(const char *path, const struct rbb_hist *h)
 }
 
 static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64_t *last_m,
-		     uint64_t *last_b)
+                     uint64_t *last_b)
 {
 	uint64_t m = 0, b = 0;
 	double dt = (double)(now - *last_t) / 1e9;
@@ -428,10 +435,11 @@ static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64
 	}
 	if (dt <= 0)
 		return;
-	struct iv_sample v = {.t = (double)(now - run->t_start) / 1e9, .phase = phase,
-			      .msgs_per_s = (double)(m - *last_m) / dt,
-			      .mb_per_s = (double)(b - *last_b) / dt / 1e6,
-			      .errors = run->n_errors};
+	struct iv_sample v = {.t = (double)(now - run->t_start) / 1e9,
+	                      .phase = phase,
+	                      .msgs_per_s = (double)(m - *last_m) / dt,
+	                      .mb_per_s = (double)(b - *last_b) / dt / 1e6,
+	                      .errors = run->n_errors};
 
 	for (unsigned i = 0; run->o->tcp_info && i < run->n_workers; i++) {
 		pthread_mutex_lock(&run->workers[i].tcpi_lock);
@@ -455,11 +463,12 @@ static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64
 			ivs[n_ivs++] = v;
 	} else {
 		fprintf(stderr, "rebound-bench: %7.1f s %-6s %10.0f msg/s %10.2f MB/s %u errors",
-			v.t, phase, v.msgs_per_s, v.mb_per_s, v.errors);
+		        v.t, phase, v.msgs_per_s, v.mb_per_s, v.errors);
 		if (run->o->tcp_info && v.tcpi.n)
 			fprintf(stderr, " rtt %.0f us cwnd %.0f retrans %llu",
-				v.tcpi.rtt_sum / (double)v.tcpi.n, v.tcpi.cwnd_sum / (double)v.tcpi.n,
-				(unsigned long long)v.tcpi.retrans);
+			        v.tcpi.rtt_sum / (double)v.tcpi.n,
+			        v.tcpi.cwnd_sum / (double)v.tcpi.n,
+			        (unsigned long long)v.tcpi.retrans);
 		fputc('\n', stderr);
 	}
 	*last_t = now;
@@ -473,7 +482,7 @@ static void progress(struct rbb_run *run, uint64_t now, uint64_t *last_t, uint64
  * and SIGTERM into a stop.
  */
 static void supervise(struct rbb_run *run, int sfd, struct result *r, struct sample *s0,
-		      struct sample *s1)
+                      struct sample *s1)
 {
 	const struct rbb_opts *o = run->o;
 	uint64_t iv = (uint64_t)(o->interval * 1e9);
@@ -483,7 +492,7 @@ static void supervise(struct rbb_run *run, int sfd, struct result *r, struct sam
 
 	while (finished < run->n_workers) {
 		struct pollfd pfd[2] = {{.fd = sfd, .events = POLLIN},
-					{.fd = run->done_fd, .events = POLLIN}};
+		                        {.fd = run->done_fd, .events = POLLIN}};
 		uint64_t now = rbb_now(), wake = next_iv;
 		int timeout;
 
@@ -493,8 +502,9 @@ static void supervise(struct rbb_run *run, int sfd, struct result *r, struct sam
 			if (!s1->taken && run->t_end < wake)
 				wake = run->t_end;
 		}
-		timeout = wake == UINT64_MAX ? -1 :
-			  wake > now ? (int)((wake - now + 999999) / 1000000) : 0;
+		timeout = wake == UINT64_MAX ? -1
+		          : wake > now       ? (int)((wake - now + 999999) / 1000000)
+		                             : 0;
 		if (poll(pfd, 2, timeout) < 0 && errno != EINTR)
 			break;
 		now = rbb_now();
@@ -587,8 +597,8 @@ static int run_bench(const struct rbb_opts *o)
 	run.n_active_connected = act_total;
 	if (r.unserved)
 		rbb_error(&run, false,
-			  "%u idle connections were not served (no echo of their first byte)",
-			  r.unserved);
+		          "%u idle connections were not served (no echo of their first byte)",
+		          r.unserved);
 	if (!r.connected && !o->crr)
 		rbb_error(&run, true, "no connection to %s succeeded", o->url);
 	quota_left = o->messages;
@@ -645,8 +655,8 @@ static int run_bench(const struct rbb_opts *o)
 		} while (rbb_now() < until);
 		if (r.fds1 > r.fds0 && !run.n_errors)
 			rbb_error(&run, false,
-				  "the server's descriptors grew from %d to %d over the run", r.fds0,
-				  r.fds1);
+			          "the server's descriptors grew from %d to %d over the run",
+			          r.fds0, r.fds1);
 	}
 
 	uint64_t last_done = run.t_start;
@@ -700,12 +710,14 @@ static int run_bench(const struct rbb_opts *o)
 		r.rate_behind = r.rate_achieved < 0.95 * o->rate;
 		if (r.rate_behind) {
 			fprintf(stderr,
-				"rebound-bench: fell behind --rate: %.0f msg/s achieved of %.0f asked (%.1f%%)\n",
-				r.rate_achieved, o->rate, 100 * r.rate_achieved / o->rate);
+			        "rebound-bench: fell behind --rate: %.0f msg/s achieved of %.0f "
+			        "asked (%.1f%%)\n",
+			        r.rate_achieved, o->rate, 100 * r.rate_achieved / o->rate);
 			if (o->strict)
 				rbb_error(&run, false,
-					  "--strict: the achieved rate (%.0f msg/s) is more than 5%% below --rate %.0f",
-					  r.rate_achieved, o->rate);
+				          "--strict: the achieved rate (%.0f msg/s) is more than "
+				          "5%% below --rate %.0f",
+				          r.rate_achieved, o->rate);
 		}
 	}
 	if (o->json)
@@ -722,7 +734,7 @@ static int run_bench(const struct rbb_opts *o)
 		fprintf(stderr, "rebound-bench: %s\n", run.errors[i]);
 	if (run.n_errors > RBB_MAX_ERRORS)
 		fprintf(stderr, "rebound-bench: ... and %u more errors\n",
-			run.n_errors - RBB_MAX_ERRORS);
+		        run.n_errors - RBB_MAX_ERRORS);
 	if (run.n_errors)
 		fprintf(stderr, "rebound-bench: FAILED\n");
 	status = run.n_errors ? 1 : 0;
@@ -766,7 +778,7 @@ int main(int argc, char **argv)
 	}
 	if (o.server_pid && server_cpu(o.server_pid, &cpu, &nprocs) < 0) {
 		fprintf(stderr, "rebound-bench: invalid --server-pid '%d': no such process\n",
-			(int)o.server_pid);
+		        (int)o.server_pid);
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);

@@ -12,43 +12,43 @@
 #include <sys/un.h>
 
 const char rbb_usage[] =
-	"usage: rebound-bench [OPTIONS] URL\n"
-	"Load generator for echo servers; verifies every echoed byte.\n"
-	"URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH\n"
-	"     (unix:@NAME: abstract); udp sends one message per datagram\n"
-	"  -c, --connections N     connections (default 1)\n"
-	"  -t, --threads N         client threads, one epoll loop each (default 1)\n"
-	"      --active N          only N connections send, the rest stay idle\n"
-	"  -s, --size BYTES        message size, 1 to 1M; K/M suffixes (default 64)\n"
-	"      --depth N           messages in flight per connection (default 1)\n"
-	"  -d, --duration TIME     measured time (default 10s; with -n: time limit)\n"
-	"      --warmup TIME       unmeasured time before -d (default 0)\n"
-	"  -n, --messages N        stop after N messages in total\n"
-	"      --rate R            open loop: R msgs/s in total, latency from the\n"
-	"                          intended send time (default: closed loop)\n"
-	"      --stall-timeout T   fail when a connection makes no progress for T\n"
-	"                          (default 5s)\n"
-	"      --interval T        print a progress line every T\n"
-	"      --server-pid PID    report the CPU time of PID and its children per\n"
-	"                          message and per GiB\n"
-	"      --cpu-system        report every CPU's busy time (/proc/stat) per\n"
-	"                          message and per GiB, beside the server's and\n"
-	"                          rebound-bench's own\n"
-	"      --crr               each transaction connects, sends one message,\n"
-	"                          reads the echo and closes (-c in parallel);\n"
-	"                          -n counts transactions\n"
-	"      --tcp-info          sample TCP_INFO (rtt, rttvar, retransmits, cwnd)\n"
-	"                          per connection at the end and every --interval\n"
-	"      --strict            with --rate: fail when the achieved rate is\n"
-	"                          more than 5% below it\n"
-	"      --json              print the report as JSON\n"
-	"      --hgrm FILE         write the latency distribution (HdrHistogram\n"
-	"                          text format, microseconds) to FILE\n"
-	"      --seed N            seed of the byte streams (default 1)\n"
-	"  -h, --help              this text\n"
-	"      --version           print the version\n"
-	"TIME is seconds, or a number with ms, s, m or h.\n"
-	"Exit status: 0 all bytes verified, 1 run failed, 2 bad usage.\n";
+        "usage: rebound-bench [OPTIONS] URL\n"
+        "Load generator for echo servers; verifies every echoed byte.\n"
+        "URL: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH\n"
+        "     (unix:@NAME: abstract); udp sends one message per datagram\n"
+        "  -c, --connections N     connections (default 1)\n"
+        "  -t, --threads N         client threads, one epoll loop each (default 1)\n"
+        "      --active N          only N connections send, the rest stay idle\n"
+        "  -s, --size BYTES        message size, 1 to 1M; K/M suffixes (default 64)\n"
+        "      --depth N           messages in flight per connection (default 1)\n"
+        "  -d, --duration TIME     measured time (default 10s; with -n: time limit)\n"
+        "      --warmup TIME       unmeasured time before -d (default 0)\n"
+        "  -n, --messages N        stop after N messages in total\n"
+        "      --rate R            open loop: R msgs/s in total, latency from the\n"
+        "                          intended send time (default: closed loop)\n"
+        "      --stall-timeout T   fail when a connection makes no progress for T\n"
+        "                          (default 5s)\n"
+        "      --interval T        print a progress line every T\n"
+        "      --server-pid PID    report the CPU time of PID and its children per\n"
+        "                          message and per GiB\n"
+        "      --cpu-system        report every CPU's busy time (/proc/stat) per\n"
+        "                          message and per GiB, beside the server's and\n"
+        "                          rebound-bench's own\n"
+        "      --crr               each transaction connects, sends one message,\n"
+        "                          reads the echo and closes (-c in parallel);\n"
+        "                          -n counts transactions\n"
+        "      --tcp-info          sample TCP_INFO (rtt, rttvar, retransmits, cwnd)\n"
+        "                          per connection at the end and every --interval\n"
+        "      --strict            with --rate: fail when the achieved rate is\n"
+        "                          more than 5% below it\n"
+        "      --json              print the report as JSON\n"
+        "      --hgrm FILE         write the latency distribution (HdrHistogram\n"
+        "                          text format, microseconds) to FILE\n"
+        "      --seed N            seed of the byte streams (default 1)\n"
+        "  -h, --help              this text\n"
+        "      --version           print the version\n"
+        "TIME is seconds, or a number with ms, s, m or h.\n"
+        "Exit status: 0 all bytes verified, 1 run failed, 2 bad usage.\n";
 
 enum {
 	OPT_ACTIVE = 256,
@@ -69,34 +69,34 @@ enum {
 };
 
 static const struct option long_opts[] = {
-	{"connections", required_argument, NULL, 'c'},
-	{"threads", required_argument, NULL, 't'},
-	{"active", required_argument, NULL, OPT_ACTIVE},
-	{"size", required_argument, NULL, 's'},
-	{"depth", required_argument, NULL, OPT_DEPTH},
-	{"duration", required_argument, NULL, 'd'},
-	{"warmup", required_argument, NULL, OPT_WARMUP},
-	{"messages", required_argument, NULL, 'n'},
-	{"rate", required_argument, NULL, OPT_RATE},
-	{"stall-timeout", required_argument, NULL, OPT_STALL},
-	{"interval", required_argument, NULL, OPT_INTERVAL},
-	{"server-pid", required_argument, NULL, OPT_SERVER_PID},
-	{"cpu-system", no_argument, NULL, OPT_CPU_SYSTEM},
-	{"crr", no_argument, NULL, OPT_CRR},
-	{"tcp-info", no_argument, NULL, OPT_TCP_INFO},
-	{"strict", no_argument, NULL, OPT_STRICT},
-	{"json", no_argument, NULL, OPT_JSON},
-	{"hgrm", required_argument, NULL, OPT_HGRM},
-	{"seed", required_argument, NULL, OPT_SEED},
-	{"help", no_argument, NULL, 'h'},
-	{"version", no_argument, NULL, OPT_VERSION},
-	{NULL, 0, NULL, 0},
+        {"connections", required_argument, NULL, 'c'},
+        {"threads", required_argument, NULL, 't'},
+        {"active", required_argument, NULL, OPT_ACTIVE},
+        {"size", required_argument, NULL, 's'},
+        {"depth", required_argument, NULL, OPT_DEPTH},
+        {"duration", required_argument, NULL, 'd'},
+        {"warmup", required_argument, NULL, OPT_WARMUP},
+        {"messages", required_argument, NULL, 'n'},
+        {"rate", required_argument, NULL, OPT_RATE},
+        {"stall-timeout", required_argument, NULL, OPT_STALL},
+        {"interval", required_argument, NULL, OPT_INTERVAL},
+        {"server-pid", required_argument, NULL, OPT_SERVER_PID},
+        {"cpu-system", no_argument, NULL, OPT_CPU_SYSTEM},
+        {"crr", no_argument, NULL, OPT_CRR},
+        {"tcp-info", no_argument, NULL, OPT_TCP_INFO},
+        {"strict", no_argument, NULL, OPT_STRICT},
+        {"json", no_argument, NULL, OPT_JSON},
+        {"hgrm", required_argument, NULL, OPT_HGRM},
+        {"seed", required_argument, NULL, OPT_SEED},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {NULL, 0, NULL, 0},
 };
 
 static const char short_opts[] = ":c:t:s:d:n:h";
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t errlen, const char *fmt,
-						      ...)
+                                                      ...)
 {
 	va_list ap;
 
@@ -178,39 +178,39 @@ static int parse_time(const char *s, double *out)
 }
 
 static int opt_uint(const char *name, const char *arg, uint64_t k, uint64_t lo, uint64_t hi,
-		    uint64_t *out, char *err, size_t errlen)
+                    uint64_t *out, char *err, size_t errlen)
 {
 	uint64_t v;
 
 	if (parse_count(arg, k, &v) < 0 || v < lo || v > hi)
 		return fail(err, errlen, "invalid %s '%s': expected an integer from %llu to %llu",
-			    name, arg, (unsigned long long)lo, (unsigned long long)hi);
+		            name, arg, (unsigned long long)lo, (unsigned long long)hi);
 	*out = v;
 	return 0;
 }
 
 static int opt_time(const char *name, const char *arg, double lo, double *out, char *err,
-		    size_t errlen)
+                    size_t errlen)
 {
 	double v;
 
 	if (parse_time(arg, &v) < 0 || v < lo || v > RBB_MAX_SECONDS)
 		return fail(err, errlen,
-			    "invalid %s '%s': expected a time such as 10, 1.5s or 500ms%s", name,
-			    arg, lo > 0 ? ", above 0" : "");
+		            "invalid %s '%s': expected a time such as 10, 1.5s or 500ms%s", name,
+		            arg, lo > 0 ? ", above 0" : "");
 	if (lo > 0 && v <= 0)
 		return fail(err, errlen,
-			    "invalid %s '%s': expected a time such as 10, 1.5s or 500ms, above 0",
-			    name, arg);
+		            "invalid %s '%s': expected a time such as 10, 1.5s or 500ms, above 0",
+		            name, arg);
 	*out = v;
 	return 0;
 }
 
 static const char target_forms[] =
-	"expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH";
+        "expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH";
 
 static int parse_inet(struct rbb_target *t, const char *url, const char *rest, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	char host[RBB_URL_MAX];
 	const char *port, *close;
@@ -233,7 +233,7 @@ static int parse_inet(struct rbb_target *t, const char *url, const char *rest, c
 		hlen = (size_t)(port - rest);
 		if (memchr(rest, ':', hlen))
 			return fail(err, errlen,
-				    "invalid target '%s': put an IPv6 address in brackets", url);
+			            "invalid target '%s': put an IPv6 address in brackets", url);
 		memcpy(host, rest, hlen < sizeof(host) ? hlen : 0);
 		port++;
 		hints.ai_family = AF_UNSPEC;
@@ -249,7 +249,7 @@ static int parse_inet(struct rbb_target *t, const char *url, const char *rest, c
 	rc = getaddrinfo(host, port, &hints, &res);
 	if (rc)
 		return fail(err, errlen, "invalid target '%s': cannot resolve '%s': %s", url, host,
-			    gai_strerror(rc));
+		            gai_strerror(rc));
 	memcpy(&t->addr, res->ai_addr, res->ai_addrlen);
 	t->addrlen = res->ai_addrlen;
 	freeaddrinfo(res);
@@ -275,8 +275,8 @@ int rbb_target_parse(struct rbb_target *t, const char *url, char *err, size_t er
 		t->proto = RBB_PROTO_UNIX;
 		if (!len || len >= sizeof(sun->sun_path))
 			return fail(err, errlen,
-				    "invalid target '%s': socket path must be 1 to %zu bytes", url,
-				    sizeof(sun->sun_path) - 1);
+			            "invalid target '%s': socket path must be 1 to %zu bytes", url,
+			            sizeof(sun->sun_path) - 1);
 		sun->sun_family = AF_UNIX;
 		memcpy(sun->sun_path, path, len);
 		/* unix:@NAME is Linux's abstract namespace: a leading NUL, no terminator. */
@@ -362,18 +362,18 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 			break;
 		case 'n':
 			rc = opt_uint(name, optarg, 1000, 1, UINT64_MAX / 2, &o->messages, err,
-				      errlen);
+			              errlen);
 			break;
 		case OPT_RATE: {
 			char *end;
 
 			errno = 0;
 			o->rate = strtod(optarg, &end);
-			if (errno || *end || end == optarg || !isfinite(o->rate) ||
-			    o->rate <= 0 || o->rate > 1e9)
+			if (errno || *end || end == optarg || !isfinite(o->rate) || o->rate <= 0 ||
+			    o->rate > 1e9)
 				rc = fail(err, errlen,
-					  "invalid %s '%s': expected messages per second, above 0",
-					  name, optarg);
+				          "invalid %s '%s': expected messages per second, above 0",
+				          name, optarg);
 			break;
 		}
 		case OPT_STALL:
@@ -418,7 +418,7 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		case ':':
 			if (optopt)
 				return fail(err, errlen, "option '%s' needs a value",
-					    opt_name(optopt));
+				            opt_name(optopt));
 			return fail(err, errlen, "option '%s' needs a value", argv[optind - 1]);
 		default:
 			if (optopt)
@@ -441,7 +441,7 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		o->active = o->connections;
 	if (o->active > o->connections)
 		return fail(err, errlen, "invalid --active '%u': more than --connections (%u)",
-			    o->active, o->connections);
+		            o->active, o->connections);
 	if (!have_threads || o->threads > o->connections)
 		o->threads = have_threads ? o->connections : 1;
 	/* -n alone still ends in bounded time: a generous default limit. */
@@ -450,7 +450,8 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 	if (o->messages && o->warmup > 0)
 		return fail(err, errlen, "--warmup works with -d only, not with -n");
 	if (o->crr && o->target.proto == RBB_PROTO_UDP)
-		return fail(err, errlen, "invalid target '%s': --crr needs tcp:// or unix:", o->url);
+		return fail(err, errlen,
+		            "invalid target '%s': --crr needs tcp:// or unix:", o->url);
 	if (o->crr && (have_active || o->depth > 1))
 		return fail(err, errlen, "--crr takes neither --active nor --depth");
 	if (o->tcp_info && o->target.proto != RBB_PROTO_TCP)
@@ -458,7 +459,8 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 	if (o->strict && o->rate <= 0)
 		return fail(err, errlen, "--strict works with --rate only");
 	if (o->target.proto == RBB_PROTO_UDP && o->size > RBB_MAX_DATAGRAM)
-		return fail(err, errlen, "invalid --size '%zu': a udp datagram carries at most %u bytes",
-			    o->size, RBB_MAX_DATAGRAM);
+		return fail(err, errlen,
+		            "invalid --size '%zu': a udp datagram carries at most %u bytes",
+		            o->size, RBB_MAX_DATAGRAM);
 	return 0;
 }

@@ -230,7 +230,7 @@ static void connect_failed(struct rbb_worker *w, struct rbb_conn *c, int err)
 	/* Connect errors are counted and reported, but do not fail the run. */
 	if (!w->connect_errors)
 		rbb_error(w->run, false, "connection %u: connect to %s: %s", c->index,
-			  w->run->o->url, strerror(err));
+		          w->run->o->url, strerror(err));
 	w->connect_errors++;
 	if (c->fd >= 0)
 		close(c->fd);
@@ -280,7 +280,7 @@ static void unserved(struct rbb_worker *w, struct rbb_conn *c, const char *why)
 {
 	if (!w->unserved)
 		rbb_error(w->run, false, "connection %u: idle connection not served: %s", c->index,
-			  why);
+		          why);
 	w->unserved++;
 	if (c->fd >= 0)
 		close(c->fd);
@@ -301,15 +301,18 @@ static void probe_read(struct rbb_worker *w, struct rbb_conn *c)
 			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
 			if (rc == -EBADMSG) {
 				rbb_error(w->run, true,
-					  "connection %u: byte mismatch at offset 0: expected 0x%02x, got 0x%02x (the first byte came back different: is this an echo server?)",
-					  c->index, c->v.expected, c->v.got);
+				          "connection %u: byte mismatch at offset 0: expected "
+				          "0x%02x, got 0x%02x (the first byte came back different: "
+				          "is this an echo server?)",
+				          c->index, c->v.expected, c->v.got);
 				conn_fail(w, c);
 				return;
 			}
 			if (rc == -EOVERFLOW) {
 				rbb_error(w->run, true,
-					  "connection %u: extra bytes: %zd bytes came back for the 1 sent (is this an echo server?)",
-					  c->index, r);
+				          "connection %u: extra bytes: %zd bytes came back for the "
+				          "1 sent (is this an echo server?)",
+				          c->index, r);
 				conn_fail(w, c);
 				return;
 			}
@@ -321,11 +324,13 @@ static void probe_read(struct rbb_worker *w, struct rbb_conn *c)
 		}
 		if (r == 0) {
 			if (c->state == CONN_RUNNING) {
-				/* Echoed, then closed: the traffic phase never gets another edge. */
+				/* Echoed, then closed: the traffic phase never gets another edge.
+				 */
 				w->connected--;
 				unserved(w, c, "closed by the server right after its first echo");
 			} else {
-				unserved(w, c, "closed by the server before it echoed its first byte");
+				unserved(w, c,
+				         "closed by the server before it echoed its first byte");
 			}
 			return;
 		}
@@ -405,7 +410,7 @@ static void connect_all(struct rbb_worker *w)
 				retry |= c->state == CONN_RETRY;
 			}
 			pending += c->state == CONN_CONNECTING || c->state == CONN_RETRY ||
-				   c->state == CONN_PROBING;
+			           c->state == CONN_PROBING;
 		}
 		if (!pending || atomic_load(&w->run->stop))
 			break;
@@ -419,22 +424,23 @@ static void connect_all(struct rbb_worker *w)
 					char why[96];
 
 					snprintf(why, sizeof(why),
-						 "no echo of its first byte within %.1f s",
-						 fmax(o->stall_timeout, 1.0));
+					         "no echo of its first byte within %.1f s",
+					         fmax(o->stall_timeout, 1.0));
 					unserved(w, c, why);
 				}
 			}
 			break;
 		}
 		timeout = (int)((fmin(deadline - now, retry ? RETRY_NS : TICK_NS) + 999999) /
-				1000000);
+		                1000000);
 		n = epoll_wait(w->epfd, evs, MAX_EVENTS, timeout);
 		for (int i = 0; i < n; i++) {
 			struct rbb_conn *c = evs[i].data.ptr;
 
 			if (c->state == CONN_CONNECTING)
 				connect_check(w, c);
-			else if (c->state == CONN_PROBING || (c->state == CONN_RUNNING && !c->active))
+			else if (c->state == CONN_PROBING ||
+			         (c->state == CONN_RUNNING && !c->active))
 				probe_read(w, c);
 		}
 	}
@@ -519,7 +525,7 @@ static void conn_flush(struct rbb_worker *w, struct rbb_conn *c)
 			if (errno == EAGAIN)
 				return;
 			rbb_error(w->run, true, "connection %u: send at offset %llu: %s", c->index,
-				  (unsigned long long)c->sent, strerror(errno));
+			          (unsigned long long)c->sent, strerror(errno));
 			conn_fail(w, c);
 			return;
 		}
@@ -668,8 +674,9 @@ static int udp_classify(struct rbb_worker *w, struct rbb_conn *c, size_t len)
 			continue;
 		if (!udp_outstanding(w, c, k)) {
 			rbb_error(w->run, true,
-				  "connection %u: duplicate udp datagram %llu (offset %llu): it came back before",
-				  c->index, (unsigned long long)k, (unsigned long long)(k * size));
+			          "connection %u: duplicate udp datagram %llu (offset %llu): it "
+			          "came back before",
+			          c->index, (unsigned long long)k, (unsigned long long)(k * size));
 			return -EBADMSG;
 		}
 		udp_set_outstanding(w, c, k, false);
@@ -686,18 +693,20 @@ static int udp_classify(struct rbb_worker *w, struct rbb_conn *c, size_t len)
 	}
 	if (bad < len)
 		rbb_error(w->run, true,
-			  "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte %zu): expected 0x%02x, got 0x%02x%s",
-			  c->index, (unsigned long long)(next * size + bad),
-			  (unsigned long long)next, bad,
-			  rbb_stream_byte(c->v.seed, next * size + bad), w->rbuf[bad],
-			  c->v.off == 0 && w->verified == 0 ?
-				  " (the first byte came back different: is this an echo server?)" :
-				  "");
+		          "connection %u: byte mismatch at offset %llu (udp datagram %llu, byte "
+		          "%zu): expected 0x%02x, got 0x%02x%s",
+		          c->index, (unsigned long long)(next * size + bad),
+		          (unsigned long long)next, bad,
+		          rbb_stream_byte(c->v.seed, next * size + bad), w->rbuf[bad],
+		          c->v.off == 0 && w->verified == 0
+		                  ? " (the first byte came back different: is this an echo server?)"
+		                  : "");
 	else
 		rbb_error(w->run, true,
-			  "connection %u: extra udp datagram: nothing is in flight after %llu datagrams, and it matches none of the last %llu",
-			  c->index, (unsigned long long)sent_msgs,
-			  (unsigned long long)(sent_msgs - low));
+		          "connection %u: extra udp datagram: nothing is in flight after %llu "
+		          "datagrams, and it matches none of the last %llu",
+		          c->index, (unsigned long long)sent_msgs,
+		          (unsigned long long)(sent_msgs - low));
 	return -EBADMSG;
 }
 
@@ -711,13 +720,13 @@ static void udp_loss_check(struct rbb_worker *w, struct rbb_conn *c, uint64_t no
 		return;
 	if (c->done < sent_msgs && !c->loss_since)
 		c->loss_since = c->last_progress;
-	if (c->loss_since &&
-	    now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
+	if (c->loss_since && now - c->loss_since >= (uint64_t)(w->run->o->stall_timeout * 1e9)) {
 		rbb_error(w->run, true,
-			  "connection %u: stall: no udp datagram echoed for %.1f s at offset %llu (%llu datagrams lost in all)",
-			  c->index, (double)(now - c->loss_since) / 1e9,
-			  (unsigned long long)c->v.off,
-			  (unsigned long long)(w->lost + sent_msgs - c->done));
+		          "connection %u: stall: no udp datagram echoed for %.1f s at offset %llu "
+		          "(%llu datagrams lost in all)",
+		          c->index, (double)(now - c->loss_since) / 1e9,
+		          (unsigned long long)c->v.off,
+		          (unsigned long long)(w->lost + sent_msgs - c->done));
 		conn_fail(w, c);
 		return;
 	}
@@ -745,16 +754,17 @@ static void udp_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			if (errno == EAGAIN)
 				break;
 			rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s",
-				  c->index, (unsigned long long)c->v.off,
-				  (unsigned long long)c->sent, strerror(errno));
+			          c->index, (unsigned long long)c->v.off,
+			          (unsigned long long)c->sent, strerror(errno));
 			conn_fail(w, c);
 			return;
 		}
 		if ((size_t)r != size) {
 			rbb_error(w->run, true,
-				  "connection %u: udp datagram %llu (offset %llu) has %zd bytes, sent %zu",
-				  c->index, (unsigned long long)(c->v.off / size),
-				  (unsigned long long)c->v.off, r, size);
+			          "connection %u: udp datagram %llu (offset %llu) has %zd bytes, "
+			          "sent %zu",
+			          c->index, (unsigned long long)(c->v.off / size),
+			          (unsigned long long)c->v.off, r, size);
 			conn_fail(w, c);
 			return;
 		}
@@ -789,20 +799,22 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
 			if (rc == -EBADMSG) {
 				rbb_error(w->run, true,
-					  "connection %u: byte mismatch at offset %llu: expected 0x%02x, got 0x%02x%s",
-					  c->index, (unsigned long long)c->v.bad_off,
-					  c->v.expected, c->v.got,
-					  c->v.bad_off == 0 ?
-						  " (the first byte came back different: is this an echo server?)" :
-						  "");
+				          "connection %u: byte mismatch at offset %llu: expected "
+				          "0x%02x, got 0x%02x%s",
+				          c->index, (unsigned long long)c->v.bad_off, c->v.expected,
+				          c->v.got,
+				          c->v.bad_off == 0 ? " (the first byte came back "
+				                              "different: is this an echo server?)"
+				                            : "");
 				conn_fail(w, c);
 				return;
 			}
 			if (rc == -EOVERFLOW) {
 				rbb_error(w->run, true,
-					  "connection %u: extra bytes: got byte 0x%02x at offset %llu, but only %llu bytes were sent",
-					  c->index, c->v.got, (unsigned long long)c->v.bad_off,
-					  (unsigned long long)c->sent);
+				          "connection %u: extra bytes: got byte 0x%02x at offset "
+				          "%llu, but only %llu bytes were sent",
+				          c->index, c->v.got, (unsigned long long)c->v.bad_off,
+				          (unsigned long long)c->sent);
 				conn_fail(w, c);
 				return;
 			}
@@ -819,17 +831,20 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			}
 			if (!c->active)
 				rbb_error(w->run, true,
-					  "connection %u: the server closed this idle connection before the client did",
-					  c->index);
+				          "connection %u: the server closed this idle connection "
+				          "before the client did",
+				          c->index);
 			else if (c->v.off < c->sent)
 				rbb_error(w->run, true,
-					  "connection %u: short stream: server closed after %llu of %llu bytes",
-					  c->index, (unsigned long long)c->v.off,
-					  (unsigned long long)c->sent);
+				          "connection %u: short stream: server closed after %llu "
+				          "of %llu bytes",
+				          c->index, (unsigned long long)c->v.off,
+				          (unsigned long long)c->sent);
 			else
 				rbb_error(w->run, true,
-					  "connection %u: server closed the connection at offset %llu before the client did",
-					  c->index, (unsigned long long)c->v.off);
+				          "connection %u: server closed the connection at offset "
+				          "%llu before the client did",
+				          c->index, (unsigned long long)c->v.off);
 			conn_fail(w, c);
 			return;
 		}
@@ -839,11 +854,11 @@ static void conn_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			break;
 		if (!c->active)
 			rbb_error(w->run, true, "connection %u: idle connection: %s", c->index,
-				  strerror(errno));
+			          strerror(errno));
 		else
 			rbb_error(w->run, true, "connection %u: recv after %llu of %llu bytes: %s",
-				  c->index, (unsigned long long)c->v.off,
-				  (unsigned long long)c->sent, strerror(errno));
+			          c->index, (unsigned long long)c->v.off,
+			          (unsigned long long)c->sent, strerror(errno));
 		conn_fail(w, c);
 		return;
 	}
@@ -872,15 +887,17 @@ static void stall_check(struct rbb_worker *w, uint64_t now)
 			continue;
 		if (c->state == CONN_SHUTDOWN)
 			rbb_error(w->run, true,
-				  "connection %u: stall: no EOF from the server %.1f s after shutdown at offset %llu",
-				  c->index, (double)(now - c->last_progress) / 1e9,
-				  (unsigned long long)c->v.off);
+			          "connection %u: stall: no EOF from the server %.1f s after "
+			          "shutdown at offset %llu",
+			          c->index, (double)(now - c->last_progress) / 1e9,
+			          (unsigned long long)c->v.off);
 		else
 			rbb_error(w->run, true,
-				  "connection %u: stall: no progress for %.1f s at offset %llu (%llu bytes sent, %llu echoed)",
-				  c->index, (double)(now - c->last_progress) / 1e9,
-				  (unsigned long long)c->v.off, (unsigned long long)c->sent,
-				  (unsigned long long)c->v.off);
+			          "connection %u: stall: no progress for %.1f s at offset %llu "
+			          "(%llu bytes sent, %llu echoed)",
+			          c->index, (double)(now - c->last_progress) / 1e9,
+			          (unsigned long long)c->v.off, (unsigned long long)c->sent,
+			          (unsigned long long)c->v.off);
 		conn_fail(w, c);
 	}
 }
@@ -916,8 +933,8 @@ static int wait_events(struct rbb_worker *w, struct epoll_event *evs, uint64_t t
 {
 	static atomic_int no_pwait2;
 	struct timespec ts = {
-		.tv_sec = (time_t)(timeout_ns / NS),
-		.tv_nsec = (long)(timeout_ns % NS),
+	        .tv_sec = (time_t)(timeout_ns / NS),
+	        .tv_nsec = (long)(timeout_ns % NS),
 	};
 	int n;
 
@@ -996,8 +1013,9 @@ static void traffic(struct rbb_worker *w)
 		if (!w->ending && now >= run->t_end) {
 			if (o->messages) {
 				rbb_error(run, true,
-					  "time limit of %.1f s reached before %llu messages were echoed",
-					  o->duration, (unsigned long long)o->messages);
+				          "time limit of %.1f s reached before %llu messages were "
+				          "echoed",
+				          o->duration, (unsigned long long)o->messages);
 				break;
 			}
 			w->ending = true;
@@ -1059,13 +1077,14 @@ static void crr_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			rc = rbb_verifier_feed(&c->v, w->rbuf, (size_t)r);
 			if (rc < 0) {
 				rbb_error(w->run, true,
-					  "connection %u: transaction %llu: %s at offset %llu: expected 0x%02x, got 0x%02x%s",
-					  c->index, (unsigned long long)c->txn,
-					  rc == -EBADMSG ? "byte mismatch" : "extra byte",
-					  (unsigned long long)c->v.bad_off, c->v.expected, c->v.got,
-					  c->v.bad_off == 0 ?
-						  " (the first byte came back different: is this an echo server?)" :
-						  "");
+				          "connection %u: transaction %llu: %s at offset %llu: "
+				          "expected 0x%02x, got 0x%02x%s",
+				          c->index, (unsigned long long)c->txn,
+				          rc == -EBADMSG ? "byte mismatch" : "extra byte",
+				          (unsigned long long)c->v.bad_off, c->v.expected, c->v.got,
+				          c->v.bad_off == 0 ? " (the first byte came back "
+				                              "different: is this an echo server?)"
+				                            : "");
 				crr_fail(w, c);
 				return;
 			}
@@ -1082,9 +1101,10 @@ static void crr_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 				return;
 			}
 			rbb_error(w->run, true,
-				  "connection %u: transaction %llu: short stream: server closed after %llu of %zu bytes",
-				  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
-				  w->run->o->size);
+			          "connection %u: transaction %llu: short stream: server closed "
+			          "after %llu of %zu bytes",
+			          c->index, (unsigned long long)c->txn,
+			          (unsigned long long)c->v.off, w->run->o->size);
 			crr_fail(w, c);
 			return;
 		}
@@ -1092,9 +1112,10 @@ static void crr_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 			continue;
 		if (errno == EAGAIN)
 			return;
-		rbb_error(w->run, true, "connection %u: transaction %llu: recv after %llu of %zu bytes: %s",
-			  c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
-			  w->run->o->size, strerror(errno));
+		rbb_error(w->run, true,
+		          "connection %u: transaction %llu: recv after %llu of %zu bytes: %s",
+		          c->index, (unsigned long long)c->txn, (unsigned long long)c->v.off,
+		          w->run->o->size, strerror(errno));
 		crr_fail(w, c);
 		return;
 	}
@@ -1109,7 +1130,7 @@ static void crr_connected(struct rbb_worker *w, struct rbb_conn *c, uint64_t now
 		err = errno;
 	if (err) {
 		rbb_error(w->run, true, "connection %u: transaction %llu: connect to %s: %s",
-			  c->index, (unsigned long long)c->txn, w->run->o->url, strerror(err));
+		          c->index, (unsigned long long)c->txn, w->run->o->url, strerror(err));
 		w->connect_errors++;
 		crr_fail(w, c);
 		return;
@@ -1202,8 +1223,9 @@ static void crr_traffic(struct rbb_worker *w)
 		if (!w->ending && now >= run->t_end) {
 			if (o->messages) {
 				rbb_error(run, true,
-					  "time limit of %.1f s reached before %llu transactions were done",
-					  o->duration, (unsigned long long)o->messages);
+				          "time limit of %.1f s reached before %llu transactions "
+				          "were done",
+				          o->duration, (unsigned long long)o->messages);
 				break;
 			}
 			w->ending = true;
@@ -1218,13 +1240,15 @@ static void crr_traffic(struct rbb_worker *w)
 				if (c->fd < 0 || now - c->last_progress < limit)
 					continue;
 				rbb_error(run, true,
-					  "connection %u: transaction %llu: stall: no progress for %.1f s %s at offset %llu",
-					  c->index, (unsigned long long)c->txn,
-					  (double)(now - c->last_progress) / 1e9,
-					  c->state == CONN_CONNECTING ? "connecting" :
-					  c->state == CONN_SHUTDOWN   ? "waiting for the server's EOF" :
-									"waiting for the echo",
-					  (unsigned long long)c->v.off);
+				          "connection %u: transaction %llu: stall: no progress for "
+				          "%.1f s %s at offset %llu",
+				          c->index, (unsigned long long)c->txn,
+				          (double)(now - c->last_progress) / 1e9,
+				          c->state == CONN_CONNECTING ? "connecting"
+				          : c->state == CONN_SHUTDOWN
+				                  ? "waiting for the server's EOF"
+				                  : "waiting for the echo",
+				          (unsigned long long)c->v.off);
 				crr_fail(w, c);
 			}
 			next_sweep = now + TICK_NS;

@@ -36,9 +36,9 @@ struct rbb_run {
 	atomic_int stop; /* set on SIGINT/SIGTERM or a fatal error */
 	int done_fd;     /* eventfd: each worker adds 1 when it finishes */
 	/* Monotonic ns, written by the main thread between the two barriers. */
-	uint64_t t_start;   /* traffic starts (warmup begins) */
-	uint64_t t_measure; /* measuring starts */
-	uint64_t t_end;     /* sending stops (with -n: the time limit) */
+	uint64_t t_start;            /* traffic starts (warmup begins) */
+	uint64_t t_measure;          /* measuring starts */
+	uint64_t t_end;              /* sending stops (with -n: the time limit) */
 	uint64_t n_active_connected; /* active connections that connected */
 
 	pthread_mutex_t err_lock;
@@ -57,20 +57,20 @@ struct rbb_worker {
 	unsigned n_conns;
 	struct rbb_conn **act; /* connected active connections */
 	unsigned n_act;
-	uint64_t *ts; /* send time rings, depth slots per connection */
+	uint64_t *ts;   /* send time rings, depth slots per connection */
 	uint64_t *bits; /* udp: outstanding-datagram rings, win bits per connection */
 	unsigned win;
 	uint8_t *rbuf;
 	struct rbb_hist *hist;      /* message latency; --crr: transaction latency */
 	struct rbb_hist *conn_hist; /* --crr: connect latency */
 
-	uint64_t quota; /* -n: messages this worker's connections send */
+	uint64_t quota;      /* -n: messages this worker's connections send */
 	uint64_t quota_used; /* --crr: transactions started */
-	double period;  /* open loop: ns between this worker's sends */
-	int64_t last_j; /* open loop: last scheduled send slot visited */
-	unsigned left;  /* connections not finished yet */
+	double period;       /* open loop: ns between this worker's sends */
+	int64_t last_j;      /* open loop: last scheduled send slot visited */
+	unsigned left;       /* connections not finished yet */
 	unsigned act_left;
-	bool ending;    /* past t_end: no new messages */
+	bool ending; /* past t_end: no new messages */
 
 	/* Results. */
 	uint64_t msgs;  /* messages completed in the measured window */
@@ -82,10 +82,10 @@ struct rbb_worker {
 	uint64_t reordered; /* udp datagrams that came back after a later one */
 	unsigned connected;
 	unsigned connect_errors;
-	unsigned unserved; /* idle connections that did not echo their first byte */
-	struct rbb_tcpagg tcpi;    /* --tcp-info: every connection at its end */
-	pthread_mutex_t tcpi_lock; /* guards tcpi_iv */
-	struct rbb_tcpagg tcpi_iv; /* --tcp-info: the latest --interval sample */
+	unsigned unserved;               /* idle connections that did not echo their first byte */
+	struct rbb_tcpagg tcpi;          /* --tcp-info: every connection at its end */
+	pthread_mutex_t tcpi_lock;       /* guards tcpi_iv */
+	struct rbb_tcpagg tcpi_iv;       /* --tcp-info: the latest --interval sample */
 	atomic_uint_least64_t prog_msgs; /* all phases, for --interval */
 	atomic_uint_least64_t prog_bytes;
 };
@@ -94,7 +94,7 @@ struct rbb_worker {
 uint64_t rbb_now(void);
 /* Records an error message (printf format) and stops the run if @fatal. */
 void rbb_error(struct rbb_run *run, bool fatal, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+        __attribute__((format(printf, 3, 4)));
 /* Sets up worker @id's connections and buffers. Returns 0 or -errno. */
 int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id);
 /* Frees a worker's resources (after its thread ended). */

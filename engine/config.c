@@ -14,7 +14,8 @@
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const copy_names[] = {[RB_COPY_WRITEV] = "writev", [RB_COPY_SPLICE] = "splice"};
-static const char *const trigger_names[] = {[RB_TRIGGER_EDGE] = "edge", [RB_TRIGGER_LEVEL] = "level"};
+static const char *const trigger_names[] = {
+        [RB_TRIGGER_EDGE] = "edge", [RB_TRIGGER_LEVEL] = "level"};
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -71,15 +72,18 @@ int rb_parse_size(const char *s, size_t *out)
 	switch (*p) {
 	case '\0':
 		break;
-	case 'k': case 'K':
+	case 'k':
+	case 'K':
 		mul = 1ull << 10;
 		p++;
 		break;
-	case 'm': case 'M':
+	case 'm':
+	case 'M':
 		mul = 1ull << 20;
 		p++;
 		break;
-	case 'g': case 'G':
+	case 'g':
+	case 'G':
 		mul = 1ull << 30;
 		p++;
 		break;
@@ -97,40 +101,45 @@ int rb_parse_size(const char *s, size_t *out)
 void rb_config_init(struct rb_config *cfg)
 {
 	*cfg = (struct rb_config){
-		.engine = RB_ENGINE_AUTO,
-		.copy = RB_COPY_WRITEV,
-		.trigger = RB_TRIGGER_EDGE,
-		.threads = 1,
-		.chunk_size = 16u << 10,
-		.conn_buffer = 1u << 20,
-		.max_memory = 512u << 20,
-		.pipe_size = 1u << 20,
-		.pool_cache = 256,
-		.read_budget = 256u << 10,
-		.accept_budget = 64,
-		.shutdown_timeout_ms = 2000,
-		.uring_entries = 1024,
-		.uring_buffers = 4096,
-		.backlog = 4096,
-		.log_level = RB_LOG_INFO,
-		.unix_mode = 0660,
-		.udp_rate = 10000,
-		.keepalive_idle_s = 120,
-		.keepalive_intvl_s = 30,
-		.keepalive_cnt = 4,
-		.user_timeout_ms = (120 + 30 * 4) * 1000,
+	        .engine = RB_ENGINE_AUTO,
+	        .copy = RB_COPY_WRITEV,
+	        .trigger = RB_TRIGGER_EDGE,
+	        .threads = 1,
+	        .chunk_size = 16u << 10,
+	        .conn_buffer = 1u << 20,
+	        .max_memory = 512u << 20,
+	        .pipe_size = 1u << 20,
+	        .pool_cache = 256,
+	        .read_budget = 256u << 10,
+	        .accept_budget = 64,
+	        .shutdown_timeout_ms = 2000,
+	        .uring_entries = 1024,
+	        .uring_buffers = 4096,
+	        .backlog = 4096,
+	        .log_level = RB_LOG_INFO,
+	        .unix_mode = 0660,
+	        .udp_rate = 10000,
+	        .keepalive_idle_s = 120,
+	        .keepalive_intvl_s = 30,
+	        .keepalive_cnt = 4,
+	        .user_timeout_ms = (120 + 30 * 4) * 1000,
 	};
 }
 
 static int out_of_range(char *err, size_t errlen, const char *flag, unsigned long long v,
-			unsigned long long min, unsigned long long max, const char *unit)
+                        unsigned long long min, unsigned long long max, const char *unit)
 {
 	snprintf(err, errlen, "invalid %s '%llu': must be between %llu and %llu%s", flag, v, min,
-		 max, unit);
+	         max, unit);
 	return -EINVAL;
 }
 
-#define RANGE(flag, v, min, max, unit)                                                     	do {                                                                               		if ((unsigned long long)(v) < (min) || (unsigned long long)(v) > (max))       			return out_of_range(err, errlen, flag, (unsigned long long)(v), (min),  					    (max), unit);                                   	} while (0)
+#define RANGE(flag, v, min, max, unit)                                                             \
+	do {                                                                                       \
+		if ((unsigned long long)(v) < (min) || (unsigned long long)(v) > (max))            \
+			return out_of_range(err, errlen, flag, (unsigned long long)(v), (min),     \
+			                    (max), unit);                                          \
+	} while (0)
 
 int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 {
@@ -142,7 +151,7 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	}
 	if (cfg->n_listen == 0 || cfg->n_listen > RB_MAX_LISTEN) {
 		snprintf(err, errlen, "need 1 to %d listen URLs, got %zu", RB_MAX_LISTEN,
-			 cfg->n_listen);
+		         cfg->n_listen);
 		return -EINVAL;
 	}
 	RANGE("--threads", cfg->threads, 1, RB_MAX_THREADS, "");
@@ -150,8 +159,8 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	RANGE("--conn-buffer", cfg->conn_buffer, 1, RB_LIMIT_CONN_BUFFER_MAX, " bytes");
 	if (cfg->max_memory && cfg->max_memory < cfg->chunk_size * cfg->threads) {
 		snprintf(err, errlen,
-			 "invalid --max-memory '%zu': below one chunk per worker (%zu bytes)",
-			 cfg->max_memory, cfg->chunk_size * cfg->threads);
+		         "invalid --max-memory '%zu': below one chunk per worker (%zu bytes)",
+		         cfg->max_memory, cfg->chunk_size * cfg->threads);
 		return -EINVAL;
 	}
 	RANGE("--pipe-size", cfg->pipe_size, RB_LIMIT_PIPE_MIN, RB_LIMIT_PIPE_MAX, " bytes");
@@ -160,8 +169,8 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	RANGE("--uring-buffers", cfg->uring_buffers, 1, RB_LIMIT_URING_BUFFERS_MAX, "");
 	if (cfg->uring_buffers & (cfg->uring_buffers - 1)) {
 		snprintf(err, errlen,
-			 "invalid --uring-buffers '%u': must be a power of two (1, 2, 4 ... %u)",
-			 cfg->uring_buffers, RB_LIMIT_URING_BUFFERS_MAX);
+		         "invalid --uring-buffers '%u': must be a power of two (1, 2, 4 ... %u)",
+		         cfg->uring_buffers, RB_LIMIT_URING_BUFFERS_MAX);
 		return -EINVAL;
 	}
 	RANGE("--uring-sqpoll", cfg->uring_sqpoll_ms, 0, RB_LIMIT_URING_SQPOLL_MS_MAX, "");
@@ -170,9 +179,9 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	RANGE("--udp-rate", cfg->udp_rate, 0, RB_LIMIT_UDP_RATE_MAX, "");
 	if (cfg->unix_mode > RB_LIMIT_UNIX_MODE_MAX) {
 		snprintf(err, errlen,
-			 "invalid --unix-mode '%04o': expected an octal mode from 0 to 0777, such "
-			 "as 0660",
-			 cfg->unix_mode);
+		         "invalid --unix-mode '%04o': expected an octal mode from 0 to 0777, such "
+		         "as 0660",
+		         cfg->unix_mode);
 		return -EINVAL;
 	}
 	if (cfg->keepalive_idle_s &&
@@ -180,10 +189,10 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	     cfg->keepalive_intvl_s > RB_LIMIT_KEEPALIVE_S_MAX || cfg->keepalive_cnt < 1 ||
 	     cfg->keepalive_cnt > RB_LIMIT_KEEPALIVE_CNT_MAX)) {
 		snprintf(err, errlen,
-			 "invalid --keepalive '%u,%u,%u': expected off or IDLE[,INTVL,CNT] in "
-			 "seconds (idle and interval 1 to %u, count 1 to %u)",
-			 cfg->keepalive_idle_s, cfg->keepalive_intvl_s, cfg->keepalive_cnt,
-			 RB_LIMIT_KEEPALIVE_S_MAX, RB_LIMIT_KEEPALIVE_CNT_MAX);
+		         "invalid --keepalive '%u,%u,%u': expected off or IDLE[,INTVL,CNT] in "
+		         "seconds (idle and interval 1 to %u, count 1 to %u)",
+		         cfg->keepalive_idle_s, cfg->keepalive_intvl_s, cfg->keepalive_cnt,
+		         RB_LIMIT_KEEPALIVE_S_MAX, RB_LIMIT_KEEPALIVE_CNT_MAX);
 		return -EINVAL;
 	}
 	if (cfg->read_budget < 1 || cfg->accept_budget < 1) {

@@ -26,7 +26,7 @@ struct rb_copy_ops {
 	 * buffer: wait for a flush), -EINTR, or another -errno (fd failed).
 	 */
 	ssize_t (*read_into)(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
-			     bool *drained);
+	                     bool *drained);
 	/* Send buffered bytes to fd. Returns the bytes sent (> 0; *full if fd
 	 * took less than was offered), or -EAGAIN, -EINTR, another -errno. */
 	ssize_t (*flush)(struct rb_worker *w, struct rb_flow *f, int fd, bool *full);

@@ -31,11 +31,11 @@ static void take_pipe(struct rb_worker *w, struct rb_flow *f)
 	RB_STAT_ADD(w, splice_fallbacks, 1);
 	if (rb__ratelimit_ok(&w->rl_pipe, &sup))
 		rb__log(RB_LOG_ERR, "no pipe for fd %d (%s): using writev (%u more suppressed)",
-			f->src->fd, strerror(-rc), sup);
+		        f->src->fd, strerror(-rc), sup);
 }
 
 static ssize_t splice_read_into(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
-				bool *drained)
+                                bool *drained)
 {
 	ssize_t r;
 
@@ -96,10 +96,10 @@ static void splice_release(struct rb_worker *w, struct rb_flow *f)
 }
 
 const struct rb_copy_ops rb__copy_splice = {
-	.name = "splice",
-	.cap = splice_cap,
-	.read_into = splice_read_into,
-	.flush = splice_flush,
-	.idle = splice_idle,
-	.release = splice_release,
+        .name = "splice",
+        .cap = splice_cap,
+        .read_into = splice_read_into,
+        .flush = splice_flush,
+        .idle = splice_idle,
+        .release = splice_release,
 };

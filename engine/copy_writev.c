@@ -20,7 +20,7 @@ static size_t writev_cap(const struct rb_worker *w, const struct rb_flow *f)
 }
 
 static ssize_t writev_read_into(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
-				bool *drained)
+                                bool *drained)
 {
 	struct iovec iov[READ_IOV];
 	size_t want = 0;
@@ -78,10 +78,10 @@ static void writev_release(struct rb_worker *w, struct rb_flow *f)
 }
 
 const struct rb_copy_ops rb__copy_writev = {
-	.name = "writev",
-	.cap = writev_cap,
-	.read_into = writev_read_into,
-	.flush = writev_flush,
-	.idle = writev_idle,
-	.release = writev_release,
+        .name = "writev",
+        .cap = writev_cap,
+        .read_into = writev_read_into,
+        .flush = writev_flush,
+        .idle = writev_idle,
+        .release = writev_release,
 };

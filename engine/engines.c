@@ -14,14 +14,14 @@
 #include "poller.h"
 #include "rb_config.h"
 
-#define READINESS_PROBE(fn, ops)                                                           \
-	static int fn(char *why, size_t whylen)                                            \
-	{                                                                                  \
-		int rc = (ops).probe();                                                    \
-		if (rc < 0 && why && whylen)                                               \
-			snprintf(why, whylen, "engine '%s' cannot run here: %s", (ops).name, \
-				 strerror(-rc));                                           \
-		return rc;                                                                 \
+#define READINESS_PROBE(fn, ops)                                                                   \
+	static int fn(char *why, size_t whylen)                                                    \
+	{                                                                                          \
+		int rc = (ops).probe();                                                            \
+		if (rc < 0 && why && whylen)                                                       \
+			snprintf(why, whylen, "engine '%s' cannot run here: %s", (ops).name,       \
+			         strerror(-rc));                                                   \
+		return rc;                                                                         \
 	}
 
 READINESS_PROBE(epoll_probe, rb__poller_epoll)
@@ -37,7 +37,7 @@ static int uring_unbuilt(char *why, size_t whylen)
 {
 	if (why && whylen)
 		snprintf(why, whylen,
-			 "engine 'uring' is not available: rebound was built without liburing");
+		         "engine 'uring' is not available: rebound was built without liburing");
 	return -ENOTSUP;
 }
 #define URING_PROBE uring_unbuilt
@@ -52,47 +52,47 @@ static int sockmap_unbuilt(char *why, size_t whylen)
 }
 
 static const struct rb_engine_desc engines[] = {
-	{
-		.id = RB_ENGINE_EPOLL,
-		.name = "epoll",
-		.caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
-		.probe = epoll_probe,
-		.model = &rb__reactor_model,
-		.poller = &rb__poller_epoll,
-	},
-	{
-		.id = RB_ENGINE_POLL,
-		.name = "poll",
-		.caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
-		.probe = poll_probe,
-		.model = &rb__reactor_model,
-		.poller = &rb__poller_poll,
-	},
-	{
-		.id = RB_ENGINE_SELECT,
-		.name = "select",
-		.caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
-		.probe = select_probe,
-		.model = &rb__reactor_model,
-		.poller = &rb__poller_select,
-	},
-	{
-		/* Not chosen by auto: docs/uring.md shows it behind epoll in some
-		 * 1000-connection cells on this kernel. */
-		.id = RB_ENGINE_URING,
-		.name = "uring",
-		.caps = 0,
-		.probe = URING_PROBE,
-		.model = URING_MODEL,
-	},
-	{
-		/* Needs privileges (CAP_BPF, CAP_NET_ADMIN): never chosen by auto. */
-		.id = RB_ENGINE_SOCKMAP,
-		.name = "sockmap",
-		.caps = 0,
-		.probe = sockmap_unbuilt,
-		.model = NULL,
-	},
+        {
+                .id = RB_ENGINE_EPOLL,
+                .name = "epoll",
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .probe = epoll_probe,
+                .model = &rb__reactor_model,
+                .poller = &rb__poller_epoll,
+        },
+        {
+                .id = RB_ENGINE_POLL,
+                .name = "poll",
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .probe = poll_probe,
+                .model = &rb__reactor_model,
+                .poller = &rb__poller_poll,
+        },
+        {
+                .id = RB_ENGINE_SELECT,
+                .name = "select",
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .probe = select_probe,
+                .model = &rb__reactor_model,
+                .poller = &rb__poller_select,
+        },
+        {
+                /* Not chosen by auto: docs/uring.md shows it behind epoll in some
+                 * 1000-connection cells on this kernel. */
+                .id = RB_ENGINE_URING,
+                .name = "uring",
+                .caps = 0,
+                .probe = URING_PROBE,
+                .model = URING_MODEL,
+        },
+        {
+                /* Needs privileges (CAP_BPF, CAP_NET_ADMIN): never chosen by auto. */
+                .id = RB_ENGINE_SOCKMAP,
+                .name = "sockmap",
+                .caps = 0,
+                .probe = sockmap_unbuilt,
+                .model = NULL,
+        },
 };
 
 #define N_ENGINES (sizeof(engines) / sizeof(engines[0]))
@@ -162,7 +162,7 @@ int rb_engine_available(enum rb_engine e, char *why, size_t whylen)
 	if (!d) {
 		if (why && whylen)
 			snprintf(why, whylen, "engine %d is not an engine of rebound %s", (int)e,
-				 RB_VERSION_STRING);
+			         RB_VERSION_STRING);
 		return -EINVAL;
 	}
 	return d->probe(why, whylen);

@@ -41,7 +41,7 @@ struct rb_engine_desc {
 	unsigned caps;
 	/* 0 if the engine can run here, else -errno with a one-line reason in why. */
 	int (*probe)(char *why, size_t whylen);
-	const struct rb_model_ops *model;  /* NULL: not built */
+	const struct rb_model_ops *model;   /* NULL: not built */
 	const struct rb_poller_ops *poller; /* the readiness model's backend, else NULL */
 };
 

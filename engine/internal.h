@@ -26,7 +26,6 @@
 #include "copy.h"
 #include "timer.h"
 
-
 /* ---- logging (levels and sinks: rebound.h) ---- */
 /* Log with the settings bound to this thread (a server's), else the defaults. */
 void rb__log(enum rb_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -94,14 +93,14 @@ void rb__listen_set_release(struct rb_listen_set *ls);
 void rb__listen_set_close(struct rb_listen_set *ls);
 
 /* ---- stats: written only by the owning worker, read by anyone ---- */
-#define RB_STAT_ADD(w, field, n)                                                           \
+#define RB_STAT_ADD(w, field, n)                                                                   \
 	__atomic_store_n(&(w)->st.field, (w)->st.field + (n), __ATOMIC_RELAXED)
-#define RB_STAT_SUB(w, field, n)                                                           \
+#define RB_STAT_SUB(w, field, n)                                                                   \
 	__atomic_store_n(&(w)->st.field, (w)->st.field - (n), __ATOMIC_RELAXED)
-#define RB_STAT_MAX(w, field, v)                                                           \
-	do {                                                                               \
-		if ((uint64_t)(v) > (w)->st.field)                                         \
-			__atomic_store_n(&(w)->st.field, (uint64_t)(v), __ATOMIC_RELAXED);  \
+#define RB_STAT_MAX(w, field, v)                                                                   \
+	do {                                                                                       \
+		if ((uint64_t)(v) > (w)->st.field)                                                 \
+			__atomic_store_n(&(w)->st.field, (uint64_t)(v), __ATOMIC_RELAXED);         \
 	} while (0)
 
 struct rb_udp;
@@ -111,13 +110,13 @@ struct rb_listener {
 	int fd;
 	bool pending; /* accept budget ran out: more may be waiting */
 	bool active;
-	bool owned;   /* this worker's own socket (UDP with SO_REUSEPORT): closed with it */
+	bool owned; /* this worker's own socket (UDP with SO_REUSEPORT): closed with it */
 	bool is_udp;
-	bool tcp;     /* a TCP socket (not UNIX): accepted sockets get TCP options */
-	int port;     /* bound port (UDP: datagrams from it are never answered) */
-	struct rb_udp *udp;      /* a UDP socket: echoed datagram by datagram */
-	uint32_t udp_interest;   /* registered with a level-triggered poller */
-	struct rb_timer retry;   /* accept back-off: descriptors or memory ran out */
+	bool tcp;              /* a TCP socket (not UNIX): accepted sockets get TCP options */
+	int port;              /* bound port (UDP: datagrams from it are never answered) */
+	struct rb_udp *udp;    /* a UDP socket: echoed datagram by datagram */
+	uint32_t udp_interest; /* registered with a level-triggered poller */
+	struct rb_timer retry; /* accept back-off: descriptors or memory ran out */
 };
 
 struct rb_server;
@@ -156,8 +155,8 @@ struct rb_server {
 	unsigned n_workers;
 	volatile sig_atomic_t stop_requested;
 	volatile sig_atomic_t stats_requested;
-	size_t pipe_size;           /* splice pipe size asked for, after pipe-max-size */
-	unsigned heartbeat;         /* rb_server_heartbeat's round (watchdog.c) */
+	size_t pipe_size;   /* splice pipe size asked for, after pipe-max-size */
+	unsigned heartbeat; /* rb_server_heartbeat's round (watchdog.c) */
 };
 
 /* UDP sockets (udp.c). */

@@ -11,9 +11,9 @@ int rb_pool_init(struct rb_pool *p, size_t chunk_size, unsigned max_free, size_t
 	if (chunk_size < RB_POOL_CHUNK_MIN || chunk_size > RB_POOL_CHUNK_MAX)
 		return -EINVAL;
 	*p = (struct rb_pool){
-		.chunk_size = chunk_size,
-		.max_free = max_free,
-		.limit = limit,
+	        .chunk_size = chunk_size,
+	        .max_free = max_free,
+	        .limit = limit,
 	};
 	return 0;
 }
@@ -129,7 +129,7 @@ static void chain_trim(struct rb_pool *p, struct rb_chain *ch)
 }
 
 int rb_chain_read_iov(struct rb_pool *p, struct rb_chain *ch, struct iovec *iov, int niov,
-		      size_t max)
+                      size_t max)
 {
 	size_t cs = p->chunk_size;
 	struct rb_chunk *last;
@@ -194,7 +194,7 @@ void rb_chain_commit(struct rb_pool *p, struct rb_chain *ch, size_t n)
 }
 
 int rb_chain_write_iov(const struct rb_pool *p, const struct rb_chain *ch, struct iovec *iov,
-		       int niov)
+                       int niov)
 {
 	const struct rb_chunk *c = ch->head;
 	size_t off = ch->head_off;

@@ -22,16 +22,16 @@ struct rb_chunk {
 
 struct rb_pool {
 	size_t chunk_size;
-	struct rb_chunk *free;  /* cached idle chunks */
+	struct rb_chunk *free; /* cached idle chunks */
 	unsigned n_free;
-	unsigned max_free;      /* bound on the cache */
-	size_t limit;           /* most chunk bytes in use at once, 0 = none */
-	size_t reserve;         /* of the limit, kept for chains that hold no chunk */
-	size_t in_use;          /* chunk bytes held by chains now */
-	size_t freed;           /* bytes given back to malloc since the last trim */
-	uint64_t puts;          /* chunks returned, ever: "memory may have come back" */
-	uint64_t allocated;     /* chunks obtained from malloc, ever */
-	uint64_t live;          /* chunks that exist (in use + cached) */
+	unsigned max_free;  /* bound on the cache */
+	size_t limit;       /* most chunk bytes in use at once, 0 = none */
+	size_t reserve;     /* of the limit, kept for chains that hold no chunk */
+	size_t in_use;      /* chunk bytes held by chains now */
+	size_t freed;       /* bytes given back to malloc since the last trim */
+	uint64_t puts;      /* chunks returned, ever: "memory may have come back" */
+	uint64_t allocated; /* chunks obtained from malloc, ever */
+	uint64_t live;      /* chunks that exist (in use + cached) */
 };
 
 /*
@@ -43,8 +43,8 @@ struct rb_chain {
 	struct rb_chunk *tail;
 	size_t head_off;
 	size_t tail_off;
-	size_t bytes;           /* unsent bytes */
-	size_t chunks;          /* chunks held */
+	size_t bytes;  /* unsent bytes */
+	size_t chunks; /* chunks held */
 };
 
 /* Initialise a pool; limit 0 means unlimited. Returns 0 or -EINVAL. */
@@ -88,7 +88,7 @@ static inline void rb_chain_init(struct rb_chain *ch)
  * -ENOMEM if no chunk could be had and the tail has no room. max must be > 0.
  */
 int rb_chain_read_iov(struct rb_pool *p, struct rb_chain *ch, struct iovec *iov, int niov,
-		      size_t max);
+                      size_t max);
 
 /*
  * Account n bytes just read into the iovecs from rb_chain_read_iov and give
@@ -99,7 +99,7 @@ void rb_chain_commit(struct rb_pool *p, struct rb_chain *ch, size_t n);
 
 /* Describe up to niov iovecs of unsent bytes from the head. Returns the count. */
 int rb_chain_write_iov(const struct rb_pool *p, const struct rb_chain *ch, struct iovec *iov,
-		       int niov);
+                       int niov);
 
 /* Drop n sent bytes from the head, returning emptied chunks to the pool. */
 void rb_chain_consume(struct rb_pool *p, struct rb_chain *ch, size_t n);

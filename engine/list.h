@@ -55,6 +55,6 @@ static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
 	rb_list_init(src);
 }
 
-#define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
+#define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 #endif

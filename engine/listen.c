@@ -32,7 +32,7 @@ static int parse_port(const char *s, unsigned *out)
 }
 
 static int parse_unix(const char *url, const char *path, struct rb_addr *a, char *err,
-		      size_t errlen)
+                      size_t errlen)
 {
 	struct sockaddr_un *sun = (struct sockaddr_un *)&a->ss;
 	size_t len = strlen(path);
@@ -43,7 +43,7 @@ static int parse_unix(const char *url, const char *path, struct rb_addr *a, char
 	}
 	if (len >= sizeof(sun->sun_path)) {
 		snprintf(err, errlen, "invalid listen URL '%s': socket path longer than %zu bytes",
-			 url, sizeof(sun->sun_path) - 1);
+		         url, sizeof(sun->sun_path) - 1);
 		return -EINVAL;
 	}
 	sun->sun_family = AF_UNIX;
@@ -72,8 +72,8 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 	if (strncmp(url, "fd:", 3) == 0) {
 		unsigned fd;
 		if (parse_port(url + 3, &fd) < 0 || fd > 65535) {
-			snprintf(err, errlen, "invalid listen URL '%s': expected fd:N, N a descriptor",
-				 url);
+			snprintf(err, errlen,
+			         "invalid listen URL '%s': expected fd:N, N a descriptor", url);
 			return -EINVAL;
 		}
 		a->inherited_fd = (int)fd;
@@ -119,7 +119,7 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 	rc = parse_port(port_s, &port);
 	if (rc < 0) {
 		snprintf(err, errlen, "invalid port '%s' in listen URL '%s': expected 0 to 65535",
-			 port_s, url);
+		         port_s, url);
 		return -EINVAL;
 	}
 	hints.ai_family = AF_UNSPEC;
@@ -133,8 +133,7 @@ int rb__parse_url(const char *url, struct rb_addr *a, char *err, size_t errlen)
 	freeaddrinfo(res);
 	return 0;
 bad_host:
-	snprintf(err, errlen, "invalid host in listen URL '%s': not an address or known name",
-		 url);
+	snprintf(err, errlen, "invalid host in listen URL '%s': not an address or known name", url);
 	return -EINVAL;
 }
 
@@ -186,21 +185,22 @@ void rb__addr_format(struct rb_addr *a)
 		const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
 		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
 		port = ntohs(sin->sin_port);
-		snprintf(a->url, sizeof(a->url), "%s://%s:%u", a->is_udp ? "udp" : "tcp", host, port);
+		snprintf(a->url, sizeof(a->url), "%s://%s:%u", a->is_udp ? "udp" : "tcp", host,
+		         port);
 	} else if (a->ss.ss_family == AF_INET6) {
 		const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->ss;
 		inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
 		port = ntohs(s6->sin6_port);
 		snprintf(a->url, sizeof(a->url), "%s://[%s]:%u", a->is_udp ? "udp" : "tcp", host,
-			 port);
+		         port);
 	} else if (a->is_unix) {
 		const struct sockaddr_un *sun = (const struct sockaddr_un *)&a->ss;
 		if (sun->sun_path[0])
 			snprintf(a->url, sizeof(a->url), "unix:%s", sun->sun_path);
 		else
 			snprintf(a->url, sizeof(a->url), "unix:@%.*s",
-				 (int)(a->len - offsetof(struct sockaddr_un, sun_path) - 1),
-				 sun->sun_path + 1);
+			         (int)(a->len - offsetof(struct sockaddr_un, sun_path) - 1),
+			         sun->sun_path + 1);
 	}
 }
 
@@ -221,8 +221,8 @@ static int adopt(struct rb_addr *a, char *err, size_t errlen)
 	len = sizeof(listening);
 	getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
 	if (!((type == SOCK_STREAM && listening) || type == SOCK_DGRAM)) {
-		snprintf(err, errlen, "cannot use '%s': not a listening stream or a datagram socket",
-			 a->url);
+		snprintf(err, errlen,
+		         "cannot use '%s': not a listening stream or a datagram socket", a->url);
 		return -EINVAL;
 	}
 	a->len = sizeof(a->ss);
@@ -254,7 +254,8 @@ int rb__listen(struct rb_addr *a, const struct rb_listen_opts *o, char *err, siz
 			return rc;
 		}
 	}
-	fd = socket(family, (a->is_udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(family, (a->is_udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	            0);
 	if (fd < 0)
 		goto fail;
 	/* TCP: a restarted server may bind while old connections linger in

@@ -44,61 +44,62 @@ static void on_signal(int sig)
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: rebound [OPTIONS]\n"
-		"Echo every byte back to TCP, UDP and UNIX-socket peers.\n"
-		"\n"
-		"  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT,\n"
-		"                           unix:PATH or fd:N (an open socket); systemd's\n"
-		"                           socket activation adds its sockets\n"
-		"                           (repeatable; default tcp://127.0.0.1:7007)\n"
-		"  -e, --engine NAME        epoll, poll, select, uring, sockmap or auto (default\n"
-		"                           auto);\n"
-		"                           select refuses connections whose descriptor is\n"
-		"                           1024 (FD_SETSIZE) or more\n"
-		"      --trigger MODE       edge or level, for the epoll engine (default edge)\n"
-		"      --copy MODE          writev (default) or splice\n"
-		"      --pipe-size SIZE     splice pipe size, capped by fs.pipe-max-size (default 1m)\n"
-		"  -t, --threads N          worker threads, 1 to %d (default 1)\n"
-		"      --chunk-size SIZE    buffer chunk size, 512 to 16m (default 16k)\n"
-		"      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
-		"      --max-memory SIZE    cap on all buffered bytes, 0 = none (default 512m)\n"
-		"      --shutdown-timeout MS  flush deadline on SIGINT/SIGTERM (default 2000)\n"
-		"      --keepalive IDLE[,INTVL,CNT]  TCP keepalive in seconds, or off\n"
-		"                           (default 120,30,4)\n"
-		"      --user-timeout MS    TCP_USER_TIMEOUT: end a connection whose data stays\n"
-		"                           unacknowledged this long, 0 = kernel default\n"
-		"                           (default 240000)\n"
-		"      --unix-mode MODE     octal mode of unix:PATH socket files (default 0660)\n"
-		"      --udp-rate N         UDP datagrams answered per second per source\n"
-		"                           address, 0 = no limit (default 10000)\n"
-		"      --udp-allow-low-ports  answer UDP sources below port 1024 (default: never)\n"
-		"      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
-		"                           (default 1024)\n"
-		"      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
-		"                           to 32768, each --chunk-size bytes, allocated as\n"
-		"                           needed (default 4096)\n"
-		"      --uring-sqpoll MS    uring: a kernel thread submits, idle after MS\n"
-		"                           (default 0: off)\n"
-		"      --uring-off LIST     uring: features not to use, comma-separated: bundle,\n"
-		"                           inc, batch (default: use all the kernel has)\n"
-		"      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
-		"                           of N us, up to 60000000 (default 0: off)\n"
-		"      --list-engines       print the engines that can run here and exit\n"
-		"  -v, --verbose            more logging\n"
-		"  -q, --quiet              errors only\n"
-		"      --log-timestamps     start log lines with an ISO 8601 UTC time (not\n"
-		"                           when stderr is the journal: it has its own)\n"
-		"  -h, --help               this help\n"
-		"  -V, --version            print the version\n"
-		"\n"
-		"SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
-		"second one exits at once); SIGUSR1 logs a stats line. Under systemd it reports\n"
-		"READY=1 and STOPPING=1 over $NOTIFY_SOCKET, WATCHDOG=1 while every worker\n"
-		"is alive if $WATCHDOG_USEC asks, and logs with <N> priority prefixes when\n"
-		"stderr is the journal. Exit status: 0 after a clean stop,\n"
-		"1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
-		"3 if the engine asked for cannot run here.\n",
-		RB_MAX_THREADS);
+	        "usage: rebound [OPTIONS]\n"
+	        "Echo every byte back to TCP, UDP and UNIX-socket peers.\n"
+	        "\n"
+	        "  -l, --listen URL         tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT,\n"
+	        "                           unix:PATH or fd:N (an open socket); systemd's\n"
+	        "                           socket activation adds its sockets\n"
+	        "                           (repeatable; default tcp://127.0.0.1:7007)\n"
+	        "  -e, --engine NAME        epoll, poll, select, uring, sockmap or auto (default\n"
+	        "                           auto);\n"
+	        "                           select refuses connections whose descriptor is\n"
+	        "                           1024 (FD_SETSIZE) or more\n"
+	        "      --trigger MODE       edge or level, for the epoll engine (default edge)\n"
+	        "      --copy MODE          writev (default) or splice\n"
+	        "      --pipe-size SIZE     splice pipe size, capped by fs.pipe-max-size (default "
+	        "1m)\n"
+	        "  -t, --threads N          worker threads, 1 to %d (default 1)\n"
+	        "      --chunk-size SIZE    buffer chunk size, 512 to 16m (default 16k)\n"
+	        "      --conn-buffer SIZE   per-connection buffer cap (default 1m)\n"
+	        "      --max-memory SIZE    cap on all buffered bytes, 0 = none (default 512m)\n"
+	        "      --shutdown-timeout MS  flush deadline on SIGINT/SIGTERM (default 2000)\n"
+	        "      --keepalive IDLE[,INTVL,CNT]  TCP keepalive in seconds, or off\n"
+	        "                           (default 120,30,4)\n"
+	        "      --user-timeout MS    TCP_USER_TIMEOUT: end a connection whose data stays\n"
+	        "                           unacknowledged this long, 0 = kernel default\n"
+	        "                           (default 240000)\n"
+	        "      --unix-mode MODE     octal mode of unix:PATH socket files (default 0660)\n"
+	        "      --udp-rate N         UDP datagrams answered per second per source\n"
+	        "                           address, 0 = no limit (default 10000)\n"
+	        "      --udp-allow-low-ports  answer UDP sources below port 1024 (default: never)\n"
+	        "      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
+	        "                           (default 1024)\n"
+	        "      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
+	        "                           to 32768, each --chunk-size bytes, allocated as\n"
+	        "                           needed (default 4096)\n"
+	        "      --uring-sqpoll MS    uring: a kernel thread submits, idle after MS\n"
+	        "                           (default 0: off)\n"
+	        "      --uring-off LIST     uring: features not to use, comma-separated: bundle,\n"
+	        "                           inc, batch (default: use all the kernel has)\n"
+	        "      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
+	        "                           of N us, up to 60000000 (default 0: off)\n"
+	        "      --list-engines       print the engines that can run here and exit\n"
+	        "  -v, --verbose            more logging\n"
+	        "  -q, --quiet              errors only\n"
+	        "      --log-timestamps     start log lines with an ISO 8601 UTC time (not\n"
+	        "                           when stderr is the journal: it has its own)\n"
+	        "  -h, --help               this help\n"
+	        "  -V, --version            print the version\n"
+	        "\n"
+	        "SIZE takes a suffix k, m or g (binary). SIGINT/SIGTERM stop gracefully (a\n"
+	        "second one exits at once); SIGUSR1 logs a stats line. Under systemd it reports\n"
+	        "READY=1 and STOPPING=1 over $NOTIFY_SOCKET, WATCHDOG=1 while every worker\n"
+	        "is alive if $WATCHDOG_USEC asks, and logs with <N> priority prefixes when\n"
+	        "stderr is the journal. Exit status: 0 after a clean stop,\n"
+	        "1 if it cannot listen or fails while running, 2 for a bad flag or value,\n"
+	        "3 if the engine asked for cannot run here.\n",
+	        RB_MAX_THREADS);
 }
 
 static int bad_value(const char *flag, const char *value, const char *why)
@@ -174,8 +175,8 @@ static int parse_keepalive(const char *value, struct rb_config *cfg)
 	return 0;
 bad:
 	return bad_value("--keepalive", value,
-			 "expected off or IDLE[,INTVL,CNT] in seconds (idle and interval "
-			 "1 to 32767, count 1 to 127)");
+	                 "expected off or IDLE[,INTVL,CNT] in seconds (idle and interval "
+	                 "1 to 32767, count 1 to 127)");
 }
 
 /* --uring-off bundle,inc,batch: a set of RB_URING_* bits. */
@@ -194,7 +195,8 @@ static int parse_uring_off(const char *value, unsigned *out)
 			if (strlen(names[i].name) == len && strncmp(p, names[i].name, len) == 0)
 				break;
 		if (i == sizeof(names) / sizeof(names[0]))
-			return bad_value("--uring-off", value, "expected a list of bundle, inc, batch");
+			return bad_value("--uring-off", value,
+			                 "expected a list of bundle, inc, batch");
 		bits |= names[i].bit;
 		p += len;
 		if (*p == ',')
@@ -256,39 +258,57 @@ static const char *engine_detail(const struct rb_server *srv, const struct rb_co
 
 int main(int argc, char **argv)
 {
-	enum { OPT_URING_ENTRIES = 200, OPT_URING_BUFFERS, OPT_URING_SQPOLL, OPT_URING_OFF,
-	       OPT_URING_BATCH };
-	enum { OPT_TRIGGER = 256, OPT_COPY, OPT_CHUNK, OPT_CONNBUF, OPT_MAXMEM, OPT_SHUTDOWN,
-	       OPT_LIST, OPT_PIPE, OPT_KEEPALIVE, OPT_USER_TIMEOUT, OPT_UNIX_MODE, OPT_UDP_RATE,
-	       OPT_UDP_LOW, OPT_LOG_TIMESTAMPS };
+	enum {
+		OPT_URING_ENTRIES = 200,
+		OPT_URING_BUFFERS,
+		OPT_URING_SQPOLL,
+		OPT_URING_OFF,
+		OPT_URING_BATCH
+	};
+	enum {
+		OPT_TRIGGER = 256,
+		OPT_COPY,
+		OPT_CHUNK,
+		OPT_CONNBUF,
+		OPT_MAXMEM,
+		OPT_SHUTDOWN,
+		OPT_LIST,
+		OPT_PIPE,
+		OPT_KEEPALIVE,
+		OPT_USER_TIMEOUT,
+		OPT_UNIX_MODE,
+		OPT_UDP_RATE,
+		OPT_UDP_LOW,
+		OPT_LOG_TIMESTAMPS
+	};
 	static const struct option opts[] = {
-		{"listen", required_argument, NULL, 'l'},
-		{"engine", required_argument, NULL, 'e'},
-		{"trigger", required_argument, NULL, OPT_TRIGGER},
-		{"copy", required_argument, NULL, OPT_COPY},
-		{"threads", required_argument, NULL, 't'},
-		{"chunk-size", required_argument, NULL, OPT_CHUNK},
-		{"conn-buffer", required_argument, NULL, OPT_CONNBUF},
-		{"max-memory", required_argument, NULL, OPT_MAXMEM},
-		{"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
-		{"uring-entries", required_argument, NULL, OPT_URING_ENTRIES},
-		{"uring-buffers", required_argument, NULL, OPT_URING_BUFFERS},
-		{"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
-		{"uring-off", required_argument, NULL, OPT_URING_OFF},
-		{"uring-batch-us", required_argument, NULL, OPT_URING_BATCH},
-		{"pipe-size", required_argument, NULL, OPT_PIPE},
-		{"list-engines", no_argument, NULL, OPT_LIST},
-		{"keepalive", required_argument, NULL, OPT_KEEPALIVE},
-		{"user-timeout", required_argument, NULL, OPT_USER_TIMEOUT},
-		{"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
-		{"udp-rate", required_argument, NULL, OPT_UDP_RATE},
-		{"udp-allow-low-ports", no_argument, NULL, OPT_UDP_LOW},
-		{"verbose", no_argument, NULL, 'v'},
-		{"quiet", no_argument, NULL, 'q'},
-		{"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
-		{"help", no_argument, NULL, 'h'},
-		{"version", no_argument, NULL, 'V'},
-		{0},
+	        {"listen", required_argument, NULL, 'l'},
+	        {"engine", required_argument, NULL, 'e'},
+	        {"trigger", required_argument, NULL, OPT_TRIGGER},
+	        {"copy", required_argument, NULL, OPT_COPY},
+	        {"threads", required_argument, NULL, 't'},
+	        {"chunk-size", required_argument, NULL, OPT_CHUNK},
+	        {"conn-buffer", required_argument, NULL, OPT_CONNBUF},
+	        {"max-memory", required_argument, NULL, OPT_MAXMEM},
+	        {"shutdown-timeout", required_argument, NULL, OPT_SHUTDOWN},
+	        {"uring-entries", required_argument, NULL, OPT_URING_ENTRIES},
+	        {"uring-buffers", required_argument, NULL, OPT_URING_BUFFERS},
+	        {"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
+	        {"uring-off", required_argument, NULL, OPT_URING_OFF},
+	        {"uring-batch-us", required_argument, NULL, OPT_URING_BATCH},
+	        {"pipe-size", required_argument, NULL, OPT_PIPE},
+	        {"list-engines", no_argument, NULL, OPT_LIST},
+	        {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
+	        {"user-timeout", required_argument, NULL, OPT_USER_TIMEOUT},
+	        {"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
+	        {"udp-rate", required_argument, NULL, OPT_UDP_RATE},
+	        {"udp-allow-low-ports", no_argument, NULL, OPT_UDP_LOW},
+	        {"verbose", no_argument, NULL, 'v'},
+	        {"quiet", no_argument, NULL, 'q'},
+	        {"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
+	        {"help", no_argument, NULL, 'h'},
+	        {"version", no_argument, NULL, 'V'},
+	        {0},
 	};
 	struct rb_config cfg;
 	struct rb_stats st;
@@ -303,7 +323,8 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'l':
 			if (cfg.n_listen == RB_MAX_LISTEN)
-				return bad_value("--listen", optarg, "too many listeners (at most 16)");
+				return bad_value("--listen", optarg,
+				                 "too many listeners (at most 16)");
 			cfg.listen[cfg.n_listen++] = optarg;
 			break;
 		case 'e':
@@ -339,7 +360,8 @@ int main(int argc, char **argv)
 				return rc;
 			break;
 		case OPT_SHUTDOWN:
-			if ((rc = parse_uint_flag("--shutdown-timeout", optarg, &cfg.shutdown_timeout_ms)))
+			if ((rc = parse_uint_flag("--shutdown-timeout", optarg,
+			                          &cfg.shutdown_timeout_ms)))
 				return rc;
 			break;
 		case OPT_URING_ENTRIES:
@@ -368,8 +390,9 @@ int main(int argc, char **argv)
 			ul = strtoul(optarg, &end, 8);
 			if (!*optarg || *end || errno || ul > UINT_MAX ||
 			    strspn(optarg, "01234567") != strlen(optarg))
-				return bad_value("--unix-mode", optarg,
-						 "expected an octal mode from 0 to 0777, such as 0660");
+				return bad_value(
+				        "--unix-mode", optarg,
+				        "expected an octal mode from 0 to 0777, such as 0660");
 			cfg.unix_mode = (unsigned)ul;
 			break;
 		}
@@ -411,7 +434,7 @@ int main(int argc, char **argv)
 			return EXIT_USAGE;
 		default:
 			fprintf(stderr, "rebound: unknown option '%s' (see --help)\n",
-				argv[optind - 1]);
+			        argv[optind - 1]);
 			return EXIT_USAGE;
 		}
 	}
@@ -428,7 +451,8 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < nfds; i++) {
 		if (cfg.n_listen == RB_MAX_LISTEN) {
-			fprintf(stderr, "rebound: too many listeners (at most %d)\n", RB_MAX_LISTEN);
+			fprintf(stderr, "rebound: too many listeners (at most %d)\n",
+			        RB_MAX_LISTEN);
 			return EXIT_USAGE;
 		}
 		snprintf(fd_urls[i], sizeof(fd_urls[i]), "fd:%d", RB_SD_LISTEN_FDS_START + i);
@@ -466,7 +490,7 @@ int main(int argc, char **argv)
 	{
 		char status[160];
 		snprintf(status, sizeof(status), "READY=1\nSTATUS=echoing with the %s engine",
-			 rb_engine_name(rb_server_engine(g_srv)));
+		         rb_engine_name(rb_server_engine(g_srv)));
 		rb_sd_notify(status);
 	}
 	if (rb_sd_watchdog_start(g_srv, &cfg) < 0)

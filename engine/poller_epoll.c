@@ -119,15 +119,15 @@ static bool ep_is_edge(const struct rb_poller *p)
 }
 
 const struct rb_poller_ops rb__poller_epoll = {
-	.name = "epoll",
-	.engine = RB_ENGINE_EPOLL,
-	.probe = ep_probe,
-	.create = ep_create,
-	.destroy = ep_destroy,
-	.add = ep_add,
-	.mod = ep_mod,
-	.del = ep_del,
-	.wait = ep_wait,
-	.is_edge = ep_is_edge,
-	.max_fd = -1,
+        .name = "epoll",
+        .engine = RB_ENGINE_EPOLL,
+        .probe = ep_probe,
+        .create = ep_create,
+        .destroy = ep_destroy,
+        .add = ep_add,
+        .mod = ep_mod,
+        .del = ep_del,
+        .wait = ep_wait,
+        .is_edge = ep_is_edge,
+        .max_fd = -1,
 };

@@ -173,15 +173,15 @@ static bool pl_is_edge(const struct rb_poller *p)
 }
 
 const struct rb_poller_ops rb__poller_poll = {
-	.name = "poll",
-	.engine = RB_ENGINE_POLL,
-	.probe = pl_probe,
-	.create = pl_create,
-	.destroy = pl_destroy,
-	.add = pl_add,
-	.mod = pl_mod,
-	.del = pl_del,
-	.wait = pl_wait,
-	.is_edge = pl_is_edge,
-	.max_fd = -1,
+        .name = "poll",
+        .engine = RB_ENGINE_POLL,
+        .probe = pl_probe,
+        .create = pl_create,
+        .destroy = pl_destroy,
+        .add = pl_add,
+        .mod = pl_mod,
+        .del = pl_del,
+        .wait = pl_wait,
+        .is_edge = pl_is_edge,
+        .max_fd = -1,
 };

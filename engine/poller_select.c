@@ -137,15 +137,15 @@ static bool sl_is_edge(const struct rb_poller *p)
 }
 
 const struct rb_poller_ops rb__poller_select = {
-	.name = "select",
-	.engine = RB_ENGINE_SELECT,
-	.probe = sl_probe,
-	.create = sl_create,
-	.destroy = sl_destroy,
-	.add = sl_add,
-	.mod = sl_mod,
-	.del = sl_del,
-	.wait = sl_wait,
-	.is_edge = sl_is_edge,
-	.max_fd = FD_SETSIZE - 1,
+        .name = "select",
+        .engine = RB_ENGINE_SELECT,
+        .probe = sl_probe,
+        .create = sl_create,
+        .destroy = sl_destroy,
+        .add = sl_add,
+        .mod = sl_mod,
+        .del = sl_del,
+        .wait = sl_wait,
+        .is_edge = sl_is_edge,
+        .max_fd = FD_SETSIZE - 1,
 };

@@ -43,17 +43,17 @@
 enum {
 	OP_RECV = 1,
 	OP_SEND,
-	OP_CANCEL,    /* a cancel aimed at a connection's operations */
+	OP_CANCEL, /* a cancel aimed at a connection's operations */
 	OP_ACCEPT,
-	OP_CTL,       /* poll on the control eventfd */
-	OP_WCANCEL,   /* a cancel aimed at an accept or the control poll */
+	OP_CTL,     /* poll on the control eventfd */
+	OP_WCANCEL, /* a cancel aimed at an accept or the control poll */
 	OP_MASK = 7,
 };
 
 #define BGID 0
 /* Provided buffers a worker starts with: an idle server holds almost nothing. */
 #define INITIAL_BUFS 4
-#define CQE_BATCH 256
+#define CQE_BATCH    256
 /* iovecs kept inside each connection; longer queues get a heap array. */
 #define INLINE_IOV 4
 
@@ -69,20 +69,21 @@ struct rb_uring_test_counters {
 	uint64_t batched_waits; /* waits for more than one CQE (min-wait batching) */
 };
 struct rb_uring_test_counters rb__uring_test_counters;
-#define TEST_COUNT(field, n) __atomic_add_fetch(&rb__uring_test_counters.field, (n), __ATOMIC_RELAXED)
+#define TEST_COUNT(field, n)                                                                       \
+	__atomic_add_fetch(&rb__uring_test_counters.field, (n), __ATOMIC_RELAXED)
 
 enum {
-	UC_RECV = 1u << 0,      /* a receive is in flight */
-	UC_MSHOT = 1u << 1,     /* ... and it is multishot */
+	UC_RECV = 1u << 0,       /* a receive is in flight */
+	UC_MSHOT = 1u << 1,      /* ... and it is multishot */
 	UC_CANCELLING = 1u << 2, /* ... and a cancel for it was submitted */
-	UC_SEND = 1u << 3,      /* a send is in flight */
-	UC_BUFWAIT = 1u << 6,   /* got ENOBUFS; on the bufwait list */
-	UC_QUEUED = 1u << 7,    /* used its read budget; on the ready list */
-	UC_CLOSING = 1u << 8,   /* closing: everything is cancelled, freed at refs 0 */
-	UC_ERROR = 1u << 9,     /* ... because of an error (counts as a reset) */
+	UC_SEND = 1u << 3,       /* a send is in flight */
+	UC_BUFWAIT = 1u << 6,    /* got ENOBUFS; on the bufwait list */
+	UC_QUEUED = 1u << 7,     /* used its read budget; on the ready list */
+	UC_CLOSING = 1u << 8,    /* closing: everything is cancelled, freed at refs 0 */
+	UC_ERROR = 1u << 9,      /* ... because of an error (counts as a reset) */
 	UC_TCP = 1u << 10,
-	UC_BUNDLE = 1u << 14,   /* the receive in flight is a bundle */
-	UC_SENT = 1u << 15,     /* on the list of sends made since the last wait */
+	UC_BUNDLE = 1u << 14, /* the receive in flight is a bundle */
+	UC_SENT = 1u << 15,   /* on the list of sends made since the last wait */
 };
 
 /* A ring buffer: given to the kernel, filled by receives (one receive, or
@@ -110,15 +111,15 @@ struct useg {
  */
 struct uconn {
 	struct rb_session s;
-	int slot;        /* registered file index, or -1 */
+	int slot; /* registered file index, or -1 */
 	uint32_t flags;
-	unsigned refs;   /* operations in flight (recv, send, cancel) */
+	unsigned refs; /* operations in flight (recv, send, cancel) */
 	/* Received, unsent bytes: segments in arrival order. */
 	uint32_t qhead, qtail;
-	unsigned qbufs;  /* segments queued */
-	uint32_t qoff;   /* bytes of the head segment already sent */
-	size_t bytes;    /* unsent bytes */
-	size_t arm_bytes; /* received since the last requeue: the read budget */
+	unsigned qbufs;    /* segments queued */
+	uint32_t qoff;     /* bytes of the head segment already sent */
+	size_t bytes;      /* unsent bytes */
+	size_t arm_bytes;  /* received since the last requeue: the read budget */
 	size_t send_bytes; /* bytes of the send in flight */
 	struct msghdr msg;
 	struct iovec *iov;
@@ -141,8 +142,8 @@ static inline uint32_t *fflags(struct uconn *c)
 struct ulisten {
 	int fd;
 	bool tcp;
-	bool armed;     /* multishot accept in flight */
-	bool cancelled; /* a cancel was submitted for it */
+	bool armed;            /* multishot accept in flight */
+	bool cancelled;        /* a cancel was submitted for it */
 	struct rb_timer retry; /* re-arm after a back-off (descriptors ran out) */
 	struct uring *u;
 } __attribute__((aligned(8)));
@@ -158,7 +159,7 @@ struct uring {
 	struct io_uring_buf_ring *br;
 	size_t br_len;
 	unsigned nbufs, nalloc;
-	unsigned ring_free; /* published and not yet seen consumed */
+	unsigned ring_free;  /* published and not yet seen consumed */
 	unsigned to_publish; /* added since the last advance */
 	struct rb_chunk **chunk;
 	struct ubuf *meta;
@@ -168,9 +169,9 @@ struct uring {
 	uint16_t *shadow;
 	unsigned khead, ktail;
 	uint32_t bufsize;
-	bool bundle;          /* receives are bundles */
-	bool inc;             /* the ring consumes buffers incrementally */
-	bool batch;           /* min-wait batching: one enter per wake-up */
+	bool bundle; /* receives are bundles */
+	bool inc;    /* the ring consumes buffers incrementally */
+	bool batch;  /* min-wait batching: one enter per wake-up */
 	unsigned batch_us;
 	/* Connections that sent since the last wait (see ring_wait). */
 	struct uconn **sent;
@@ -181,7 +182,7 @@ struct uring {
 	uint32_t nseg, seg_free;
 	unsigned conn_bufcap; /* buffers one connection may hold */
 	bool mshot_limit;
-	bool want_grow;       /* a receive found the ring empty */
+	bool want_grow; /* a receive found the ring empty */
 	/* Registered (fixed) files: requests on them skip the file refcount. */
 	int *slot_free;
 	unsigned n_slots, n_slot_free;
@@ -213,7 +214,7 @@ static inline void *untag(uint64_t ud)
 static void buf_give(struct uring *u, uint16_t bid)
 {
 	io_uring_buf_ring_add(u->br, u->chunk[bid]->data, u->bufsize, bid,
-			      io_uring_buf_ring_mask(u->nbufs), (int)u->to_publish);
+	                      io_uring_buf_ring_mask(u->nbufs), (int)u->to_publish);
 	u->shadow[u->ktail & (u->nbufs - 1)] = bid;
 	u->ktail++;
 	u->to_publish++;
@@ -430,7 +431,8 @@ static void conn_send(struct uring *u, struct uconn *c)
 	}
 	sqe = get_sqe(u);
 	if (n == 1) {
-		io_uring_prep_send(sqe, conn_fd(c), c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+		io_uring_prep_send(sqe, conn_fd(c), c->iov[0].iov_base, c->iov[0].iov_len,
+		                   MSG_NOSIGNAL);
 		sqe_target(sqe, c);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
@@ -477,8 +479,8 @@ static unsigned light_sends(struct uring *u)
 	for (unsigned i = 0; i < u->n_sent; i++) {
 		struct uconn *c = u->sent[i];
 		c->flags &= ~UC_SENT;
-		if (bufs_ok && (c->flags & UC_SEND) && (c->flags & UC_RECV) && !(c->flags & ~quiet) &&
-		    c->bytes == c->send_bytes)
+		if (bufs_ok && (c->flags & UC_SEND) && (c->flags & UC_RECV) &&
+		    !(c->flags & ~quiet) && c->bytes == c->send_bytes)
 			n++;
 	}
 	u->n_sent = 0;
@@ -606,8 +608,7 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 
 /* Queue len bytes at off in buffer bid; 0 or -ENOMEM. Bytes that follow
  * the tail segment in the same buffer extend it (one iovec, not two). */
-static int conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t off,
-			uint32_t len)
+static int conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t off, uint32_t len)
 {
 	uint32_t i;
 
@@ -672,7 +673,8 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 			uint32_t take = u->bufsize - off < left ? u->bufsize - off : left;
 			if (off > 0)
 				TEST_COUNT(shared_bufs, 1);
-			if (c && kept == (uint32_t)res - left && conn_enqueue(u, c, b, off, take) == 0)
+			if (c && kept == (uint32_t)res - left &&
+			    conn_enqueue(u, c, b, off, take) == 0)
 				kept += take;
 			u->meta[b].fill += take;
 			left -= take;
@@ -702,8 +704,7 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 	return kept;
 }
 
-static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res,
-		    unsigned flags)
+static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res, unsigned flags)
 {
 	bool keep = res > 0 && !(c->flags & UC_CLOSING) && !(*fflags(c) & FLOW_DISCARD);
 	uint32_t kept = 0;
@@ -711,7 +712,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 	RB_STAT_ADD(w, read_calls, 1);
 	if (flags & IORING_CQE_F_BUFFER)
 		kept = recv_take(u, keep ? c : NULL, (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT),
-				 res, c->flags & UC_BUNDLE);
+		                 res, c->flags & UC_BUNDLE);
 	if (!(flags & IORING_CQE_F_MORE)) {
 		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING | UC_BUNDLE);
 		c->refs--;
@@ -850,7 +851,7 @@ static void listeners_check_released(struct rb_worker *w, struct uring *u)
 }
 
 static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, int res,
-		      unsigned flags)
+                      unsigned flags)
 {
 	if (!(flags & IORING_CQE_F_MORE)) {
 		l->armed = false;
@@ -999,9 +1000,9 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 		unsigned sup;
 		if (rb__ratelimit_ok(&u->rl_unknown, &sup))
 			rb__log(RB_LOG_ERR,
-				"uring: completion with unknown operation %u (res %d, %u more "
-				"suppressed)",
-				(unsigned)(ud & OP_MASK), res, sup);
+			        "uring: completion with unknown operation %u (res %d, %u more "
+			        "suppressed)",
+			        (unsigned)(ud & OP_MASK), res, sup);
 		break;
 	}
 	}
@@ -1080,8 +1081,8 @@ static int ring_wait_batch(struct uring *u, unsigned light, int timeout_ms)
 	 * time, so one long enough never to matter. */
 	struct __kernel_timespec ts = {.tv_sec = 3600};
 	struct rb_uring_getevents_arg arg = {.sigmask_sz = _NSIG / 8,
-					     .min_wait_usec = u->batch_us,
-					     .ts = (uint64_t)(uintptr_t)&ts};
+	                                     .min_wait_usec = u->batch_us,
+	                                     .ts = (uint64_t)(uintptr_t)&ts};
 	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
 	unsigned submit = sq_publish(&u->ring);
 	int fd = u->ring.ring_fd;
@@ -1116,7 +1117,7 @@ static int ring_wait(struct uring *u, int timeout_ms)
 		rc = io_uring_submit_and_wait(&u->ring, 1);
 	} else {
 		struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-					       .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+		                               .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
 		rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
 	}
 	/* A timeout or a signal just means: look at the clock and the CQ ring. */
@@ -1157,7 +1158,7 @@ static void update_stats(struct rb_worker *w, struct uring *u)
 	RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 	__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 	__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free + u->ring_free,
-			 __ATOMIC_RELAXED);
+	                 __ATOMIC_RELAXED);
 	__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
 }
 
@@ -1184,7 +1185,8 @@ static void emergency_drain(struct rb_worker *w, struct uring *u)
 /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
 static int ring_enable(struct io_uring *ring)
 {
-	if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0)
+	if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_ENABLE_RINGS, NULL, 0) <
+	    0)
 		return -errno;
 	return 0;
 }
@@ -1217,7 +1219,8 @@ static int uring_run(struct rb_worker *w)
 		buf_publish(u);
 		/* The timers' next deadline is the wait's timeout (an io_uring
 		 * timeout); the common case reads no clock. */
-		rc = ring_wait(u, w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1);
+		rc = ring_wait(u,
+		               w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1);
 		if (rc < 0) {
 			rb__log(RB_LOG_ERR, "uring wait: %s", strerror(-rc));
 			emergency_drain(w, u);
@@ -1265,24 +1268,28 @@ static int ring_create(struct uring *u, const struct rb_config *cfg)
 	static const struct {
 		unsigned flags;
 		const char *name;
-	} plain[] = {
-		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
-		{IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
-		{IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
-		{0, "plain"},
-	}, sqpoll[] = {
-		{IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER, "sqpoll"},
-		{IORING_SETUP_SQPOLL, "sqpoll"},
-	};
+	} plain[] =
+	        {
+	                {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, "defer-taskrun"},
+	                {IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+	                {IORING_SETUP_COOP_TASKRUN, "coop-taskrun"},
+	                {0, "plain"},
+	        },
+	  sqpoll[] = {
+	          {IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER, "sqpoll"},
+	          {IORING_SETUP_SQPOLL, "sqpoll"},
+	  };
 	bool use_sqpoll = cfg->uring_sqpoll_ms > 0;
-	size_t n = use_sqpoll ? sizeof(sqpoll) / sizeof(sqpoll[0]) : sizeof(plain) / sizeof(plain[0]);
+	size_t n =
+	        use_sqpoll ? sizeof(sqpoll) / sizeof(sqpoll[0]) : sizeof(plain) / sizeof(plain[0]);
 	int rc = -EINVAL;
 
 	for (size_t i = 0; i < n; i++) {
 		struct io_uring_params p;
 		memset(&p, 0, sizeof(p));
-		p.flags = (use_sqpoll ? sqpoll[i].flags : plain[i].flags) | IORING_SETUP_R_DISABLED |
-			  IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+		p.flags = (use_sqpoll ? sqpoll[i].flags : plain[i].flags) |
+		          IORING_SETUP_R_DISABLED | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CQSIZE |
+		          IORING_SETUP_CLAMP;
 		/* Multishot requests post many CQEs per SQE. */
 		p.cq_entries = cfg->uring_entries * 8;
 		p.sq_thread_idle = cfg->uring_sqpoll_ms;
@@ -1351,10 +1358,10 @@ static int uring_worker_init(struct rb_worker *w)
 	/* Opt-in (--uring-batch-us): it halves the wake-ups of a lone
 	 * connection but costs more CPU per message here (docs/uring.md). */
 	u->batch = caps->min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
-		   cfg->uring_batch_us > 0;
+	           cfg->uring_batch_us > 0;
 	u->batch_us = cfg->uring_batch_us;
-	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0, &u->br,
-			      &u->br_len);
+	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0,
+	                                &u->br, &u->br_len);
 	if (rc < 0)
 		return rc;
 	files_register(u);
@@ -1367,13 +1374,13 @@ static int uring_worker_init(struct rb_worker *w)
 	u->n_lst = w->n_listeners;
 	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
 	snprintf(u->detail, sizeof(u->detail),
-		 "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
-		 "incremental buffers: %s, batching: %s",
-		 u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
-		 u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
-		 u->mshot_limit ? "multishot+limit" : "single-shot", feature_state(u->bundle, caps->bundle),
-		 feature_state(u->inc, caps->inc),
-		 u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll));
+	         "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
+	         "incremental buffers: %s, batching: %s",
+	         u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
+	         u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
+	         u->mshot_limit ? "multishot+limit" : "single-shot",
+	         feature_state(u->bundle, caps->bundle), feature_state(u->inc, caps->inc),
+	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll));
 	return 0;
 }
 
@@ -1415,8 +1422,8 @@ static void uring_worker_fini(struct rb_worker *w)
 }
 
 const struct rb_model_ops rb__uring_model = {
-	.worker_init = uring_worker_init,
-	.run = uring_run,
-	.worker_fini = uring_worker_fini,
-	.detail = uring_detail,
+        .worker_init = uring_worker_init,
+        .run = uring_run,
+        .worker_fini = uring_worker_fini,
+        .detail = uring_detail,
 };

@@ -167,9 +167,9 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 	 * so resume reading ourselves: below half the cap (so a paused flow does
 	 * not flap on every small write), or once a pipe that could not tell
 	 * full from empty has drained some. */
-	if (progress && ((f->flags & FLOW_PIPE_WAIT) ||
-			 ((f->flags & FLOW_PAUSED) &&
-			  rb__flow_pending(f) <= f->copy->cap(w, f) / 2))) {
+	if (progress &&
+	    ((f->flags & FLOW_PIPE_WAIT) ||
+	     ((f->flags & FLOW_PAUSED) && rb__flow_pending(f) <= f->copy->cap(w, f) / 2))) {
 		f->flags &= ~(FLOW_PIPE_WAIT | FLOW_PAUSED);
 		if (f->src->flags & SOCK_CAN_READ)
 			ready_push(w, f->src->s);
@@ -528,8 +528,8 @@ static void memwait_wake(struct rb_worker *w)
 	if (p->limit) {
 		total = p->in_use < p->limit ? (p->limit - p->in_use) / cs : 0;
 		general = p->in_use < p->limit - p->reserve
-				  ? (p->limit - p->reserve - p->in_use) / cs
-				  : 0;
+		                  ? (p->limit - p->reserve - p->in_use) / cs
+		                  : 0;
 	} else {
 		total = general = SIZE_MAX; /* waiting for malloc: try them all */
 	}
@@ -701,7 +701,7 @@ static void reactor_worker_fini(struct rb_worker *w)
 }
 
 const struct rb_model_ops rb__reactor_model = {
-	.worker_init = reactor_worker_init,
-	.run = reactor_run,
-	.worker_fini = reactor_worker_fini,
+        .worker_init = reactor_worker_init,
+        .run = reactor_run,
+        .worker_fini = reactor_worker_fini,
 };

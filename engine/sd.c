@@ -56,7 +56,7 @@ int rb_sd_notify(const char *state)
 
 	/* sendto is async-signal-safe: this may run in a signal handler. */
 	if (notify_fd >= 0 && sendto(notify_fd, state, strlen(state), MSG_NOSIGNAL,
-				     (const struct sockaddr *)&notify_addr, notify_len) < 0)
+	                             (const struct sockaddr *)&notify_addr, notify_len) < 0)
 		rc = -errno;
 	errno = saved;
 	return rc;

@@ -15,7 +15,7 @@
 
 /* What the configuration asks of the engine, against what it can do. */
 static int check_engine(const struct rb_engine_desc *eng, const struct rb_config *cfg, char *err,
-			size_t errlen)
+                        size_t errlen)
 {
 	if (cfg->copy == RB_COPY_SPLICE && !(eng->caps & RB_CAP_SPLICE)) {
 		snprintf(err, errlen, "--copy splice is not supported by the %s engine", eng->name);
@@ -23,7 +23,7 @@ static int check_engine(const struct rb_engine_desc *eng, const struct rb_config
 	}
 	if (cfg->trigger != RB_TRIGGER_EDGE && !(eng->caps & RB_CAP_LEVEL)) {
 		snprintf(err, errlen, "--trigger %s is not supported by the %s engine",
-			 rb_trigger_name(cfg->trigger), eng->name);
+		         rb_trigger_name(cfg->trigger), eng->name);
 		return -EINVAL;
 	}
 	return 0;
@@ -35,11 +35,9 @@ static bool same_address(const struct rb_addr *a, const struct rb_addr *b)
 	if (a->inherited_fd >= 0 || b->inherited_fd >= 0 || a->is_udp != b->is_udp ||
 	    a->len != b->len || a->ss.ss_family != b->ss.ss_family)
 		return false;
-	if (a->ss.ss_family == AF_INET &&
-	    ((const struct sockaddr_in *)&a->ss)->sin_port == 0)
+	if (a->ss.ss_family == AF_INET && ((const struct sockaddr_in *)&a->ss)->sin_port == 0)
 		return false;
-	if (a->ss.ss_family == AF_INET6 &&
-	    ((const struct sockaddr_in6 *)&a->ss)->sin6_port == 0)
+	if (a->ss.ss_family == AF_INET6 && ((const struct sockaddr_in6 *)&a->ss)->sin6_port == 0)
 		return false;
 	return memcmp(&a->ss, &b->ss, a->len) == 0;
 }
@@ -58,8 +56,7 @@ static int bound_port(int fd)
 	return 0;
 }
 
-int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err,
-		     size_t errlen)
+int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err, size_t errlen)
 {
 	char dummy[8];
 	struct rb_server *srv;
@@ -108,17 +105,18 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	for (size_t i = 0; i < srv->ls.n; i++) {
 		if (srv->ls.addrs[i].is_udp && !(srv->eng->caps & RB_CAP_UDP)) {
 			snprintf(err, errlen, "listen URL '%s': the %s engine does not serve UDP",
-				 srv->ls.addrs[i].url, srv->eng->name);
+			         srv->ls.addrs[i].url, srv->eng->name);
 			rc = -EINVAL;
 			goto fail;
 		}
 		srv->ls.per_worker[i] = srv->ls.addrs[i].is_udp &&
-					srv->ls.addrs[i].inherited_fd < 0 && cfg->threads > 1;
+		                        srv->ls.addrs[i].inherited_fd < 0 && cfg->threads > 1;
 	}
 	for (size_t i = 0; i < srv->ls.n; i++) {
 		for (size_t j = 0; j < i; j++) {
 			if (same_address(&srv->ls.addrs[i], &srv->ls.addrs[j])) {
-				snprintf(err, errlen, "listen URL '%s' is given twice", cfg->listen[i]);
+				snprintf(err, errlen, "listen URL '%s' is given twice",
+				         cfg->listen[i]);
 				rc = -EINVAL;
 				goto fail;
 			}
@@ -126,9 +124,9 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	}
 	for (size_t i = 0; i < srv->ls.n; i++) {
 		struct rb_listen_opts o = {
-			.backlog = cfg->backlog,
-			.reuseport = srv->ls.per_worker[i],
-			.unix_mode = cfg->unix_mode,
+		        .backlog = cfg->backlog,
+		        .reuseport = srv->ls.per_worker[i],
+		        .unix_mode = cfg->unix_mode,
 		};
 		rc = rb__listen(&srv->ls.addrs[i], &o, err, errlen);
 		if (rc < 0)
@@ -143,8 +141,8 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		srv->pipe_size = cfg->pipe_size;
 		if (max > 0 && (size_t)max < srv->pipe_size) {
 			rb__log(RB_LOG_INFO,
-				"pipe size %zu is above fs.pipe-max-size; using %d bytes",
-				srv->pipe_size, max);
+			        "pipe size %zu is above fs.pipe-max-size; using %d bytes",
+			        srv->pipe_size, max);
 			srv->pipe_size = (size_t)max;
 		}
 		if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)

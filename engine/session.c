@@ -4,12 +4,12 @@
 
 static void sock_init(struct rb_session *s, struct rb_sock *k, int fd, bool tcp)
 {
-	*k = (struct rb_sock){.h = {.kind = RB_H_SOCK}, .fd = fd, .tcp = tcp, .s = s,
-			      .flags = SOCK_CAN_WRITE};
+	*k = (struct rb_sock){
+	        .h = {.kind = RB_H_SOCK}, .fd = fd, .tcp = tcp, .s = s, .flags = SOCK_CAN_WRITE};
 }
 
 static void flow_init(struct rb_flow *f, struct rb_sock *src, struct rb_sock *sink,
-		      const struct rb_copy_ops *copy)
+                      const struct rb_copy_ops *copy)
 {
 	f->src = src;
 	f->sink = sink;

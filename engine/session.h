@@ -52,8 +52,8 @@ struct rb_copy_ops;
 struct rb_sock {
 	struct rb_handle h; /* RB_H_SOCK */
 	int fd;
-	uint32_t flags;     /* SOCK_* */
-	uint32_t interest;  /* registered with a level-triggered poller */
+	uint32_t flags;    /* SOCK_* */
+	uint32_t interest; /* registered with a level-triggered poller */
 	bool tcp;
 	struct rb_session *s;
 	struct rb_flow *in;  /* the flow that reads from this socket, if any */

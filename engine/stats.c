@@ -10,10 +10,10 @@ int rb_stats_json(const struct rb_stats *st, char *buf, size_t len)
 	size_t off = 0;
 	int n;
 
-#define FIELD(name, how, doc)                                                              \
-	n = snprintf(buf + off, off < len ? len - off : 0, "%s\"" #name "\":%" PRIu64,       \
-		     off ? "," : "{", st->name);                                            \
-	if (n > 0)                                                                         \
+#define FIELD(name, how, doc)                                                                      \
+	n = snprintf(buf + off, off < len ? len - off : 0, "%s\"" #name "\":%" PRIu64,             \
+	             off ? "," : "{", st->name);                                                   \
+	if (n > 0)                                                                                 \
 		off += (size_t)n;
 	RB_STATS(FIELD)
 #undef FIELD
@@ -33,11 +33,11 @@ void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
 		const struct rb_worker *w = &srv->workers[i];
 		uint64_t v;
 #define SUM(name) out->name += v;
-#define MAX(name)                                                                          \
-	if (v > out->name)                                                                 \
+#define MAX(name)                                                                                  \
+	if (v > out->name)                                                                         \
 		out->name = v;
-#define FIELD(name, how, doc)                                                              \
-	v = LOAD(name);                                                                    \
+#define FIELD(name, how, doc)                                                                      \
+	v = LOAD(name);                                                                            \
 	how(name)
 		RB_STATS(FIELD)
 #undef FIELD

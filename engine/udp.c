@@ -38,12 +38,12 @@ struct rl_slot {
 
 struct rb_udp {
 	int fd;
-	int port;                /* the port served: datagrams from it are loops */
-	struct rl_slot *rl;      /* allocated on first use when --udp-rate is set */
+	int port;           /* the port served: datagrams from it are loops */
+	struct rl_slot *rl; /* allocated on first use when --udp-rate is set */
 	bool can_read, can_write;
-	bool pending;            /* budget ran out with work left */
-	unsigned first, n;       /* unsent datagrams: msgs[first .. first + n) */
-	unsigned char *slots;    /* UDP_BATCH slots of SLOT_SIZE, allocated on first use */
+	bool pending;         /* budget ran out with work left */
+	unsigned first, n;    /* unsent datagrams: msgs[first .. first + n) */
+	unsigned char *slots; /* UDP_BATCH slots of SLOT_SIZE, allocated on first use */
 	struct mmsghdr msgs[RB_UDP_BATCH];
 	struct iovec iov[RB_UDP_BATCH];
 	struct sockaddr_storage addr[RB_UDP_BATCH];
@@ -130,7 +130,7 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
 
 /* May this source get one more answer now? (token bucket, burst = rate) */
 static bool rate_ok(struct rb_worker *w, struct rb_udp *u, const struct sockaddr_storage *ss,
-		    uint64_t now)
+                    uint64_t now)
 {
 	unsigned rate = w->srv->cfg.udp_rate;
 	unsigned char key[17] = {0};
@@ -202,10 +202,10 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		u->iov[i].iov_base = u->slots + (size_t)i * SLOT_SIZE;
 		u->iov[i].iov_len = SLOT_SIZE;
 		u->msgs[i].msg_hdr = (struct msghdr){
-			.msg_name = &u->addr[i],
-			.msg_namelen = sizeof(u->addr[i]),
-			.msg_iov = &u->iov[i],
-			.msg_iovlen = 1,
+		        .msg_name = &u->addr[i],
+		        .msg_namelen = sizeof(u->addr[i]),
+		        .msg_iov = &u->iov[i],
+		        .msg_iovlen = 1,
 		};
 	}
 	for (;;) {

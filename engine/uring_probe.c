@@ -28,7 +28,7 @@ static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
  * (by hand where liburing, like Debian 12's 2.3, has no
  * io_uring_setup_buf_ring). Returns 0 or -errno. */
 int rb__uring_bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
-			    unsigned flags, struct io_uring_buf_ring **out, size_t *len_out)
+                               unsigned flags, struct io_uring_buf_ring **out, size_t *len_out)
 {
 	size_t len = entries * sizeof(struct io_uring_buf);
 #if RB_HAVE_IO_URING_SETUP_BUF_RING
@@ -173,9 +173,9 @@ static int read_disabled_sysctl(void)
 
 static void caps_detect(void)
 {
-	static const int need[] = {IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND,
-				   IORING_OP_SENDMSG, IORING_OP_POLL_ADD,
-				   IORING_OP_ASYNC_CANCEL, IORING_OP_SOCKET};
+	static const int need[] = {IORING_OP_ACCEPT,  IORING_OP_RECV,     IORING_OP_SEND,
+	                           IORING_OP_SENDMSG, IORING_OP_POLL_ADD, IORING_OP_ASYNC_CANCEL,
+	                           IORING_OP_SOCKET};
 	struct io_uring_probe *probe;
 	struct io_uring ring;
 	int disabled = read_disabled_sysctl(), rc;
@@ -183,34 +183,37 @@ static void caps_detect(void)
 	if (disabled == 2) {
 		caps.err = -EPERM;
 		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring is switched off by the "
-			 "sysctl kernel.io_uring_disabled=2");
+		         "engine 'uring' cannot run here: io_uring is switched off by the "
+		         "sysctl kernel.io_uring_disabled=2");
 		return;
 	}
 	rc = io_uring_queue_init(4, &ring, 0);
 	if (rc == -EPERM) {
 		caps.err = rc;
 		if (disabled == 1)
-			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: kernel.io_uring_disabled=1 allows "
-				 "io_uring only to members of kernel.io_uring_group");
+			snprintf(
+			        caps.why, sizeof(caps.why),
+			        "engine 'uring' cannot run here: kernel.io_uring_disabled=1 allows "
+			        "io_uring only to members of kernel.io_uring_group");
 		else
 			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: io_uring_setup was refused (EPERM): "
-				 "a seccomp filter or container policy blocks io_uring");
+			         "engine 'uring' cannot run here: io_uring_setup was refused "
+			         "(EPERM): "
+			         "a seccomp filter or container policy blocks io_uring");
 		return;
 	}
 	if (rc == -ENOSYS) {
 		caps.err = rc;
 		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring_setup is not implemented "
-			 "(ENOSYS): a kernel without CONFIG_IO_URING, or a seccomp filter");
+		         "engine 'uring' cannot run here: io_uring_setup is not implemented "
+		         "(ENOSYS): a kernel without CONFIG_IO_URING, or a seccomp filter");
 		return;
 	}
 	if (rc < 0) {
 		caps.err = -ENOTSUP;
 		snprintf(caps.why, sizeof(caps.why),
-			 "engine 'uring' cannot run here: io_uring_setup failed: %s", strerror(-rc));
+		         "engine 'uring' cannot run here: io_uring_setup failed: %s",
+		         strerror(-rc));
 		return;
 	}
 	probe = io_uring_get_probe_ring(&ring);
@@ -219,8 +222,8 @@ static void caps_detect(void)
 		if (!probe || !io_uring_opcode_supported(probe, need[i])) {
 			caps.err = -ENOTSUP;
 			snprintf(caps.why, sizeof(caps.why),
-				 "engine 'uring' cannot run here: the kernel's io_uring is too old "
-				 "(needs Linux 5.19 or later: multishot accept, buffer rings)");
+			         "engine 'uring' cannot run here: the kernel's io_uring is too old "
+			         "(needs Linux 5.19 or later: multishot accept, buffer rings)");
 			break;
 		}
 	}
@@ -232,9 +235,9 @@ static void caps_detect(void)
 			io_uring_unregister_ring_fd(&ring);
 		caps_probe_recv(&ring);
 		caps.bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0 &&
-			      !(rb__uring_test_unsupported & RB_URING_BUNDLE);
+		              !(rb__uring_test_unsupported & RB_URING_BUNDLE);
 		caps.min_wait = (ring.features & IORING_FEAT_MIN_TIMEOUT) != 0 &&
-				!(rb__uring_test_unsupported & RB_URING_BATCH);
+		                !(rb__uring_test_unsupported & RB_URING_BATCH);
 		caps.inc = caps_probe_inc(&ring) && !(rb__uring_test_unsupported & RB_URING_INC);
 	}
 	io_uring_queue_exit(&ring);

@@ -11,7 +11,7 @@
 #include <liburing.h>
 
 struct rb_uring_caps {
-	int err;          /* 0, or why the engine cannot run (-errno) */
+	int err; /* 0, or why the engine cannot run (-errno) */
 	char why[200];
 	bool mshot_recv;  /* multishot receive (Linux 6.0) */
 	bool mshot_limit; /* multishot receive byte limit in sqe->optlen */
@@ -33,6 +33,6 @@ extern unsigned rb__uring_test_unsupported;
 /* mmap a buffer ring of `entries` slots and register it as group bgid with
  * flags (IOU_PBUF_RING_*). Returns 0 or -errno. */
 int rb__uring_bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
-			       unsigned flags, struct io_uring_buf_ring **out, size_t *len_out);
+                               unsigned flags, struct io_uring_buf_ring **out, size_t *len_out);
 
 #endif

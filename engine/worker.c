@@ -112,7 +112,7 @@ bool rb__worker_control(struct rb_worker *w)
 		;
 	/* Back in the event loop: answer the watchdog's heartbeat (watchdog.c). */
 	__atomic_store_n(&w->heartbeat_seen, __atomic_load_n(&w->srv->heartbeat, __ATOMIC_ACQUIRE),
-			 __ATOMIC_RELEASE);
+	                 __ATOMIC_RELEASE);
 	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
 		struct rb_stats st;
 		char json[2048];
@@ -136,7 +136,7 @@ static bool accept_reserve(struct rb_worker *w, int lfd, int err)
 
 	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
 		rb__log(RB_LOG_ERR, "accept: %s: refusing connections (%u more suppressed)",
-			strerror(err), sup);
+		        strerror(err), sup);
 	if (w->reserve_fd < 0)
 		return false;
 	close(w->reserve_fd);
@@ -194,7 +194,7 @@ void rb__refuse(struct rb_worker *w, int fd, int err)
 	RB_STAT_ADD(w, refused, 1);
 	if (rb__ratelimit_ok(&w->rl_emfile, &sup))
 		rb__log(RB_LOG_ERR, "refusing connection on fd %d: %s (%u more suppressed)", fd,
-			strerror(-err), sup);
+		        strerror(-err), sup);
 }
 
 void rb__worker_fini(struct rb_worker *w)

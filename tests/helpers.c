@@ -21,23 +21,23 @@ extern char **environ;
 #define STALL_MS 20000
 
 static struct engine_param all_params[] = {
-	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
-	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
-	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
-	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+        {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+        {RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+        {RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+        {RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
 #if RB_HAVE_URING
-	/* Every io_uring feature on, then each off alone, then all off. */
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BUNDLE},
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_INC},
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BATCH},
-	{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV,
-	 RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
+        /* Every io_uring feature on, then each off alone, then all off. */
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BUNDLE},
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_INC},
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, RB_URING_BATCH},
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV,
+         RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
 #endif
-	{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE},
-	{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
-	{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
-	{RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
+        {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE},
+        {RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
+        {RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
+        {RB_ENGINE_SELECT, RB_TRIGGER_LEVEL, RB_COPY_SPLICE},
 };
 
 size_t th_engine_params(struct engine_param **out)
@@ -53,9 +53,9 @@ size_t th_engine_params(struct engine_param **out)
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s/%s/%s%s%s%s", rb_engine_name(p->engine), rb_trigger_name(p->trigger),
-		 rb_copy_name(p->copy), p->uring_off & RB_URING_BUNDLE ? "/no-bundle" : "",
-		 p->uring_off & RB_URING_INC ? "/no-inc" : "",
-		 p->uring_off & RB_URING_BATCH ? "/no-batch" : "");
+	         rb_copy_name(p->copy), p->uring_off & RB_URING_BUNDLE ? "/no-bundle" : "",
+	         p->uring_off & RB_URING_INC ? "/no-inc" : "",
+	         p->uring_off & RB_URING_BATCH ? "/no-batch" : "");
 }
 
 static uint64_t now_ms(void)
@@ -75,7 +75,7 @@ static void *server_thread(void *arg)
 }
 
 void th_server_start(struct test_server *ts, const struct engine_param *p,
-		     void (*tweak)(struct rb_config *cfg))
+                     void (*tweak)(struct rb_config *cfg))
 {
 	char err[256] = "";
 	int rc;
@@ -112,8 +112,8 @@ void th_server_stop(struct test_server *ts)
 	ts->srv = NULL;
 }
 
-void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *, void *),
-		   void *arg, const char *what)
+void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *, void *), void *arg,
+                   const char *what)
 {
 	uint64_t deadline = now_ms() + STALL_MS;
 	struct rb_stats st;
@@ -149,7 +149,7 @@ int th_connect_bufs(int port, int rcvbuf, int sndbuf)
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "connect: %s",
-		     strerror(errno));
+	             strerror(errno));
 	return fd;
 }
 
@@ -204,7 +204,7 @@ static bool stream_recv(struct th_stream *s)
 
 	for (;;) {
 		ssize_t r = recv(s->fd, s->got + s->recvd, s->len + RECV_SLACK - s->recvd,
-				 MSG_DONTWAIT);
+		                 MSG_DONTWAIT);
 		if (r < 0) {
 			cr_assert(errno == EAGAIN || errno == EINTR, "recv: %s", strerror(errno));
 			return progress;
@@ -215,7 +215,7 @@ static bool stream_recv(struct th_stream *s)
 		}
 		s->recvd += (size_t)r;
 		cr_assert_leq(s->recvd, s->len, "server echoed %zu bytes of a %zu-byte stream",
-			      s->recvd, s->len);
+		              s->recvd, s->len);
 		progress = true;
 	}
 }
@@ -261,22 +261,22 @@ void th_run_streams(struct th_stream *s, size_t n)
 				last_progress = now_ms();
 				if (st->eof) {
 					cr_assert_eq(st->recvd, st->len,
-						     "stream %zu: EOF after %zu of %zu bytes", i,
-						     st->recvd, st->len);
+					             "stream %zu: EOF after %zu of %zu bytes", i,
+					             st->recvd, st->len);
 					done++;
 				}
 			}
 		}
 		cr_assert_lt(now_ms() - last_progress, (uint64_t)STALL_MS,
-			     "streams stalled: %zu of %zu done", done, n);
+		             "streams stalled: %zu of %zu done", done, n);
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (memcmp(s[i].got, s[i].data, s[i].len) != 0) {
 			size_t off = 0;
 			while (s[i].got[off] == s[i].data[off])
 				off++;
-			cr_assert_fail("stream %zu: byte %zu differs (got 0x%02x, sent 0x%02x)", i, off,
-				       s[i].got[off], s[i].data[off]);
+			cr_assert_fail("stream %zu: byte %zu differs (got 0x%02x, sent 0x%02x)", i,
+			               off, s[i].got[off], s[i].data[off]);
 		}
 		free(s[i].got);
 		s[i].got = NULL;
@@ -285,7 +285,7 @@ void th_run_streams(struct th_stream *s, size_t n)
 }
 
 size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, size_t len,
-		     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what)
+                     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what)
 {
 	struct rb_stats st;
 	size_t sent = 0;

@@ -32,12 +32,12 @@ struct test_server {
 
 /* Start a server on tcp://127.0.0.1:0 in a thread; tweak may adjust cfg. */
 void th_server_start(struct test_server *ts, const struct engine_param *p,
-		     void (*tweak)(struct rb_config *cfg));
+                     void (*tweak)(struct rb_config *cfg));
 /* Stop it, join the thread, free it. */
 void th_server_stop(struct test_server *ts);
 /* Wait (bounded, asserting) until pred(stats, arg) is true. */
-void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *, void *),
-		   void *arg, const char *what);
+void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *, void *), void *arg,
+                   const char *what);
 
 /* Connected blocking TCP socket to 127.0.0.1:port. */
 int th_connect(int port);
@@ -73,7 +73,7 @@ void th_run_streams(struct th_stream *s, size_t n);
  * Returns the bytes sent.
  */
 size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, size_t len,
-		     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what);
+                     bool (*pred)(const struct rb_stats *, void *), void *arg, const char *what);
 /* Send the rest of data from offset sent, read all len bytes back, assert equal. */
 void th_send_rest_and_verify(int fd, const unsigned char *data, size_t len, size_t sent);
 

@@ -25,7 +25,6 @@
 #include "helpers.h"
 #include "rb_config.h"
 
-
 struct proc {
 	pid_t pid;
 	int out; /* stdout, read end */
@@ -46,8 +45,7 @@ static const char *rebound_bin(void)
  * child's descriptor 3 and LISTEN_PID is set to the child's own pid (through
  * a shell that execs rebound, so the pid is known), as systemd does.
  */
-static void spawn_ex(struct proc *p, const char *const *args, const char *const *extra_env,
-		     int fd3)
+static void spawn_ex(struct proc *p, const char *const *args, const char *const *extra_env, int fd3)
 {
 	const char *argv[40];
 	int o[2], e[2];
@@ -71,8 +69,8 @@ static void spawn_ex(struct proc *p, const char *const *args, const char *const 
 	if (fd3 >= 0)
 		posix_spawn_file_actions_adddup2(&fa, fd3, 3);
 	cr_assert_eq(posix_spawn(&p->pid, argv[0], &fa, NULL, (char *const *)argv,
-				 th_child_env(extra_env)),
-		     0);
+	                         th_child_env(extra_env)),
+	             0);
 	posix_spawn_file_actions_destroy(&fa);
 	close(o[1]);
 	close(e[1]);
@@ -121,89 +119,90 @@ static void expect_fail(int status, const char *const *args, const char *message
 Test(cli, bad_engine)
 {
 	expect_fail(2, ARGS("--engine", "kqueue"),
-		    "rebound: invalid --engine 'kqueue': expected epoll, poll, select, uring, "
-		    "sockmap or auto\n");
+	            "rebound: invalid --engine 'kqueue': expected epoll, poll, select, uring, "
+	            "sockmap or auto\n");
 }
 
 Test(cli, bad_trigger_and_copy)
 {
 	expect_fail(2, ARGS("--trigger", "both"),
-		    "rebound: invalid --trigger 'both': expected edge or level\n");
+	            "rebound: invalid --trigger 'both': expected edge or level\n");
 	expect_fail(2, ARGS("--copy", "sendfile"),
-		    "rebound: invalid --copy 'sendfile': expected writev or splice\n");
+	            "rebound: invalid --copy 'sendfile': expected writev or splice\n");
 }
 
 Test(cli, bad_sizes)
 {
 	expect_fail(2, ARGS("--chunk-size", "16q"),
-		    "rebound: invalid --chunk-size '16q': expected a size such as 4096, 16k or "
-		    "1m\n");
+	            "rebound: invalid --chunk-size '16q': expected a size such as 4096, 16k or "
+	            "1m\n");
 	expect_fail(2, ARGS("--chunk-size", "100"),
-		    "rebound: invalid --chunk-size '100': must be between 512 and 16777216 "
-		    "bytes\n");
+	            "rebound: invalid --chunk-size '100': must be between 512 and 16777216 "
+	            "bytes\n");
 	expect_fail(2, ARGS("--conn-buffer", "0"),
-		    "rebound: invalid --conn-buffer '0': must be between 1 and 1073741824 "
-		    "bytes\n");
+	            "rebound: invalid --conn-buffer '0': must be between 1 and 1073741824 "
+	            "bytes\n");
 	expect_fail(2, ARGS("--conn-buffer", "99999999999999999999999"),
-		    "rebound: invalid --conn-buffer '99999999999999999999999': too large\n");
+	            "rebound: invalid --conn-buffer '99999999999999999999999': too large\n");
 	expect_fail(2, ARGS("--max-memory", "-1"),
-		    "rebound: invalid --max-memory '-1': expected a size such as 4096, 16k or "
-		    "1m\n");
+	            "rebound: invalid --max-memory '-1': expected a size such as 4096, 16k or "
+	            "1m\n");
 }
 
 Test(cli, bad_numbers)
 {
 	expect_fail(2, ARGS("--threads", "0"),
-		    "rebound: invalid --threads '0': must be between 1 and 64\n");
+	            "rebound: invalid --threads '0': must be between 1 and 64\n");
 	expect_fail(2, ARGS("--threads", "two"),
-		    "rebound: invalid --threads 'two': expected a whole number\n");
+	            "rebound: invalid --threads 'two': expected a whole number\n");
 	expect_fail(2, ARGS("--shutdown-timeout", "1.5"),
-		    "rebound: invalid --shutdown-timeout '1.5': expected a whole number\n");
+	            "rebound: invalid --shutdown-timeout '1.5': expected a whole number\n");
 }
 
 Test(cli, bad_listen_urls)
 {
 	expect_fail(2, ARGS("--listen", "http://127.0.0.1:80"),
-		    "rebound: invalid listen URL 'http://127.0.0.1:80': expected "
-		    "tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
+	            "rebound: invalid listen URL 'http://127.0.0.1:80': expected "
+	            "tcp://HOST:PORT, tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1:99999"),
-		    "rebound: invalid port '99999' in listen URL 'tcp://127.0.0.1:99999': "
-		    "expected 0 to 65535\n");
+	            "rebound: invalid port '99999' in listen URL 'tcp://127.0.0.1:99999': "
+	            "expected 0 to 65535\n");
 	expect_fail(2, ARGS("--listen", "tcp://127.0.0.1"),
-		    "rebound: invalid listen URL 'tcp://127.0.0.1': expected tcp://HOST:PORT, "
-		    "tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
+	            "rebound: invalid listen URL 'tcp://127.0.0.1': expected tcp://HOST:PORT, "
+	            "tcp://[IPV6]:PORT, udp://HOST:PORT, unix:PATH or fd:N\n");
 	expect_fail(2, ARGS("--listen", "tcp://no.such.host.invalid:7"),
-		    "rebound: invalid host in listen URL 'tcp://no.such.host.invalid:7': not an "
-		    "address or known name\n");
+	            "rebound: invalid host in listen URL 'tcp://no.such.host.invalid:7': not an "
+	            "address or known name\n");
 	expect_fail(2, ARGS("--listen", "unix:"),
-		    "rebound: invalid listen URL 'unix:': empty socket path\n");
+	            "rebound: invalid listen URL 'unix:': empty socket path\n");
 }
 
 Test(cli, bad_usage)
 {
-	expect_fail(2, ARGS("--frobnicate"), "rebound: unknown option '--frobnicate' (see --help)\n");
+	expect_fail(2, ARGS("--frobnicate"),
+	            "rebound: unknown option '--frobnicate' (see --help)\n");
 	expect_fail(2, ARGS("--listen"), "rebound: option '--listen' needs a value\n");
 	expect_fail(2, ARGS("extra"), "rebound: unexpected argument 'extra' (see --help)\n");
 	/* Level triggering is what poll and select do anyway; a completion
 	 * engine has no triggers. */
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
 		expect_fail(2, ARGS("--engine", "uring", "--trigger", "level"),
-			    "rebound: --trigger level is not supported by the uring engine\n");
+		            "rebound: --trigger level is not supported by the uring engine\n");
 }
 
 Test(cli, bad_uring_flags)
 {
 	expect_fail(2, ARGS("--uring-entries", "0"),
-		    "rebound: invalid --uring-entries '0': must be between 1 and 32768\n");
+	            "rebound: invalid --uring-entries '0': must be between 1 and 32768\n");
 	expect_fail(2, ARGS("--uring-buffers", "1000"),
-		    "rebound: invalid --uring-buffers '1000': must be a power of two (1, 2, 4 ... "
-		    "32768)\n");
+	            "rebound: invalid --uring-buffers '1000': must be a power of two (1, 2, 4 ... "
+	            "32768)\n");
 	expect_fail(2, ARGS("--uring-buffers", "65536"),
-		    "rebound: invalid --uring-buffers '65536': must be between 1 and 32768\n");
+	            "rebound: invalid --uring-buffers '65536': must be between 1 and 32768\n");
 	expect_fail(2, ARGS("--uring-sqpoll", "soon"),
-		    "rebound: invalid --uring-sqpoll 'soon': expected a whole number\n");
+	            "rebound: invalid --uring-sqpoll 'soon': expected a whole number\n");
 	expect_fail(2, ARGS("--engine", "uring", "--copy", "splice"),
-		    "rebound: --copy splice is not supported by the uring engine\n");
+	            "rebound: --copy splice is not supported by the uring engine\n");
 }
 
 /* Built without liburing, or io_uring refused here: exit 3 naming the cause;
@@ -219,7 +218,7 @@ Test(cli, engine_uring_availability)
 	}
 #if !RB_HAVE_URING
 	cr_assert_str_eq(why, "engine 'uring' is not available: rebound was built without "
-			      "liburing");
+	                      "liburing");
 #endif
 	snprintf(msg, sizeof(msg), "rebound: %s\n", why);
 	expect_fail(3, ARGS("--engine", "uring", "--listen", "tcp://127.0.0.1:0"), msg);
@@ -285,7 +284,7 @@ static int start_daemon(struct proc *p, const char *const *extra)
 		if (strncmp(line, "rebound: engine ", 16) == 0)
 			break;
 		cr_assert_eq(sscanf(line, "rebound: listening on tcp://127.0.0.1:%d", &port), 1,
-			     "unexpected line: %s", line);
+		             "unexpected line: %s", line);
 	}
 	cr_assert_gt(port, 0);
 	p->engine_line_seen = true;
@@ -304,8 +303,10 @@ Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
 	port = start_daemon(&p, ARGS("--conn-buffer", "64k"));
 	struct th_stream s[3];
 	for (int i = 0; i < 3; i++)
-		s[i] = (struct th_stream){.fd = th_connect(port), .data = data + i,
-					  .len = len - (size_t)i, .rng = (uint64_t)i};
+		s[i] = (struct th_stream){.fd = th_connect(port),
+		                          .data = data + i,
+		                          .len = len - (size_t)i,
+		                          .rng = (uint64_t)i};
 	th_run_streams(s, 3);
 	for (int i = 0; i < 3; i++)
 		close(s[i].fd);
@@ -320,8 +321,8 @@ Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
 	cr_assert(p.engine_line_seen);
 	char want[256];
 	snprintf(want, sizeof(want),
-		 "rebound: stopped: 4 connections, %zu bytes in, %zu bytes out, engine epoll\n",
-		 3 * len - 3 + 1, 3 * len - 3 + 1);
+	         "rebound: stopped: 4 connections, %zu bytes in, %zu bytes out, engine epoll\n",
+	         3 * len - 3 + 1, 3 * len - 3 + 1);
 	cr_assert_not_null(strstr(err, want), "no summary line '%s' in: %s", want, err);
 	/* The idle connection was closed cleanly: EOF, not a reset. */
 	cr_assert_eq(recv(idle, &b, 1, 0), 0);
@@ -334,8 +335,7 @@ Test(cli, daemon_serves_and_stops_cleanly, .timeout = 60)
  * A peer that never reads keeps output pending: connect one and write until
  * the daemon's stats (SIGUSR1) show it paused at its 1 MiB cap.
  */
-static int connect_paused_peer(struct proc *p, int port, const unsigned char *data,
-			       size_t len)
+static int connect_paused_peer(struct proc *p, int port, const unsigned char *data, size_t len)
 {
 	int fd = th_connect_bufs(port, 4096, 4096);
 
@@ -410,8 +410,10 @@ Test(cli, stop_deadline_reports_what_it_cut, .timeout = 60)
 	cr_assert_eq(wait_exit(p.pid), 0, "stderr: %s", err);
 	const char *l = strstr(err, "rebound: shutdown deadline reached: ");
 	cr_assert_not_null(l, "no deadline line in: %s", err);
-	cr_assert_eq(sscanf(l, "rebound: shutdown deadline reached: %u connection reset, %llu echoed",
-			    &conns, &bytes), 2, "%s", l);
+	cr_assert_eq(sscanf(l,
+	                    "rebound: shutdown deadline reached: %u connection reset, %llu echoed",
+	                    &conns, &bytes),
+	             2, "%s", l);
 	cr_expect_eq(conns, 1);
 	/* At least what the server held; the kernel's unsent queue comes on top. */
 	cr_expect_geq(bytes, 1048576ull);
@@ -460,8 +462,8 @@ Test(cli, systemd_socket_activation_and_notify, .timeout = 60)
 	nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	memcpy(nsun.sun_path + 1, name, strlen(name));
 	cr_assert_eq(bind(nfd, (struct sockaddr *)&nsun,
-			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
-		     0);
+	                  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
+	             0);
 	snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=@%s", name);
 
 	spawn_ex(&p, ARGS("--engine", "epoll"), ARGS(env_notify, "LISTEN_FDS=1"), lfd);
@@ -496,9 +498,9 @@ Test(cli, systemd_socket_activation_and_notify, .timeout = 60)
 Test(cli, fd_url_must_be_a_socket)
 {
 	expect_fail(2, ARGS("--listen", "fd:x"),
-		    "rebound: invalid listen URL 'fd:x': expected fd:N, N a descriptor\n");
+	            "rebound: invalid listen URL 'fd:x': expected fd:N, N a descriptor\n");
 	expect_fail(1, ARGS("--listen", "fd:0"),
-		    "rebound: cannot use 'fd:0': Socket operation on non-socket\n");
+	            "rebound: cannot use 'fd:0': Socket operation on non-socket\n");
 }
 
 /* Issue 9: the same listen URL twice, an over-long UNIX path (exit 2, the
@@ -508,28 +510,28 @@ Test(cli, reliability_flags_and_urls)
 	char path[301], url[320], msg[512];
 
 	expect_fail(2, ARGS("-l", "tcp://127.0.0.1:7990", "-l", "tcp://127.0.0.1:7990"),
-		    "rebound: listen URL 'tcp://127.0.0.1:7990' is given twice\n");
+	            "rebound: listen URL 'tcp://127.0.0.1:7990' is given twice\n");
 	memset(path, 'p', 300);
 	path[0] = '/';
 	path[300] = '\0';
 	snprintf(url, sizeof(url), "unix:%s", path);
 	snprintf(msg, sizeof(msg),
-		 "rebound: invalid listen URL '%s': socket path longer than 107 bytes\n", url);
+	         "rebound: invalid listen URL '%s': socket path longer than 107 bytes\n", url);
 	expect_fail(2, ARGS("-l", url), msg);
 	expect_fail(2, ARGS("--keepalive", "60,0"),
-		    "rebound: invalid --keepalive '60,0,4': expected off or IDLE[,INTVL,CNT] in "
-		    "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
+	            "rebound: invalid --keepalive '60,0,4': expected off or IDLE[,INTVL,CNT] in "
+	            "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
 	expect_fail(2, ARGS("--keepalive", "1,2,3,4"),
-		    "rebound: invalid --keepalive '1,2,3,4': expected off or IDLE[,INTVL,CNT] in "
-		    "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
+	            "rebound: invalid --keepalive '1,2,3,4': expected off or IDLE[,INTVL,CNT] in "
+	            "seconds (idle and interval 1 to 32767, count 1 to 127)\n");
 	expect_fail(2, ARGS("--unix-mode", "0888"),
-		    "rebound: invalid --unix-mode '0888': expected an octal mode from 0 to 0777, "
-		    "such as 0660\n");
+	            "rebound: invalid --unix-mode '0888': expected an octal mode from 0 to 0777, "
+	            "such as 0660\n");
 	expect_fail(2, ARGS("--udp-rate", "-5"),
-		    "rebound: invalid --udp-rate '-5': expected a whole number\n");
+	            "rebound: invalid --udp-rate '-5': expected a whole number\n");
 	expect_fail(2, ARGS("--user-timeout", "3000000000"),
-		    "rebound: invalid --user-timeout '3000000000': must be between 0 and "
-		    "2147483647\n");
+	            "rebound: invalid --user-timeout '3000000000': must be between 0 and "
+	            "2147483647\n");
 	expect_fail(2, ARGS("--user-timeout", "9999999999"),
-		    "rebound: invalid --user-timeout '9999999999': too large\n");
+	            "rebound: invalid --user-timeout '9999999999': too large\n");
 }

@@ -19,13 +19,13 @@
 
 #include "helpers.h"
 
-#define ECHO_TEST(name, secs)                                                              \
-	ParameterizedTestParameters(echo, name)                                            \
-	{                                                                                  \
-		struct engine_param *p;                                                    \
-		size_t n = th_engine_params(&p);                                           \
-		return cr_make_param_array(struct engine_param, p, n);                     \
-	}                                                                                  \
+#define ECHO_TEST(name, secs)                                                                      \
+	ParameterizedTestParameters(echo, name)                                                    \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = th_engine_params(&p);                                                   \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
 	ParameterizedTest(struct engine_param *p, echo, name, .timeout = (secs))
 
 static bool all_closed(const struct rb_stats *st, void *arg)
@@ -41,11 +41,11 @@ static void expect_totals(struct test_server *ts, uint64_t conns, uint64_t bytes
 	th_wait_stats(ts, all_closed, &conns, "every connection to close");
 	rb_server_stats(ts->srv, &st);
 	cr_expect_eq(st.accepted, conns, "accepted %lu, want %lu", (unsigned long)st.accepted,
-		     (unsigned long)conns);
+	             (unsigned long)conns);
 	cr_expect_eq(st.bytes_in, bytes, "bytes_in %lu, want %lu", (unsigned long)st.bytes_in,
-		     (unsigned long)bytes);
-	cr_expect_eq(st.bytes_out, bytes, "bytes_out %lu, want %lu",
-		     (unsigned long)st.bytes_out, (unsigned long)bytes);
+	             (unsigned long)bytes);
+	cr_expect_eq(st.bytes_out, bytes, "bytes_out %lu, want %lu", (unsigned long)st.bytes_out,
+	             (unsigned long)bytes);
 	cr_expect_eq(st.buffered, 0);
 	cr_expect_eq(st.resets, 0);
 }
@@ -53,8 +53,8 @@ static void expect_totals(struct test_server *ts, uint64_t conns, uint64_t bytes
 /* Payloads from 0 bytes to 16 MiB, sent in random-sized pieces, one at a time. */
 ECHO_TEST(payload_sizes, 120)
 {
-	static const size_t sizes[] = {0,     1,         100,        16383,     16384,
-				       16385, 65536 + 3, 1048576 + 7, 16u << 20};
+	static const size_t sizes[] = {0,     1,         100,         16383,    16384,
+	                               16385, 65536 + 3, 1048576 + 7, 16u << 20};
 	const size_t n = sizeof(sizes) / sizeof(sizes[0]);
 	struct test_server ts;
 	uint64_t total = 0;
@@ -64,11 +64,11 @@ ECHO_TEST(payload_sizes, 120)
 	th_server_start(&ts, p, NULL);
 	for (size_t i = 0; i < n; i++) {
 		struct th_stream s = {
-			.fd = th_connect(ts.port),
-			.data = data,
-			.len = sizes[i],
-			.max_piece = i % 2 ? 7 + i * 1000 : 200000,
-			.rng = i,
+		        .fd = th_connect(ts.port),
+		        .data = data,
+		        .len = sizes[i],
+		        .max_piece = i % 2 ? 7 + i * 1000 : 200000,
+		        .rng = i,
 		};
 		th_run_streams(&s, 1);
 		close(s.fd);
@@ -92,11 +92,11 @@ ECHO_TEST(concurrent_200, 120)
 	th_server_start(&ts, p, NULL);
 	for (size_t i = 0; i < N; i++) {
 		s[i] = (struct th_stream){
-			.fd = th_connect(ts.port),
-			.data = data + i * 997,
-			.len = 20000 + i * 1531,
-			.max_piece = 1 + i * 97,
-			.rng = i,
+		        .fd = th_connect(ts.port),
+		        .data = data + i * 997,
+		        .len = 20000 + i * 1531,
+		        .max_piece = 1 + i * 97,
+		        .rng = i,
 		};
 		total += s[i].len;
 	}
@@ -196,9 +196,9 @@ ECHO_TEST(slow_reader_bounded, 60)
 	rb_server_stats(ts.srv, &st);
 	if (!cw.splice)
 		cr_assert_eq(st.buffered, cw.cap, "buffered %lu, cap %lu",
-			     (unsigned long)st.buffered, (unsigned long)cw.cap);
+		             (unsigned long)st.buffered, (unsigned long)cw.cap);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap, "peak %lu over the cap %lu",
-		      (unsigned long)st.peak_conn_buffered, (unsigned long)cw.cap);
+	              (unsigned long)st.peak_conn_buffered, (unsigned long)cw.cap);
 	/* Whether or not the kernel's buffers took all 8 MiB, the server paused:
 	 * at_cap() held, so the cap, not the sender, bounded its memory. */
 
@@ -279,8 +279,8 @@ ECHO_TEST(fairness, 120)
 	th_fill(ping, sizeof(ping), 12);
 	th_server_start(&ts, p, small_budget);
 	for (int i = 0; i < 2; i++) {
-		fast[i] = (struct th_stream){.fd = th_connect(ts.port), .data = data,
-					     .len = fast_len};
+		fast[i] = (struct th_stream){
+		        .fd = th_connect(ts.port), .data = data, .len = fast_len};
 		th_set_nonblock(fast[i].fd);
 	}
 	slow = th_connect(ts.port);
@@ -298,10 +298,10 @@ ECHO_TEST(fairness, 120)
 		for (int i = 0; i < 2; i++) {
 			if (pfd[i].revents & POLLOUT && fast[i].sent < fast_len) {
 				ssize_t r = send(fast[i].fd, data + fast[i].sent,
-						 fast_len - fast[i].sent > 262144
-							 ? 262144
-							 : fast_len - fast[i].sent,
-						 MSG_NOSIGNAL);
+				                 fast_len - fast[i].sent > 262144
+				                         ? 262144
+				                         : fast_len - fast[i].sent,
+				                 MSG_NOSIGNAL);
 				if (r > 0)
 					fast[i].sent += (size_t)r;
 			}
@@ -309,8 +309,8 @@ ECHO_TEST(fairness, 120)
 				ssize_t r = recv(fast[i].fd, sink, 1u << 20, 0);
 				if (r > 0) {
 					cr_assert(memcmp(sink, data + fast_done_bytes[i],
-							 (size_t)r) == 0,
-						  "fast stream %d corrupted", i);
+					                 (size_t)r) == 0,
+					          "fast stream %d corrupted", i);
 					fast_done_bytes[i] += (size_t)r;
 				}
 			}
@@ -331,7 +331,7 @@ ECHO_TEST(fairness, 120)
 		}
 	}
 	cr_assert(fast_done_bytes[0] < fast_len && fast_done_bytes[1] < fast_len,
-		  "the fast streams finished before the slow client's 30 round trips");
+	          "the fast streams finished before the slow client's 30 round trips");
 	rb_server_stats(ts.srv, &st);
 	cr_assert_gt(st.requeues, 0, "no connection was requeued by the read budget");
 	for (int i = 0; i < 2; i++)
@@ -377,9 +377,8 @@ ECHO_TEST(idle_connections_hold_no_memory, 60)
 	cr_assert_eq(st.active, N);
 	cr_assert_eq(st.buffered, 0);
 	/* Chunks in existence are at most the idle cache, not one per connection. */
-	cr_assert_leq(st.chunks_allocated, 4,
-		      "%lu chunks allocated for %d idle connections",
-		      (unsigned long)st.chunks_allocated, N);
+	cr_assert_leq(st.chunks_allocated, 4, "%lu chunks allocated for %d idle connections",
+	              (unsigned long)st.chunks_allocated, N);
 	for (int i = 0; i < N; i++)
 		close(fds[i]);
 	th_server_stop(&ts);
@@ -421,11 +420,16 @@ ECHO_TEST(ipv6_and_unix_listeners, 60)
 	name = unix_url + 5; /* "@rebound-test-PID": abstract, leading NUL */
 	memcpy(su.sun_path + 1, name + 1, strlen(name) - 1);
 	s[0] = (struct th_stream){.fd = connect_to(AF_INET6, (struct sockaddr *)&s6, sizeof(s6)),
-				  .data = data, .len = len, .rng = 1};
+	                          .data = data,
+	                          .len = len,
+	                          .rng = 1};
 	s[1] = (struct th_stream){
-		.fd = connect_to(AF_UNIX, (struct sockaddr *)&su,
-				 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))),
-		.data = data + 1, .len = len - 1, .rng = 2};
+	        .fd = connect_to(
+	                AF_UNIX, (struct sockaddr *)&su,
+	                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(name))),
+	        .data = data + 1,
+	        .len = len - 1,
+	        .rng = 2};
 	th_run_streams(s, 2);
 	close(s[0].fd);
 	close(s[1].fd);
@@ -451,9 +455,11 @@ ECHO_TEST(two_workers, 120)
 	th_fill(data, 1u << 20, 8);
 	th_server_start(&ts, p, two_threads);
 	for (size_t i = 0; i < N; i++) {
-		s[i] = (struct th_stream){.fd = th_connect(ts.port), .data = data + i,
-					  .len = 100000 + i * 4099, .max_piece = 3 + i * 301,
-					  .rng = i};
+		s[i] = (struct th_stream){.fd = th_connect(ts.port),
+		                          .data = data + i,
+		                          .len = 100000 + i * 4099,
+		                          .max_piece = 3 + i * 301,
+		                          .rng = i};
 		total += s[i].len;
 	}
 	th_run_streams(s, N);

@@ -44,7 +44,7 @@ static int udp_socket(const char *ip, int port)
 	cr_assert_geq(fd, 0);
 	inet_pton(AF_INET, ip, &sin.sin_addr);
 	cr_assert_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0, "bind %s:%d: %s", ip, port,
-		     strerror(errno));
+	             strerror(errno));
 	return fd;
 }
 
@@ -54,7 +54,7 @@ static void send_to_server(int fd, const char *msg)
 
 	to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	cr_assert_eq(sendto(fd, msg, strlen(msg), 0, (struct sockaddr *)&to, sizeof(to)),
-		     (ssize_t)strlen(msg));
+	             (ssize_t)strlen(msg));
 }
 
 static void expect_echo(int fd, const char *msg)
@@ -157,7 +157,7 @@ Test(hostile, udp_port_cannot_be_hijacked, .timeout = 30)
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	cr_expect_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), -1,
-		     "a second socket bound the served UDP port");
+	             "a second socket bound the served UDP port");
 	cr_expect_eq(errno, EADDRINUSE);
 	close(fd);
 	th_server_stop(&ts);
@@ -176,7 +176,7 @@ Test(hostile, udp_reuseport_refuses_another_user, .timeout = 30)
 	if (pid == 0) {
 		int one = 1, fd;
 		struct sockaddr_in sin = {.sin_family = AF_INET,
-					  .sin_port = htons((uint16_t)ts.port)};
+		                          .sin_port = htons((uint16_t)ts.port)};
 		sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		if (setgid(65534) < 0 || setuid(65534) < 0)
 			_exit(3);
@@ -184,11 +184,12 @@ Test(hostile, udp_reuseport_refuses_another_user, .timeout = 30)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 		_exit(bind(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 ? 1
-		      : errno == EADDRINUSE ? 0 : 2);
+		      : errno == EADDRINUSE                               ? 0
+		                                                          : 2);
 	}
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
-	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		  "user nobody: bind %s", WEXITSTATUS(st) == 1 ? "succeeded" : "failed oddly");
+	cr_expect(WIFEXITED(st) && WEXITSTATUS(st) == 0, "user nobody: bind %s",
+	          WEXITSTATUS(st) == 1 ? "succeeded" : "failed oddly");
 	th_server_stop(&ts);
 }
 

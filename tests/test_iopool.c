@@ -112,8 +112,8 @@ Test(iopool, append_and_consume_across_boundaries)
 		size_t take = takes[i] < ch.bytes ? takes[i] : ch.bytes;
 		check_and_consume(&ch, &first, take);
 		cr_assert_eq(ch.chunks, ch.bytes == 0 ? 0 : (ch.head_off + ch.bytes + CS - 1) / CS,
-			     "step %zu: %zu chunks for %zu bytes at offset %zu", i, ch.chunks,
-			     ch.bytes, ch.head_off);
+		             "step %zu: %zu chunks for %zu bytes at offset %zu", i, ch.chunks,
+		             ch.bytes, ch.head_off);
 	}
 	check_and_consume(&ch, &first, ch.bytes);
 	cr_assert_null(ch.head, "a drained chain keeps no chunk");

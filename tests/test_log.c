@@ -125,8 +125,8 @@ Test(log, sink_gets_messages_at_their_levels)
 	g_level = RB_LOG_INFO;
 	th_server_start(&ts, &p, to_sink);
 	/* Logged by rb_server_create, in this thread. */
-	snprintf(want, sizeof(want), "pipe size 1073741824 is above fs.pipe-max-size; using %d bytes",
-		 pipe_max_size());
+	snprintf(want, sizeof(want),
+	         "pipe size 1073741824 is above fs.pipe-max-size; using %d bytes", pipe_max_size());
 	cr_assert_eq(s.n, 1);
 	cr_assert_str_eq(s.msg[0], want);
 	cr_assert_eq(s.level[0], RB_LOG_INFO);
@@ -165,7 +165,8 @@ Test(log, level_filters_what_reaches_the_sink)
 		for (int l = RB_LOG_ERR; l <= RB_LOG_DEBUG; l++) {
 			unsigned before = s.n;
 			rb_log(&cfg, (enum rb_log_level)l, "level %d under %d", l, max);
-			cr_assert_eq(s.n - before, l <= max ? 1u : 0u, "level %d, log_level %d", l, max);
+			cr_assert_eq(s.n - before, l <= max ? 1u : 0u, "level %d, log_level %d", l,
+			             max);
 		}
 	}
 }
@@ -233,7 +234,7 @@ static void journal_stream_of(int fd, char *buf, size_t len)
 
 	cr_assert_eq(fstat(fd, &st), 0);
 	snprintf(buf, len, "JOURNAL_STREAM=%llu:%llu", (unsigned long long)st.st_dev,
-		 (unsigned long long)st.st_ino);
+	         (unsigned long long)st.st_ino);
 }
 
 /*
@@ -243,7 +244,7 @@ static void journal_stream_of(int fd, char *buf, size_t len)
  * status; err gets all of stderr.
  */
 static int run_logged(const char *const *args, int journal, int lines_before_stop, char *err,
-		      size_t len)
+                      size_t len)
 {
 	const char *argv[16];
 	char js[96], **env = th_child_env(NULL), *envp[260];
@@ -303,10 +304,10 @@ static void listen_url(char *buf, size_t len)
 static void expected_lines(char *buf, size_t len, const char *prefix, const char *url)
 {
 	snprintf(buf, len,
-		 "%slistening on %s\n"
-		 "%sengine epoll (edge), copy writev, 1 thread, chunk 16384, conn-buffer 1048576\n"
-		 "%sstopped: 0 connections, 0 bytes in, 0 bytes out, engine epoll\n",
-		 prefix, url, prefix, prefix);
+	         "%slistening on %s\n"
+	         "%sengine epoll (edge), copy writev, 1 thread, chunk 16384, conn-buffer 1048576\n"
+	         "%sstopped: 0 connections, 0 bytes in, 0 bytes out, engine epoll\n",
+	         prefix, url, prefix, prefix);
 }
 
 Test(log, stderr_plain_when_not_the_journal, .timeout = 60)
@@ -315,7 +316,7 @@ Test(log, stderr_plain_when_not_the_journal, .timeout = 60)
 
 	listen_url(url, sizeof(url));
 	cr_assert_eq(run_logged(ARGS("--engine", "epoll", "--listen", url), 0, 2, err, sizeof(err)),
-		     0, "%s", err);
+	             0, "%s", err);
 	expected_lines(want, sizeof(want), "rebound: ", url);
 	cr_assert_str_eq(err, want);
 }
@@ -326,14 +327,14 @@ Test(log, stderr_priority_prefixes_in_the_journal, .timeout = 60)
 
 	listen_url(url, sizeof(url));
 	cr_assert_eq(run_logged(ARGS("--engine", "epoll", "--listen", url), 1, 2, err, sizeof(err)),
-		     0, "%s", err);
+	             0, "%s", err);
 	expected_lines(want, sizeof(want), "<6>", url);
 	cr_assert_str_eq(err, want);
 	/* The journal stamps lines itself: --log-timestamps adds nothing there. */
 	listen_url(url, sizeof(url));
 	cr_assert_eq(run_logged(ARGS("--engine", "epoll", "--log-timestamps", "--listen", url), 1,
-				2, err, sizeof(err)),
-		     0, "%s", err);
+	                        2, err, sizeof(err)),
+	             0, "%s", err);
 	expected_lines(want, sizeof(want), "<6>", url);
 	cr_assert_str_eq(err, want);
 }
@@ -360,21 +361,21 @@ Test(log, stderr_iso_timestamps, .timeout = 60)
 
 	listen_url(url, sizeof(url));
 	cr_assert_eq(run_logged(ARGS("--engine", "epoll", "--log-timestamps", "--listen", url), 0,
-				2, err, sizeof(err)),
-		     0, "%s", err);
+	                        2, err, sizeof(err)),
+	             0, "%s", err);
 	after = time(NULL);
 	cr_assert_eq(regcomp(&re,
-			     "^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\\.[0-9]{3}Z "
-			     "rebound: ",
-			     REG_EXTENDED),
-		     0);
+	                     "^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})\\.[0-9]{3}Z "
+	                     "rebound: ",
+	                     REG_EXTENDED),
+	             0);
 	for (line = strtok_r(err, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		struct tm tm = {0};
 		cr_assert_eq(regexec(&re, line, 2, m, 0), 0, "no timestamp: '%s'", line);
 		cr_assert_not_null(strptime(line, "%Y-%m-%dT%H:%M:%S", &tm));
 		time_t t = timegm(&tm);
 		cr_assert(t >= before - 1 && t <= after, "time %lld not within [%lld, %lld]",
-			  (long long)t, (long long)before, (long long)after);
+		          (long long)t, (long long)before, (long long)after);
 		strcat(stripped, line + m[0].rm_eo - strlen("rebound: "));
 		strcat(stripped, "\n");
 	}

@@ -17,13 +17,13 @@
 
 #include "helpers.h"
 
-#define REL_TEST(name, secs)                                                               \
-	ParameterizedTestParameters(reliability, name)                                     \
-	{                                                                                  \
-		struct engine_param *p;                                                    \
-		size_t n = th_engine_params(&p);                                           \
-		return cr_make_param_array(struct engine_param, p, n);                     \
-	}                                                                                  \
+#define REL_TEST(name, secs)                                                                       \
+	ParameterizedTestParameters(reliability, name)                                             \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = th_engine_params(&p);                                                   \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
 	ParameterizedTest(struct engine_param *p, reliability, name, .timeout = (secs))
 
 static bool all_closed(const struct rb_stats *st, void *arg)
@@ -41,10 +41,9 @@ static void tiny_memory(struct rb_config *cfg)
 }
 
 /*
- * One chunk of memory for the whole worker, and a read budget of one byte and 32 clients pushing bulk
- * data: every connection waits for memory most of the time, and the read
- * budget requeues them too. Every stream must still come back byte-exact,
- * and the stop must not hang.
+ * One chunk of memory for the whole worker, and a read budget of one byte and 32 clients pushing
+ * bulk data: every connection waits for memory most of the time, and the read budget requeues them
+ * too. Every stream must still come back byte-exact, and the stop must not hang.
  */
 REL_TEST(memory_cap_one_chunk_many_pushers, 120)
 {
@@ -58,8 +57,11 @@ REL_TEST(memory_cap_one_chunk_many_pushers, 120)
 	th_fill(data, len + N, 9);
 	th_server_start(&ts, p, tiny_memory);
 	for (int i = 0; i < N; i++)
-		s[i] = (struct th_stream){.fd = th_connect_bufs(ts.port, i % 2 ? 2048 : 0, 0), .data = data + i,
-					  .len = len, .max_piece = 65536, .rng = (uint64_t)i};
+		s[i] = (struct th_stream){.fd = th_connect_bufs(ts.port, i % 2 ? 2048 : 0, 0),
+		                          .data = data + i,
+		                          .len = len,
+		                          .max_piece = 65536,
+		                          .rng = (uint64_t)i};
 	th_run_streams(s, N);
 	for (int i = 0; i < N; i++)
 		close(s[i].fd);
@@ -100,7 +102,8 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 	for (bool progress = true; progress;) {
 		progress = false;
 		for (int i = 0; i < N; i++) {
-			cr_assert_lt(sent[i], len, "the server took all %zu bytes without echoing", len);
+			cr_assert_lt(sent[i], len, "the server took all %zu bytes without echoing",
+			             len);
 			ssize_t r = send(fds[i], data + sent[i], len - sent[i], MSG_NOSIGNAL);
 			if (r > 0) {
 				sent[i] += (size_t)r;
@@ -126,8 +129,8 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 			if (eof[i] || !(pf[i].revents & (POLLIN | POLLHUP | POLLERR)))
 				continue;
 			ssize_t r = recv(fds[i], buf, 4096, 0);
-			cr_assert_geq(r, 0, "connection %d: %s after %zu bytes (want a clean EOF)", i,
-				      strerror(errno), got[i]);
+			cr_assert_geq(r, 0, "connection %d: %s after %zu bytes (want a clean EOF)",
+			              i, strerror(errno), got[i]);
 			if (r == 0) {
 				eof[i] = true;
 				left--;
@@ -135,7 +138,7 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 			}
 			cr_assert_leq(got[i] + (size_t)r, sent[i]);
 			cr_assert_eq(memcmp(buf, data + got[i], (size_t)r), 0,
-				     "connection %d: wrong bytes at %zu", i, got[i]);
+			             "connection %d: wrong bytes at %zu", i, got[i]);
 			got[i] += (size_t)r;
 		}
 	}
@@ -148,7 +151,7 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 	rb_server_stats(ts.srv, &st);
 	/* What the server wrote is what the clients read: nothing was lost. */
 	cr_expect_eq(st.bytes_out, total, "server wrote %lu, clients read %zu",
-		     (unsigned long)st.bytes_out, total);
+	             (unsigned long)st.bytes_out, total);
 	cr_expect_eq(st.bytes_in, st.bytes_out);
 	cr_expect_eq(st.resets, 0);
 	cr_expect_eq(st.stop_dropped_conns, 0);
@@ -191,16 +194,17 @@ REL_TEST(hangup_while_waiting_for_memory, 60)
 	int hog, victim;
 
 	if (p->engine == RB_ENGINE_URING || p->copy == RB_COPY_SPLICE)
-		cr_skip_test("the worker memory cap applies to the readiness engines' writev chains");
+		cr_skip_test(
+		        "the worker memory cap applies to the readiness engines' writev chains");
 	if (p->engine == RB_ENGINE_SELECT)
 		cr_skip_test("select reports no hang-up without read interest: a reset peer "
-			     "waiting for memory is found when memory comes back");
+		             "waiting for memory is found when memory comes back");
 	th_server_start(&ts, p, tiny_memory);
 	/* A peer that never reads takes the only chunk and keeps it. */
 	hog = th_connect_bufs(ts.port, 2048, 0);
 	th_set_nonblock(hog);
 	th_send_until(&ts, hog, data, sizeof(data), buffered_a_chunk, NULL,
-		      "the non-reader to hold the only chunk");
+	              "the non-reader to hold the only chunk");
 	rb_server_stats(ts.srv, &st);
 	waits = st.memory_waits;
 	victim = th_connect(ts.port);

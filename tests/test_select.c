@@ -82,7 +82,7 @@ Test(select, refuses_descriptors_past_fd_setsize, .timeout = 60)
 	th_wait_stats(&ts, refused_at_least, &want, "the refusals to be counted");
 	rb_server_stats(ts.srv, &st);
 	cr_assert_eq(st.refused, (uint64_t)refused, "stats refused %lu, clients saw %d",
-		     (unsigned long)st.refused, refused);
+	             (unsigned long)st.refused, refused);
 	cr_assert_eq(st.accepted, (uint64_t)ok);
 	/* The connections that fit still echo, after the refusals. */
 	for (int i = 0; i < ok; i++)

@@ -16,8 +16,7 @@
 
 #include "helpers.h"
 
-static const struct engine_param splice_edge = {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE,
-						RB_COPY_SPLICE};
+static const struct engine_param splice_edge = {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE};
 
 static bool closed_n(const struct rb_stats *st, void *arg)
 {
@@ -34,14 +33,17 @@ Test(splice, stream_256mib_and_pipe_reuse, .timeout = 300)
 	cr_assert_not_null(data);
 	th_fill(data, len, 256);
 	th_server_start(&ts, &splice_edge, NULL);
-	struct th_stream s = {.fd = th_connect(ts.port), .data = data, .len = len, .rng = 9,
-			      .max_piece = 1u << 20};
+	struct th_stream s = {.fd = th_connect(ts.port),
+	                      .data = data,
+	                      .len = len,
+	                      .rng = 9,
+	                      .max_piece = 1u << 20};
 	th_run_streams(&s, 1);
 	close(s.fd);
 	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the stream to close");
 	rb_server_stats(ts.srv, &st);
 	cr_assert_eq(st.bytes_spliced, len, "spliced %lu of %zu bytes",
-		     (unsigned long)st.bytes_spliced, len);
+	             (unsigned long)st.bytes_spliced, len);
 	cr_assert_eq(st.chunks_allocated, 0, "splice mode used pool chunks");
 	cr_assert_eq(st.splice_fallbacks, 0);
 	/* The pipe goes back to the cache whenever it drains and is taken again
@@ -83,7 +85,7 @@ Test(splice, idle_connections_hold_no_pipe, .timeout = 60)
 	/* Each connection: the client's socket and the server's; the cached pipe
 	 * that served them all is two more. */
 	cr_assert_eq(after - before, 2 * N + 2, "%d descriptors for %d idle connections",
-		     after - before, N);
+	             after - before, N);
 	for (int i = 0; i < N; i++)
 		close(fds[i]);
 	th_server_stop(&ts);

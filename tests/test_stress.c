@@ -54,8 +54,10 @@ static void push_until_full(int *fds, size_t *sent, const unsigned char *data)
 		for (int i = 0; i < PUSHERS; i++) {
 			if (sent[i] >= PUSH_BYTES)
 				continue;
-			ssize_t r = send(fds[i], data, PUSH_BYTES - sent[i] < 65536 ? PUSH_BYTES - sent[i] : 65536,
-					 MSG_NOSIGNAL);
+			ssize_t r =
+			        send(fds[i], data,
+			             PUSH_BYTES - sent[i] < 65536 ? PUSH_BYTES - sent[i] : 65536,
+			             MSG_NOSIGNAL);
 			if (r > 0) {
 				sent[i] += (size_t)r;
 				progress = true;
@@ -65,7 +67,7 @@ static void push_until_full(int *fds, size_t *sent, const unsigned char *data)
 			static struct pollfd pf[PUSHERS];
 			for (int i = 0; i < PUSHERS; i++)
 				pf[i] = (struct pollfd){.fd = sent[i] < PUSH_BYTES ? fds[i] : -1,
-							.events = POLLOUT};
+				                        .events = POLLOUT};
 			progress = poll(pf, PUSHERS, 300) > 0;
 		}
 	}
@@ -96,12 +98,12 @@ Test(stress, thousand_non_readers_at_the_default_cap, .timeout = 300)
 	push_until_full(fds, sent, data);
 	rb_server_stats(ts.srv, &st);
 	cr_log_info("pushers hold %lu bytes; %lu memory waits", (unsigned long)st.buffered,
-		    (unsigned long)st.memory_waits);
+	            (unsigned long)st.memory_waits);
 	cr_assert_gt(st.memory_waits, 0, "the pushers never reached the memory cap");
 
 	/* A normal client is served, byte-exact, while they hold the cap. */
-	struct th_stream s = {.fd = th_connect(ts.port), .data = msg, .len = len,
-			      .max_piece = 16384};
+	struct th_stream s = {
+	        .fd = th_connect(ts.port), .data = msg, .len = len, .max_piece = 16384};
 	th_run_streams(&s, 1);
 	close(s.fd);
 
@@ -149,7 +151,7 @@ Test(stress, memory_returns_after_non_readers_leave, .timeout = 300)
 	peak = rss_kib();
 	cr_log_info("RSS %ld KiB holding %lu bytes", peak, (unsigned long)st.buffered);
 	cr_assert_gt(st.buffered, 256u << 20, "the pushers held only %lu bytes",
-		     (unsigned long)st.buffered);
+	             (unsigned long)st.buffered);
 	for (int i = 0; i < PUSHERS; i++) {
 		struct linger lg = {.l_onoff = 1, .l_linger = 0};
 		setsockopt(fds[i], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
@@ -164,6 +166,6 @@ Test(stress, memory_returns_after_non_readers_leave, .timeout = 300)
 		poll(NULL, 0, 20);
 	}
 	cr_expect_lt(after, 128 * 1024, "RSS %ld KiB after the pushers left (peak %ld KiB)", after,
-		     peak);
+	             peak);
 	th_server_stop(&ts);
 }

@@ -62,8 +62,8 @@ Test(timer, fires_in_deadline_order_ties_first_armed_first)
 	cr_assert_eq(rb__timers_run(&h, 1000, &lg), 4);
 	cr_assert_eq(lg.n, 8);
 	for (int i = 0; i < 8; i++)
-		cr_expect_eq(lg.ids[i], expect[i], "position %d: timer %d, expected %d", i, lg.ids[i],
-			     expect[i]);
+		cr_expect_eq(lg.ids[i], expect[i], "position %d: timer %d, expected %d", i,
+		             lg.ids[i], expect[i]);
 	cr_assert_eq(rb__timers_timeout(&h, 1000), -1);
 }
 
@@ -186,10 +186,10 @@ Test(timer, random_operations_match_a_model)
 			for (size_t k = 0; k < lg.n; k++) {
 				int want = model_pop(&m, now);
 				cr_assert_eq(lg.ids[k], want, "step %d: fired %d, model %d", step,
-					     lg.ids[k], want);
+				             lg.ids[k], want);
 			}
 			cr_assert_eq(model_pop(&m, now), -1, "step %d: a due timer did not fire",
-				     step);
+			             step);
 		}
 		size_t armed = 0;
 		for (int k = 0; k < N; k++)

@@ -26,13 +26,13 @@ static size_t udp_params(struct engine_param **out)
 	return k;
 }
 
-#define UDP_TEST(name)                                                                     \
-	ParameterizedTestParameters(udp, name)                                             \
-	{                                                                                  \
-		struct engine_param *p;                                                    \
-		size_t n = udp_params(&p);                                                 \
-		return cr_make_param_array(struct engine_param, p, n);                     \
-	}                                                                                  \
+#define UDP_TEST(name)                                                                             \
+	ParameterizedTestParameters(udp, name)                                                     \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = udp_params(&p);                                                         \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
 	ParameterizedTest(struct engine_param *p, udp, name, .timeout = 60)
 
 static void udp_listener(struct rb_config *cfg)
@@ -113,12 +113,14 @@ UDP_TEST(many_senders)
 	for (int r = 0; r < ROUNDS; r++) {
 		for (int c = 0; c < CLIENTS; c++)
 			for (int b = 0; b < BURST; b++) {
-				size_t off = (size_t)(c * 997 + r * 31 + b * 7), len = 100 + (size_t)b * 13;
+				size_t off = (size_t)(c * 997 + r * 31 + b * 7),
+				       len = 100 + (size_t)b * 13;
 				cr_assert_eq(send(fds[c], data + off, len, 0), (ssize_t)len);
 			}
 		for (int c = 0; c < CLIENTS; c++)
 			for (int b = 0; b < BURST; b++) {
-				size_t off = (size_t)(c * 997 + r * 31 + b * 7), len = 100 + (size_t)b * 13;
+				size_t off = (size_t)(c * 997 + r * 31 + b * 7),
+				       len = 100 + (size_t)b * 13;
 				recv_exact(fds[c], data + off, len);
 			}
 	}

@@ -35,8 +35,7 @@
 /* Test hook in proactor_uring.c: single-shot receives only. */
 extern int rb__uring_test_single_recv;
 
-static const struct engine_param uring_param = {RB_ENGINE_URING, RB_TRIGGER_EDGE,
-						RB_COPY_WRITEV};
+static const struct engine_param uring_param = {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV};
 
 /* Skip, saying why, only when this machine cannot run io_uring at all. */
 static void need_uring(void)
@@ -60,9 +59,9 @@ static void expect_clean(struct test_server *ts, uint64_t conns, uint64_t bytes)
 	rb_server_stats(ts->srv, &st);
 	cr_expect_eq(st.accepted, conns);
 	cr_expect_eq(st.bytes_in, bytes, "bytes_in %lu, want %lu", (unsigned long)st.bytes_in,
-		     (unsigned long)bytes);
-	cr_expect_eq(st.bytes_out, bytes, "bytes_out %lu, want %lu",
-		     (unsigned long)st.bytes_out, (unsigned long)bytes);
+	             (unsigned long)bytes);
+	cr_expect_eq(st.bytes_out, bytes, "bytes_out %lu, want %lu", (unsigned long)st.bytes_out,
+	             (unsigned long)bytes);
 	cr_expect_eq(st.buffered, 0);
 	cr_expect_eq(st.resets, 0);
 }
@@ -76,7 +75,7 @@ static void raise_nofile(rlim_t want)
 		return;
 	if (rl.rlim_max < want)
 		cr_skip_test("RLIMIT_NOFILE hard limit %lu is below the %lu this test needs",
-			     (unsigned long)rl.rlim_max, (unsigned long)want);
+		             (unsigned long)rl.rlim_max, (unsigned long)want);
 	rl.rlim_cur = want;
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 }
@@ -118,7 +117,7 @@ static void run_long_stream(int port, uint64_t len)
 	for (;;) {
 		struct pollfd pfd = {.fd = fd, .events = POLLIN | (sent < len ? POLLOUT : 0)};
 		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled at %lu sent, %lu echoed",
-			     (unsigned long)sent, (unsigned long)recvd);
+		             (unsigned long)sent, (unsigned long)recvd);
 		while (sent < len) {
 			size_t avail;
 			const unsigned char *p = gen_at(&tx, sent, &avail);
@@ -143,7 +142,7 @@ static void run_long_stream(int port, uint64_t len)
 			}
 			if (r == 0) {
 				cr_assert_eq(recvd, len, "EOF after %lu of %lu bytes",
-					     (unsigned long)recvd, (unsigned long)len);
+				             (unsigned long)recvd, (unsigned long)len);
 				close(fd);
 				free(tx.buf);
 				free(rx.buf);
@@ -177,7 +176,7 @@ Test(uring, stream_256m, .timeout = 300)
 }
 
 static void run_many(struct test_server *ts, size_t n, size_t base, size_t step, size_t piece,
-		     uint64_t *total)
+                     uint64_t *total)
 {
 	struct th_stream *s = calloc(n, sizeof(*s));
 	unsigned char *data = malloc(4u << 20);
@@ -185,11 +184,11 @@ static void run_many(struct test_server *ts, size_t n, size_t base, size_t step,
 	th_fill(data, 4u << 20, n);
 	for (size_t i = 0; i < n; i++) {
 		s[i] = (struct th_stream){
-			.fd = th_connect(ts->port),
-			.data = data + (i * 4099) % (1u << 20),
-			.len = base + (i * step) % (3u << 20),
-			.max_piece = piece ? piece : 1 + (i * 7919) % 70000,
-			.rng = i + 1,
+		        .fd = th_connect(ts->port),
+		        .data = data + (i * 4099) % (1u << 20),
+		        .len = base + (i * step) % (3u << 20),
+		        .max_piece = piece ? piece : 1 + (i * 7919) % 70000,
+		        .rng = i + 1,
 		};
 		*total += s[i].len;
 	}
@@ -237,7 +236,7 @@ Test(uring, tiny_buffer_ring, .timeout = 300)
 	expect_clean(&ts, 120, total);
 	rb_server_stats(ts.srv, &st);
 	cr_expect_leq(st.chunks_allocated, 8, "%lu chunks for an 8-buffer ring",
-		      (unsigned long)st.chunks_allocated);
+	              (unsigned long)st.chunks_allocated);
 	th_server_stop(&ts);
 }
 
@@ -350,7 +349,7 @@ Test(uring, single_shot_path, .timeout = 300)
 	th_server_start(&ts, &uring_param, odd_cap);
 	rb__uring_test_single_recv = 0;
 	cr_assert_not_null(strstr(rb_server_engine_detail(ts.srv), "recv single-shot"), "%s",
-			   rb_server_engine_detail(ts.srv));
+	                   rb_server_engine_detail(ts.srv));
 	slow_reader(&ts, 32u << 20);
 	total += 32u << 20;
 	run_many(&ts, 50, 3000, 40009, 0, &total);
@@ -390,7 +389,7 @@ Test(uring, sqpoll, .timeout = 300)
 	need_uring();
 	th_server_start(&ts, &uring_param, sqpoll);
 	cr_assert(strncmp(rb_server_engine_detail(ts.srv), "sqpoll", 6) == 0, "%s",
-		  rb_server_engine_detail(ts.srv));
+	          rb_server_engine_detail(ts.srv));
 	run_many(&ts, 100, 100, 23456, 0, &total);
 	expect_clean(&ts, 100, total);
 	th_server_stop(&ts);
@@ -428,8 +427,8 @@ Test(uring, graceful_stop_flushes, .timeout = 60)
 	/* New peers are refused once the worker has let go of the listener. */
 	for (;;) {
 		struct sockaddr_in sin = {.sin_family = AF_INET,
-					  .sin_port = htons((uint16_t)ts.port),
-					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+		                          .sin_port = htons((uint16_t)ts.port),
+		                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 		probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		int rc = connect(probe, (struct sockaddr *)&sin, sizeof(sin));
 		int err = errno;
@@ -500,10 +499,11 @@ Test(uring, detail_line)
 	/* Each feature is either used or said to be missing from the kernel. */
 	cr_expect(strstr(d, "bundles: yes") || strstr(d, "bundles: no (kernel)"), "%s", d);
 	cr_expect(strstr(d, "incremental buffers: yes") ||
-		      strstr(d, "incremental buffers: no (kernel)"), "%s", d);
+	                  strstr(d, "incremental buffers: no (kernel)"),
+	          "%s", d);
 	/* Batching is opt-in; the test helpers ask for a 50 us window. */
-	cr_expect(strstr(d, "batching: min-wait 50 us") || strstr(d, "batching: no (kernel)"),
-		  "%s", d);
+	cr_expect(strstr(d, "batching: min-wait 50 us") || strstr(d, "batching: no (kernel)"), "%s",
+	          d);
 	th_server_stop(&ts);
 }
 
@@ -553,8 +553,11 @@ static void bundle_stream(unsigned off)
 	test_off = off;
 	th_server_start(&ts, &uring_param, features);
 	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
-	st = (struct th_stream){.fd = th_connect(ts.port), .data = data, .len = len,
-				.max_piece = 1u << 20, .rng = 3};
+	st = (struct th_stream){.fd = th_connect(ts.port),
+	                        .data = data,
+	                        .len = len,
+	                        .max_piece = 1u << 20,
+	                        .rng = 3};
 	th_run_streams(&st, 1);
 	close(st.fd);
 	expect_clean(&ts, 1, len);
@@ -719,8 +722,8 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	th_server_start(&ts, &uring_param, features);
 	d = rb_server_engine_detail(ts.srv);
 	cr_expect_not_null(strstr(d, "bundles: no (kernel), incremental buffers: no (kernel), "
-				     "batching: no (kernel)"),
-			   "%s", d);
+	                             "batching: no (kernel)"),
+	                   "%s", d);
 	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
 	run_many(&ts, 20, 100000, 40000, 0, &total);
 	ping_pong(ts.port, 100, 64);
@@ -745,7 +748,8 @@ Test(uring, features_switched_off)
 	d = rb_server_engine_detail(ts.srv);
 	cr_expect(strstr(d, "bundles: off") || strstr(d, "bundles: no (kernel)"), "%s", d);
 	cr_expect(strstr(d, "incremental buffers: off") ||
-		      strstr(d, "incremental buffers: no (kernel)"), "%s", d);
+	                  strstr(d, "incremental buffers: no (kernel)"),
+	          "%s", d);
 	cr_expect(strstr(d, "batching: off") || strstr(d, "batching: no (kernel)"), "%s", d);
 	th_server_stop(&ts);
 }
@@ -763,7 +767,6 @@ struct child {
 	int out; /* stdout, read end */
 	int err; /* stderr, read end */
 };
-
 
 /* Descriptor limit (soft and hard) for the next spawned daemon, 0 = inherit. */
 static rlim_t spawn_nofile;
@@ -789,18 +792,18 @@ static void spawn_filtered(struct child *ch, int errno_val, const char *const *a
 	if (ch->pid == 0) {
 #ifdef SECCOMP_ARCH
 		struct sock_filter f[] = {
-			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0),
-			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-			BPF_STMT(BPF_RET | BPF_K,
-				 SECCOMP_RET_ERRNO | ((unsigned)errno_val & SECCOMP_RET_DATA)),
-			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0),
+		        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		        BPF_STMT(BPF_RET | BPF_K,
+		                 SECCOMP_RET_ERRNO | ((unsigned)errno_val & SECCOMP_RET_DATA)),
+		        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		};
 		struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
 		if (errno_val && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
-				  prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0))
+		                  prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0))
 			_exit(120);
 #endif
 		struct rlimit rl = {spawn_nofile, spawn_nofile};
@@ -848,12 +851,13 @@ Test(uring, unavailable_explicit_error_eperm, .timeout = 60)
 
 	need_uring();
 	need_seccomp();
-	spawn_filtered(&ch, EPERM, (const char *const[]){"--engine", "uring", "--listen",
-							  "tcp://127.0.0.1:0", NULL});
+	spawn_filtered(
+	        &ch, EPERM,
+	        (const char *const[]){"--engine", "uring", "--listen", "tcp://127.0.0.1:0", NULL});
 	cr_assert_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'uring' cannot run here: io_uring_setup was "
-			      "refused (EPERM): a seccomp filter or container policy blocks "
-			      "io_uring\n");
+	                      "refused (EPERM): a seccomp filter or container policy blocks "
+	                      "io_uring\n");
 }
 
 Test(uring, unavailable_explicit_error_enosys, .timeout = 60)
@@ -863,12 +867,13 @@ Test(uring, unavailable_explicit_error_enosys, .timeout = 60)
 
 	need_uring();
 	need_seccomp();
-	spawn_filtered(&ch, ENOSYS, (const char *const[]){"--engine", "uring", "--listen",
-							   "tcp://127.0.0.1:0", NULL});
+	spawn_filtered(
+	        &ch, ENOSYS,
+	        (const char *const[]){"--engine", "uring", "--listen", "tcp://127.0.0.1:0", NULL});
 	cr_assert_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'uring' cannot run here: io_uring_setup is not "
-			      "implemented (ENOSYS): a kernel without CONFIG_IO_URING, or a "
-			      "seccomp filter\n");
+	                      "implemented (ENOSYS): a kernel without CONFIG_IO_URING, or a "
+	                      "seccomp filter\n");
 }
 
 /* Read start-up lines up to the engine line (returned in line); the port
@@ -909,15 +914,16 @@ Test(uring, daemon_lifecycle, .timeout = 60)
 
 	need_uring();
 	th_fill(data, len, 5);
-	spawn_filtered(&ch, 0, (const char *const[]){"--engine", "uring", "--listen",
-						      "tcp://127.0.0.1:0", NULL});
+	spawn_filtered(
+	        &ch, 0,
+	        (const char *const[]){"--engine", "uring", "--listen", "tcp://127.0.0.1:0", NULL});
 	port = read_startup(&ch, line, sizeof(line));
 	cr_assert(strncmp(line, "rebound: engine uring (", 23) == 0, "%s", line);
 	cr_assert_not_null(strstr(line, "bundles: "), "%s", line);
 	struct th_stream s[2];
 	for (int i = 0; i < 2; i++)
-		s[i] = (struct th_stream){.fd = th_connect(port), .data = data, .len = len,
-					  .rng = (uint64_t)i};
+		s[i] = (struct th_stream){
+		        .fd = th_connect(port), .data = data, .len = len, .rng = (uint64_t)i};
 	th_run_streams(s, 2);
 	for (int i = 0; i < 2; i++)
 		close(s[i].fd);
@@ -934,8 +940,8 @@ Test(uring, daemon_lifecycle, .timeout = 60)
 	cr_assert_eq(kill(ch.pid, SIGTERM), 0);
 	cr_assert_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 0, "stderr: %s", err);
 	snprintf(want, sizeof(want),
-		 "rebound: stopped: 3 connections, %zu bytes in, %zu bytes out, engine uring\n",
-		 2 * len + 1, 2 * len + 1);
+	         "rebound: stopped: 3 connections, %zu bytes in, %zu bytes out, engine uring\n",
+	         2 * len + 1, 2 * len + 1);
 	cr_assert_not_null(strstr(err, want), "no '%s' in: %s", want, err);
 	cr_assert_eq(recv(idle, &b, 1, 0), 0, "the idle peer got no FIN");
 	close(idle);
@@ -956,8 +962,9 @@ Test(uring, emfile_refuses_then_recovers, .timeout = 120)
 
 	need_uring();
 	spawn_nofile = 32;
-	spawn_filtered(&ch, 0, (const char *const[]){"--engine", "uring", "--listen",
-						      "tcp://127.0.0.1:0", NULL});
+	spawn_filtered(
+	        &ch, 0,
+	        (const char *const[]){"--engine", "uring", "--listen", "tcp://127.0.0.1:0", NULL});
 	spawn_nofile = 0;
 	port = read_startup(&ch, line, sizeof(line));
 	for (int i = 0; i < N; i++) {
@@ -999,10 +1006,10 @@ Test(uring, emfile_refuses_then_recovers, .timeout = 120)
 	}
 	cr_assert(notice, "no 'refusing connections' notice");
 	cr_assert_eq(refused_stat, (unsigned long)refused, "server refused %lu, clients saw %d",
-		     refused_stat, refused);
+	             refused_stat, refused);
 	/* ... descriptors are free again: a new peer gets its echo. */
-	struct th_stream s = {.fd = th_connect(port), .data = (const unsigned char *)line,
-			      .len = 200, .rng = 9};
+	struct th_stream s = {
+	        .fd = th_connect(port), .data = (const unsigned char *)line, .len = 200, .rng = 9};
 	th_run_streams(&s, 1);
 	close(s.fd);
 	cr_assert_eq(kill(ch.pid, SIGTERM), 0);
@@ -1019,12 +1026,13 @@ Test(uring, unavailable_auto_falls_back, .timeout = 60)
 
 	need_uring();
 	need_seccomp();
-	spawn_filtered(&ch, EPERM, (const char *const[]){"--engine", "auto", "--listen",
-							  "tcp://127.0.0.1:0", NULL});
+	spawn_filtered(
+	        &ch, EPERM,
+	        (const char *const[]){"--engine", "auto", "--listen", "tcp://127.0.0.1:0", NULL});
 	port = read_startup(&ch, line, sizeof(line));
 	cr_assert(strncmp(line, "rebound: engine epoll ", 22) == 0, "%s", line);
-	struct th_stream s = {.fd = th_connect(port), .data = (const unsigned char *)line,
-			      .len = 100, .rng = 3};
+	struct th_stream s = {
+	        .fd = th_connect(port), .data = (const unsigned char *)line, .len = 100, .rng = 3};
 	th_run_streams(&s, 1);
 	close(s.fd);
 	cr_assert_eq(kill(ch.pid, SIGTERM), 0);
@@ -1045,7 +1053,7 @@ Test(uring, not_built)
 
 	cr_assert_eq(rb_engine_available(RB_ENGINE_URING, why, sizeof(why)), -ENOTSUP);
 	cr_assert_str_eq(why, "engine 'uring' is not available: rebound was built without "
-			      "liburing");
+	                      "liburing");
 }
 
 #endif

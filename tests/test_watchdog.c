@@ -69,7 +69,7 @@ static void rounds_until(struct rb_server *srv, int want, int floor, const char 
 	while ((late = rb_server_heartbeat(srv)) != want) {
 		cr_assert_geq(late, floor, "%s: a round reported %d late", what, late);
 		cr_assert_lt(now_ms(), deadline, "%s: no round with %d late (last %d)", what, want,
-			     late);
+		             late);
 		poll(NULL, 0, 1); /* give the workers a turn; re-checked, never assumed */
 	}
 }
@@ -106,17 +106,18 @@ static void stuck_worker_is_seen(struct engine_param *p)
 Test(watchdog, heartbeat_sees_a_stuck_worker_on_every_engine, .timeout = 120)
 {
 	struct engine_param params[] = {
-		{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
-		{RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
-		{RB_ENGINE_POLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
-		{RB_ENGINE_SELECT, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
-		{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	        {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	        {RB_ENGINE_EPOLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV},
+	        {RB_ENGINE_POLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	        {RB_ENGINE_SELECT, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
+	        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
 	};
 	char why[128];
 
 	for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++) {
 		if (rb_engine_available(params[i].engine, why, sizeof(why)) < 0) {
-			cr_log_warn("%s not available here: %s", rb_engine_name(params[i].engine), why);
+			cr_log_warn("%s not available here: %s", rb_engine_name(params[i].engine),
+			            why);
 			continue;
 		}
 		stuck_worker_is_seen(&params[i]);
@@ -136,8 +137,8 @@ static int notify_socket(char *env, size_t len)
 	cr_assert_geq(fd, 0);
 	memcpy(sun.sun_path + 1, name, strlen(name));
 	cr_assert_eq(bind(fd, (struct sockaddr *)&sun,
-			  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
-		     0);
+	                  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + strlen(name))),
+	             0);
 	snprintf(env, len, "NOTIFY_SOCKET=@%s", name);
 	return fd;
 }
@@ -154,8 +155,8 @@ static void next_msg(int fd, char *buf, size_t len)
 static pid_t spawn_rebound(const char *const *env_extra, int *err_fd)
 {
 	const char *bin = getenv("REBOUND_BIN");
-	const char *argv[] = {bin, "--engine", "epoll", "--threads", "2", "--listen",
-			      "tcp://127.0.0.1:0", NULL};
+	const char *argv[] = {bin,        "--engine",          "epoll", "--threads", "2",
+	                      "--listen", "tcp://127.0.0.1:0", NULL};
 	posix_spawn_file_actions_t fa;
 	int e[2];
 	pid_t pid;
@@ -164,9 +165,8 @@ static pid_t spawn_rebound(const char *const *env_extra, int *err_fd)
 	cr_assert_eq(pipe2(e, O_CLOEXEC), 0);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, e[1], 2);
-	cr_assert_eq(posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv,
-				 th_child_env(env_extra)),
-		     0);
+	cr_assert_eq(
+	        posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, th_child_env(env_extra)), 0);
 	posix_spawn_file_actions_destroy(&fa);
 	close(e[1]);
 	*err_fd = e[0];
@@ -177,8 +177,8 @@ Test(watchdog, daemon_feeds_the_watchdog, .timeout = 60)
 {
 	char env_notify[96], msg[256], err[4096];
 	int nfd = notify_socket(env_notify, sizeof(env_notify)), efd, st, pings = 0;
-	pid_t pid = spawn_rebound((const char *const[]){env_notify, "WATCHDOG_USEC=40000", NULL},
-				  &efd);
+	pid_t pid =
+	        spawn_rebound((const char *const[]){env_notify, "WATCHDOG_USEC=40000", NULL}, &efd);
 
 	next_msg(nfd, msg, sizeof(msg));
 	cr_assert_str_eq(msg, "READY=1\nSTATUS=echoing with the epoll engine");
@@ -205,8 +205,8 @@ Test(watchdog, daemon_warns_about_a_bad_watchdog_usec, .timeout = 60)
 {
 	char env_notify[96], msg[256], err[4096];
 	int nfd = notify_socket(env_notify, sizeof(env_notify)), efd, st;
-	pid_t pid = spawn_rebound((const char *const[]){env_notify, "WATCHDOG_USEC=soon", NULL},
-				  &efd);
+	pid_t pid =
+	        spawn_rebound((const char *const[]){env_notify, "WATCHDOG_USEC=soon", NULL}, &efd);
 
 	next_msg(nfd, msg, sizeof(msg));
 	cr_assert_str_eq(msg, "READY=1\nSTATUS=echoing with the epoll engine");

@@ -74,36 +74,36 @@ struct rb_config {
 	enum rb_engine engine;
 	enum rb_copy copy;
 	enum rb_trigger trigger;
-	unsigned threads;            /* worker threads, >= 1 */
-	size_t chunk_size;           /* bytes per pool chunk */
-	size_t conn_buffer;          /* per-connection cap on buffered bytes */
-	size_t max_memory;           /* cap on all buffered bytes, 0 = none */
-	size_t pipe_size;            /* splice pipe size (capped by fs.pipe-max-size) */
-	unsigned pool_cache;         /* idle chunks kept per worker */
-	size_t read_budget;          /* bytes read per connection per wakeup */
-	unsigned accept_budget;      /* accepts per listener per wakeup */
+	unsigned threads;             /* worker threads, >= 1 */
+	size_t chunk_size;            /* bytes per pool chunk */
+	size_t conn_buffer;           /* per-connection cap on buffered bytes */
+	size_t max_memory;            /* cap on all buffered bytes, 0 = none */
+	size_t pipe_size;             /* splice pipe size (capped by fs.pipe-max-size) */
+	unsigned pool_cache;          /* idle chunks kept per worker */
+	size_t read_budget;           /* bytes read per connection per wakeup */
+	unsigned accept_budget;       /* accepts per listener per wakeup */
 	unsigned shutdown_timeout_ms; /* graceful flush deadline */
-	unsigned uring_entries;      /* uring: submission queue entries per ring */
-	unsigned uring_buffers;      /* uring: provided buffers per worker (power of two) */
-	unsigned uring_sqpoll_ms;    /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
-	unsigned uring_off;          /* uring: RB_URING_* features not to use, 0 = all the kernel has */
-	unsigned uring_batch_us;     /* uring: min-wait batching window in us, 0 = no batching */
+	unsigned uring_entries;       /* uring: submission queue entries per ring */
+	unsigned uring_buffers;       /* uring: provided buffers per worker (power of two) */
+	unsigned uring_sqpoll_ms;     /* uring: SQPOLL thread idle time, 0 = no SQPOLL */
+	unsigned uring_off;      /* uring: RB_URING_* features not to use, 0 = all the kernel has */
+	unsigned uring_batch_us; /* uring: min-wait batching window in us, 0 = no batching */
 	int backlog;
-	unsigned unix_mode;          /* mode of unix:PATH socket files (default 0660) */
-	unsigned udp_rate;           /* UDP datagrams/s answered per source address, 0 = no limit */
-	bool udp_low_ports;          /* answer UDP sources below port 1024 (off: reflection) */
-	unsigned keepalive_idle_s;   /* TCP keepalive: idle seconds before probes, 0 = off */
-	unsigned keepalive_intvl_s;  /* ... seconds between probes */
-	unsigned keepalive_cnt;      /* ... unanswered probes before the peer is dead */
-	unsigned user_timeout_ms;    /* TCP_USER_TIMEOUT for unacknowledged data, 0 = kernel's */
+	unsigned unix_mode;         /* mode of unix:PATH socket files (default 0660) */
+	unsigned udp_rate;          /* UDP datagrams/s answered per source address, 0 = no limit */
+	bool udp_low_ports;         /* answer UDP sources below port 1024 (off: reflection) */
+	unsigned keepalive_idle_s;  /* TCP keepalive: idle seconds before probes, 0 = off */
+	unsigned keepalive_intvl_s; /* ... seconds between probes */
+	unsigned keepalive_cnt;     /* ... unanswered probes before the peer is dead */
+	unsigned user_timeout_ms;   /* TCP_USER_TIMEOUT for unacknowledged data, 0 = kernel's */
 	/* Logging: messages up to log_level (RB_LOG_INFO by default; below
 	 * RB_LOG_ERR logs nothing) go to log_fn, or without one to stderr (see
 	 * rb_log). The library's own messages use the settings of the server
 	 * whose thread logs them. */
 	enum rb_log_level log_level;
-	rb_log_fn *log_fn;           /* NULL: the stderr logger */
-	void *log_ctx;               /* passed to log_fn */
-	bool log_timestamps;         /* stderr logger: ISO 8601 UTC timestamps */
+	rb_log_fn *log_fn;   /* NULL: the stderr logger */
+	void *log_ctx;       /* passed to log_fn */
+	bool log_timestamps; /* stderr logger: ISO 8601 UTC timestamps */
 };
 
 /*
@@ -111,37 +111,37 @@ struct rb_config {
  * workers) or MAX (the largest of the workers'). It makes the struct, the
  * summing in rb_server_stats() and the JSON of rb_stats_json().
  */
-#define RB_STATS(X)                                                                        \
-	X(accepted, SUM, "connections accepted")                                           \
-	X(active, SUM, "connections open now")                                             \
-	X(closed, SUM, "connections closed")                                               \
-	X(refused, SUM, "accepted then closed at once (EMFILE, limits)")                   \
-	X(resets, SUM, "connections ended by an error (RST, EPIPE)")                       \
-	X(bytes_in, SUM, "payload bytes read")                                             \
-	X(bytes_out, SUM, "payload bytes written")                                         \
-	X(read_calls, SUM, "readv/read/recv syscalls")                                     \
-	X(write_calls, SUM, "writev/write/send syscalls")                                  \
-	X(wakeups, SUM, "poller waits that returned")                                      \
-	X(requeues, SUM, "ready-list requeues (budget exhausted)")                         \
-	X(pauses, SUM, "backpressure pauses (cap reached)")                                \
-	X(memory_waits, SUM, "reads deferred by the worker memory cap")                    \
-	X(buffered, SUM, "bytes buffered now")                                             \
-	X(peak_buffered, SUM, "most bytes buffered at once, all conns")                    \
-	X(peak_conn_buffered, MAX, "most bytes one connection buffered")                   \
-	X(chunks_allocated, SUM, "chunks obtained from malloc")                            \
-	X(chunks_live, SUM, "chunks that exist now (held or cached)")                      \
-	X(chunks_cached, SUM, "idle chunks in the pools now")                              \
-	X(bytes_spliced, SUM, "payload bytes moved socket -> pipe -> socket")              \
-	X(splice_calls, SUM, "splice syscalls")                                            \
-	X(pipe_cache_hits, SUM, "pipes reused from the cache")                             \
-	X(splice_fallbacks, SUM, "splice connections that fell back to writev")            \
-	X(datagrams_in, SUM, "UDP datagrams received")                                     \
-	X(datagrams_out, SUM, "UDP datagrams echoed")                                      \
-	X(datagram_drops, SUM, "UDP datagrams that could not be sent back")                \
-	X(datagrams_refused, SUM, "UDP datagrams not answered: low or own source port")    \
-	X(datagrams_limited, SUM, "UDP datagrams dropped by the per-source rate limit")    \
-	X(stop_discarded, SUM, "input bytes read and dropped while stopping")              \
-	X(stop_dropped_bytes, SUM, "echo bytes never sent: stop deadline reached")         \
+#define RB_STATS(X)                                                                                \
+	X(accepted, SUM, "connections accepted")                                                   \
+	X(active, SUM, "connections open now")                                                     \
+	X(closed, SUM, "connections closed")                                                       \
+	X(refused, SUM, "accepted then closed at once (EMFILE, limits)")                           \
+	X(resets, SUM, "connections ended by an error (RST, EPIPE)")                               \
+	X(bytes_in, SUM, "payload bytes read")                                                     \
+	X(bytes_out, SUM, "payload bytes written")                                                 \
+	X(read_calls, SUM, "readv/read/recv syscalls")                                             \
+	X(write_calls, SUM, "writev/write/send syscalls")                                          \
+	X(wakeups, SUM, "poller waits that returned")                                              \
+	X(requeues, SUM, "ready-list requeues (budget exhausted)")                                 \
+	X(pauses, SUM, "backpressure pauses (cap reached)")                                        \
+	X(memory_waits, SUM, "reads deferred by the worker memory cap")                            \
+	X(buffered, SUM, "bytes buffered now")                                                     \
+	X(peak_buffered, SUM, "most bytes buffered at once, all conns")                            \
+	X(peak_conn_buffered, MAX, "most bytes one connection buffered")                           \
+	X(chunks_allocated, SUM, "chunks obtained from malloc")                                    \
+	X(chunks_live, SUM, "chunks that exist now (held or cached)")                              \
+	X(chunks_cached, SUM, "idle chunks in the pools now")                                      \
+	X(bytes_spliced, SUM, "payload bytes moved socket -> pipe -> socket")                      \
+	X(splice_calls, SUM, "splice syscalls")                                                    \
+	X(pipe_cache_hits, SUM, "pipes reused from the cache")                                     \
+	X(splice_fallbacks, SUM, "splice connections that fell back to writev")                    \
+	X(datagrams_in, SUM, "UDP datagrams received")                                             \
+	X(datagrams_out, SUM, "UDP datagrams echoed")                                              \
+	X(datagram_drops, SUM, "UDP datagrams that could not be sent back")                        \
+	X(datagrams_refused, SUM, "UDP datagrams not answered: low or own source port")            \
+	X(datagrams_limited, SUM, "UDP datagrams dropped by the per-source rate limit")            \
+	X(stop_discarded, SUM, "input bytes read and dropped while stopping")                      \
+	X(stop_dropped_bytes, SUM, "echo bytes never sent: stop deadline reached")                 \
 	X(stop_dropped_conns, SUM, "connections cut at the stop deadline")
 
 struct rb_stats {
@@ -161,8 +161,7 @@ void rb_config_init(struct rb_config *cfg);
  * MSG_NOSIGNAL, and a peer that leaves must not kill the process). Returns 0 and sets *out,
  * or -errno with a one-line reason naming the bad value in err (if err != NULL).
  */
-int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err,
-		     size_t errlen);
+int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err, size_t errlen);
 
 /* Run the workers until rb_server_stop(); returns 0 or -errno. */
 int rb_server_run(struct rb_server *srv);
@@ -238,9 +237,9 @@ int rb_parse_size(const char *s, size_t *out);
  */
 void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, ...)
 #if defined(__GNUC__)
-	__attribute__((format(printf, 3, 4)))
+        __attribute__((format(printf, 3, 4)))
 #endif
-	;
+        ;
 
 #ifdef __cplusplus
 }

@@ -221,10 +221,11 @@ static int listen_on(const char *url, char *shown, size_t len)
 		getsockname(fd, (struct sockaddr *)&ss, &sl);
 		if (ss.ss_family == AF_INET6)
 			snprintf(shown, len, "tcp://[::1]:%u",
-				 ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
+			         ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
 		else
-			snprintf(shown, len, "%s://127.0.0.1:%u", type == SOCK_DGRAM ? "udp" : "tcp",
-				 ntohs(((struct sockaddr_in *)&ss)->sin_port));
+			snprintf(shown, len, "%s://127.0.0.1:%u",
+			         type == SOCK_DGRAM ? "udp" : "tcp",
+			         ntohs(((struct sockaddr_in *)&ss)->sin_port));
 	}
 	return fd;
 }
@@ -311,7 +312,7 @@ int main(int argc, char **argv)
 	epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (lfd < 0 || sfd < 0 || epfd < 0) {
 		fprintf(stderr, "echo-helper: cannot listen on %s: %s\n", url,
-			strerror(lfd < 0 ? -lfd : errno));
+		        strerror(lfd < 0 ? -lfd : errno));
 		return 1;
 	}
 	/* NULL marks the listener, &sfd the signalfd. */

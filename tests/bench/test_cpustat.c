@@ -77,9 +77,9 @@ Test(pidstat, command_names_with_parentheses_and_children)
 	uint64_t ticks;
 
 	cr_assert_eq(rbb_pidstat_parse("100 (my (odd) server) S 1 100 100 0 -1 4194304 100 0 0 0 "
-				       "250 50 7 3 20 0 1 0 1000 0 0\n",
-				       &ppid, &ticks),
-		     0);
+	                               "250 50 7 3 20 0 1 0 1000 0 0\n",
+	                               &ppid, &ticks),
+	             0);
 	cr_assert_eq(ppid, 1);
 	cr_assert_eq(ticks, 250 + 50 + 7 + 3);
 	cr_assert_eq(rbb_pidstat_parse("100 no-parens S 1 2", &ppid, &ticks), -EINVAL);

@@ -166,8 +166,8 @@ static void run_bench(struct outcome *o, struct server *s, const char *const *ar
 	pid = spawn(argv, &out_fd, &err_fd);
 	while (out_open || err_open) {
 		struct pollfd p[3] = {{.fd = out_open ? out_fd : -1, .events = POLLIN},
-				      {.fd = err_open ? err_fd : -1, .events = POLLIN},
-				      {.fd = srv_open ? s->err_fd : -1, .events = POLLIN}};
+		                      {.fd = err_open ? err_fd : -1, .events = POLLIN},
+		                      {.fd = srv_open ? s->err_fd : -1, .events = POLLIN}};
 		char junk[4096];
 
 		cr_assert_gt(poll(p, 3, 60000), 0, "rebound-bench hung");
@@ -211,7 +211,7 @@ Test(e2e, dropped_byte_fails_with_its_offset)
 	while (rbb_stream_byte(seed, k) == rbb_stream_byte(seed, k + 1))
 		k++;
 	snprintf(want, sizeof(want), "connection 0: byte mismatch at offset %llu",
-		 (unsigned long long)k);
+	         (unsigned long long)k);
 	start_helper(&s, "--drop-at", "1000");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
@@ -241,7 +241,7 @@ Test(e2e, stall_fails)
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.err, "connection 0: stall: no progress"), "%s",
-			   result.err);
+	                   result.err);
 	cr_assert_not_null(strstr(result.err, "at offset 5000"), "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
@@ -254,8 +254,9 @@ Test(e2e, early_close_is_a_short_stream)
 	start_helper(&s, "--close-at", "5000");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.err, "connection 0: short stream: server closed after 4992 of"),
-			   "%s", result.err);
+	cr_assert_not_null(
+	        strstr(result.err, "connection 0: short stream: server closed after 4992 of"), "%s",
+	        result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -272,7 +273,7 @@ Test(e2e, unix_socket_threads_and_message_count)
 	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.out, "messages     20000 "), "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "1280000 bytes echoed, all correct"), "%s",
-			   result.out);
+	                   result.out);
 	cr_assert_eq(stop_server(&s), 0);
 	rmdir(dir);
 }
@@ -280,8 +281,8 @@ Test(e2e, unix_socket_threads_and_message_count)
 Test(e2e, open_loop_json_and_hgrm)
 {
 	char dir[] = "/tmp/rbb-e2e-XXXXXX", hgrm[128], line[256];
-	const char *args[] = {"-c", "5", "--rate", "2000", "-d", "0.5", "--warmup", "0.2",
-			      "--json", "--hgrm", hgrm, NULL};
+	const char *args[] = {"-c",       "5",   "--rate", "2000",   "-d", "0.5",
+	                      "--warmup", "0.2", "--json", "--hgrm", hgrm, NULL};
 	bool saw_max = false;
 	struct server s;
 	char *msgs;
@@ -330,8 +331,12 @@ Test(e2e, udp_correct_server_passes)
 
 static void start_udp_helper(struct server *s, const char *opt, const char *value)
 {
-	char *argv[] = {(char *)env_path("RBB_ECHO_HELPER"), (char *)"--listen",
-			(char *)"udp://127.0.0.1:0", (char *)opt, (char *)value, NULL};
+	char *argv[] = {(char *)env_path("RBB_ECHO_HELPER"),
+	                (char *)"--listen",
+	                (char *)"udp://127.0.0.1:0",
+	                (char *)opt,
+	                (char *)value,
+	                NULL};
 
 	start_server(s, argv);
 }
@@ -344,9 +349,10 @@ Test(e2e, udp_flipped_byte_fails_with_its_offset)
 	start_udp_helper(&s, "--flip-at", "1234");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.err,
-				  "connection 0: byte mismatch at offset 1234 (udp datagram 12, byte 34)"),
-			   "%s", result.err);
+	cr_assert_not_null(
+	        strstr(result.err,
+	               "connection 0: byte mismatch at offset 1234 (udp datagram 12, byte 34)"),
+	        "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -359,7 +365,7 @@ Test(e2e, udp_silence_is_a_stall)
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.err, "connection 0: stall: no udp datagram echoed"), "%s",
-			   result.err);
+	                   result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -369,14 +375,16 @@ Test(e2e, udp_silence_is_a_stall)
  */
 Test(e2e, udp_reordering_is_counted_not_an_error)
 {
-	const char *args[] = {"-c", "1", "-s", "1024", "--depth", "2", "-n", "1000", "--json", NULL};
+	const char *args[] = {"-c", "1",  "-s",   "1024",   "--depth",
+	                      "2",  "-n", "1000", "--json", NULL};
 	struct server s;
 
 	start_udp_helper(&s, "--udp-swap", NULL);
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.out, "\"udp_lost\": 0, \"udp_late\": 0, \"udp_reordered\": 500,"),
-			   "%s", result.out);
+	cr_assert_not_null(
+	        strstr(result.out, "\"udp_lost\": 0, \"udp_late\": 0, \"udp_reordered\": 500,"),
+	        "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"verified_bytes\": 1024000,"), "%s", result.out);
 	cr_assert_eq(stop_server(&s), 0);
 }
@@ -390,7 +398,7 @@ Test(e2e, udp_duplicate_is_an_error)
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.err, "connection 0: duplicate udp datagram 0 (offset 0)"),
-			   "%s", result.err);
+	                   "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -403,26 +411,31 @@ Test(e2e, idle_connections_closed_by_the_server_fail)
 	start_helper(&s, "--max-conns", "4");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
-			   "%s", result.out);
+	cr_assert_not_null(
+	        strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+	        "%s", result.out);
 	cr_assert_not_null(strstr(result.err, ": idle connection not served: "), "%s", result.err);
-	cr_assert_not_null(strstr(result.err, "6 idle connections were not served"), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "6 idle connections were not served"), "%s",
+	                   result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
 Test(e2e, idle_connections_left_in_the_backlog_fail)
 {
-	const char *args[] = {"-c", "10", "--active", "2", "-d", "0.3", "--stall-timeout", "0.5",
-			      "--json", NULL};
+	const char *args[] = {"-c",  "10",     "--active", "2", "-d", "0.3", "--stall-timeout",
+	                      "0.5", "--json", NULL};
 	struct server s;
 
 	start_helper(&s, "--accept-max", "4");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
-			   "%s", result.out);
-	cr_assert_not_null(strstr(result.err, ": idle connection not served: no echo of its first byte within 1.0 s"),
-			   "%s", result.err);
+	cr_assert_not_null(
+	        strstr(result.out, "\"connected\": 4, \"connect_errors\": 0, \"unserved\": 6,"),
+	        "%s", result.out);
+	cr_assert_not_null(
+	        strstr(result.err,
+	               ": idle connection not served: no echo of its first byte within 1.0 s"),
+	        "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -434,7 +447,8 @@ Test(e2e, idle_connections_served_pass)
 	start_helper(&s, NULL, NULL);
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.out, "50 connected, 0 connect errors\n"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "50 connected, 0 connect errors\n"), "%s",
+	                   result.out);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -442,8 +456,9 @@ Test(e2e, idle_connections_served_pass)
 Test(e2e, cpu_of_server_tree_client_and_system)
 {
 	char pid[32], want[64];
-	const char *args[] = {"-c", "2", "-s", "1000", "-d", "0.3", "--json", "--cpu-system",
-			      "--server-pid", pid, NULL};
+	const char *args[] = {"-c",           "2",   "-s",     "1000",
+	                      "-d",           "0.3", "--json", "--cpu-system",
+	                      "--server-pid", pid,   NULL};
 	struct server s;
 
 	start_helper(&s, "--fork-child", NULL);
@@ -455,7 +470,7 @@ Test(e2e, cpu_of_server_tree_client_and_system)
 	snprintf(want, sizeof(want), "\"system_cpus\": %ld,", sysconf(_SC_NPROCESSORS_ONLN));
 	cr_assert_not_null(strstr(result.out, want), "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"system_cpu_util_by_cpu\": {\"cpu0\": "), "%s",
-			   result.out);
+	                   result.out);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -465,8 +480,8 @@ Test(e2e, bad_usage_exits_2_with_one_line)
 
 	run_bench(&result, NULL, args);
 	cr_assert_eq(result.status, 2);
-	cr_assert_str_eq(result.err,
-			 "rebound-bench: invalid --connections '0': expected an integer from 1 to 1000000\n");
+	cr_assert_str_eq(result.err, "rebound-bench: invalid --connections '0': expected an "
+	                             "integer from 1 to 1000000\n");
 	cr_assert_str_eq(result.out, "");
 }
 
@@ -520,7 +535,8 @@ Test(e2e, real_rebound_idle_connections_are_served)
 	const char *args[] = {"-c", "200", "--active", "4", "-s", "64", "-d", "0.5", NULL};
 
 	against_rebound("tcp://127.0.0.1:0", args);
-	cr_assert_not_null(strstr(result.out, "200 connected, 0 connect errors\n"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "200 connected, 0 connect errors\n"), "%s",
+	                   result.out);
 }
 
 /* The number after @key in @json, or -1. */
@@ -539,8 +555,8 @@ Test(e2e, crr_against_rebound)
 {
 	const char *rebound = getenv("REBOUND");
 	char pid[32];
-	const char *args[] = {"--crr", "-c", "4", "-n", "2000", "-s", "100", "--json",
-			      "--server-pid", pid, NULL};
+	const char *args[] = {"--crr",  "-c",           "4", "-n", "2000", "-s", "100",
+	                      "--json", "--server-pid", pid, NULL};
 	struct server s;
 
 	if (!rebound || !*rebound)
@@ -557,7 +573,7 @@ Test(e2e, crr_against_rebound)
 	cr_assert_eq(json_num(result.out, "count"), 2000, "%s", result.out);
 	cr_assert_gt(json_num(result.out, "server_fds_before"), 0, "%s", result.out);
 	cr_assert_eq(json_num(result.out, "server_fds_after"),
-		     json_num(result.out, "server_fds_before"), "%s", result.out);
+	             json_num(result.out, "server_fds_before"), "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"mode\": \"crr\""), "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"ok\": true"), "%s", result.out);
 	cr_assert_eq(stop_server(&s), 0);
@@ -575,7 +591,7 @@ Test(e2e, crr_catches_a_server_that_leaks_descriptors)
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.out, "transactions 50 "), "%s", result.out);
 	cr_assert_not_null(strstr(result.err, "rebound-bench: the server's descriptors grew from "),
-			   "%s", result.err);
+	                   "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
@@ -587,15 +603,16 @@ Test(e2e, crr_finds_a_wrong_byte)
 	start_helper(&s, "--flip-at", "1500");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.err, ": byte mismatch at offset 1500: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, ": byte mismatch at offset 1500: "), "%s",
+	                   result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
 
 /* Issue 15: TCP_INFO in the JSON, at the end and at every --interval; version and timestamp. */
 Test(e2e, tcp_info_and_interval_samples_in_the_json)
 {
-	const char *args[] = {"-c", "3", "--depth", "2", "-d", "0.5", "--interval", "0.1",
-			      "--tcp-info", "--json", NULL};
+	const char *args[] = {"-c",         "3",   "--depth",    "2",      "-d", "0.5",
+	                      "--interval", "0.1", "--tcp-info", "--json", NULL};
 	struct server s;
 	const char *ti, *iv;
 
@@ -606,8 +623,9 @@ Test(e2e, tcp_info_and_interval_samples_in_the_json)
 	cr_assert_not_null(strstr(result.out, "\"timestamp\": \"20"), "%s", result.out);
 	ti = strstr(result.out, "\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": ");
 	cr_assert_not_null(ti, "%s", result.out);
-	cr_assert_gt(strtol(ti + strlen("\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": "), NULL, 10), 0,
-		     "%s", result.out);
+	cr_assert_gt(strtol(ti + strlen("\"tcp_info\": {\"samples\": 3, \"rtt_us\": {\"min\": "),
+	                    NULL, 10),
+	             0, "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"retrans\": "), "%s", result.out);
 	cr_assert_not_null(strstr(result.out, "\"cwnd\": {\"min\": "), "%s", result.out);
 	/* Interval lines: JSON on stderr, and the same samples in the report. */
@@ -620,15 +638,16 @@ Test(e2e, tcp_info_and_interval_samples_in_the_json)
 
 Test(e2e, falling_behind_the_rate_is_reported_and_strict_fails)
 {
-	const char *args[] = {"-c", "1", "--rate", "100000000", "-d", "0.3", "--strict", "--json",
-			      NULL};
+	const char *args[] = {"-c",  "1",        "--rate", "100000000", "-d",
+	                      "0.3", "--strict", "--json", NULL};
 	struct server s;
 
 	start_helper(&s, NULL, NULL);
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
 	cr_assert_not_null(strstr(result.out, "\"rate_behind\": true"), "%s", result.out);
-	cr_assert_not_null(strstr(result.err, "rebound-bench: fell behind --rate: "), "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: fell behind --rate: "), "%s",
+	                   result.err);
 	cr_assert_not_null(strstr(result.err, "--strict: the achieved rate"), "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
@@ -641,7 +660,8 @@ Test(e2e, not_an_echo_server_gets_a_hint)
 	start_helper(&s, "--flip-at", "0");
 	run_bench(&result, &s, args);
 	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
-	cr_assert_not_null(strstr(result.err, "(the first byte came back different: is this an echo server?)"),
-			   "%s", result.err);
+	cr_assert_not_null(
+	        strstr(result.err, "(the first byte came back different: is this an echo server?)"),
+	        "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }

@@ -26,9 +26,9 @@ TestSuite(hist, .init = setup, .fini = teardown);
 static void assert_close(uint64_t got, uint64_t exact, const char *what)
 {
 	cr_assert_geq(got, exact, "%s: %llu below exact %llu", what, (unsigned long long)got,
-		      (unsigned long long)exact);
-	cr_assert_leq((double)(got - exact), (double)exact / 1000.0, "%s: %llu vs exact %llu",
-		      what, (unsigned long long)got, (unsigned long long)exact);
+	              (unsigned long long)exact);
+	cr_assert_leq((double)(got - exact), (double)exact / 1000.0, "%s: %llu vs exact %llu", what,
+	              (unsigned long long)got, (unsigned long long)exact);
 }
 
 Test(hist, empty)
@@ -93,9 +93,9 @@ Test(hist, precision_over_the_whole_range)
 		uint64_t lo = rbb_hist_lowest_equiv(v), hi = rbb_hist_highest_equiv(v);
 
 		cr_assert(lo <= v && v <= hi, "%llu not in [%llu, %llu]", (unsigned long long)v,
-			  (unsigned long long)lo, (unsigned long long)hi);
+		          (unsigned long long)lo, (unsigned long long)hi);
 		cr_assert_leq((double)(hi - lo), (double)lo / 1000.0, "bucket of %llu too wide",
-			      (unsigned long long)v);
+		              (unsigned long long)v);
 		/* Buckets tile the line: the next one starts right after. */
 		cr_assert_eq(rbb_hist_lowest_equiv(hi + 1), hi + 1);
 	}
@@ -153,8 +153,8 @@ Test(hist, hgrm_format)
 		rbb_hist_record(h, i * 1000);
 	cr_assert_eq(rbb_hist_write_hgrm(h, f, 1000.0, 5), 0);
 	fclose(f);
-	cr_assert(!strncmp(text, "       Value     Percentile TotalCount 1/(1-Percentile)\n\n",
-			   57), "header: %.60s", text);
+	cr_assert(!strncmp(text, "       Value     Percentile TotalCount 1/(1-Percentile)\n\n", 57),
+	          "header: %.60s", text);
 	for (line = strtok_r(text + 57, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		double v, p, inv;
 		unsigned long long count;
@@ -178,6 +178,6 @@ Test(hist, hgrm_format)
 	cr_assert(line && !strncmp(line, "#[Mean    = ", 12), "footer: %s", line ? line : "");
 	line = strtok_r(NULL, "\n", &save);
 	cr_assert(line && !strcmp(line, "#[Max     =    10000.000, Total count    =        10000]"),
-		  "max line: %s", line ? line : "");
+	          "max line: %s", line ? line : "");
 	free(text);
 }

@@ -15,17 +15,17 @@ static char err[512];
 #define ARGC(a) ((int)(sizeof(a) / sizeof((a)[0])) - 1)
 
 /* Parses a NULL-terminated argument list after the program name. */
-#define PARSE(...)                                                                     \
-	({                                                                             \
-		const char *argv_[] = {"rebound-bench", __VA_ARGS__, NULL};            \
-		err[0] = '\0';                                                         \
-		rbb_opts_parse(&o, ARGC(argv_), (char **)argv_, err, sizeof(err));    \
+#define PARSE(...)                                                                                 \
+	({                                                                                         \
+		const char *argv_[] = {"rebound-bench", __VA_ARGS__, NULL};                        \
+		err[0] = '\0';                                                                     \
+		rbb_opts_parse(&o, ARGC(argv_), (char **)argv_, err, sizeof(err));                 \
 	})
 
-#define BAD(msg, ...)                                                                  \
-	do {                                                                           \
-		cr_assert_eq(PARSE(__VA_ARGS__), -EINVAL, "accepted: " #__VA_ARGS__);  \
-		cr_assert_str_eq(err, msg);                                            \
+#define BAD(msg, ...)                                                                              \
+	do {                                                                                       \
+		cr_assert_eq(PARSE(__VA_ARGS__), -EINVAL, "accepted: " #__VA_ARGS__);              \
+		cr_assert_str_eq(err, msg);                                                        \
 	} while (0)
 
 Test(opts, defaults)
@@ -49,11 +49,10 @@ Test(opts, defaults)
 Test(opts, every_option)
 {
 	cr_assert_eq(PARSE("-c", "10000", "--threads", "4", "--active", "10", "-s", "64K",
-			   "--depth", "16", "-d", "1.5s", "--warmup", "500ms", "--rate", "2500.5",
-			   "--stall-timeout", "2", "--interval", "1", "--json", "--hgrm",
-			   "out.hgrm", "--seed", "99", "--server-pid", "1",
-			   "tcp://127.0.0.1:9000"),
-		     0, "%s", err);
+	                   "--depth", "16", "-d", "1.5s", "--warmup", "500ms", "--rate", "2500.5",
+	                   "--stall-timeout", "2", "--interval", "1", "--json", "--hgrm",
+	                   "out.hgrm", "--seed", "99", "--server-pid", "1", "tcp://127.0.0.1:9000"),
+	             0, "%s", err);
 	cr_assert_eq(o.connections, 10000);
 	cr_assert_eq(o.threads, 4);
 	cr_assert_eq(o.active, 10);
@@ -127,34 +126,33 @@ Test(opts, bad_numbers)
 	    "unix:/x");
 	BAD("invalid --connections 'ten': expected an integer from 1 to 1000000", "-c", "ten",
 	    "unix:/x");
-	BAD("invalid --connections '-1': expected an integer from 1 to 1000000",
-	    "--connections=-1", "unix:/x");
+	BAD("invalid --connections '-1': expected an integer from 1 to 1000000", "--connections=-1",
+	    "unix:/x");
 	BAD("invalid --size '0': expected an integer from 1 to 1048576", "-s", "0", "unix:/x");
 	BAD("invalid --size '2M': expected an integer from 1 to 1048576", "-s", "2M", "unix:/x");
-	BAD("invalid --size '12X': expected an integer from 1 to 1048576", "-s", "12X",
-	    "unix:/x");
+	BAD("invalid --size '12X': expected an integer from 1 to 1048576", "-s", "12X", "unix:/x");
 	BAD("invalid --depth '5000': expected an integer from 1 to 4096", "--depth", "5000",
 	    "unix:/x");
 	BAD("invalid --threads '0': expected an integer from 1 to 256", "--threads", "0",
 	    "unix:/x");
-	BAD("invalid --messages '0': expected an integer from 1 to 9223372036854775807", "-n",
-	    "0", "unix:/x");
+	BAD("invalid --messages '0': expected an integer from 1 to 9223372036854775807", "-n", "0",
+	    "unix:/x");
 	BAD("invalid --rate '-5': expected messages per second, above 0", "--rate", "-5",
 	    "unix:/x");
 	BAD("invalid --rate 'fast': expected messages per second, above 0", "--rate", "fast",
 	    "unix:/x");
-	BAD("invalid --server-pid '0': expected an integer from 1 to 4194304", "--server-pid",
-	    "0", "unix:/x");
+	BAD("invalid --server-pid '0': expected an integer from 1 to 4194304", "--server-pid", "0",
+	    "unix:/x");
 	BAD("invalid --active '5': more than --connections (2)", "-c", "2", "--active", "5",
 	    "unix:/x");
 }
 
 Test(opts, bad_times)
 {
-	BAD("invalid --duration '0': expected a time such as 10, 1.5s or 500ms, above 0", "-d",
-	    "0", "unix:/x");
-	BAD("invalid --duration '5 days': expected a time such as 10, 1.5s or 500ms, above 0",
-	    "-d", "5 days", "unix:/x");
+	BAD("invalid --duration '0': expected a time such as 10, 1.5s or 500ms, above 0", "-d", "0",
+	    "unix:/x");
+	BAD("invalid --duration '5 days': expected a time such as 10, 1.5s or 500ms, above 0", "-d",
+	    "5 days", "unix:/x");
 	BAD("invalid --warmup '-1': expected a time such as 10, 1.5s or 500ms", "--warmup", "-1",
 	    "unix:/x");
 	BAD("invalid --stall-timeout '0ms': expected a time such as 10, 1.5s or 500ms, above 0",
@@ -173,10 +171,12 @@ Test(opts, bad_flags_and_targets)
 	BAD("unexpected argument 'extra'", "unix:/x", "extra");
 	BAD("invalid --size '65508': a udp datagram carries at most 65507 bytes", "-s", "65508",
 	    "udp://127.0.0.1:7");
-	BAD("invalid target 'http://x': expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH",
+	BAD("invalid target 'http://x': expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT "
+	    "or unix:PATH",
 	    "http://x");
 	BAD("invalid target 'tcp://127.0.0.1:99999': bad port '99999'", "tcp://127.0.0.1:99999");
-	BAD("invalid target 'tcp://127.0.0.1': expected tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT or unix:PATH",
+	BAD("invalid target 'tcp://127.0.0.1': expected tcp://HOST:PORT, tcp://[V6]:PORT, "
+	    "udp://HOST:PORT or unix:PATH",
 	    "tcp://127.0.0.1");
 	BAD("invalid target 'tcp://::1:80': put an IPv6 address in brackets", "tcp://::1:80");
 	BAD("invalid target 'unix:': socket path must be 1 to 107 bytes", "unix:");

@@ -55,7 +55,7 @@ Test(stream, fill_matches_bytes_at_any_offset_and_length)
 			memset(buf, 0xee, sizeof(buf));
 			rbb_stream_fill(seed, off, buf, len);
 			cr_assert_eq(memcmp(buf, ref + off, len), 0, "off %llu len %zu",
-				     (unsigned long long)off, len);
+			             (unsigned long long)off, len);
 			cr_assert_eq(buf[len], 0xee, "wrote past the end");
 			cr_assert_eq(rbb_stream_check(seed, off, buf, len), len);
 		}
@@ -204,8 +204,9 @@ Test(stream, windows_are_the_stream_in_place_across_the_wrap)
 		cr_assert_not_null(win);
 		for (size_t i = 0; i < RBB_STREAM_WINDOW; i += 4099)
 			cr_assert_eq(win[i], rbb_stream_byte(seed, off + i), "off %llu + %zu",
-				     (unsigned long long)off, i);
-		cr_assert_eq(rbb_stream_check(seed, off, win, RBB_STREAM_WINDOW), RBB_STREAM_WINDOW);
+			             (unsigned long long)off, i);
+		cr_assert_eq(rbb_stream_check(seed, off, win, RBB_STREAM_WINDOW),
+		             RBB_STREAM_WINDOW);
 	}
 	cr_assert_null(rbb_stream_window(seed, 0, RBB_STREAM_WINDOW + 1));
 	/* Longer than a window: fill and check work in pieces. */
@@ -214,6 +215,8 @@ Test(stream, windows_are_the_stream_in_place_across_the_wrap)
 	buf[RBB_STREAM_WINDOW] ^= 1;
 	cr_assert_eq(rbb_stream_check(seed, wrap - 5, buf, sizeof(buf)), RBB_STREAM_WINDOW);
 	/* The period is where a stream repeats, and nowhere sooner for a window's length. */
-	cr_assert_eq(rbb_stream_byte(seed, 12345), rbb_stream_byte(seed, 12345 + RBB_STREAM_PERIOD));
-	cr_assert_neq(rbb_stream_check(seed, 0, rbb_stream_window(seed, 1u << 19, 4096), 4096), 4096);
+	cr_assert_eq(rbb_stream_byte(seed, 12345),
+	             rbb_stream_byte(seed, 12345 + RBB_STREAM_PERIOD));
+	cr_assert_neq(rbb_stream_check(seed, 0, rbb_stream_window(seed, 1u << 19, 4096), 4096),
+	              4096);
 }

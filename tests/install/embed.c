@@ -9,7 +9,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static void *run(void *srv) { return (void *)(long)rb_server_run(srv); }
+static void *run(void *srv)
+{
+	return (void *)(long)rb_server_run(srv);
+}
 
 int main(void)
 {
