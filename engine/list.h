@@ -55,6 +55,17 @@ static inline void rb_list_splice_tail(struct rb_list *dst, struct rb_list *src)
 	rb_list_init(src);
 }
 
+/* Unlink and return the first entry, or NULL if the list is empty. */
+static inline struct rb_list *rb_list_pop(struct rb_list *l)
+{
+	struct rb_list *n = l->next;
+
+	if (n == l)
+		return NULL;
+	rb_list_del(n);
+	return n;
+}
+
 #define rb_container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 #endif

@@ -1033,9 +1033,8 @@ static void run_lists(struct rb_worker *w, struct uring *u)
 	}
 	rb_list_init(&snap);
 	rb_list_splice_tail(&snap, &u->ready);
-	while (!rb_list_empty(&snap)) {
-		struct uconn *c = rb_container_of(snap.next, struct uconn, link);
-		rb_list_del(&c->link);
+	for (struct rb_list *it; (it = rb_list_pop(&snap));) {
+		struct uconn *c = rb_container_of(it, struct uconn, link);
 		c->flags &= ~UC_QUEUED;
 		conn_advance(w, u, c);
 	}

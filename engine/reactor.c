@@ -502,11 +502,8 @@ static void worker_begin_stop(struct rb_worker *w)
 
 static void free_grave(struct reactor *r)
 {
-	while (!rb_list_empty(&r->grave)) {
-		struct rb_session *s = rb_container_of(r->grave.next, struct rb_session, qlink);
-		rb_list_del(&s->qlink);
-		free(s);
-	}
+	for (struct rb_list *it; (it = rb_list_pop(&r->grave));)
+		free(rb_container_of(it, struct rb_session, qlink));
 }
 
 /*
@@ -612,9 +609,8 @@ static int reactor_run(struct rb_worker *w)
 		/* Sessions that still had input after their budget (rule 3). */
 		rb_list_init(&snap);
 		rb_list_splice_tail(&snap, &r->ready);
-		while (!rb_list_empty(&snap)) {
-			struct rb_session *s = rb_container_of(snap.next, struct rb_session, qlink);
-			rb_list_del(&s->qlink);
+		for (struct rb_list *it; (it = rb_list_pop(&snap));) {
+			struct rb_session *s = rb_container_of(it, struct rb_session, qlink);
 			s->queue = RB_Q_NONE;
 			session_run(w, s);
 		}
