@@ -14,6 +14,12 @@
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
 
 static const char *const copy_names[] = {[RB_COPY_WRITEV] = "writev", [RB_COPY_SPLICE] = "splice"};
+static const char *const service_names[] = {
+        [RB_SERVICE_ECHO] = "echo",
+        [RB_SERVICE_DISCARD] = "discard",
+        [RB_SERVICE_CHARGEN] = "chargen",
+        [RB_SERVICE_SOCKPERF] = "sockperf",
+};
 static const char *const trigger_names[] = {
         [RB_TRIGGER_EDGE] = "edge", [RB_TRIGGER_LEVEL] = "level"};
 
@@ -35,6 +41,20 @@ const char *rb_copy_name(enum rb_copy c)
 const char *rb_trigger_name(enum rb_trigger t)
 {
 	return (size_t)t < N_ELEMS(trigger_names) ? trigger_names[t] : "?";
+}
+
+const char *rb_service_name(enum rb_service sv)
+{
+	return (size_t)sv < N_ELEMS(service_names) ? service_names[sv] : "?";
+}
+
+int rb_service_parse(const char *s, enum rb_service *out)
+{
+	int v = parse_name(s, service_names, N_ELEMS(service_names));
+	if (v < 0)
+		return v;
+	*out = (enum rb_service)v;
+	return 0;
 }
 
 int rb_copy_parse(const char *s, enum rb_copy *out)
@@ -123,6 +143,7 @@ void rb_config_init(struct rb_config *cfg)
 	        .keepalive_intvl_s = 30,
 	        .keepalive_cnt = 4,
 	        .user_timeout_ms = (120 + 30 * 4) * 1000,
+	        .connect_timeout_ms = 5000,
 	};
 }
 
@@ -177,6 +198,17 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	RANGE("--uring-batch-us", cfg->uring_batch_us, 0, RB_LIMIT_URING_BATCH_US_MAX, "");
 	RANGE("--user-timeout", cfg->user_timeout_ms, 0, RB_LIMIT_USER_TIMEOUT_MS_MAX, "");
 	RANGE("--udp-rate", cfg->udp_rate, 0, RB_LIMIT_UDP_RATE_MAX, "");
+	RANGE("--connect-timeout", cfg->connect_timeout_ms, 1, RB_LIMIT_CONNECT_TIMEOUT_MS_MAX, "");
+	if ((unsigned)cfg->service > RB_SERVICE_SOCKPERF) {
+		snprintf(err, errlen, "invalid --service %u", (unsigned)cfg->service);
+		return -EINVAL;
+	}
+	if (cfg->forward && cfg->service != RB_SERVICE_ECHO) {
+		snprintf(err, errlen,
+		         "--forward relays bytes: it cannot be combined with --service %s",
+		         rb_service_name(cfg->service));
+		return -EINVAL;
+	}
 	if (cfg->unix_mode > RB_LIMIT_UNIX_MODE_MAX) {
 		snprintf(err, errlen,
 		         "invalid --unix-mode '%04o': expected an octal mode from 0 to 0777, such "

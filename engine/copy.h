@@ -40,5 +40,10 @@ struct rb_copy_ops {
 extern const struct rb_copy_ops rb__copy_writev;
 /* splice through a pipe, falling back to writev while no pipe can be had. */
 extern const struct rb_copy_ops rb__copy_splice;
+/* --service sockperf: frames the stream, queues answers to pong requests. */
+extern const struct rb_copy_ops rb__copy_sockperf;
+/* May a sockperf message be answered? If so, it is made the answer (its
+ * client flag cleared). */
+bool rb__sockperf_answer(void *msg, size_t len);
 
 #endif

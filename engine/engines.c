@@ -55,7 +55,8 @@ static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_EPOLL,
                 .name = "epoll",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = epoll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_epoll,
@@ -63,7 +64,8 @@ static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_POLL,
                 .name = "poll",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = poll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_poll,
@@ -71,7 +73,8 @@ static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_SELECT,
                 .name = "select",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_AUTO | RB_CAP_LEVEL,
+                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = select_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_select,
@@ -145,6 +148,32 @@ size_t rb_engine_list(enum rb_engine *out, size_t max)
 	for (size_t i = 0; i < N_ENGINES && i < max; i++)
 		out[i] = engines[i].id;
 	return N_ENGINES;
+}
+
+int rb_engine_features(enum rb_engine e, char *buf, size_t len)
+{
+	static const struct {
+		unsigned cap;
+		const char *name;
+	} names[] = {
+	        {RB_CAP_UDP, "udp"},           {RB_CAP_SPLICE, "splice"}, {RB_CAP_RELAY, "relay"},
+	        {RB_CAP_SERVICES, "services"}, {RB_CAP_LEVEL, "level"},
+	};
+	const struct rb_engine_desc *d = rb__engine_find(e);
+	size_t off = 0;
+
+	if (!d)
+		return -EINVAL;
+	if (len)
+		buf[0] = '\0';
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		if (!(d->caps & names[i].cap) || off >= len)
+			continue;
+		int n = snprintf(buf + off, len - off, "%s%s", off ? " " : "", names[i].name);
+		if (n > 0)
+			off += (size_t)n;
+	}
+	return 0;
 }
 
 int rb_engine_available(enum rb_engine e, char *why, size_t whylen)

@@ -16,11 +16,12 @@ struct rb_poller_ops;
 
 /* What an engine can do beyond TCP and UNIX stream echo. */
 enum {
-	RB_CAP_UDP = 1u << 0,    /* UDP listeners */
-	RB_CAP_SPLICE = 1u << 1, /* --copy splice */
-	RB_CAP_RELAY = 1u << 2,  /* flows between two sockets (a relay) */
-	RB_CAP_AUTO = 1u << 3,   /* --engine auto may choose it */
-	RB_CAP_LEVEL = 1u << 4,  /* --trigger level (a readiness engine) */
+	RB_CAP_UDP = 1u << 0,      /* UDP listeners */
+	RB_CAP_SPLICE = 1u << 1,   /* --copy splice */
+	RB_CAP_RELAY = 1u << 2,    /* flows between two sockets (a relay) */
+	RB_CAP_AUTO = 1u << 3,     /* --engine auto may choose it */
+	RB_CAP_LEVEL = 1u << 4,    /* --trigger level (a readiness engine) */
+	RB_CAP_SERVICES = 1u << 5, /* --service discard, chargen, sockperf */
 };
 
 /*

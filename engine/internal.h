@@ -41,6 +41,7 @@ struct rb_ratelimit {
 bool rb__ratelimit_ok(struct rb_ratelimit *rl, unsigned *suppressed);
 
 uint64_t rb__now_ms(void);
+uint64_t rb__now_us(void);
 
 /* ---- listeners ---- */
 struct rb_addr {
@@ -92,6 +93,31 @@ void rb__listen_set_release(struct rb_listen_set *ls);
 /* Close (and unlink) every listening socket; idempotent. */
 void rb__listen_set_close(struct rb_listen_set *ls);
 
+/* ---- the chargen stream (chargen.c, RFC 864) ---- */
+#define RB_CHARGEN_LINE   74u /* 72 characters, CR, LF */
+#define RB_CHARGEN_LINES  95u /* lines before the stream repeats */
+#define RB_CHARGEN_PERIOD (RB_CHARGEN_LINE * RB_CHARGEN_LINES)
+/* The stream from its start, 2 * RB_CHARGEN_PERIOD bytes. */
+const unsigned char *rb__chargen_pattern(void);
+
+/* ---- the relay's upstream (upstream.c) ---- */
+#define RB_UPSTREAM_ADDRS 16
+
+struct rb_upstream {
+	struct sockaddr_storage addr[RB_UPSTREAM_ADDRS];
+	socklen_t len[RB_UPSTREAM_ADDRS];
+	unsigned n;
+	bool is_unix;
+	unsigned last_ok; /* the address that last connected: tried first */
+	char url[160];
+};
+
+/* Parse and resolve a --forward URL (every address, in order); 0 or -EINVAL. */
+int rb__upstream_parse(const char *url, struct rb_upstream *up, char *err, size_t errlen);
+/* A non-blocking socket connecting to address i into *fd_out: 0 connected,
+ * -EINPROGRESS (wait for writability), or -errno (no descriptor left open). */
+int rb__upstream_connect(const struct rb_upstream *up, unsigned i, int *fd_out);
+
 /* ---- stats: written only by the owning worker, read by anyone ---- */
 #define RB_STAT_ADD(w, field, n)                                                                   \
 	__atomic_store_n(&(w)->st.field, (w)->st.field + (n), __ATOMIC_RELAXED)
@@ -140,6 +166,7 @@ struct rb_worker {
 	struct rb_timer stop_timer; /* the graceful stop's deadline */
 	struct rb_ratelimit rl_emfile;
 	struct rb_ratelimit rl_pipe;
+	struct rb_ratelimit rl_upstream;
 	struct rb_stats st;
 	struct iovec iov[IOV_MAX];
 	unsigned char scratch[16384]; /* input discarded while stopping */
@@ -155,8 +182,9 @@ struct rb_server {
 	unsigned n_workers;
 	volatile sig_atomic_t stop_requested;
 	volatile sig_atomic_t stats_requested;
-	size_t pipe_size;   /* splice pipe size asked for, after pipe-max-size */
-	unsigned heartbeat; /* rb_server_heartbeat's round (watchdog.c) */
+	size_t pipe_size;             /* splice pipe size asked for, after pipe-max-size */
+	struct rb_upstream *upstream; /* --forward: where relayed sessions connect */
+	unsigned heartbeat;           /* rb_server_heartbeat's round (watchdog.c) */
 };
 
 /* UDP sockets (udp.c). */

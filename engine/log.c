@@ -116,6 +116,14 @@ void rb__log(enum rb_log_level level, const char *fmt, ...)
 	va_end(ap);
 }
 
+uint64_t rb__now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 uint64_t rb__now_ms(void)
 {
 	struct timespec ts;

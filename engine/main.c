@@ -73,6 +73,14 @@ static void usage(FILE *f)
 	        "      --udp-rate N         UDP datagrams answered per second per source\n"
 	        "                           address, 0 = no limit (default 10000)\n"
 	        "      --udp-allow-low-ports  answer UDP sources below port 1024 (default: never)\n"
+	        "      --service NAME       echo (RFC 862), discard (RFC 863), chargen (RFC 864)\n"
+	        "                           or sockperf (answers sockperf's pong requests)\n"
+	        "                           (default echo)\n"
+	        "      --forward URL        relay: each peer gets its own connection to URL\n"
+	        "                           (tcp://HOST:PORT, tcp://[IPV6]:PORT, unix:PATH), and\n"
+	        "                           bytes flow both ways; not with UDP listeners\n"
+	        "      --connect-timeout MS relay: upstream connect deadline, 1 to 3600000\n"
+	        "                           (default 5000)\n"
 	        "      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
 	        "                           (default 1024)\n"
 	        "      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
@@ -221,15 +229,20 @@ static const char *engine_choices(void)
 	return buf;
 }
 
-/* --list-engines: the engines that can run here, in preference order. */
+/* --list-engines: the engines that can run here, in preference order, each
+ * with what it supports ("epoll udp splice relay services level"). */
 static void list_engines(void)
 {
 	enum rb_engine e[16];
 	size_t n = rb_engine_list(e, 16);
 
-	for (size_t i = 0; i < n && i < 16; i++)
-		if (rb_engine_available(e[i], NULL, 0) == 0)
-			printf("%s\n", rb_engine_name(e[i]));
+	for (size_t i = 0; i < n && i < 16; i++) {
+		char feat[128];
+		if (rb_engine_available(e[i], NULL, 0) != 0)
+			continue;
+		rb_engine_features(e[i], feat, sizeof(feat));
+		printf("%s%s%s\n", rb_engine_name(e[i]), *feat ? " " : "", feat);
+	}
 }
 
 static void raise_nofile(void)
@@ -279,6 +292,9 @@ int main(int argc, char **argv)
 		OPT_UNIX_MODE,
 		OPT_UDP_RATE,
 		OPT_UDP_LOW,
+		OPT_SERVICE,
+		OPT_FORWARD,
+		OPT_CONNECT_TIMEOUT,
 		OPT_LOG_TIMESTAMPS
 	};
 	static const struct option opts[] = {
@@ -303,6 +319,9 @@ int main(int argc, char **argv)
 	        {"unix-mode", required_argument, NULL, OPT_UNIX_MODE},
 	        {"udp-rate", required_argument, NULL, OPT_UDP_RATE},
 	        {"udp-allow-low-ports", no_argument, NULL, OPT_UDP_LOW},
+	        {"service", required_argument, NULL, OPT_SERVICE},
+	        {"forward", required_argument, NULL, OPT_FORWARD},
+	        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
 	        {"verbose", no_argument, NULL, 'v'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
@@ -400,6 +419,19 @@ int main(int argc, char **argv)
 			if ((rc = parse_uint_flag("--udp-rate", optarg, &cfg.udp_rate)))
 				return rc;
 			break;
+		case OPT_SERVICE:
+			if (rb_service_parse(optarg, &cfg.service) < 0)
+				return bad_value("--service", optarg,
+				                 "expected echo, discard, chargen or sockperf");
+			break;
+		case OPT_FORWARD:
+			cfg.forward = optarg;
+			break;
+		case OPT_CONNECT_TIMEOUT:
+			if ((rc = parse_uint_flag("--connect-timeout", optarg,
+			                          &cfg.connect_timeout_ms)))
+				return rc;
+			break;
 		case OPT_UDP_LOW:
 			cfg.udp_low_ports = true;
 			break;
@@ -482,6 +514,11 @@ int main(int argc, char **argv)
 	sigaction(SIGUSR1, &sa, NULL);
 
 	print_listening(g_srv, &cfg);
+	if (cfg.forward)
+		rb_log(&cfg, RB_LOG_INFO, "relaying to %s (connect timeout %u ms)", cfg.forward,
+		       cfg.connect_timeout_ms);
+	else if (cfg.service != RB_SERVICE_ECHO)
+		rb_log(&cfg, RB_LOG_INFO, "service %s", rb_service_name(cfg.service));
 	rb_log(&cfg, RB_LOG_INFO,
 	       "engine %s (%s), copy %s, %u thread%s, chunk %zu, conn-buffer %zu",
 	       rb_engine_name(rb_server_engine(g_srv)), engine_detail(g_srv, &cfg),
@@ -489,7 +526,10 @@ int main(int argc, char **argv)
 	       cfg.conn_buffer);
 	{
 		char status[160];
-		snprintf(status, sizeof(status), "READY=1\nSTATUS=echoing with the %s engine",
+		snprintf(status, sizeof(status), "READY=1\nSTATUS=%s with the %s engine",
+		         cfg.forward                      ? "relaying"
+		         : cfg.service == RB_SERVICE_ECHO ? "echoing"
+		                                          : rb_service_name(cfg.service),
 		         rb_engine_name(rb_server_engine(g_srv)));
 		rb_sd_notify(status);
 	}

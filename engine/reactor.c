@@ -96,12 +96,17 @@ static void sock_set_interest(struct rb_worker *w, struct rb_sock *k)
 	struct reactor *r = R(w);
 	uint32_t want = 0;
 
-	if (r->edge)
+	if (r->edge || k->fd < 0 || (k->flags & SOCK_DETACHED))
 		return;
-	if (k->in && flow_wants_input(k->in))
-		want |= RB_READ;
-	if (k->out && rb__flow_pending(k->out) > 0)
-		want |= RB_WRITE;
+	if (k->flags & SOCK_CONNECTING) {
+		want = RB_WRITE; /* writable: the connect finished, one way or the other */
+	} else {
+		if (k->in && flow_wants_input(k->in))
+			want |= RB_READ;
+		if (k->out && (rb__flow_pending(k->out) > 0 ||
+		               (!k->out->src && !(k->out->flags & FLOW_RD_EOF))))
+			want |= RB_WRITE;
+	}
 	if (want != k->interest) {
 		int err = r->ops->mod(r->poller, k->fd, k, want);
 		if (err < 0)
@@ -116,13 +121,26 @@ static void session_close(struct rb_worker *w, struct rb_session *s, bool error)
 
 	if (s->closed)
 		return;
+	rb__timer_cancel(&w->timers, &s->timer);
 	for (unsigned i = 0; i < s->n_socks; i++) {
-		r->ops->del(r->poller, s->sock[i].fd, &s->sock[i]);
-		close(s->sock[i].fd);
+		struct rb_sock *k = &s->sock[i];
+		if (k->fd < 0)
+			continue;
+		/* A relay is transparent: an error on one side (an RST, a failed
+		 * write) is passed on as an RST on the other, not as a clean FIN. */
+		if (error && s->n_socks > 1) {
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+			setsockopt(k->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		}
+		if (!(k->flags & SOCK_DETACHED))
+			r->ops->del(r->poller, k->fd, k);
+		close(k->fd);
+		k->fd = -1;
 	}
 	for (unsigned i = 0; i < s->n_flows; i++) {
 		RB_STAT_SUB(w, buffered, rb__flow_pending(&s->flow[i]));
-		s->flow[i].copy->release(w, &s->flow[i]);
+		if (s->flow[i].copy)
+			s->flow[i].copy->release(w, &s->flow[i]);
 	}
 	rb_list_del(&s->all);
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
@@ -149,6 +167,8 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 		if (n >= 0) {
 			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
 			RB_STAT_SUB(w, buffered, (uint64_t)n);
+			if (sink->upstream)
+				RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)n);
 			progress |= n > 0;
 			if (full || n == 0)
 				sink->flags &= ~SOCK_CAN_WRITE;
@@ -178,13 +198,14 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 }
 
 /*
- * Stopping: read and drop whatever the source still sends, until its FIN.
- * Closing a socket with unread input makes the kernel send an RST and drop
- * the bytes still queued for the peer (nginx's lingering close). Returns -1
- * if the session was closed.
+ * Read and drop whatever the source sends, until its FIN: the discard
+ * service, and every flow while stopping. Closing a socket with unread
+ * input makes the kernel send an RST and drop the bytes still queued for
+ * the peer (nginx's lingering close). Returns -1 if the session was closed.
  */
-static int flow_discard(struct rb_worker *w, struct rb_flow *f)
+static int flow_drop(struct rb_worker *w, struct rb_flow *f)
 {
+	bool stopping = f->flags & FLOW_DISCARD;
 	struct rb_sock *src = f->src;
 	size_t budget = w->srv->cfg.read_budget;
 
@@ -198,12 +219,15 @@ static int flow_discard(struct rb_worker *w, struct rb_flow *f)
 		n = recv(src->fd, w->scratch, sizeof(w->scratch), MSG_DONTWAIT);
 		RB_STAT_ADD(w, read_calls, 1);
 		if (n > 0) {
-			RB_STAT_ADD(w, stop_discarded, (uint64_t)n);
+			if (stopping)
+				RB_STAT_ADD(w, stop_discarded, (uint64_t)n);
+			else
+				RB_STAT_ADD(w, bytes_in, (uint64_t)n);
 			budget = (size_t)n < budget ? budget - (size_t)n : 0;
 			continue;
 		}
 		if (n == 0) {
-			f->flags |= FLOW_SRC_EOF;
+			f->flags |= FLOW_SRC_EOF | FLOW_RD_EOF;
 			src->flags &= ~SOCK_CAN_READ;
 			break;
 		}
@@ -227,11 +251,14 @@ static int flow_discard(struct rb_worker *w, struct rb_flow *f)
 static int flow_read(struct rb_worker *w, struct rb_flow *f)
 {
 	struct rb_sock *src = f->src;
-	struct rb_session *s = src->s;
 	size_t budget = w->srv->cfg.read_budget;
+	struct rb_session *s;
 
-	if (f->flags & FLOW_DISCARD)
-		return flow_discard(w, f);
+	if (!src)
+		return 0; /* a generator */
+	if ((f->flags & FLOW_DISCARD) || !f->sink)
+		return flow_drop(w, f);
+	s = src->s;
 	while ((src->flags & SOCK_CAN_READ) && flow_wants_input(f)) {
 		size_t cap = f->copy->cap(w, f), pending = rb__flow_pending(f), room;
 		bool drained = false;
@@ -252,8 +279,12 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 		room = cap - pending;
 		n = f->copy->read_into(w, f, src->fd, room < budget ? room : budget, &drained);
 		if (n > 0) {
+			/* What the flow now holds to send: all of it, but for a
+			 * strategy that keeps only part (sockperf's answers). */
 			RB_STAT_ADD(w, bytes_in, (uint64_t)n);
-			RB_STAT_ADD(w, buffered, (uint64_t)n);
+			RB_STAT_ADD(w, buffered, (uint64_t)(rb__flow_pending(f) - pending));
+			if (src->upstream)
+				RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)n);
 			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 			RB_STAT_MAX(w, peak_conn_buffered, rb__flow_pending(f));
 			budget -= (size_t)n;
@@ -286,9 +317,64 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			RB_STAT_ADD(w, pauses, 1);
 			return 0;
 		default:
+			/* A peer that breaks the protocol (sockperf framing) is
+			 * reset, not closed as if it had been answered in full. */
+			if (n == -EPROTO)
+				setsockopt(src->fd, SOL_SOCKET, SO_LINGER,
+				           &(struct linger){.l_onoff = 1, .l_linger = 0},
+				           sizeof(struct linger));
 			session_close(w, s, true);
 			return -1;
 		}
+	}
+	return 0;
+}
+
+/*
+ * A generator (chargen) writes its stream while the sink takes it, up to
+ * the read budget per run (the others get their turn). Returns -1 if the
+ * session was closed.
+ */
+static int gen_flush(struct rb_worker *w, struct rb_flow *f)
+{
+	const unsigned char *pat = rb__chargen_pattern();
+	struct rb_sock *sink = f->sink;
+	size_t budget = w->srv->cfg.read_budget;
+	struct iovec iov[8];
+
+	while (!(f->flags & FLOW_RD_EOF) && (sink->flags & SOCK_CAN_WRITE)) {
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = 8};
+		size_t want = 0;
+		ssize_t n;
+
+		if (budget == 0) {
+			ready_push(w, sink->s);
+			break;
+		}
+		/* From the stream's position, then whole periods. */
+		for (int i = 0; i < 8; i++) {
+			iov[i].iov_base = (void *)(pat + (i ? 0 : f->gen_off));
+			iov[i].iov_len = RB_CHARGEN_PERIOD - (i ? 0 : f->gen_off);
+			want += iov[i].iov_len;
+		}
+		n = sendmsg(sink->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		RB_STAT_ADD(w, write_calls, 1);
+		if (n > 0) {
+			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
+			f->gen_off = (f->gen_off + (size_t)n) % RB_CHARGEN_PERIOD;
+			budget = (size_t)n < budget ? budget - (size_t)n : 0;
+			if ((size_t)n < want)
+				sink->flags &= ~SOCK_CAN_WRITE;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			sink->flags &= ~SOCK_CAN_WRITE;
+			break;
+		}
+		session_close(w, sink->s, true);
+		return -1;
 	}
 	return 0;
 }
@@ -304,18 +390,29 @@ static void session_run(struct rb_worker *w, struct rb_session *s)
 
 	if (s->closed)
 		return;
-	for (unsigned i = 0; i < s->n_flows; i++)
-		if (rb__flow_pending(&s->flow[i]) > 0 && flow_flush(w, &s->flow[i]) < 0)
+	for (unsigned i = 0; i < s->n_flows; i++) {
+		struct rb_flow *f = &s->flow[i];
+		if (!f->src && gen_flush(w, f) < 0)
 			return;
+		if (rb__flow_pending(f) > 0 && flow_flush(w, f) < 0)
+			return;
+	}
 	for (unsigned i = 0; i < s->n_flows; i++)
 		if (flow_read(w, &s->flow[i]) < 0)
 			return;
+	/* chargen runs until its peer leaves: its FIN ends the session. */
+	if (s->kind == RB_SESSION_CHARGEN && (s->flow[0].flags & FLOW_SRC_EOF) &&
+	    !(s->flow[1].flags & FLOW_DISCARD)) {
+		session_close(w, s, false);
+		return;
+	}
 	for (unsigned i = 0; i < s->n_flows; i++) {
 		struct rb_flow *f = &s->flow[i];
-		/* Everything passed on: our FIN goes now. Stopping, the flow then
-		 * lingers, discarding, until the source's FIN (or the deadline). */
-		if ((f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 &&
-		    !(f->flags & FLOW_SINK_SHUT)) {
+		/* Everything passed on: our FIN goes now (not before the sink
+		 * is connected). Stopping, the flow then lingers, discarding,
+		 * until the source's FIN (or the deadline). */
+		if ((f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 && f->sink &&
+		    !(f->flags & FLOW_SINK_SHUT) && !(f->sink->flags & SOCK_CONNECTING)) {
 			shutdown(f->sink->fd, SHUT_WR);
 			f->flags |= FLOW_SINK_SHUT;
 		}
@@ -327,7 +424,7 @@ static void session_run(struct rb_worker *w, struct rb_session *s)
 		return;
 	}
 	for (unsigned i = 0; i < s->n_flows; i++)
-		if (rb__flow_pending(&s->flow[i]) == 0)
+		if (s->flow[i].copy && rb__flow_pending(&s->flow[i]) == 0)
 			s->flow[i].copy->idle(w, &s->flow[i]);
 	for (unsigned i = 0; i < s->n_socks; i++)
 		sock_set_interest(w, &s->sock[i]);
@@ -350,12 +447,145 @@ static void sock_hangup(struct rb_worker *w, struct rb_sock *k)
 	session_close(w, k->s, err != 0 || !k->out || !(k->out->flags & FLOW_SINK_SHUT));
 }
 
+/* ---- the relay's upstream connect ---- */
+
+static void upstream_failed(struct rb_worker *w, struct rb_session *s, int err)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	unsigned sup;
+
+	RB_STAT_ADD(w, upstream_failures, 1);
+	if (rb__ratelimit_ok(&w->rl_upstream, &sup))
+		rb__log(RB_LOG_ERR, "upstream %s: %s (%u more suppressed)", w->srv->upstream->url,
+		        strerror(err), sup);
+	/* The client gets an RST: a FIN would look like a complete answer. */
+	setsockopt(s->sock[0].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	session_close(w, s, true);
+}
+
+static void upstream_connected(struct rb_worker *w, struct rb_session *s)
+{
+	struct rb_upstream *up = w->srv->upstream;
+	struct rb_sock *k = &s->sock[1];
+	uint64_t us = rb__now_us() - s->connect_start_us;
+
+	k->flags &= ~SOCK_CONNECTING;
+	k->flags |= SOCK_CAN_WRITE;
+	rb__timer_cancel(&w->timers, &s->timer);
+	/* Later connections start from the address that worked. */
+	__atomic_store_n(&up->last_ok, (s->up_first + s->up_tried) % up->n, __ATOMIC_RELAXED);
+	RB_STAT_ADD(w, upstream_connects, 1);
+	if (us < 1000)
+		RB_STAT_ADD(w, connect_under_1ms, 1);
+	else if (us < 10000)
+		RB_STAT_ADD(w, connect_under_10ms, 1);
+	else if (us < 100000)
+		RB_STAT_ADD(w, connect_under_100ms, 1);
+	else if (us < 1000000)
+		RB_STAT_ADD(w, connect_under_1s, 1);
+	else
+		RB_STAT_ADD(w, connect_over_1s, 1);
+	rb__tune_accepted(w, k->fd, !up->is_unix);
+}
+
+/* Connect to the next address not tried yet; false (with *err) if none is left. */
+static bool upstream_try(struct rb_worker *w, struct rb_session *s, int *err)
+{
+	struct reactor *r = R(w);
+	const struct rb_upstream *up = w->srv->upstream;
+	struct rb_sock *k = &s->sock[1];
+
+	for (; s->up_tried < up->n; s->up_tried++) {
+		unsigned i = (s->up_first + s->up_tried) % up->n;
+		uint32_t ev = r->edge ? RB_READ | RB_WRITE : RB_WRITE;
+		int fd, rc = rb__upstream_connect(up, i, &fd), added;
+
+		if (rc < 0 && rc != -EINPROGRESS) {
+			*err = -rc;
+			continue;
+		}
+		if (r->ops->max_fd >= 0 && fd > r->ops->max_fd) {
+			close(fd);
+			*err = EMFILE;
+			continue;
+		}
+		added = r->ops->add(r->poller, fd, k, ev);
+		if (added < 0) {
+			close(fd);
+			*err = -added;
+			continue;
+		}
+		k->fd = fd;
+		k->interest = ev;
+		k->flags = rc == 0 ? 0 : SOCK_CONNECTING;
+		if (rc == 0)
+			upstream_connected(w, s);
+		return true;
+	}
+	return false;
+}
+
+/* The connect in progress ended: connected (true), or on to the next address. */
+static bool upstream_event(struct rb_worker *w, struct rb_sock *k)
+{
+	struct rb_session *s = k->s;
+	socklen_t len = sizeof(int);
+	int err = 0;
+
+	if (getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+		err = errno;
+	if (err == 0) {
+		upstream_connected(w, s);
+		return true;
+	}
+	R(w)->ops->del(R(w)->poller, k->fd, k);
+	close(k->fd);
+	k->fd = -1;
+	k->flags = 0;
+	s->up_tried++;
+	if (!upstream_try(w, s, &err))
+		upstream_failed(w, s, err);
+	return false;
+}
+
+static void connect_timeout(struct rb_timer *t, void *arg)
+{
+	upstream_failed(arg, rb_container_of(t, struct rb_session, timer), ETIMEDOUT);
+}
+
+/*
+ * A relay's socket shut both ways (our FIN and its peer's) with no error:
+ * unlike an echo's, the other flow may still have bytes to send the other
+ * way, and bytes may still wait to be read. Read on to EOF without the
+ * poller (it has nothing more to say, and a level-triggered one would
+ * repeat the hang-up for ever).
+ */
+static void relay_hangup(struct rb_worker *w, struct rb_sock *k)
+{
+	int err = 0;
+	socklen_t len = sizeof(err);
+
+	getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+	if (err) {
+		session_close(w, k->s, true);
+		return;
+	}
+	R(w)->ops->del(R(w)->poller, k->fd, k);
+	k->flags |= SOCK_DETACHED | SOCK_CAN_READ | SOCK_PEER_HUP;
+	session_run(w, k->s);
+}
+
 static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 {
 	if (k->s->closed)
 		return; /* stale: closed earlier in this batch (rule 7) */
+	if ((k->flags & SOCK_CONNECTING) && !upstream_event(w, k))
+		return;
 	if (ev & RB_ERR) {
-		sock_hangup(w, k);
+		if (k->s->kind == RB_SESSION_RELAY)
+			relay_hangup(w, k);
+		else
+			sock_hangup(w, k);
 		return;
 	}
 	if (ev & RB_HUP)
@@ -367,10 +597,11 @@ static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 	session_run(w, k->s);
 }
 
-/* An accepted socket becomes an echo session. */
-static void session_new_echo(struct rb_worker *w, int fd, bool tcp)
+/* An accepted socket becomes a session: an echo, a relay, discard or chargen. */
+static void session_new(struct rb_worker *w, int fd, bool tcp)
 {
 	struct reactor *r = R(w);
+	const struct rb_config *cfg = &w->srv->cfg;
 	struct rb_session *s;
 	uint32_t events = r->edge ? (RB_READ | RB_WRITE) : RB_READ;
 	int err;
@@ -384,7 +615,16 @@ static void session_new_echo(struct rb_worker *w, int fd, bool tcp)
 		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
-	rb__session_init_echo(s, fd, tcp, w->copy);
+	if (w->srv->upstream)
+		rb__session_init_relay(s, fd, tcp, w->copy);
+	else if (cfg->service == RB_SERVICE_DISCARD)
+		rb__session_init_discard(s, fd, tcp);
+	else if (cfg->service == RB_SERVICE_CHARGEN)
+		rb__session_init_chargen(s, fd, tcp);
+	else if (cfg->service == RB_SERVICE_SOCKPERF)
+		rb__session_init_echo(s, fd, tcp, &rb__copy_sockperf);
+	else
+		rb__session_init_echo(s, fd, tcp, w->copy);
 	s->sock[0].interest = events;
 	rb__tune_accepted(w, fd, tcp);
 	err = r->ops->add(r->poller, fd, &s->sock[0], events);
@@ -396,6 +636,21 @@ static void session_new_echo(struct rb_worker *w, int fd, bool tcp)
 	rb_list_add_tail(&r->sessions, &s->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
+	if (s->kind == RB_SESSION_ECHO)
+		return;
+	if (s->kind == RB_SESSION_RELAY) {
+		/* Reading from the client starts at once; its bytes wait in the
+		 * flow (up to the cap) until the upstream is connected. */
+		s->connect_start_us = rb__now_us();
+		s->up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
+		rb__timer_init(&s->timer, connect_timeout);
+		rb__timer_arm(&w->timers, &s->timer, rb__now_ms() + cfg->connect_timeout_ms);
+		if (!upstream_try(w, s, &err)) {
+			upstream_failed(w, s, err);
+			return;
+		}
+	}
+	session_run(w, s);
 }
 
 static void listener_accept(struct rb_worker *w, struct rb_listener *l)
@@ -406,7 +661,7 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 	for (unsigned i = 0; i < budget; i++) {
 		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd >= 0) {
-			session_new_echo(w, fd, l->tcp);
+			session_new(w, fd, l->tcp);
 			continue;
 		}
 		switch (rb__accept_error(w, l->fd, errno)) {

@@ -21,6 +21,15 @@ static int check_engine(const struct rb_engine_desc *eng, const struct rb_config
 		snprintf(err, errlen, "--copy splice is not supported by the %s engine", eng->name);
 		return -EINVAL;
 	}
+	if (cfg->forward && !(eng->caps & RB_CAP_RELAY)) {
+		snprintf(err, errlen, "--forward is not supported by the %s engine", eng->name);
+		return -EINVAL;
+	}
+	if (cfg->service != RB_SERVICE_ECHO && !(eng->caps & RB_CAP_SERVICES)) {
+		snprintf(err, errlen, "--service %s is not supported by the %s engine",
+		         rb_service_name(cfg->service), eng->name);
+		return -EINVAL;
+	}
 	if (cfg->trigger != RB_TRIGGER_EDGE && !(eng->caps & RB_CAP_LEVEL)) {
 		snprintf(err, errlen, "--trigger %s is not supported by the %s engine",
 		         rb_trigger_name(cfg->trigger), eng->name);
@@ -96,6 +105,17 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	if (rc < 0)
 		goto fail;
 
+	if (cfg->forward) {
+		srv->upstream = calloc(1, sizeof(*srv->upstream));
+		if (!srv->upstream) {
+			snprintf(err, errlen, "out of memory");
+			rc = -ENOMEM;
+			goto fail;
+		}
+		rc = rb__upstream_parse(cfg->forward, srv->upstream, err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
 	for (size_t i = 0; i < cfg->n_listen; i++) {
 		rc = rb__parse_url(cfg->listen[i], &srv->ls.addrs[i], err, errlen);
 		if (rc < 0)
@@ -106,6 +126,14 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		if (srv->ls.addrs[i].is_udp && !(srv->eng->caps & RB_CAP_UDP)) {
 			snprintf(err, errlen, "listen URL '%s': the %s engine does not serve UDP",
 			         srv->ls.addrs[i].url, srv->eng->name);
+			rc = -EINVAL;
+			goto fail;
+		}
+		if (srv->ls.addrs[i].is_udp && cfg->forward) {
+			snprintf(err, errlen,
+			         "listen URL '%s': --forward relays TCP and UNIX stream listeners, "
+			         "not UDP",
+			         srv->ls.addrs[i].url);
 			rc = -EINVAL;
 			goto fail;
 		}
@@ -259,6 +287,7 @@ void rb_server_destroy(struct rb_server *srv)
 		free(srv->workers);
 	}
 	rb__listen_set_close(&srv->ls);
+	free(srv->upstream);
 	rb__log_unbind(&srv->cfg);
 	free(srv);
 }

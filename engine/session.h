@@ -20,6 +20,7 @@
 #include "iopool.h"
 #include "list.h"
 #include "pipes.h"
+#include "timer.h"
 
 /* What a poller event's pointer points at. */
 enum rb_handle_kind { RB_H_SOCK = 1, RB_H_LISTENER, RB_H_CONTROL };
@@ -30,9 +31,11 @@ struct rb_handle {
 
 /* A socket's readiness, as the readiness model knows it. */
 enum {
-	SOCK_CAN_READ = 1u << 0,  /* may have input (no EAGAIN seen since) */
-	SOCK_CAN_WRITE = 1u << 1, /* may take output */
-	SOCK_PEER_HUP = 1u << 2,  /* the poller saw RDHUP/HUP: read to EOF or error */
+	SOCK_CAN_READ = 1u << 0,   /* may have input (no EAGAIN seen since) */
+	SOCK_CAN_WRITE = 1u << 1,  /* may take output */
+	SOCK_PEER_HUP = 1u << 2,   /* the poller saw RDHUP/HUP: read to EOF or error */
+	SOCK_CONNECTING = 1u << 3, /* a non-blocking connect is in progress */
+	SOCK_DETACHED = 1u << 4,   /* shut both ways and off the poller: nothing more to hear */
 };
 
 /* A flow's state: the same in both models. */
@@ -45,6 +48,14 @@ enum {
 	FLOW_SINK_SHUT = 1u << 5, /* our FIN went to the sink */
 };
 
+/* What a session is: which sockets and flows it has. */
+enum rb_session_kind {
+	RB_SESSION_ECHO,    /* A -> A */
+	RB_SESSION_RELAY,   /* client -> upstream, upstream -> client */
+	RB_SESSION_DISCARD, /* A -> nothing */
+	RB_SESSION_CHARGEN, /* generator -> A, and A -> nothing */
+};
+
 struct rb_session;
 struct rb_flow;
 struct rb_copy_ops;
@@ -55,17 +66,21 @@ struct rb_sock {
 	uint32_t flags;    /* SOCK_* */
 	uint32_t interest; /* registered with a level-triggered poller */
 	bool tcp;
+	bool upstream; /* the relay's connection to its upstream */
 	struct rb_session *s;
 	struct rb_flow *in;  /* the flow that reads from this socket, if any */
 	struct rb_flow *out; /* the flow that writes to it, if any */
 };
 
 struct rb_flow {
-	struct rb_sock *src, *sink;
+	struct rb_sock *src, *sink;     /* NULL source: a generator; NULL sink: discard */
 	const struct rb_copy_ops *copy; /* chosen once, when the flow is made */
 	uint32_t flags;                 /* FLOW_* */
 	struct rb_chain chain;
 	struct rb_pipe pipe;
+	size_t gen_off;       /* a generator's position in its stream */
+	unsigned char *stage; /* sockperf: input not yet framed */
+	size_t stage_len;
 };
 
 #define RB_SESSION_SOCKS 2
@@ -80,6 +95,7 @@ enum rb_session_queue {
 };
 
 struct rb_session {
+	enum rb_session_kind kind;
 	struct rb_sock sock[RB_SESSION_SOCKS];
 	struct rb_flow flow[RB_SESSION_FLOWS];
 	unsigned n_socks, n_flows;
@@ -87,10 +103,21 @@ struct rb_session {
 	enum rb_session_queue queue;
 	struct rb_list all;   /* every session of the worker */
 	struct rb_list qlink; /* the list named by queue */
+	/* Relay: the upstream connect in progress. */
+	struct rb_timer timer;       /* its deadline (--connect-timeout) */
+	unsigned up_first, up_tried; /* first address tried, and how many so far */
+	uint64_t connect_start_us;
 };
 
 /* An echo: one socket, one flow from it to itself. */
 void rb__session_init_echo(struct rb_session *s, int fd, bool tcp, const struct rb_copy_ops *copy);
+/* A relay: the client's socket (fd) and an upstream socket not yet open
+ * (fd -1), a flow each way. */
+void rb__session_init_relay(struct rb_session *s, int fd, bool tcp, const struct rb_copy_ops *copy);
+/* Discard: one socket, its input read and dropped. */
+void rb__session_init_discard(struct rb_session *s, int fd, bool tcp);
+/* Chargen: one socket, fed by a generator; its input is dropped. */
+void rb__session_init_chargen(struct rb_session *s, int fd, bool tcp);
 
 /* Bytes a flow holds that its sink has not taken yet. */
 static inline size_t rb__flow_pending(const struct rb_flow *f)
@@ -112,6 +139,8 @@ static inline size_t rb__session_chunks(const struct rb_session *s)
  * or stopping and still discarding until the source's FIN. */
 static inline bool rb__flow_wants_input(const struct rb_flow *f)
 {
+	if (!f->src)
+		return false;
 	if (f->flags & FLOW_DISCARD)
 		return !(f->flags & FLOW_SRC_EOF);
 	return !(f->flags & (FLOW_RD_EOF | FLOW_PAUSED | FLOW_PIPE_WAIT));
@@ -122,7 +151,8 @@ static inline bool rb__flow_wants_input(const struct rb_flow *f)
 static inline bool rb__flow_done(const struct rb_flow *f)
 {
 	return (f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 &&
-	       (!(f->flags & FLOW_DISCARD) || (f->flags & FLOW_SRC_EOF));
+	       (!(f->flags & FLOW_DISCARD) || !f->src || (f->flags & FLOW_SRC_EOF)) &&
+	       (!f->sink || (f->flags & FLOW_SINK_SHUT));
 }
 
 #endif

@@ -47,7 +47,11 @@ struct rb_udp {
 	struct mmsghdr msgs[RB_UDP_BATCH];
 	struct iovec iov[RB_UDP_BATCH];
 	struct sockaddr_storage addr[RB_UDP_BATCH];
+	unsigned gen_line; /* chargen: the line the next answer starts with */
 };
+
+/* chargen over UDP: lines per answer (RFC 864 asks for at most 512 bytes). */
+#define CHARGEN_UDP_LINES 6
 
 struct rb_udp *rb__udp_create(int fd, int port)
 {
@@ -220,14 +224,26 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		u->can_read = false;
 		return 0;
 	}
-	uint64_t bytes = 0, now = rb__now_ms();
+	enum rb_service sv = w->srv->cfg.service;
+	uint64_t bytes = 0, out = 0, now = rb__now_ms();
 	unsigned keep = 0;
 	/* A short batch means the receive queue is drained (as a short read). */
 	if ((unsigned)r < RB_UDP_BATCH)
 		u->can_read = false;
 	RB_STAT_ADD(w, datagrams_in, (uint64_t)r);
+	if (sv == RB_SERVICE_DISCARD) {
+		/* Nothing goes back, so nothing to refuse or limit. */
+		for (int i = 0; i < r; i++)
+			bytes += u->msgs[i].msg_len;
+		RB_STAT_ADD(w, bytes_in, bytes);
+		u->first = u->n = 0;
+		return r;
+	}
 	for (int i = 0; i < r; i++) {
 		if (!udp_answer(w, u, (unsigned)i, now))
+			continue;
+		if (sv == RB_SERVICE_SOCKPERF &&
+		    !rb__sockperf_answer(u->iov[i].iov_base, u->msgs[i].msg_len))
 			continue;
 		/* Echo exactly what arrived, to whoever sent it. The slots stay
 		 * in place; only the headers move down over the dropped ones. */
@@ -241,14 +257,24 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 			u->msgs[keep].msg_len = u->msgs[i].msg_len;
 			u->msgs[keep].msg_hdr.msg_namelen = u->msgs[i].msg_hdr.msg_namelen;
 		}
-		u->iov[keep].iov_len = u->msgs[keep].msg_len;
 		bytes += u->msgs[keep].msg_len;
+		if (sv == RB_SERVICE_CHARGEN) {
+			/* The next lines of the stream, whatever arrived. */
+			const unsigned char *pat = rb__chargen_pattern();
+			u->iov[keep].iov_base =
+			        (void *)(pat + (size_t)u->gen_line * RB_CHARGEN_LINE);
+			u->iov[keep].iov_len = CHARGEN_UDP_LINES * RB_CHARGEN_LINE;
+			u->gen_line = (u->gen_line + CHARGEN_UDP_LINES) % RB_CHARGEN_LINES;
+		} else {
+			u->iov[keep].iov_len = u->msgs[keep].msg_len;
+		}
+		out += u->iov[keep].iov_len;
 		keep++;
 	}
 	u->first = 0;
 	u->n = keep;
 	RB_STAT_ADD(w, bytes_in, bytes);
-	RB_STAT_ADD(w, buffered, bytes);
+	RB_STAT_ADD(w, buffered, out);
 	RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 	return r;
 }

@@ -37,6 +37,14 @@ enum rb_copy {
 	RB_COPY_SPLICE,
 };
 
+/* What a connection gets (--service): its bytes back, nothing, or a stream. */
+enum rb_service {
+	RB_SERVICE_ECHO = 0, /* every byte back (RFC 862) */
+	RB_SERVICE_DISCARD,  /* every byte read and dropped (RFC 863) */
+	RB_SERVICE_CHARGEN,  /* the rotating character lines, as fast as read (RFC 864) */
+	RB_SERVICE_SOCKPERF, /* answers sockperf clients' pong requests */
+};
+
 enum rb_trigger {
 	RB_TRIGGER_EDGE = 0,
 	RB_TRIGGER_LEVEL,
@@ -96,6 +104,12 @@ struct rb_config {
 	unsigned keepalive_intvl_s; /* ... seconds between probes */
 	unsigned keepalive_cnt;     /* ... unanswered probes before the peer is dead */
 	unsigned user_timeout_ms;   /* TCP_USER_TIMEOUT for unacknowledged data, 0 = kernel's */
+	enum rb_service service;    /* what connections get (default echo) */
+	/* Relay: every accepted peer gets its own connection to this upstream
+	 * (tcp://HOST:PORT, tcp://[V6]:PORT, unix:PATH), bytes both ways; NULL:
+	 * no relay. */
+	const char *forward;
+	unsigned connect_timeout_ms; /* relay: upstream connect deadline (default 5000) */
 	/* Logging: messages up to log_level (RB_LOG_INFO by default; below
 	 * RB_LOG_ERR logs nothing) go to log_fn, or without one to stderr (see
 	 * rb_log). The library's own messages use the settings of the server
@@ -142,7 +156,16 @@ struct rb_config {
 	X(datagrams_limited, SUM, "UDP datagrams dropped by the per-source rate limit")            \
 	X(stop_discarded, SUM, "input bytes read and dropped while stopping")                      \
 	X(stop_dropped_bytes, SUM, "echo bytes never sent: stop deadline reached")                 \
-	X(stop_dropped_conns, SUM, "connections cut at the stop deadline")
+	X(stop_dropped_conns, SUM, "connections cut at the stop deadline")                         \
+	X(upstream_connects, SUM, "relay: upstream connections made")                              \
+	X(upstream_failures, SUM, "relay: upstream connects that failed or timed out")             \
+	X(upstream_bytes_out, SUM, "relay: bytes sent to upstreams (client to upstream)")          \
+	X(upstream_bytes_in, SUM, "relay: bytes read from upstreams (upstream to client)")         \
+	X(connect_under_1ms, SUM, "relay: upstream connects that took under 1 ms")                 \
+	X(connect_under_10ms, SUM, "relay: ... 1 to 10 ms")                                        \
+	X(connect_under_100ms, SUM, "relay: ... 10 to 100 ms")                                     \
+	X(connect_under_1s, SUM, "relay: ... 100 ms to 1 s")                                       \
+	X(connect_over_1s, SUM, "relay: ... 1 s or more")
 
 struct rb_stats {
 #define RB_STATS_FIELD(name, how, doc) uint64_t name; /* doc */
@@ -207,15 +230,22 @@ int rb_stats_json(const struct rb_stats *st, char *buf, size_t len);
 const char *rb_engine_name(enum rb_engine e);
 const char *rb_copy_name(enum rb_copy c);
 const char *rb_trigger_name(enum rb_trigger t);
+const char *rb_service_name(enum rb_service s);
 
 /* Parse a name; 0 on success, -EINVAL if unknown. */
 int rb_engine_parse(const char *s, enum rb_engine *out);
 int rb_copy_parse(const char *s, enum rb_copy *out);
 int rb_trigger_parse(const char *s, enum rb_trigger *out);
+int rb_service_parse(const char *s, enum rb_service *out);
 
 /* Every engine rebound knows (built or not), in preference order: writes up
  * to max of them to out and returns how many there are. */
 size_t rb_engine_list(enum rb_engine *out, size_t max);
+
+/* What an engine does beyond TCP and UNIX stream echo, space-separated:
+ * udp, splice, relay, services (discard, chargen, sockperf), level (--trigger
+ * level). 0, or -EINVAL for an unknown engine. */
+int rb_engine_features(enum rb_engine e, char *buf, size_t len);
 
 /* 0 if the engine is built and can run here, else -errno; why gets a reason. */
 int rb_engine_available(enum rb_engine e, char *why, size_t whylen);
