@@ -165,7 +165,25 @@ struct rb_config {
 	X(connect_under_10ms, SUM, "relay: ... 1 to 10 ms")                                        \
 	X(connect_under_100ms, SUM, "relay: ... 10 to 100 ms")                                     \
 	X(connect_under_1s, SUM, "relay: ... 100 ms to 1 s")                                       \
-	X(connect_over_1s, SUM, "relay: ... 1 s or more")
+	X(connect_over_1s, SUM, "relay: ... 1 s or more")                                          \
+	X(closed_eof, SUM, "sessions that ended cleanly (FIN, or all flows done)")                 \
+	X(closed_error, SUM, "sessions that ended by an error or RST")                             \
+	X(closed_idle, SUM, "sessions closed by --idle-timeout")                                   \
+	X(closed_write_timeout, SUM, "sessions reset by --write-timeout (peer stopped reading)")   \
+	X(closed_shutdown, SUM, "sessions cut at the stop deadline")                               \
+	X(refused_limit, SUM, "peers refused by --max-conns")                                      \
+	X(duration_under_1ms, SUM, "sessions that lasted under 1 ms")                              \
+	X(duration_under_10ms, SUM, "... 1 to 10 ms")                                              \
+	X(duration_under_100ms, SUM, "... 10 to 100 ms")                                           \
+	X(duration_under_1s, SUM, "... 100 ms to 1 s")                                             \
+	X(duration_under_10s, SUM, "... 1 to 10 s")                                                \
+	X(duration_under_100s, SUM, "... 10 to 100 s")                                             \
+	X(duration_over_100s, SUM, "... 100 s or more")                                            \
+	X(session_bytes_under_1k, SUM, "sessions that moved under 1 KiB (in + out)")               \
+	X(session_bytes_under_64k, SUM, "... 1 KiB to 64 KiB")                                     \
+	X(session_bytes_under_1m, SUM, "... 64 KiB to 1 MiB")                                      \
+	X(session_bytes_under_64m, SUM, "... 1 MiB to 64 MiB")                                     \
+	X(session_bytes_over_64m, SUM, "... 64 MiB or more")
 
 struct rb_stats {
 #define RB_STATS_FIELD(name, how, doc) uint64_t name; /* doc */
