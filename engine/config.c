@@ -5,6 +5,7 @@
  * rebound(1) flag, so the CLI prints them as they are.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -199,6 +200,38 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	RANGE("--user-timeout", cfg->user_timeout_ms, 0, RB_LIMIT_USER_TIMEOUT_MS_MAX, "");
 	RANGE("--udp-rate", cfg->udp_rate, 0, RB_LIMIT_UDP_RATE_MAX, "");
 	RANGE("--connect-timeout", cfg->connect_timeout_ms, 1, RB_LIMIT_CONNECT_TIMEOUT_MS_MAX, "");
+	RANGE("--max-conns", cfg->max_conns, 0, RB_LIMIT_MAX_CONNS, "");
+	RANGE("--idle-timeout", cfg->idle_timeout_ms, 0, RB_LIMIT_TIMEOUT_MS_MAX, "");
+	RANGE("--write-timeout", cfg->write_timeout_ms, 0, RB_LIMIT_TIMEOUT_MS_MAX, "");
+	RANGE("--stats-interval", cfg->stats_interval_ms, 0, RB_LIMIT_TIMEOUT_MS_MAX, "");
+	if (cfg->stats_interval_ms && cfg->stats_interval_ms < RB_LIMIT_STATS_INTERVAL_MIN) {
+		snprintf(err, errlen,
+		         "invalid --stats-interval '%u': must be 0 (off) or at least %u",
+		         cfg->stats_interval_ms, RB_LIMIT_STATS_INTERVAL_MIN);
+		return -EINVAL;
+	}
+	RANGE("--busy-poll", cfg->busy_poll_us, 0, RB_LIMIT_BUSY_POLL_US_MAX, "");
+	if (cfg->n_cpus) {
+		cpu_set_t allowed;
+		if (cfg->n_cpus < cfg->threads || cfg->n_cpus > RB_MAX_THREADS) {
+			snprintf(err, errlen,
+			         "invalid --cpus: %u CPU%s for %u threads (one per thread)",
+			         cfg->n_cpus, cfg->n_cpus == 1 ? "" : "s", cfg->threads);
+			return -EINVAL;
+		}
+		if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
+			CPU_ZERO(&allowed);
+		for (unsigned i = 0; i < cfg->n_cpus; i++) {
+			if (cfg->cpus[i] < 0 || cfg->cpus[i] >= CPU_SETSIZE ||
+			    !CPU_ISSET(cfg->cpus[i], &allowed)) {
+				snprintf(
+				        err, errlen,
+				        "invalid --cpus: CPU %d is not one this process may run on",
+				        cfg->cpus[i]);
+				return -EINVAL;
+			}
+		}
+	}
 	if ((unsigned)cfg->service > RB_SERVICE_SOCKPERF) {
 		snprintf(err, errlen, "invalid --service %u", (unsigned)cfg->service);
 		return -EINVAL;

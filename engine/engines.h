@@ -22,6 +22,7 @@ enum {
 	RB_CAP_AUTO = 1u << 3,     /* --engine auto may choose it */
 	RB_CAP_LEVEL = 1u << 4,    /* --trigger level (a readiness engine) */
 	RB_CAP_SERVICES = 1u << 5, /* --service discard, chargen, sockperf */
+	RB_CAP_TIMEOUTS = 1u << 6, /* --idle-timeout, --write-timeout */
 };
 
 /*

@@ -32,6 +32,11 @@ void rb__log(enum rb_log_level level, const char *fmt, ...) __attribute__((forma
 /* Bind cfg's log settings to the calling thread; unbind them if bound. */
 void rb__log_bind(const struct rb_config *cfg);
 void rb__log_unbind(const struct rb_config *cfg);
+/* An event: logged as text, or with --log-format json as an object made of
+ * fields (comma-separated "name":value pairs, no braces). */
+void rb__log_event(enum rb_log_level level, const char *text, const char *fields);
+/* s as the inside of a JSON string, NUL-terminated in out; returns its length. */
+size_t rb__json_escape(char *out, size_t len, const char *s);
 
 /* At most one message per second; counts what it suppressed. */
 struct rb_ratelimit {
@@ -171,7 +176,12 @@ struct rb_worker {
 	struct iovec iov[IOV_MAX];
 	unsigned char scratch[16384]; /* input discarded while stopping */
 	int result;
-	unsigned heartbeat_seen; /* the server's heartbeat round this worker last saw */
+	unsigned heartbeat_seen;     /* the server's heartbeat round this worker last saw */
+	uint64_t session_seq;        /* sessions opened: the next one's number */
+	uint64_t now_ms;             /* the clock when the last wait returned */
+	struct rb_timer stats_timer; /* worker 0: --stats-interval */
+	struct rb_stats stats_prev;  /* ... the last line's counters */
+	uint64_t stats_prev_ms;
 };
 
 struct rb_server {
@@ -184,6 +194,7 @@ struct rb_server {
 	volatile sig_atomic_t stats_requested;
 	size_t pipe_size;             /* splice pipe size asked for, after pipe-max-size */
 	struct rb_upstream *upstream; /* --forward: where relayed sessions connect */
+	unsigned n_sessions;          /* open sessions, all workers (--max-conns) */
 	unsigned heartbeat;           /* rb_server_heartbeat's round (watchdog.c) */
 };
 
@@ -226,6 +237,15 @@ void rb__refuse(struct rb_worker *w, int fd, int err);
  * loses, ours and the kernel's unsent queue.
  */
 void rb__stop_deadline_close(struct rb_worker *w, int fd, uint64_t pending);
+/* --max-conns: may one more session open? If not, fd is reset, closed and
+ * counted, and the answer is false. */
+bool rb__worker_admit(struct rb_worker *w, int fd);
+/* Give back an admission whose session could not be opened after all. */
+void rb__worker_unadmit(struct rb_worker *w);
+/* A session opened (numbered, timed, logged) or is closing (counted by
+ * reason, logged, and its place under --max-conns freed). */
+void rb__session_opened(struct rb_worker *w, struct rb_session *s);
+void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_close_reason why);
 /* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
 

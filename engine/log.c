@@ -49,13 +49,72 @@ static bool stderr_is_journal(void)
 	       (unsigned long long)st.st_ino == ino;
 }
 
-static void log_stderr(enum rb_log_level level, bool timestamps, const char *msg)
+static const char *level_name(enum rb_log_level level)
 {
-	char line[RB_LOG_MAX + 64], stamp[40] = "";
+	switch (level) {
+	case RB_LOG_ERR:
+		return "err";
+	case RB_LOG_WARNING:
+		return "warning";
+	case RB_LOG_NOTICE:
+		return "notice";
+	case RB_LOG_INFO:
+		return "info";
+	case RB_LOG_DEBUG:
+		break;
+	}
+	return "debug";
+}
+
+size_t rb__json_escape(char *out, size_t len, const char *s)
+{
+	size_t o = 0;
+
+	for (; *s && o + 7 < len; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)c;
+		} else if (c < 0x20) {
+			o += (size_t)snprintf(out + o, len - o, "\\u%04x", c);
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	if (len)
+		out[o < len ? o : len - 1] = '\0';
+	return o;
+}
+
+/*
+ * One line: text ("rebound: MSG"), or with --log-format json one object,
+ * {"ts":...,"level":...,"msg":MSG} or, for an event, its own fields.
+ */
+static void log_stderr(enum rb_log_level level, bool timestamps, bool json, const char *msg,
+                       const char *fields)
+{
+	char line[2 * RB_LOG_MAX + 128], stamp[40] = "";
 	size_t off = 0;
 	int n;
 
-	if (stderr_is_journal()) {
+	if (json) {
+		char esc[2 * RB_LOG_MAX];
+		struct timespec ts;
+		struct tm tm;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		gmtime_r(&ts.tv_sec, &tm);
+		size_t k = strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+		snprintf(stamp + k, sizeof(stamp) - k, ".%03ldZ", ts.tv_nsec / 1000000L);
+		if (!fields) {
+			rb__json_escape(esc, sizeof(esc), msg);
+			n = snprintf(line, sizeof(line),
+			             "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"%s\"}\n", stamp,
+			             level_name(level), esc);
+		} else {
+			n = snprintf(line, sizeof(line), "{\"ts\":\"%s\",\"level\":\"%s\",%s}\n",
+			             stamp, level_name(level), fields);
+		}
+	} else if (stderr_is_journal()) {
 		/* The journal stamps and tags lines itself. */
 		n = snprintf(line, sizeof(line), "<%d>%s\n", (int)level, msg);
 	} else {
@@ -95,7 +154,27 @@ vlog(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, va_l
 	if (cfg->log_fn)
 		cfg->log_fn(cfg->log_ctx, level, msg);
 	else
-		log_stderr(level, cfg->log_timestamps, msg);
+		log_stderr(level, cfg->log_timestamps, cfg->log_json, msg, NULL);
+}
+
+void rb__log_event(enum rb_log_level level, const char *text, const char *fields)
+{
+	const struct rb_config *cfg = log_bound ? log_bound : &log_defaults;
+
+	if (level > cfg->log_level)
+		return;
+	if (cfg->log_fn) {
+		/* A sink gets the form its server asked for. */
+		if (cfg->log_json) {
+			char obj[2 * RB_LOG_MAX];
+			snprintf(obj, sizeof(obj), "{%s}", fields);
+			cfg->log_fn(cfg->log_ctx, level, obj);
+		} else {
+			cfg->log_fn(cfg->log_ctx, level, text);
+		}
+		return;
+	}
+	log_stderr(level, cfg->log_timestamps, cfg->log_json, text, cfg->log_json ? fields : NULL);
 }
 
 void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, ...)

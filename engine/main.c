@@ -81,6 +81,17 @@ static void usage(FILE *f)
 	        "                           bytes flow both ways; not with UDP listeners\n"
 	        "      --connect-timeout MS relay: upstream connect deadline, 1 to 3600000\n"
 	        "                           (default 5000)\n"
+	        "      --max-conns N        at most N open sessions; more peers are reset at\n"
+	        "                           once and counted (default 0: no limit)\n"
+	        "      --idle-timeout MS    close a session idle this long (default 0: never)\n"
+	        "      --write-timeout MS   reset a session whose output made no progress\n"
+	        "                           this long (default 0: never)\n"
+	        "      --log-connections    a line at every session's open and close\n"
+	        "      --log-format FORMAT  text or json (one object per line; default text)\n"
+	        "      --stats-interval MS  a stats line this often, with rates (default 0: off)\n"
+	        "      --reuseport          TCP: one listening socket per worker\n"
+	        "      --cpus LIST          worker i runs on the i-th CPU of LIST (e.g. 0,2-3)\n"
+	        "      --busy-poll USEC     busy-poll sockets (and epoll, Linux 6.9+) this long\n"
 	        "      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
 	        "                           (default 1024)\n"
 	        "      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
@@ -185,6 +196,47 @@ bad:
 	return bad_value("--keepalive", value,
 	                 "expected off or IDLE[,INTVL,CNT] in seconds (idle and interval "
 	                 "1 to 32767, count 1 to 127)");
+}
+
+/* --cpus 0,2-3: the CPUs, in order; worker i runs on the i-th. */
+static int parse_cpus(const char *value, struct rb_config *cfg)
+{
+	const char *p = value;
+	unsigned n = 0;
+
+	while (*p) {
+		unsigned long a, b;
+		char *end;
+		if (*p < '0' || *p > '9')
+			goto bad;
+		a = b = strtoul(p, &end, 10);
+		p = end;
+		if (*p == '-') {
+			p++;
+			if (*p < '0' || *p > '9')
+				goto bad;
+			b = strtoul(p, &end, 10);
+			p = end;
+		}
+		if (a > b || b >= 4096)
+			goto bad;
+		for (unsigned long c = a; c <= b; c++) {
+			if (n == RB_MAX_THREADS)
+				return bad_value("--cpus", value,
+				                 "more CPUs than the most threads (64)");
+			cfg->cpus[n++] = (int)c;
+		}
+		if (*p == ',')
+			p++;
+		else if (*p)
+			goto bad;
+	}
+	if (n == 0)
+		goto bad;
+	cfg->n_cpus = n;
+	return 0;
+bad:
+	return bad_value("--cpus", value, "expected a list such as 0,2-3");
 }
 
 /* --uring-off bundle,inc,batch: a set of RB_URING_* bits. */
@@ -295,6 +347,15 @@ int main(int argc, char **argv)
 		OPT_SERVICE,
 		OPT_FORWARD,
 		OPT_CONNECT_TIMEOUT,
+		OPT_MAX_CONNS,
+		OPT_IDLE_TIMEOUT,
+		OPT_WRITE_TIMEOUT,
+		OPT_LOG_CONNECTIONS,
+		OPT_LOG_FORMAT,
+		OPT_STATS_INTERVAL,
+		OPT_REUSEPORT,
+		OPT_CPUS,
+		OPT_BUSY_POLL,
 		OPT_LOG_TIMESTAMPS
 	};
 	static const struct option opts[] = {
@@ -322,6 +383,15 @@ int main(int argc, char **argv)
 	        {"service", required_argument, NULL, OPT_SERVICE},
 	        {"forward", required_argument, NULL, OPT_FORWARD},
 	        {"connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT},
+	        {"max-conns", required_argument, NULL, OPT_MAX_CONNS},
+	        {"idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT},
+	        {"write-timeout", required_argument, NULL, OPT_WRITE_TIMEOUT},
+	        {"log-connections", no_argument, NULL, OPT_LOG_CONNECTIONS},
+	        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+	        {"stats-interval", required_argument, NULL, OPT_STATS_INTERVAL},
+	        {"reuseport", no_argument, NULL, OPT_REUSEPORT},
+	        {"cpus", required_argument, NULL, OPT_CPUS},
+	        {"busy-poll", required_argument, NULL, OPT_BUSY_POLL},
 	        {"verbose", no_argument, NULL, 'v'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
@@ -430,6 +500,43 @@ int main(int argc, char **argv)
 		case OPT_CONNECT_TIMEOUT:
 			if ((rc = parse_uint_flag("--connect-timeout", optarg,
 			                          &cfg.connect_timeout_ms)))
+				return rc;
+			break;
+		case OPT_MAX_CONNS:
+			if ((rc = parse_uint_flag("--max-conns", optarg, &cfg.max_conns)))
+				return rc;
+			break;
+		case OPT_IDLE_TIMEOUT:
+			if ((rc = parse_uint_flag("--idle-timeout", optarg, &cfg.idle_timeout_ms)))
+				return rc;
+			break;
+		case OPT_WRITE_TIMEOUT:
+			if ((rc = parse_uint_flag("--write-timeout", optarg,
+			                          &cfg.write_timeout_ms)))
+				return rc;
+			break;
+		case OPT_LOG_CONNECTIONS:
+			cfg.log_connections = true;
+			break;
+		case OPT_LOG_FORMAT:
+			if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
+				return bad_value("--log-format", optarg, "expected text or json");
+			cfg.log_json = optarg[0] == 'j';
+			break;
+		case OPT_STATS_INTERVAL:
+			if ((rc = parse_uint_flag("--stats-interval", optarg,
+			                          &cfg.stats_interval_ms)))
+				return rc;
+			break;
+		case OPT_REUSEPORT:
+			cfg.reuseport = true;
+			break;
+		case OPT_CPUS:
+			if ((rc = parse_cpus(optarg, &cfg)))
+				return rc;
+			break;
+		case OPT_BUSY_POLL:
+			if ((rc = parse_uint_flag("--busy-poll", optarg, &cfg.busy_poll_us)))
 				return rc;
 			break;
 		case OPT_UDP_LOW:

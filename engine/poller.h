@@ -44,6 +44,9 @@ struct rb_poller_ops {
 	int (*wait)(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms);
 	/* True if interest never needs changing (edge-triggered: register once). */
 	bool (*is_edge)(const struct rb_poller *p);
+	/* Busy-poll the sockets it watches for up to usec before sleeping
+	 * (optional: NULL where the backend has no such thing). 0 or -errno. */
+	int (*busy_poll)(struct rb_poller *p, unsigned usec);
 	/* Highest descriptor this backend can watch, or -1 for no limit. */
 	int max_fd;
 };

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "poller.h"
@@ -113,6 +114,25 @@ static int ep_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeou
 	return n;
 }
 
+/* epoll's busy-poll parameters (EPIOCSPARAMS, Linux 6.9; UAPI
+ * include/uapi/linux/eventpoll.h): stable ABI, defined here for older headers. */
+struct rb_epoll_params {
+	uint32_t busy_poll_usecs;
+	uint16_t busy_poll_budget;
+	uint8_t prefer_busy_poll;
+	uint8_t pad;
+};
+#ifndef EPIOCSPARAMS
+#define EPIOCSPARAMS _IOW(0x8A, 0x01, struct rb_epoll_params)
+#endif
+
+static int ep_busy_poll(struct rb_poller *p, unsigned usec)
+{
+	struct rb_epoll_params ep = {.busy_poll_usecs = usec, .busy_poll_budget = 8};
+
+	return ioctl(p->epfd, EPIOCSPARAMS, &ep) < 0 ? -errno : 0;
+}
+
 static bool ep_is_edge(const struct rb_poller *p)
 {
 	return p->edge;
@@ -129,5 +149,6 @@ const struct rb_poller_ops rb__poller_epoll = {
         .del = ep_del,
         .wait = ep_wait,
         .is_edge = ep_is_edge,
+        .busy_poll = ep_busy_poll,
         .max_fd = -1,
 };

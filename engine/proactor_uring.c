@@ -391,10 +391,10 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 	rb_list_del(&c->s.all);
 	if (c->iov != c->iov_inline)
 		free(c->iov);
-	RB_STAT_SUB(w, active, 1);
-	RB_STAT_ADD(w, closed, 1);
-	if (c->flags & UC_ERROR)
-		RB_STAT_ADD(w, resets, 1);
+	rb__session_closing(w, &c->s,
+	                    c->flags & UC_ERROR ? RB_CLOSE_ERROR
+	                    : u->closing_all    ? RB_CLOSE_SHUTDOWN
+	                                        : RB_CLOSE_EOF);
 	free(c);
 }
 
@@ -721,6 +721,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 		RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
+		c->s.bytes_in += (uint64_t)res;
 		if (!(c->flags & UC_CLOSING)) {
 			RB_STAT_ADD(w, buffered, (uint64_t)kept);
 			RB_STAT_MAX(w, peak_conn_buffered, c->bytes);
@@ -782,6 +783,7 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 	c->flags &= ~UC_SEND;
 	c->refs--;
 	if (res > 0) {
+		c->s.bytes_out += (uint64_t)res;
 		/* A short send simply continues from where it stopped. */
 		conn_consume(w, u, c, (size_t)res);
 	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
@@ -799,6 +801,10 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 
 	if (!c) {
 		rb__refuse(w, fd, -ENOMEM);
+		return;
+	}
+	if (!rb__worker_admit(w, fd)) {
+		free(c);
 		return;
 	}
 	/* The ring's own buffers carry the bytes: no copy strategy. */
@@ -819,6 +825,7 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	rb_list_add_tail(&u->conns, &c->s.all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
+	rb__session_opened(w, &c->s);
 	conn_advance(w, u, c);
 }
 

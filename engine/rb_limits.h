@@ -24,7 +24,11 @@
 #define RB_LIMIT_KEEPALIVE_S_MAX        32767u /* TCP_KEEPIDLE/KEEPINTVL in the kernel */
 #define RB_LIMIT_KEEPALIVE_CNT_MAX      127u   /* TCP_KEEPCNT */
 #define RB_LIMIT_UNIX_MODE_MAX          0777u
-#define RB_LIMIT_CONNECT_TIMEOUT_MS_MAX 3600000u /* --connect-timeout, from 1 ms */
+#define RB_LIMIT_CONNECT_TIMEOUT_MS_MAX 3600000u  /* --connect-timeout, from 1 ms */
+#define RB_LIMIT_MAX_CONNS              10000000u /* --max-conns, 0 = none */
+#define RB_LIMIT_TIMEOUT_MS_MAX         86400000u /* --idle-timeout, --write-timeout: a day */
+#define RB_LIMIT_STATS_INTERVAL_MIN     10u       /* --stats-interval, ms, when not 0 */
+#define RB_LIMIT_BUSY_POLL_US_MAX       1000000u  /* --busy-poll, us */
 /* The chunk pool's own bounds (iopool.c; tests use tiny chunks). */
 #define RB_POOL_CHUNK_MIN 64u
 #define RB_POOL_CHUNK_MAX RB_LIMIT_CHUNK_MAX

@@ -115,13 +115,16 @@ static void sock_set_interest(struct rb_worker *w, struct rb_sock *k)
 	}
 }
 
-static void session_close(struct rb_worker *w, struct rb_session *s, bool error)
+static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_close_reason why)
 {
 	struct reactor *r = R(w);
+	bool error = why == RB_CLOSE_ERROR;
 
 	if (s->closed)
 		return;
 	rb__timer_cancel(&w->timers, &s->timer);
+	rb__timer_cancel(&w->timers, &s->idle_timer);
+	rb__session_closing(w, s, why);
 	for (unsigned i = 0; i < s->n_socks; i++) {
 		struct rb_sock *k = &s->sock[i];
 		if (k->fd < 0)
@@ -146,10 +149,6 @@ static void session_close(struct rb_worker *w, struct rb_session *s, bool error)
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
 	s->closed = true;
 	session_queue(w, s, RB_Q_GRAVE);
-	RB_STAT_SUB(w, active, 1);
-	RB_STAT_ADD(w, closed, 1);
-	if (error)
-		RB_STAT_ADD(w, resets, 1);
 }
 
 /*
@@ -169,6 +168,9 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 			RB_STAT_SUB(w, buffered, (uint64_t)n);
 			if (sink->upstream)
 				RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)n);
+			else
+				sink->s->bytes_out += (uint64_t)n;
+			sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
 			progress |= n > 0;
 			if (full || n == 0)
 				sink->flags &= ~SOCK_CAN_WRITE;
@@ -180,7 +182,7 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 			sink->flags &= ~SOCK_CAN_WRITE;
 			break;
 		}
-		session_close(w, f->src->s, true);
+		session_close(w, f->sink->s, RB_CLOSE_ERROR);
 		return -1;
 	}
 	/* Rule 5: no new edge will come for input already queued in the kernel,
@@ -223,6 +225,9 @@ static int flow_drop(struct rb_worker *w, struct rb_flow *f)
 				RB_STAT_ADD(w, stop_discarded, (uint64_t)n);
 			else
 				RB_STAT_ADD(w, bytes_in, (uint64_t)n);
+			if (!src->upstream)
+				src->s->bytes_in += (uint64_t)n;
+			src->s->last_io_ms = w->now_ms;
 			budget = (size_t)n < budget ? budget - (size_t)n : 0;
 			continue;
 		}
@@ -237,7 +242,7 @@ static int flow_drop(struct rb_worker *w, struct rb_flow *f)
 			src->flags &= ~SOCK_CAN_READ;
 			break;
 		}
-		session_close(w, src->s, true);
+		session_close(w, src->s, RB_CLOSE_ERROR);
 		return -1;
 	}
 	return 0;
@@ -285,6 +290,12 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			RB_STAT_ADD(w, buffered, (uint64_t)(rb__flow_pending(f) - pending));
 			if (src->upstream)
 				RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)n);
+			else
+				s->bytes_in += (uint64_t)n;
+			/* Output pending from now: the write timeout counts from here. */
+			if (pending == 0)
+				s->last_write_ms = w->now_ms;
+			s->last_io_ms = w->now_ms;
 			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 			RB_STAT_MAX(w, peak_conn_buffered, rb__flow_pending(f));
 			budget -= (size_t)n;
@@ -323,7 +334,7 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 				setsockopt(src->fd, SOL_SOCKET, SO_LINGER,
 				           &(struct linger){.l_onoff = 1, .l_linger = 0},
 				           sizeof(struct linger));
-			session_close(w, s, true);
+			session_close(w, s, RB_CLOSE_ERROR);
 			return -1;
 		}
 	}
@@ -361,6 +372,8 @@ static int gen_flush(struct rb_worker *w, struct rb_flow *f)
 		RB_STAT_ADD(w, write_calls, 1);
 		if (n > 0) {
 			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
+			sink->s->bytes_out += (uint64_t)n;
+			sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
 			f->gen_off = (f->gen_off + (size_t)n) % RB_CHARGEN_PERIOD;
 			budget = (size_t)n < budget ? budget - (size_t)n : 0;
 			if ((size_t)n < want)
@@ -373,7 +386,7 @@ static int gen_flush(struct rb_worker *w, struct rb_flow *f)
 			sink->flags &= ~SOCK_CAN_WRITE;
 			break;
 		}
-		session_close(w, sink->s, true);
+		session_close(w, sink->s, RB_CLOSE_ERROR);
 		return -1;
 	}
 	return 0;
@@ -403,7 +416,7 @@ static void session_run(struct rb_worker *w, struct rb_session *s)
 	/* chargen runs until its peer leaves: its FIN ends the session. */
 	if (s->kind == RB_SESSION_CHARGEN && (s->flow[0].flags & FLOW_SRC_EOF) &&
 	    !(s->flow[1].flags & FLOW_DISCARD)) {
-		session_close(w, s, false);
+		session_close(w, s, RB_CLOSE_EOF);
 		return;
 	}
 	for (unsigned i = 0; i < s->n_flows; i++) {
@@ -420,7 +433,7 @@ static void session_run(struct rb_worker *w, struct rb_session *s)
 			all_done = false;
 	}
 	if (all_done) {
-		session_close(w, s, false);
+		session_close(w, s, RB_CLOSE_EOF);
 		return;
 	}
 	for (unsigned i = 0; i < s->n_flows; i++)
@@ -444,7 +457,9 @@ static void sock_hangup(struct rb_worker *w, struct rb_sock *k)
 
 	getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 	/* Lingering after our FIN, a hang-up is the peer's FIN: a clean end. */
-	session_close(w, k->s, err != 0 || !k->out || !(k->out->flags & FLOW_SINK_SHUT));
+	session_close(w, k->s,
+	              err != 0 || !k->out || !(k->out->flags & FLOW_SINK_SHUT) ? RB_CLOSE_ERROR
+	                                                                       : RB_CLOSE_EOF);
 }
 
 /* ---- the relay's upstream connect ---- */
@@ -460,7 +475,7 @@ static void upstream_failed(struct rb_worker *w, struct rb_session *s, int err)
 		        strerror(err), sup);
 	/* The client gets an RST: a FIN would look like a complete answer. */
 	setsockopt(s->sock[0].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	session_close(w, s, true);
+	session_close(w, s, RB_CLOSE_ERROR);
 }
 
 static void upstream_connected(struct rb_worker *w, struct rb_session *s)
@@ -567,7 +582,7 @@ static void relay_hangup(struct rb_worker *w, struct rb_sock *k)
 
 	getsockopt(k->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 	if (err) {
-		session_close(w, k->s, true);
+		session_close(w, k->s, RB_CLOSE_ERROR);
 		return;
 	}
 	R(w)->ops->del(R(w)->poller, k->fd, k);
@@ -597,6 +612,67 @@ static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 	session_run(w, k->s);
 }
 
+/* ---- --idle-timeout and --write-timeout: one timer per session ---- */
+
+static bool session_pending(const struct rb_session *s)
+{
+	for (unsigned i = 0; i < s->n_flows; i++)
+		if (rb__flow_pending(&s->flow[i]) > 0)
+			return true;
+	return false;
+}
+
+/* At the earlier deadline; a session without output pending is looked at
+ * again a write timeout from now, in case output is stuck by then. */
+static void timeouts_arm(struct rb_worker *w, struct rb_session *s)
+{
+	const struct rb_config *cfg = &w->srv->cfg;
+	uint64_t at = UINT64_MAX, now = rb__now_ms();
+
+	if (cfg->idle_timeout_ms)
+		at = s->last_io_ms + cfg->idle_timeout_ms;
+	if (cfg->write_timeout_ms) {
+		uint64_t wt = (session_pending(s) ? s->last_write_ms : now) + cfg->write_timeout_ms;
+		if (wt < at)
+			at = wt;
+	}
+	rb__timer_arm(&w->timers, &s->idle_timer, at);
+}
+
+static void timeouts_fire(struct rb_timer *t, void *arg)
+{
+	struct rb_session *s = rb_container_of(t, struct rb_session, idle_timer);
+	struct rb_worker *w = arg;
+	const struct rb_config *cfg = &w->srv->cfg;
+	uint64_t now = rb__now_ms();
+	bool pending = session_pending(s);
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	if (cfg->write_timeout_ms && pending && now - s->last_write_ms >= cfg->write_timeout_ms) {
+		/* The peer stopped reading: what it holds back is dropped. */
+		for (unsigned i = 0; i < s->n_socks; i++)
+			if (s->sock[i].fd >= 0)
+				setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		session_close(w, s, RB_CLOSE_WRITE_TIMEOUT);
+		return;
+	}
+	if (cfg->idle_timeout_ms && now - s->last_io_ms >= cfg->idle_timeout_ms) {
+		/* Nothing moved either way: a FIN, as after a flush (nothing is
+		 * pending unless it is stuck, and then a FIN would lie: RST). */
+		for (unsigned i = 0; i < s->n_socks; i++) {
+			if (s->sock[i].fd < 0)
+				continue;
+			if (pending)
+				setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+			else if (!(s->sock[i].flags & SOCK_CONNECTING))
+				shutdown(s->sock[i].fd, SHUT_WR);
+		}
+		session_close(w, s, RB_CLOSE_IDLE);
+		return;
+	}
+	timeouts_arm(w, s);
+}
+
 /* An accepted socket becomes a session: an echo, a relay, discard or chargen. */
 static void session_new(struct rb_worker *w, int fd, bool tcp)
 {
@@ -615,6 +691,10 @@ static void session_new(struct rb_worker *w, int fd, bool tcp)
 		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
+	if (!rb__worker_admit(w, fd)) {
+		free(s);
+		return;
+	}
 	if (w->srv->upstream)
 		rb__session_init_relay(s, fd, tcp, w->copy);
 	else if (cfg->service == RB_SERVICE_DISCARD)
@@ -630,12 +710,18 @@ static void session_new(struct rb_worker *w, int fd, bool tcp)
 	err = r->ops->add(r->poller, fd, &s->sock[0], events);
 	if (err < 0) {
 		free(s);
+		rb__worker_unadmit(w);
 		rb__refuse(w, fd, err);
 		return;
 	}
 	rb_list_add_tail(&r->sessions, &s->all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
+	rb__session_opened(w, s);
+	if (cfg->idle_timeout_ms || cfg->write_timeout_ms) {
+		rb__timer_init(&s->idle_timer, timeouts_fire);
+		timeouts_arm(w, s);
+	}
 	if (s->kind == RB_SESSION_ECHO)
 		return;
 	if (s->kind == RB_SESSION_RELAY) {
@@ -719,7 +805,7 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 			const struct rb_flow *out = s->sock[i].out;
 			rb__stop_deadline_close(w, s->sock[i].fd, out ? rb__flow_pending(out) : 0);
 		}
-		session_close(w, s, false);
+		session_close(w, s, RB_CLOSE_SHUTDOWN);
 	}
 }
 
@@ -859,6 +945,7 @@ static int reactor_run(struct rb_worker *w)
 			return n;
 		}
 		RB_STAT_ADD(w, wakeups, 1);
+		w->now_ms = rb__now_ms();
 		for (int i = 0; i < n; i++)
 			dispatch(w, &ev[i]);
 		/* Sessions that still had input after their budget (rule 3). */
@@ -877,7 +964,7 @@ static int reactor_run(struct rb_worker *w)
 				listener_accept(w, l);
 		}
 		if (w->timers.root)
-			rb__timers_run(&w->timers, rb__now_ms(), w);
+			rb__timers_run(&w->timers, w->now_ms, w);
 		memwait_wake(w);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
@@ -909,6 +996,16 @@ static int reactor_worker_init(struct rb_worker *w)
 	if (err < 0)
 		return err;
 	r->edge = r->ops->is_edge(r->poller);
+	if (w->srv->cfg.busy_poll_us && w->id == 0) {
+		/* Reported once: accepted sockets get SO_BUSY_POLL regardless. */
+		int bp = r->ops->busy_poll ? r->ops->busy_poll(r->poller, w->srv->cfg.busy_poll_us)
+		                           : -EOPNOTSUPP;
+		rb__log(RB_LOG_INFO, "busy poll %u us: sockets yes, %s %s%s",
+		        w->srv->cfg.busy_poll_us, r->ops->name, bp == 0 ? "yes" : "no",
+		        bp == 0 ? "" : " (kernel before 6.9?)");
+	} else if (w->srv->cfg.busy_poll_us && r->ops->busy_poll) {
+		r->ops->busy_poll(r->poller, w->srv->cfg.busy_poll_us);
+	}
 	r->ctl_h.kind = RB_H_CONTROL;
 	err = r->ops->add(r->poller, w->ctl_fd, &r->ctl_h, RB_READ);
 	if (err < 0)
@@ -939,7 +1036,8 @@ static void reactor_worker_fini(struct rb_worker *w)
 	if (!r)
 		return;
 	while (!rb_list_empty(&r->sessions))
-		session_close(w, rb_container_of(r->sessions.next, struct rb_session, all), false);
+		session_close(w, rb_container_of(r->sessions.next, struct rb_session, all),
+		              RB_CLOSE_SHUTDOWN);
 	free_grave(r);
 	for (size_t i = 0; i < w->n_listeners; i++) {
 		rb__udp_destroy(w, w->listeners[i].udp);

@@ -30,6 +30,11 @@ static int check_engine(const struct rb_engine_desc *eng, const struct rb_config
 		         rb_service_name(cfg->service), eng->name);
 		return -EINVAL;
 	}
+	if ((cfg->idle_timeout_ms || cfg->write_timeout_ms) && !(eng->caps & RB_CAP_TIMEOUTS)) {
+		snprintf(err, errlen, "--%s-timeout is not supported by the %s engine",
+		         cfg->idle_timeout_ms ? "idle" : "write", eng->name);
+		return -EINVAL;
+	}
 	if (cfg->trigger != RB_TRIGGER_EDGE && !(eng->caps & RB_CAP_LEVEL)) {
 		snprintf(err, errlen, "--trigger %s is not supported by the %s engine",
 		         rb_trigger_name(cfg->trigger), eng->name);
@@ -104,6 +109,24 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	rc = check_engine(srv->eng, cfg, err, errlen);
 	if (rc < 0)
 		goto fail;
+	if (cfg->busy_poll_us) {
+		/* Try it where it is refused: above net.core.busy_read it needs
+		 * CAP_NET_ADMIN. */
+		int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0),
+		    us = (int)cfg->busy_poll_us;
+		if (probe >= 0 &&
+		    setsockopt(probe, SOL_SOCKET, SO_BUSY_POLL, &us, sizeof(us)) < 0) {
+			rc = -errno;
+			snprintf(err, errlen, "--busy-poll %u is not permitted here: %s%s",
+			         cfg->busy_poll_us, strerror(-rc),
+			         rc == -EPERM ? " (above net.core.busy_read it needs CAP_NET_ADMIN)"
+			                      : "");
+			close(probe);
+			goto fail;
+		}
+		if (probe >= 0)
+			close(probe);
+	}
 
 	if (cfg->forward) {
 		srv->upstream = calloc(1, sizeof(*srv->upstream));
@@ -137,7 +160,10 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 			rc = -EINVAL;
 			goto fail;
 		}
-		srv->ls.per_worker[i] = srv->ls.addrs[i].is_udp &&
+		/* UDP always (a flow stays on one worker, never reordered);
+		 * TCP with --reuseport (the kernel spreads new peers). */
+		srv->ls.per_worker[i] = (srv->ls.addrs[i].is_udp ||
+		                         (cfg->reuseport && !srv->ls.addrs[i].is_unix)) &&
 		                        srv->ls.addrs[i].inherited_fd < 0 && cfg->threads > 1;
 	}
 	for (size_t i = 0; i < srv->ls.n; i++) {
@@ -207,6 +233,16 @@ static void *worker_main(void *arg)
 
 	/* The worker logs with its server's settings while it runs. */
 	rb__log_bind(&w->srv->cfg);
+	if (w->id < w->srv->cfg.n_cpus) {
+		cpu_set_t set;
+		int err;
+		CPU_ZERO(&set);
+		CPU_SET(w->srv->cfg.cpus[w->id], &set);
+		err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+		if (err)
+			rb__log(RB_LOG_ERR, "worker %u: cannot run on CPU %d: %s", w->id,
+			        w->srv->cfg.cpus[w->id], strerror(err));
+	}
 	w->result = w->srv->eng->model->run(w);
 	rb__log_unbind(&w->srv->cfg);
 	return NULL;

@@ -39,6 +39,12 @@ static void session_init(struct rb_session *s, enum rb_session_kind kind, unsign
 	rb__timer_init(&s->timer, NULL);
 	s->up_first = s->up_tried = 0;
 	s->connect_start_us = 0;
+	s->id = 0;
+	s->open_us = 0;
+	s->bytes_in = s->bytes_out = 0;
+	s->last_io_ms = s->last_write_ms = 0;
+	rb__timer_init(&s->idle_timer, NULL);
+	s->addrs = NULL;
 }
 
 void rb__session_init_echo(struct rb_session *s, int fd, bool tcp, const struct rb_copy_ops *copy)

@@ -48,6 +48,15 @@ enum {
 	FLOW_SINK_SHUT = 1u << 5, /* our FIN went to the sink */
 };
 
+/* Why a session closed (counted per reason; in the connection log). */
+enum rb_close_reason {
+	RB_CLOSE_EOF,           /* every flow done: FINs both ways */
+	RB_CLOSE_ERROR,         /* an error or an RST (ours or the peer's) */
+	RB_CLOSE_IDLE,          /* --idle-timeout */
+	RB_CLOSE_WRITE_TIMEOUT, /* --write-timeout: the peer stopped reading */
+	RB_CLOSE_SHUTDOWN,      /* the stop deadline */
+};
+
 /* What a session is: which sockets and flows it has. */
 enum rb_session_kind {
 	RB_SESSION_ECHO,    /* A -> A */
@@ -59,6 +68,7 @@ enum rb_session_kind {
 struct rb_session;
 struct rb_flow;
 struct rb_copy_ops;
+struct rb_session_addrs;
 
 struct rb_sock {
 	struct rb_handle h; /* RB_H_SOCK */
@@ -107,6 +117,14 @@ struct rb_session {
 	struct rb_timer timer;       /* its deadline (--connect-timeout) */
 	unsigned up_first, up_tried; /* first address tried, and how many so far */
 	uint64_t connect_start_us;
+	/* Accounting and the test bed's timeouts. */
+	uint64_t id;      /* per worker, from 1: the connection log's number */
+	uint64_t open_us; /* when it was accepted */
+	uint64_t bytes_in, bytes_out;
+	uint64_t last_io_ms;            /* bytes last moved, either way (--idle-timeout) */
+	uint64_t last_write_ms;         /* output last made progress (--write-timeout) */
+	struct rb_timer idle_timer;     /* the earlier of the two deadlines */
+	struct rb_session_addrs *addrs; /* --log-connections: its addresses */
 };
 
 /* An echo: one socket, one flow from it to itself. */

@@ -45,3 +45,29 @@ void rb_server_stats(const struct rb_server *srv, struct rb_stats *out)
 #undef SUM
 	}
 }
+
+int rb_server_stats_json(const struct rb_server *srv, char *buf, size_t len)
+{
+	struct rb_stats st;
+	size_t off;
+	int n;
+
+	rb_server_stats(srv, &st);
+	off = (size_t)rb_stats_json(&st, buf, len);
+	if (off == 0 || off + 2 >= len)
+		return (int)off;
+	/* Reopen the object: the workers' share of the accepts (--reuseport). */
+	off--;
+	n = snprintf(buf + off, len - off, ",\"accepted_per_worker\":[");
+	off += n > 0 ? (size_t)n : 0;
+	for (unsigned i = 0; i < srv->n_workers && off < len; i++) {
+		n = snprintf(buf + off, len - off, "%s%" PRIu64, i ? "," : "",
+		             __atomic_load_n(&srv->workers[i].st.accepted, __ATOMIC_RELAXED));
+		off += n > 0 ? (size_t)n : 0;
+	}
+	if (off < len) {
+		n = snprintf(buf + off, len - off, "]}");
+		off += n > 0 ? (size_t)n : 0;
+	}
+	return off < len ? (int)off : (len ? (int)len - 1 : 0);
+}

@@ -2,7 +2,12 @@
 /* What every worker has, whichever model drives it: a pool, a control
  * eventfd, the listeners, a reserve descriptor, counters. */
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <arpa/inet.h>
+#include <sys/un.h>
 #include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -13,6 +18,36 @@
 #include <unistd.h>
 
 #include "internal.h"
+
+/*
+ * --stats-interval: a line with every counter and the rates since the last
+ * line (text: "stats {...} rates {...}"; JSON: one object).
+ */
+static void stats_tick(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+	uint64_t now = rb__now_ms(), dt = now - w->stats_prev_ms;
+	char json[4096], rates[256], text[4500], fields[4500];
+	struct rb_stats st;
+
+	rb_server_stats_json(w->srv, json, sizeof(json));
+	rb_server_stats(w->srv, &st);
+	if (dt == 0)
+		dt = 1;
+	snprintf(rates, sizeof(rates),
+	         "{\"interval_ms\":%" PRIu64 ",\"accepted_per_s\":%" PRIu64
+	         ",\"bytes_in_per_s\":%" PRIu64 ",\"bytes_out_per_s\":%" PRIu64 "}",
+	         dt, (st.accepted - w->stats_prev.accepted) * 1000 / dt,
+	         (st.bytes_in - w->stats_prev.bytes_in) * 1000 / dt,
+	         (st.bytes_out - w->stats_prev.bytes_out) * 1000 / dt);
+	snprintf(text, sizeof(text), "stats %s rates %s", json, rates);
+	snprintf(fields, sizeof(fields), "\"event\":\"stats\",\"stats\":%s,\"rates\":%s", json,
+	         rates);
+	rb__log_event(RB_LOG_INFO, text, fields);
+	w->stats_prev = st;
+	w->stats_prev_ms = now;
+	rb__timer_arm(&w->timers, t, now + w->srv->cfg.stats_interval_ms);
+}
 
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 {
@@ -47,7 +82,9 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 		if (id > 0 && srv->ls.per_worker[i]) {
 			/* The first socket is bound: this one joins its port. */
 			struct rb_addr a = srv->ls.addrs[i];
-			struct rb_listen_opts o = {.reuseport = true};
+			struct rb_listen_opts o = {.reuseport = true,
+			                           .backlog = cfg->backlog,
+			                           .unix_mode = cfg->unix_mode};
 			char why[256];
 			int fd = rb__listen(&a, &o, why, sizeof(why));
 			if (fd < 0) {
@@ -60,6 +97,13 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 	}
 	w->n_listeners = srv->ls.n;
 	w->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (id == 0 && cfg->stats_interval_ms) {
+		/* Worker 0 writes the periodic stats line, from its own timers. */
+		rb__timer_init(&w->stats_timer, stats_tick);
+		w->stats_prev_ms = rb__now_ms();
+		rb__timer_arm(&w->timers, &w->stats_timer,
+		              w->stats_prev_ms + cfg->stats_interval_ms);
+	}
 	return 0;
 }
 
@@ -85,6 +129,10 @@ void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp)
 	if (cfg->user_timeout_ms) {
 		unsigned ut = cfg->user_timeout_ms;
 		setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof(ut));
+	}
+	if (cfg->busy_poll_us) {
+		int us = (int)cfg->busy_poll_us;
+		setsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &us, sizeof(us));
 	}
 }
 
@@ -114,10 +162,8 @@ bool rb__worker_control(struct rb_worker *w)
 	__atomic_store_n(&w->heartbeat_seen, __atomic_load_n(&w->srv->heartbeat, __ATOMIC_ACQUIRE),
 	                 __ATOMIC_RELEASE);
 	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
-		struct rb_stats st;
-		char json[2048];
-		rb_server_stats(w->srv, &st);
-		rb_stats_json(&st, json, sizeof(json));
+		char json[4096];
+		rb_server_stats_json(w->srv, json, sizeof(json));
 		rb__log(RB_LOG_ERR, "stats %s", json);
 	}
 	return __atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED);
@@ -212,4 +258,185 @@ void rb__worker_fini(struct rb_worker *w)
 		close(w->reserve_fd);
 	w->reserve_fd = -1;
 	rb_pool_fini(&w->pool);
+}
+
+/* ---- session accounting, shared by the models ---- */
+
+bool rb__worker_admit(struct rb_worker *w, int fd)
+{
+	unsigned max = w->srv->cfg.max_conns;
+
+	if (!max)
+		return true;
+	if (__atomic_add_fetch(&w->srv->n_sessions, 1, __ATOMIC_RELAXED) <= max)
+		return true;
+	__atomic_sub_fetch(&w->srv->n_sessions, 1, __ATOMIC_RELAXED);
+	/* Accepted and reset at once: the peer learns now, and nothing waits
+	 * in the backlog for a slot. */
+	RB_STAT_ADD(w, refused, 1);
+	RB_STAT_ADD(w, refused_limit, 1);
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &(struct linger){.l_onoff = 1, .l_linger = 0},
+	           sizeof(struct linger));
+	close(fd);
+	return false;
+}
+
+void rb__worker_unadmit(struct rb_worker *w)
+{
+	if (w->srv->cfg.max_conns)
+		__atomic_sub_fetch(&w->srv->n_sessions, 1, __ATOMIC_RELAXED);
+}
+
+/* "127.0.0.1:5555", "[::1]:5555", "unix:/path" or "unix" (unnamed). */
+static void addr_string(int fd, bool peer, char *buf, size_t len)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN] = "?";
+	int rc = peer ? getpeername(fd, (struct sockaddr *)&ss, &sl)
+	              : getsockname(fd, (struct sockaddr *)&ss, &sl);
+
+	if (rc < 0) {
+		snprintf(buf, len, "?");
+		return;
+	}
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
+		snprintf(buf, len, "%s:%u", host, ntohs(sin->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
+		snprintf(buf, len, "[%s]:%u", host, ntohs(sin6->sin6_port));
+	} else if (ss.ss_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+		size_t n = sl > offsetof(struct sockaddr_un, sun_path)
+		                   ? sl - offsetof(struct sockaddr_un, sun_path)
+		                   : 0;
+		if (n == 0 || sun->sun_path[0] == '\0')
+			snprintf(buf, len, "unix");
+		else
+			snprintf(buf, len, "unix:%.*s", (int)strnlen(sun->sun_path, n),
+			         sun->sun_path);
+	} else {
+		snprintf(buf, len, "?");
+	}
+}
+
+static const char *const reason_names[] = {
+        [RB_CLOSE_EOF] = "eof",           [RB_CLOSE_ERROR] = "reset",
+        [RB_CLOSE_IDLE] = "idle-timeout", [RB_CLOSE_WRITE_TIMEOUT] = "write-timeout",
+        [RB_CLOSE_SHUTDOWN] = "shutdown",
+};
+
+/* The addresses, taken at open: at close the peer may be gone. */
+struct rb_session_addrs {
+	char peer[112], local[112];
+};
+
+static void log_session(struct rb_worker *w, const struct rb_session *s, const char *event,
+                        const char *reason, uint64_t dur_us)
+{
+	char text[1024], fields[1536], pe[240], le[240];
+	const char *peer = s->addrs ? s->addrs->peer : "?",
+	           *local = s->addrs ? s->addrs->local : "?";
+
+	rb__json_escape(pe, sizeof(pe), peer);
+	rb__json_escape(le, sizeof(le), local);
+	if (!reason) {
+		snprintf(text, sizeof(text),
+		         "session %u.%" PRIu64 " open: peer %s, local %s, engine %s", w->id, s->id,
+		         peer, local, w->eng->name);
+		snprintf(fields, sizeof(fields),
+		         "\"event\":\"%s\",\"session\":\"%u.%" PRIu64
+		         "\",\"peer\":\"%s\",\"local\":\"%s\","
+		         "\"engine\":\"%s\"",
+		         event, w->id, s->id, pe, le, w->eng->name);
+	} else {
+		snprintf(text, sizeof(text),
+		         "session %u.%" PRIu64 " close: peer %s, local %s, engine %s, %" PRIu64
+		         " bytes in, %" PRIu64 " bytes out, %" PRIu64 ".%06" PRIu64 " s, %s",
+		         w->id, s->id, peer, local, w->eng->name, s->bytes_in, s->bytes_out,
+		         dur_us / 1000000, dur_us % 1000000, reason);
+		snprintf(fields, sizeof(fields),
+		         "\"event\":\"%s\",\"session\":\"%u.%" PRIu64
+		         "\",\"peer\":\"%s\",\"local\":\"%s\","
+		         "\"engine\":\"%s\",\"bytes_in\":%" PRIu64 ",\"bytes_out\":%" PRIu64
+		         ",\"duration_s\":%" PRIu64 ".%06" PRIu64 ",\"reason\":\"%s\"",
+		         event, w->id, s->id, pe, le, w->eng->name, s->bytes_in, s->bytes_out,
+		         dur_us / 1000000, dur_us % 1000000, reason);
+	}
+	rb__log_event(RB_LOG_INFO, text, fields);
+}
+
+void rb__session_opened(struct rb_worker *w, struct rb_session *s)
+{
+	s->id = ++w->session_seq;
+	s->open_us = rb__now_us();
+	s->last_io_ms = s->last_write_ms = s->open_us / 1000;
+	if (w->srv->cfg.log_connections) {
+		s->addrs = malloc(sizeof(*s->addrs));
+		if (s->addrs) {
+			addr_string(s->sock[0].fd, true, s->addrs->peer, sizeof(s->addrs->peer));
+			addr_string(s->sock[0].fd, false, s->addrs->local, sizeof(s->addrs->local));
+		}
+		log_session(w, s, "open", NULL, 0);
+	}
+}
+
+void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_close_reason why)
+{
+	uint64_t dur = rb__now_us() - s->open_us, bytes = s->bytes_in + s->bytes_out;
+
+	if (w->srv->cfg.log_connections) {
+		log_session(w, s, "close", reason_names[why], dur);
+		free(s->addrs);
+		s->addrs = NULL;
+	}
+	if (w->srv->cfg.max_conns)
+		__atomic_sub_fetch(&w->srv->n_sessions, 1, __ATOMIC_RELAXED);
+	RB_STAT_SUB(w, active, 1);
+	RB_STAT_ADD(w, closed, 1);
+	switch (why) {
+	case RB_CLOSE_EOF:
+		RB_STAT_ADD(w, closed_eof, 1);
+		break;
+	case RB_CLOSE_ERROR:
+		RB_STAT_ADD(w, closed_error, 1);
+		RB_STAT_ADD(w, resets, 1);
+		break;
+	case RB_CLOSE_IDLE:
+		RB_STAT_ADD(w, closed_idle, 1);
+		break;
+	case RB_CLOSE_WRITE_TIMEOUT:
+		RB_STAT_ADD(w, closed_write_timeout, 1);
+		break;
+	case RB_CLOSE_SHUTDOWN:
+		RB_STAT_ADD(w, closed_shutdown, 1);
+		break;
+	}
+	if (dur < 1000)
+		RB_STAT_ADD(w, duration_under_1ms, 1);
+	else if (dur < 10000)
+		RB_STAT_ADD(w, duration_under_10ms, 1);
+	else if (dur < 100000)
+		RB_STAT_ADD(w, duration_under_100ms, 1);
+	else if (dur < 1000000)
+		RB_STAT_ADD(w, duration_under_1s, 1);
+	else if (dur < 10000000)
+		RB_STAT_ADD(w, duration_under_10s, 1);
+	else if (dur < 100000000)
+		RB_STAT_ADD(w, duration_under_100s, 1);
+	else
+		RB_STAT_ADD(w, duration_over_100s, 1);
+	if (bytes < 1024)
+		RB_STAT_ADD(w, session_bytes_under_1k, 1);
+	else if (bytes < 65536)
+		RB_STAT_ADD(w, session_bytes_under_64k, 1);
+	else if (bytes < (1u << 20))
+		RB_STAT_ADD(w, session_bytes_under_1m, 1);
+	else if (bytes < (64u << 20))
+		RB_STAT_ADD(w, session_bytes_under_64m, 1);
+	else
+		RB_STAT_ADD(w, session_bytes_over_64m, 1);
 }

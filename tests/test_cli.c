@@ -254,7 +254,8 @@ Test(cli, help_and_version)
 	cr_assert(strstr(out, "usage: rebound [OPTIONS]") == out);
 	cr_assert_not_null(strstr(out, "--conn-buffer SIZE"));
 	cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-	cr_assert_not_null(strstr(out, "epoll udp splice relay services level\n"), "%s", out);
+	cr_assert_not_null(strstr(out, "epoll udp splice relay services level timeouts\n"), "%s",
+	                   out);
 }
 
 /* Start the daemon on port 0 and read the port from its "listening on" line. */
@@ -610,4 +611,26 @@ Test(cli, relay_upstream_refused_no_leak)
 	cr_assert_not_null(strstr(err, "rebound: stopped: 3 connections, 0 bytes in, 0 bytes out"),
 	                   "%s", err);
 	close(p.out);
+}
+
+/* The test-bed flags: each bad value named, exit 2. */
+Test(cli, testbed_flags)
+{
+	expect_fail(2, ARGS("--cpus", "0,x"),
+	            "rebound: invalid --cpus '0,x': expected a list such as 0,2-3\n");
+	expect_fail(2, ARGS("--cpus", "4000"),
+	            "rebound: invalid --cpus: CPU 4000 is not one this process may run on\n");
+	expect_fail(2, ARGS("--threads", "2", "--cpus", "0"),
+	            "rebound: invalid --cpus: 1 CPU for 2 threads (one per thread)\n");
+	expect_fail(2, ARGS("--log-format", "xml"),
+	            "rebound: invalid --log-format 'xml': expected text or json\n");
+	expect_fail(2, ARGS("--stats-interval", "5"),
+	            "rebound: invalid --stats-interval '5': must be 0 (off) or at least 10\n");
+	expect_fail(2, ARGS("--max-conns", "-1"),
+	            "rebound: invalid --max-conns '-1': expected a whole number\n");
+	expect_fail(2, ARGS("--idle-timeout", "90000000"),
+	            "rebound: invalid --idle-timeout '90000000': must be between 0 and 86400000\n");
+	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
+		expect_fail(2, ARGS("--engine", "uring", "--idle-timeout", "1000"),
+		            "rebound: --idle-timeout is not supported by the uring engine\n");
 }

@@ -118,6 +118,17 @@ struct rb_config {
 	rb_log_fn *log_fn;   /* NULL: the stderr logger */
 	void *log_ctx;       /* passed to log_fn */
 	bool log_timestamps; /* stderr logger: ISO 8601 UTC timestamps */
+	bool log_json;       /* stderr logger: one JSON object per line */
+	/* The test bed (issue 12). */
+	unsigned max_conns;         /* open sessions at most, 0 = no limit; beyond: refused */
+	unsigned idle_timeout_ms;   /* close a session idle this long (FIN), 0 = never */
+	unsigned write_timeout_ms;  /* reset a session whose output is stuck this long, 0 = never */
+	bool log_connections;       /* a line at every session's open and close */
+	unsigned stats_interval_ms; /* a stats line this often, 0 = never */
+	bool reuseport;             /* TCP: one listening socket per worker (SO_REUSEPORT) */
+	int cpus[RB_MAX_THREADS];   /* worker i runs on CPU cpus[i] ... */
+	unsigned n_cpus;            /* ... for i < n_cpus (0: not pinned) */
+	unsigned busy_poll_us;      /* SO_BUSY_POLL on accepted sockets (and epoll's), 0 = off */
 };
 
 /*
@@ -240,6 +251,10 @@ const char *rb_server_engine_detail(const struct rb_server *srv);
 
 /* Snapshot of the counters, summed over workers. Safe from any thread. */
 void rb_server_stats(const struct rb_server *srv, struct rb_stats *out);
+
+/* The server's counters as rb_stats_json writes them, plus
+ * "accepted_per_worker":[...]; returns the length written. */
+int rb_server_stats_json(const struct rb_server *srv, char *buf, size_t len);
 
 /* Write stats as one JSON object (no newline) into buf; returns its length. */
 int rb_stats_json(const struct rb_stats *st, char *buf, size_t len);
