@@ -1154,6 +1154,7 @@ static void drain_cqes(struct rb_worker *w, struct uring *u)
 			ev[i].flags = cqes[i]->flags;
 		}
 		io_uring_cq_advance(&u->ring, n);
+		RB_STAT_ADD(w, events, n);
 		for (unsigned i = 0; i < n; i++)
 			handle_cqe(w, u, ev[i].ud, ev[i].res, ev[i].flags);
 	}

@@ -590,8 +590,17 @@ static void relay_hangup(struct rb_worker *w, struct rb_sock *k)
 	session_run(w, k->s);
 }
 
+/* Payload bytes moved so far, both ways, to clients and upstreams. */
+static uint64_t bytes_moved(const struct rb_worker *w)
+{
+	return w->st.bytes_in + w->st.bytes_out + w->st.upstream_bytes_in +
+	       w->st.upstream_bytes_out;
+}
+
 static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 {
+	uint64_t moved = bytes_moved(w);
+
 	if (k->s->closed)
 		return; /* stale: closed earlier in this batch (rule 7) */
 	if ((k->flags & SOCK_CONNECTING) && !upstream_event(w, k))
@@ -610,6 +619,9 @@ static void sock_event(struct rb_worker *w, struct rb_sock *k, uint32_t ev)
 	if (ev & (RB_WRITE | RB_HUP))
 		k->flags |= SOCK_CAN_WRITE;
 	session_run(w, k->s);
+	/* A wake-up for nothing (issue 18: what each event is worth). */
+	if (bytes_moved(w) == moved && !k->s->closed)
+		RB_STAT_ADD(w, idle_events, 1);
 }
 
 /* ---- --idle-timeout and --write-timeout: one timer per session ---- */
@@ -946,6 +958,7 @@ static int reactor_run(struct rb_worker *w)
 		}
 		RB_STAT_ADD(w, wakeups, 1);
 		w->now_ms = rb__now_ms();
+		RB_STAT_ADD(w, events, (uint64_t)n);
 		for (int i = 0; i < n; i++)
 			dispatch(w, &ev[i]);
 		/* Sessions that still had input after their budget (rule 3). */

@@ -469,3 +469,43 @@ ECHO_TEST(two_workers, 120)
 	th_server_stop(&ts);
 	free(data);
 }
+
+/*
+ * The counters that explain a wake-up (issue 18): a ping-pong is served by
+ * readiness events or completions (a read loop may also find the next
+ * message without one), at most a few per message, and an event that moved
+ * no byte is rare (a readiness backend reporting a socket already drained).
+ * Loose bounds on counts, never timings.
+ */
+ECHO_TEST(event_counts, 60)
+{
+	enum { N = 300, SIZE = 100 };
+	unsigned char msg[SIZE], got[SIZE];
+	struct test_server ts;
+	struct rb_stats st;
+	int fd;
+
+	th_server_start(&ts, p, NULL);
+	fd = th_connect(ts.port);
+	for (unsigned i = 0; i < N; i++) {
+		size_t have = 0;
+		th_fill(msg, SIZE, i);
+		cr_assert_eq(send(fd, msg, SIZE, MSG_NOSIGNAL), (ssize_t)SIZE);
+		while (have < SIZE) {
+			ssize_t r = recv(fd, got + have, SIZE - have, 0);
+			cr_assert_gt(r, 0, "round %u", i);
+			have += (size_t)r;
+		}
+		cr_assert_arr_eq(got, msg, SIZE, "round %u", i);
+	}
+	close(fd);
+	expect_totals(&ts, 1, (uint64_t)N * SIZE);
+	rb_server_stats(ts.srv, &st);
+	cr_expect_gt(st.events, 0);
+	cr_expect_leq(st.events, 4 * N + 50, "%lu events for %d messages", (unsigned long)st.events,
+	              N);
+	cr_expect_gt(st.wakeups, 0);
+	cr_expect_leq(st.idle_events, 10 + st.events / 10, "%lu idle events of %lu",
+	              (unsigned long)st.idle_events, (unsigned long)st.events);
+	th_server_stop(&ts);
+}

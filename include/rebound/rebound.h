@@ -194,7 +194,9 @@ struct rb_config {
 	X(session_bytes_under_64k, SUM, "... 1 KiB to 64 KiB")                                     \
 	X(session_bytes_under_1m, SUM, "... 64 KiB to 1 MiB")                                      \
 	X(session_bytes_under_64m, SUM, "... 1 MiB to 64 MiB")                                     \
-	X(session_bytes_over_64m, SUM, "... 64 MiB or more")
+	X(session_bytes_over_64m, SUM, "... 64 MiB or more")                                       \
+	X(events, SUM, "readiness events or completions handled")                                  \
+	X(idle_events, SUM, "readiness events that moved no byte")
 
 struct rb_stats {
 #define RB_STATS_FIELD(name, how, doc) uint64_t name; /* doc */
