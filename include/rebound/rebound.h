@@ -306,6 +306,26 @@ void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fm
 #endif
         ;
 
+/*
+ * The metrics endpoint: an HTTP/1.1 server in a thread of its own, off the
+ * data path, serving GET /metrics (the Prometheus text format, version
+ * 0.0.4: every counter of RB_STATS, the gauges and the histograms built from
+ * the bucket counters) and GET /stats (rb_stats_json) for srv, on url
+ * (tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH). Start it after
+ * rb_server_create and stop it before rb_server_destroy. Returns 0 and sets
+ * *out, or -errno with a one-line reason naming url in err (-EINVAL: a bad
+ * URL).
+ */
+struct rb_metrics;
+int rb_metrics_start(struct rb_server *srv, const char *url, struct rb_metrics **out, char *err,
+                     size_t errlen);
+
+/* The endpoint's address as bound (numeric host, real port), or NULL. */
+const char *rb_metrics_url(const struct rb_metrics *m);
+
+/* Stop the endpoint: its thread, its clients, its socket. NULL is a no-op. */
+void rb_metrics_stop(struct rb_metrics *m);
+
 #ifdef __cplusplus
 }
 #endif
