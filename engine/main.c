@@ -13,6 +13,7 @@
 
 #include "rebound/rebound.h"
 #include "rb_config.h"
+#include "daemon.h"
 #include "sd.h"
 
 /* Exit statuses, documented in --help and the man page. */
@@ -34,8 +35,10 @@ static void on_stats_signal(int sig)
 
 static void on_signal(int sig)
 {
-	if (g_signals++ > 0)
+	if (g_signals++ > 0) {
+		rb_pidfile_remove();
 		_exit(128 + sig); /* second signal: leave at once */
+	}
 	rb_sd_notify("STOPPING=1");
 	if (g_srv)
 		rb_server_stop(g_srv);
@@ -103,6 +106,16 @@ static void usage(FILE *f)
 	        "                           inc, batch (default: use all the kernel has)\n"
 	        "      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
 	        "                           of N us, up to 60000000 (default 0: off)\n"
+	        "      --metrics URL        serve GET /metrics (Prometheus text format) and GET\n"
+	        "                           /stats (JSON) over HTTP on tcp://HOST:PORT or\n"
+	        "                           unix:PATH, from a thread of its own\n"
+	        "      --pidfile PATH       write the PID to PATH once listening, remove it at\n"
+	        "                           exit; refuse to start if it names a running process\n"
+	        "      --daemon             run in the background (double fork, setsid, stdio to\n"
+	        "                           /dev/null); exit 0 once the daemon is listening, or\n"
+	        "                           with its start-up error and status\n"
+	        "      --logfile PATH       append stdout and stderr to PATH (with --daemon:\n"
+	        "                           instead of /dev/null)\n"
 	        "      --list-engines       print the engines that can run here and exit\n"
 	        "  -v, --verbose            more logging\n"
 	        "  -q, --quiet              errors only\n"
@@ -125,6 +138,15 @@ static int bad_value(const char *flag, const char *value, const char *why)
 {
 	fprintf(stderr, "rebound: invalid %s '%s': %s\n", flag, value, why);
 	return EXIT_USAGE;
+}
+
+/* A start-up error after the flags: logged, and told to the shell that
+ * started a --daemon (its stderr is the log file or /dev/null by now). */
+static int startup_failed(const struct rb_config *cfg, int status, const char *msg)
+{
+	rb_log(cfg, RB_LOG_ERR, "%s", msg);
+	rb_daemon_ready(status, msg);
+	return status;
 }
 
 /*
@@ -330,6 +352,7 @@ int main(int argc, char **argv)
 		OPT_URING_OFF,
 		OPT_URING_BATCH
 	};
+	enum { OPT_METRICS = 400, OPT_PIDFILE, OPT_DAEMON, OPT_LOGFILE };
 	enum {
 		OPT_TRIGGER = 256,
 		OPT_COPY,
@@ -392,6 +415,10 @@ int main(int argc, char **argv)
 	        {"reuseport", no_argument, NULL, OPT_REUSEPORT},
 	        {"cpus", required_argument, NULL, OPT_CPUS},
 	        {"busy-poll", required_argument, NULL, OPT_BUSY_POLL},
+	        {"metrics", required_argument, NULL, OPT_METRICS},
+	        {"pidfile", required_argument, NULL, OPT_PIDFILE},
+	        {"daemon", no_argument, NULL, OPT_DAEMON},
+	        {"logfile", required_argument, NULL, OPT_LOGFILE},
 	        {"verbose", no_argument, NULL, 'v'},
 	        {"quiet", no_argument, NULL, 'q'},
 	        {"log-timestamps", no_argument, NULL, OPT_LOG_TIMESTAMPS},
@@ -400,6 +427,9 @@ int main(int argc, char **argv)
 	        {0},
 	};
 	struct rb_config cfg;
+	struct rb_metrics *metrics = NULL;
+	const char *metrics_url = NULL, *pidfile = NULL, *logfile = NULL;
+	bool daemonize = false;
 	struct rb_stats st;
 	struct sigaction sa;
 	char err[8192]; /* room for a whole over-long URL in the message */
@@ -550,6 +580,22 @@ int main(int argc, char **argv)
 			if ((rc = parse_uint_flag("--uring-batch-us", optarg, &cfg.uring_batch_us)))
 				return rc;
 			break;
+		case OPT_METRICS:
+			metrics_url = optarg;
+			break;
+		case OPT_PIDFILE:
+			if (!*optarg)
+				return bad_value("--pidfile", optarg, "expected a path");
+			pidfile = optarg;
+			break;
+		case OPT_DAEMON:
+			daemonize = true;
+			break;
+		case OPT_LOGFILE:
+			if (!*optarg)
+				return bad_value("--logfile", optarg, "expected a path");
+			logfile = optarg;
+			break;
 		case OPT_LIST:
 			list_engines();
 			return 0;
@@ -599,6 +645,25 @@ int main(int argc, char **argv)
 	}
 	if (cfg.n_listen == 0)
 		cfg.listen[cfg.n_listen++] = "tcp://127.0.0.1:7007";
+	/* What can be refused before going to the background, is. */
+	if (pidfile && rb_pidfile_check(pidfile, err, sizeof(err)) < 0) {
+		rb_log(&cfg, RB_LOG_ERR, "%s", err);
+		return EXIT_USAGE;
+	}
+	if (logfile && rb_logfile_open(logfile, err, sizeof(err)) < 0) {
+		rb_log(&cfg, RB_LOG_ERR, "%s", err);
+		return EXIT_RUNTIME;
+	}
+	if (daemonize) {
+		int status;
+		rc = rb_daemon_start(!logfile, &status, err, sizeof(err));
+		if (rc < 0) {
+			rb_log(&cfg, RB_LOG_ERR, "%s", err);
+			return EXIT_RUNTIME;
+		}
+		if (rc > 0)
+			return status; /* the invoking process: the daemon has reported */
+	}
 	if (rb_sd_notify_init() < 0)
 		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid NOTIFY_SOCKET");
 
@@ -606,10 +671,9 @@ int main(int argc, char **argv)
 
 	rc = rb_server_create(&cfg, &g_srv, err, sizeof(err));
 	if (rc < 0) {
-		rb_log(&cfg, RB_LOG_ERR, "%s", err);
 		if (rc == -ENOTSUP || rc == -ENOSYS || rc == -EPERM)
-			return EXIT_UNAVAILABLE;
-		return rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+			return startup_failed(&cfg, EXIT_UNAVAILABLE, err);
+		return startup_failed(&cfg, rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME, err);
 	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
@@ -620,7 +684,22 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_stats_signal;
 	sigaction(SIGUSR1, &sa, NULL);
 
+	/* The endpoint, then the pidfile: once that names us, we are listening. */
+	if (metrics_url &&
+	    (rc = rb_metrics_start(g_srv, metrics_url, &metrics, err, sizeof(err))) < 0)
+		rc = rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+	else if (pidfile && (rc = rb_pidfile_write(pidfile, err, sizeof(err))) < 0)
+		rc = rc == -EEXIST || rc == -EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+	if (rc != 0) {
+		struct rb_server *srv = g_srv;
+		g_srv = NULL;
+		rb_metrics_stop(metrics);
+		rb_server_destroy(srv);
+		return startup_failed(&cfg, rc, err);
+	}
 	print_listening(g_srv, &cfg);
+	if (metrics)
+		rb_log(&cfg, RB_LOG_INFO, "metrics on %s", rb_metrics_url(metrics));
 	if (cfg.forward)
 		rb_log(&cfg, RB_LOG_INFO, "relaying to %s (connect timeout %u ms)", cfg.forward,
 		       cfg.connect_timeout_ms);
@@ -640,10 +719,12 @@ int main(int argc, char **argv)
 		         rb_engine_name(rb_server_engine(g_srv)));
 		rb_sd_notify(status);
 	}
+	rb_daemon_ready(0, NULL);
 	if (rb_sd_watchdog_start(g_srv, &cfg) < 0)
 		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid WATCHDOG_USEC");
 	rc = rb_server_run(g_srv);
 	rb_sd_watchdog_stop();
+	rb_metrics_stop(metrics);
 	rb_server_stats(g_srv, &st);
 	rb_log(&cfg, RB_LOG_INFO,
 	       "stopped: %" PRIu64 " connections, %" PRIu64 " bytes in, %" PRIu64
@@ -662,6 +743,7 @@ int main(int argc, char **argv)
 		g_srv = NULL;
 		rb_server_destroy(srv);
 	}
+	rb_pidfile_remove();
 	rb_sd_notify_fini();
 	if (rc < 0) {
 		rb_log(&cfg, RB_LOG_ERR, "%s", strerror(-rc));
