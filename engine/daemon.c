@@ -152,29 +152,22 @@ void rb_pidfile_remove(void)
 
 int rb_logfile_open(const char *path, char *err, size_t errlen)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640), rc = 0;
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOCTTY, 0640);
 
 	if (fd < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot open --logfile '%s': %s", path, strerror(-rc));
-		return rc;
+		fd = -errno;
+		snprintf(err, errlen, "cannot open --logfile '%s': %s", path, strerror(-fd));
 	}
-	if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0) {
-		rc = -errno;
-		snprintf(err, errlen, "cannot open --logfile '%s': %s", path, strerror(-rc));
-	}
-	close(fd);
-	return rc;
+	return fd;
 }
 
-static void to_devnull(int target)
+void rb_output_to(int fd)
 {
-	int fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-
-	if (fd >= 0) {
-		dup2(fd, target);
+	/* dup2 leaves the copies without FD_CLOEXEC, as stdio should be. */
+	dup2(fd, STDOUT_FILENO);
+	dup2(fd, STDERR_FILENO);
+	if (fd > STDERR_FILENO)
 		close(fd);
-	}
 }
 
 /* The report: one byte of exit status, then the error line (if any). */
@@ -218,9 +211,9 @@ static int await_report(int fd)
 	return (unsigned char)buf[0];
 }
 
-int rb_daemon_start(bool devnull_output, int *status, char *err, size_t errlen)
+int rb_daemon_start(int output_fd, int *status, char *err, size_t errlen)
 {
-	int p[2], st, rc;
+	int p[2], st, rc, null;
 	pid_t pid;
 
 	if (pipe2(p, O_CLOEXEC) < 0) {
@@ -237,6 +230,9 @@ int rb_daemon_start(bool devnull_output, int *status, char *err, size_t errlen)
 		return rc;
 	}
 	if (pid > 0) {
+		/* Our stderr is still the invoking shell's: the report goes there. */
+		if (output_fd >= 0)
+			close(output_fd);
 		close(p[1]);
 		/* The first child leaves as soon as it has forked the daemon. */
 		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
@@ -263,10 +259,15 @@ int rb_daemon_start(bool devnull_output, int *status, char *err, size_t errlen)
 	if (pid > 0)
 		_exit(0);
 	ready_fd = p[1];
-	to_devnull(STDIN_FILENO);
-	if (devnull_output) {
-		to_devnull(STDOUT_FILENO);
-		to_devnull(STDERR_FILENO);
+	if (output_fd >= 0)
+		rb_output_to(output_fd);
+	null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (null >= 0) {
+		dup2(null, STDIN_FILENO);
+		if (output_fd < 0)
+			rb_output_to(null);
+		else if (null > STDERR_FILENO)
+			close(null);
 	}
 	return 0;
 }

@@ -21,18 +21,22 @@ int rb_pidfile_write(const char *path, char *err, size_t errlen);
 /* Remove the pidfile we wrote, if it is still ours. Async-signal-safe. */
 void rb_pidfile_remove(void);
 
-/* Send stdout and stderr to path, appended (created with mode 0640): 0 or -errno. */
+/* Open path for appending (created with mode 0640): its descriptor, or -errno. */
 int rb_logfile_open(const char *path, char *err, size_t errlen);
+
+/* Make fd our stdout and stderr (and close it). */
+void rb_output_to(int fd);
 
 /*
  * Become a daemon: fork, setsid, fork again, stdin from /dev/null, stdout
- * and stderr too if devnull_output. Returns 0 in the daemon, which must
+ * and stderr to output_fd (a log file), or to /dev/null if output_fd < 0;
+ * output_fd is closed. Returns 0 in the daemon, which must
  * call rb_daemon_ready once started. In the invoking process, waits for
  * that report and returns 1 with *status the exit status to leave with
  * (the daemon's error line, if any, printed to stderr). -errno if it
  * cannot fork (err says why).
  */
-int rb_daemon_start(bool devnull_output, int *status, char *err, size_t errlen);
+int rb_daemon_start(int output_fd, int *status, char *err, size_t errlen);
 
 /* In a daemon: tell the invoking process how start-up went, 0 (ready) or
  * an exit status with its error line. Once; without --daemon, a no-op. */

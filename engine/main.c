@@ -650,13 +650,16 @@ int main(int argc, char **argv)
 		rb_log(&cfg, RB_LOG_ERR, "%s", err);
 		return EXIT_USAGE;
 	}
-	if (logfile && rb_logfile_open(logfile, err, sizeof(err)) < 0) {
+	int log_fd = logfile ? rb_logfile_open(logfile, err, sizeof(err)) : -1;
+	if (logfile && log_fd < 0) {
 		rb_log(&cfg, RB_LOG_ERR, "%s", err);
 		return EXIT_RUNTIME;
 	}
+	if (!daemonize && log_fd >= 0)
+		rb_output_to(log_fd);
 	if (daemonize) {
 		int status;
-		rc = rb_daemon_start(!logfile, &status, err, sizeof(err));
+		rc = rb_daemon_start(log_fd, &status, err, sizeof(err));
 		if (rc < 0) {
 			rb_log(&cfg, RB_LOG_ERR, "%s", err);
 			return EXIT_RUNTIME;

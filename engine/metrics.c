@@ -49,7 +49,7 @@ enum client_state {
 struct client {
 	int fd;
 	enum client_state state;
-	uint64_t accepted; /* ms: the oldest makes room for a new one */
+	uint64_t order;    /* accept order: the oldest makes room for a new one */
 	uint64_t deadline; /* ms: closed then, whatever its state */
 	char *out;         /* the response */
 	size_t out_len, out_off;
@@ -64,6 +64,7 @@ struct rb_metrics {
 	int wake_fd; /* eventfd: rb_metrics_stop */
 	pthread_t thread;
 	uint64_t backoff_until;
+	uint64_t accepts; /* clients accepted so far, for their order */
 	struct client clients[METRICS_CLIENTS];
 };
 
@@ -680,14 +681,14 @@ static void accept_clients(struct rb_metrics *m, uint64_t now)
 				c = o;
 				break;
 			}
-			if (!c || o->accepted < c->accepted)
+			if (!c || o->order < c->order)
 				c = o;
 		}
 		if (c->state != CLIENT_FREE)
 			client_close(c);
 		c->fd = fd;
 		c->state = CLIENT_READ;
-		c->accepted = now;
+		c->order = ++m->accepts;
 		c->deadline = now + METRICS_TIMEOUT_MS;
 		c->in_len = 0;
 	}
