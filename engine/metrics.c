@@ -3,8 +3,9 @@
  * The metrics endpoint (--metrics URL): a small HTTP/1.1 server in a thread
  * of its own, off the data path. It knows the server only through the
  * public API: rb_server_stats() for a snapshot of the counters the workers
- * publish with relaxed stores, rb_stats_json() for /stats. Every counter of
- * RB_STATS appears in /metrics with its doc as # HELP, without a line here.
+ * publish with relaxed stores, rb_server_stats_json() for /stats. Every
+ * counter of RB_STATS appears in /metrics with its doc as # HELP, without a
+ * line here.
  *
  * One poll loop serves a few clients at once, each bounded in size (the
  * request head) and in time (one deadline from accept to close), so a slow
@@ -501,11 +502,8 @@ static void respond(const struct rb_metrics *m, const struct request *rq, struct
 		metrics_text(&body, m->srv);
 		type = "text/plain; version=0.0.4; charset=utf-8";
 	} else if (status == 200 && rq->route == ROUTE_STATS) {
-		struct rb_stats st;
-		char json[8192];
-		int n;
-		rb_server_stats(m->srv, &st);
-		n = rb_stats_json(&st, json, sizeof(json));
+		char json[16384];
+		int n = rb_server_stats_json(m->srv, json, sizeof(json));
 		text_append(&body, json, (size_t)n);
 		text_append(&body, "\n", 1);
 		type = "application/json";

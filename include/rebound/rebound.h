@@ -310,7 +310,7 @@ void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fm
  * The metrics endpoint: an HTTP/1.1 server in a thread of its own, off the
  * data path, serving GET /metrics (the Prometheus text format, version
  * 0.0.4: every counter of RB_STATS, the gauges and the histograms built from
- * the bucket counters) and GET /stats (rb_stats_json) for srv, on url
+ * the bucket counters) and GET /stats (rb_server_stats_json) for srv, on url
  * (tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH). Start it after
  * rb_server_create and stop it before rb_server_destroy. Returns 0 and sets
  * *out, or -errno with a one-line reason naming url in err (-EINVAL: a bad
