@@ -778,6 +778,16 @@ Test(metrics, exposition_after_known_traffic, .timeout = 120)
 	cr_expect_eq(expo_value(e, "rebound_closed_total", ""), (double)k);
 	cr_expect_eq(expo_value(e, "rebound_active", ""), 0.0);
 	cr_expect_eq(expo_value(e, "rebound_buffered", ""), 0.0);
+	cr_expect_eq(expo_value(e, "rebound_closed_eof_total", ""), (double)k);
+	/* Each session moved twice its length (in + out): 2000, 140000 and
+	 * 600000 bytes; all of them lasted under 100 s. */
+	cr_expect_eq(expo_value(e, "rebound_session_bytes_bucket", "le=\"1023\""), 0.0);
+	cr_expect_eq(expo_value(e, "rebound_session_bytes_bucket", "le=\"65535\""), 1.0);
+	cr_expect_eq(expo_value(e, "rebound_session_bytes_bucket", "le=\"1048575\""), 3.0);
+	cr_expect_eq(expo_value(e, "rebound_session_bytes_count", ""), (double)k);
+	cr_expect_eq(expo_value(e, "rebound_session_duration_seconds_bucket", "le=\"100\""),
+	             (double)k);
+	cr_expect_eq(expo_value(e, "rebound_session_duration_seconds_count", ""), (double)k);
 	snprintf(labels, sizeof(labels), "version=\"%s\",engine=\"%s\"", RB_VERSION,
 	         rb_engine_name(rb_server_engine(ep.ts.srv)));
 	cr_expect_eq(expo_value(e, "rebound_info", labels), 1.0);
