@@ -98,10 +98,14 @@ static uint8_t chargen_byte(uint64_t off)
 	return (uint8_t)(' ' + (line + col) % 95);
 }
 
-/* discard: reads and drops; after the client's EOF, FIN and close. */
+/*
+ * discard: reads and drops; after the client's EOF, FIN and close. One read
+ * per wake-up (the interest is level-triggered): a fast client must not
+ * starve the other connections.
+ */
 static bool discard_io(struct conn *c)
 {
-	for (;;) {
+	for (int budget = 1;; budget--) {
 		size_t want = BUF_SIZE;
 		ssize_t r;
 
@@ -118,6 +122,8 @@ static bool discard_io(struct conn *c)
 			want = (size_t)(close_at - c->in_off);
 		if (close_at != NONE && c->in_off >= close_at)
 			break;
+		if (!budget)
+			return true;
 		r = read(c->fd, c->in, want);
 		if (r > 0) {
 			c->in_off += (uint64_t)r;
@@ -133,9 +139,14 @@ static bool discard_io(struct conn *c)
 	return false;
 }
 
-/* chargen: writes the stream (damaged as asked) while the socket takes it; drops input. */
+/*
+ * chargen: writes the stream (damaged as asked) while the socket takes it,
+ * one buffer per wake-up so that every connection gets its turn; drops input.
+ */
 static bool chargen_io(struct conn *c, uint32_t events)
 {
+	int budget = 1; /* fresh buffers this wake-up, after what was pending */
+
 	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
 		ssize_t r = read(c->fd, c->in, BUF_SIZE);
 
@@ -162,6 +173,8 @@ static bool chargen_io(struct conn *c, uint32_t events)
 				conn_close(c);
 				return false;
 			}
+			if (!budget--)
+				return true;
 			if (stall_at != NONE && end > stall_at)
 				end = stall_at;
 			if (close_at != NONE && end > close_at)
