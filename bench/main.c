@@ -225,10 +225,18 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run, con
 
 	printf("target       %s: %u connections (%u active), %u thread%s\n", o->url, o->connections,
 	       o->active, o->threads, o->threads == 1 ? "" : "s");
-	printf("load         %s loop", mode_name(o));
+	if (o->expect != RBB_EXPECT_ECHO)
+		printf("load         %s: %zu B per %s call, %.2f s measured",
+		       o->expect == RBB_EXPECT_NONE ? "send only (discard)"
+		                                    : "receive only (chargen)",
+		       o->size, o->expect == RBB_EXPECT_NONE ? "send" : "recv", r->seconds);
+	else
+		printf("load         %s loop", mode_name(o));
 	if (o->rate > 0)
 		printf(" at %.0f msg/s", o->rate);
-	printf(", %zu B messages, depth %u, %.2f s measured", o->size, o->depth, r->seconds);
+	if (o->expect == RBB_EXPECT_ECHO)
+		printf(", %zu B messages, depth %u, %.2f s measured", o->size, o->depth,
+		       r->seconds);
 	if (o->warmup > 0)
 		printf(" after %.2f s warmup", o->warmup);
 	printf("\n");
@@ -237,6 +245,15 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run, con
 		       (unsigned long long)r->msgs, (double)r->msgs / secs, o->size);
 		print_lat_human("connect us", r->conn_hist);
 		print_lat_human("txn us", h);
+	} else if (o->expect == RBB_EXPECT_NONE) {
+		printf("throughput   %.2f MB/s %s\n", (double)r->bytes / secs / 1e6,
+		       o->target.proto == RBB_PROTO_TCP
+		               ? "acknowledged by the server's TCP (sent, none expected back)"
+		               : "sent (unix: accepted by the socket, which has no "
+		                 "acknowledgements)");
+	} else if (o->expect == RBB_EXPECT_CHARGEN) {
+		printf("throughput   %.2f MB/s of chargen pattern received\n",
+		       (double)r->bytes / secs / 1e6);
 	} else {
 		printf("messages     %llu (%.0f msg/s)\n", (unsigned long long)r->msgs,
 		       (double)r->msgs / secs);
@@ -298,7 +315,10 @@ static void print_human(const struct rbb_opts *o, const struct rbb_run *run, con
 		printf("note         rebound-bench used %.0f%% of its CPU: the client, not the "
 		       "server, may be the limit\n",
 		       100 * client_util(o, r));
-	printf("verified     %llu bytes echoed, %s\n", (unsigned long long)r->verified,
+	printf("verified     %llu bytes %s, %s\n", (unsigned long long)r->verified,
+	       o->expect == RBB_EXPECT_NONE      ? "acknowledged (connections closed cleanly)"
+	       : o->expect == RBB_EXPECT_CHARGEN ? "of chargen pattern"
+	                                         : "echoed",
 	       run->n_errors ? "ERRORS (see stderr)" : "all correct");
 }
 
@@ -327,11 +347,11 @@ static void print_json(const struct rbb_opts *o, const struct rbb_run *run, cons
 	printf("{\"version\": \"%s\", \"timestamp\": \"%s\", \"target\": ", RB_VERSION_STRING,
 	       r->timestamp);
 	json_string(o->url);
-	printf(", \"connections\": %u, \"active\": %u, \"threads\": %u, \"size\": %zu, "
-	       "\"depth\": %u, \"mode\": \"%s\", \"rate\": %.3f, \"warmup_s\": %.3f, "
-	       "\"seconds\": %.6f,\n",
-	       o->connections, o->active, o->threads, o->size, o->depth, mode_name(o), o->rate,
-	       o->warmup, r->seconds);
+	printf(", \"expect\": \"%s\", \"connections\": %u, \"active\": %u, \"threads\": %u, "
+	       "\"size\": %zu, \"depth\": %u, \"mode\": \"%s\", \"rate\": %.3f, "
+	       "\"warmup_s\": %.3f, \"seconds\": %.6f,\n",
+	       rbb_expect_name(o->expect), o->connections, o->active, o->threads, o->size, o->depth,
+	       mode_name(o), o->rate, o->warmup, r->seconds);
 	printf(" \"messages\": %llu, \"bytes\": %llu, \"msgs_per_s\": %.3f, \"mb_per_s\": %.6f,\n",
 	       (unsigned long long)r->msgs, (unsigned long long)r->bytes, (double)r->msgs / secs,
 	       (double)r->bytes / secs / 1e6);

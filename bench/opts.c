@@ -45,6 +45,12 @@ const char rbb_usage[] =
         "      --hgrm FILE         write the latency distribution (HdrHistogram\n"
         "                          text format, microseconds) to FILE\n"
         "      --seed N            seed of the byte streams (default 1)\n"
+        "      --expect WHAT       what the server does (tcp:// or unix:): echo (default),\n"
+        "                          none (a discard server: send only, count the bytes\n"
+        "                          its TCP acknowledged) or chargen (receive only,\n"
+        "                          verify RFC 864's pattern); with none and chargen,\n"
+        "                          -s is the size of each send or receive (default\n"
+        "                          64K) and -n N means N times -s bytes\n"
         "  -h, --help              this text\n"
         "      --version           print the version\n"
         "TIME is seconds, or a number with ms, s, m or h.\n"
@@ -65,6 +71,7 @@ enum {
 	OPT_JSON,
 	OPT_HGRM,
 	OPT_SEED,
+	OPT_EXPECT,
 	OPT_VERSION,
 };
 
@@ -88,6 +95,7 @@ static const struct option long_opts[] = {
         {"json", no_argument, NULL, OPT_JSON},
         {"hgrm", required_argument, NULL, OPT_HGRM},
         {"seed", required_argument, NULL, OPT_SEED},
+        {"expect", required_argument, NULL, OPT_EXPECT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, OPT_VERSION},
         {NULL, 0, NULL, 0},
@@ -291,6 +299,19 @@ int rbb_target_parse(struct rbb_target *t, const char *url, char *err, size_t er
 	return fail(err, errlen, "invalid target '%s': %s", url, target_forms);
 }
 
+const char *rbb_expect_name(enum rbb_expect e)
+{
+	switch (e) {
+	case RBB_EXPECT_NONE:
+		return "none";
+	case RBB_EXPECT_CHARGEN:
+		return "chargen";
+	case RBB_EXPECT_ECHO:
+		break;
+	}
+	return "echo";
+}
+
 static void set_defaults(struct rbb_opts *o)
 {
 	memset(o, 0, sizeof(*o));
@@ -319,6 +340,7 @@ static const char *opt_name(int c)
 int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t errlen)
 {
 	bool have_duration = false, have_threads = false, have_active = false;
+	bool have_size = false, have_depth = false;
 	uint64_t v;
 	int c, rc;
 
@@ -348,10 +370,12 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		case 's':
 			rc = opt_uint(name, optarg, 1024, 1, RBB_MAX_SIZE, &v, err, errlen);
 			o->size = (size_t)v;
+			have_size = true;
 			break;
 		case OPT_DEPTH:
 			rc = opt_uint(name, optarg, 1, 1, RBB_MAX_DEPTH, &v, err, errlen);
 			o->depth = (unsigned)v;
+			have_depth = true;
 			break;
 		case 'd':
 			rc = opt_time(name, optarg, 1e-9, &o->duration, err, errlen);
@@ -409,6 +433,18 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		case OPT_SEED:
 			rc = opt_uint(name, optarg, 1, 0, UINT64_MAX, &o->seed, err, errlen);
 			break;
+		case OPT_EXPECT:
+			if (!strcmp(optarg, "echo"))
+				o->expect = RBB_EXPECT_ECHO;
+			else if (!strcmp(optarg, "none"))
+				o->expect = RBB_EXPECT_NONE;
+			else if (!strcmp(optarg, "chargen"))
+				o->expect = RBB_EXPECT_CHARGEN;
+			else
+				rc = fail(err, errlen,
+				          "invalid --expect '%s': expected echo, none or chargen",
+				          optarg);
+			break;
 		case 'h':
 			o->help = true;
 			return 0;
@@ -458,6 +494,21 @@ int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t 
 		return fail(err, errlen, "invalid target '%s': --tcp-info needs tcp://", o->url);
 	if (o->strict && o->rate <= 0)
 		return fail(err, errlen, "--strict works with --rate only");
+	if (o->expect != RBB_EXPECT_ECHO) {
+		const char *e = rbb_expect_name(o->expect);
+
+		if (o->target.proto == RBB_PROTO_UDP)
+			return fail(err, errlen,
+			            "invalid target '%s': --expect %s needs tcp:// or unix:",
+			            o->url, e);
+		if (o->crr || have_active || have_depth || o->rate > 0)
+			return fail(err, errlen,
+			            "--expect %s takes none of --crr, --active, --depth, --rate",
+			            e);
+		/* One-way streams: -s is the size of each send or receive call. */
+		if (!have_size)
+			o->size = 64 * 1024;
+	}
 	if (o->target.proto == RBB_PROTO_UDP && o->size > RBB_MAX_DATAGRAM)
 		return fail(err, errlen,
 		            "invalid --size '%zu': a udp datagram carries at most %u bytes",

@@ -23,6 +23,13 @@ enum rbb_proto {
 	RBB_PROTO_UNIX,
 };
 
+/* What the server does with the bytes (--expect). */
+enum rbb_expect {
+	RBB_EXPECT_ECHO,    /* sends every byte back: verified against what was sent */
+	RBB_EXPECT_NONE,    /* discards (RFC 863): send only, count what its TCP acknowledged */
+	RBB_EXPECT_CHARGEN, /* character generator (RFC 864): receive only, verify the pattern */
+};
+
 struct rbb_target {
 	enum rbb_proto proto;
 	struct sockaddr_storage addr;
@@ -51,6 +58,7 @@ struct rbb_opts {
 	bool json;
 	const char *hgrm; /* --hgrm FILE */
 	uint64_t seed;
+	enum rbb_expect expect; /* --expect echo|none|chargen */
 	bool help;
 	bool version;
 };
@@ -68,6 +76,9 @@ int rbb_target_parse(struct rbb_target *t, const char *url, char *err, size_t er
  * o->help / o->version.
  */
 int rbb_opts_parse(struct rbb_opts *o, int argc, char **argv, char *err, size_t errlen);
+
+/* "echo", "none" or "chargen". */
+const char *rbb_expect_name(enum rbb_expect e);
 
 /* The --help text. */
 extern const char rbb_usage[];

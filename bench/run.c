@@ -2,6 +2,7 @@
 #include "run.h"
 
 #include <errno.h>
+#include <linux/sockios.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,8 +60,9 @@ struct rbb_conn {
 	/* --crr: this slot's transactions started, and the current one's times. */
 	uint64_t txn;
 	uint64_t txn_start;
-	bool restart; /* closed in this epoll batch: reconnect after it */
-	uint64_t *ts; /* send (or intended send) time of in-flight messages */
+	bool restart;   /* closed in this epoll batch: reconnect after it */
+	uint64_t *ts;   /* send (or intended send) time of in-flight messages */
+	uint64_t acked; /* --expect none: bytes of ours the server's TCP acknowledged */
 };
 
 uint64_t rbb_now(void)
@@ -112,6 +115,8 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 			return -ENOMEM;
 	}
 	w->rbuf = malloc(RBUF_SIZE);
+	if (o->expect == RBB_EXPECT_CHARGEN)
+		rbb_chargen_fill(0, w->rbuf, 0); /* builds the pattern before the clock starts */
 	if (!w->conns || !w->act || !w->ts || !w->rbuf)
 		return -ENOMEM;
 	rc = rbb_hist_create(&w->hist);
@@ -1033,6 +1038,429 @@ static void traffic(struct rbb_worker *w)
 	}
 }
 
+/* ---- one-way streams: --expect none (discard) and --expect chargen ------ */
+
+static bool one_way(const struct rbb_worker *w)
+{
+	return w->run->o->expect != RBB_EXPECT_ECHO;
+}
+
+/* Bytes connection @c sends (none) or receives (chargen): its -n quota, or no limit. */
+static uint64_t oneway_limit(const struct rbb_worker *w, const struct rbb_conn *c)
+{
+	size_t size = w->run->o->size;
+
+	return c->quota > UINT64_MAX / size ? UINT64_MAX : c->quota * size;
+}
+
+/*
+ * --expect none: how many of @c's bytes the server's TCP has acknowledged.
+ *
+ * SIOCOUTQ on a TCP socket is write_seq - snd_una: the bytes handed to the
+ * kernel that the peer has not acknowledged yet (in flight or not sent),
+ * plus 1 for our FIN from the shutdown() that queues it until the ACK that
+ * covers it. With sent, the bytes send() accepted, the acknowledged data
+ * is exactly sent - outq (sent + 1 - outq once the FIN is queued and
+ * outq > 0): no estimate, no sampling error, one counter read without
+ * the socket lock. (TCP_INFO's tcpi_bytes_acked is the same count plus 1
+ * for the SYN and 1 for the FIN.) An acknowledgement means the bytes
+ * reached the server's receive queue, not that the server read them: in a
+ * window that is a bias of at most one receive buffer, and at the end the
+ * server's FIN after ours proves it read everything (a TCP that closes
+ * with unread bytes sends an RST, which fails the run).
+ *
+ * AF_UNIX has no acknowledgements (its SIOCOUTQ counts buffer memory, not
+ * bytes), so over unix: the count is what send() accepted, at most one
+ * socket buffer ahead of the server's reads; the end is checked the same
+ * way (a unix peer that closes with unread bytes gives us ECONNRESET).
+ */
+static void none_refresh(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	uint64_t acked = c->sent;
+	int outq = 0;
+
+	if (c->fd >= 0 && w->run->o->target.proto == RBB_PROTO_TCP &&
+	    ioctl(c->fd, SIOCOUTQ, &outq) == 0 && outq > 0) {
+		uint64_t q = (uint64_t)outq;
+
+		if (c->state == CONN_SHUTDOWN)
+			q--; /* our FIN, not yet acknowledged */
+		acked = q < c->sent ? c->sent - q : 0;
+	}
+	if (acked <= c->acked)
+		return;
+	w->oneway_total += acked - c->acked;
+	if (w->run->o->messages)
+		w->bytes += acked - c->acked;
+	atomic_fetch_add_explicit(&w->prog_bytes, acked - c->acked, memory_order_relaxed);
+	c->acked = acked;
+	c->last_progress = now;
+	w->last_done = now;
+}
+
+static void oneway_refresh_all(struct rbb_worker *w, uint64_t now)
+{
+	if (w->run->o->expect != RBB_EXPECT_NONE)
+		return;
+	for (unsigned i = 0; i < w->n_conns; i++)
+		if (w->conns[i].state == CONN_RUNNING || w->conns[i].state == CONN_SHUTDOWN)
+			none_refresh(w, &w->conns[i], now);
+}
+
+/* --expect none: everything is sent; half-close and wait for the server's FIN. */
+static void none_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	if (w->run->o->tcp_info)
+		tcpi_sample(c, &w->tcpi);
+	if (shutdown(c->fd, SHUT_WR) < 0) {
+		rbb_error(w->run, true, "connection %u: shutdown after %llu bytes: %s", c->index,
+		          (unsigned long long)c->sent, strerror(errno));
+		conn_fail(w, c);
+		return;
+	}
+	c->state = CONN_SHUTDOWN;
+	c->last_progress = now;
+	none_refresh(w, c, now);
+}
+
+/* --expect none: sends the connection's stream until EAGAIN, its quota or the end. */
+static void none_send(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	uint64_t limit = oneway_limit(w, c);
+
+	while (!w->ending && c->sent < limit) {
+		size_t n = w->run->o->size;
+		ssize_t r;
+
+		if (n > RBB_STREAM_WINDOW)
+			n = RBB_STREAM_WINDOW;
+		if (limit - c->sent < n)
+			n = (size_t)(limit - c->sent);
+		r = send(c->fd, rbb_stream_window(c->v.seed, c->sent, n), n, MSG_NOSIGNAL);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				break;
+			none_refresh(w, c, now);
+			rbb_error(w->run, true,
+			          "connection %u: send at offset %llu (%llu bytes acknowledged): "
+			          "%s%s",
+			          c->index, (unsigned long long)c->sent,
+			          (unsigned long long)c->acked, strerror(errno),
+			          errno == ECONNRESET || errno == EPIPE
+			                  ? " (a server that closes with bytes unread resets the "
+			                    "connection)"
+			                  : "");
+			conn_fail(w, c);
+			return;
+		}
+		c->sent += (uint64_t)r;
+	}
+	none_refresh(w, c, now);
+	if (w->ending || c->sent >= limit)
+		none_shutdown(w, c, now);
+}
+
+/* --expect none: the server must send nothing, and close only after our FIN. */
+static void none_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
+{
+	for (;;) {
+		ssize_t r = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
+
+		if (r > 0) {
+			none_refresh(w, c, now);
+			rbb_error(
+			        w->run, true,
+			        "connection %u: the server sent %zd bytes after %llu of ours were "
+			        "acknowledged (a discard server sends nothing)",
+			        c->index, r, (unsigned long long)c->acked);
+			conn_fail(w, c);
+			return;
+		}
+		if (r == 0) {
+			none_refresh(w, c, now);
+			if (c->state != CONN_SHUTDOWN) {
+				rbb_error(
+				        w->run, true,
+				        "connection %u: server closed the connection after %llu of "
+				        "%llu bytes were acknowledged, before the client did",
+				        c->index, (unsigned long long)c->acked,
+				        (unsigned long long)c->sent);
+				conn_fail(w, c);
+				return;
+			}
+			if (c->acked != c->sent) {
+				rbb_error(w->run, true,
+				          "connection %u: short stream: server closed with %llu of "
+				          "%llu bytes acknowledged",
+				          c->index, (unsigned long long)c->acked,
+				          (unsigned long long)c->sent);
+				conn_fail(w, c);
+				return;
+			}
+			w->verified += c->acked;
+			conn_close(w, c, CONN_DONE);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return;
+		none_refresh(w, c, now);
+		rbb_error(w->run, true,
+		          "connection %u: recv after %llu of %llu bytes were acknowledged: %s%s",
+		          c->index, (unsigned long long)c->acked, (unsigned long long)c->sent,
+		          strerror(errno),
+		          errno == ECONNRESET ? " (a server that closes with bytes unread resets "
+		                                "the connection)"
+		                              : "");
+		conn_fail(w, c);
+		return;
+	}
+}
+
+/* --expect chargen: the client has what it wanted; closing with bytes unread resets. */
+static void chargen_done(struct rbb_worker *w, struct rbb_conn *c)
+{
+	/* Silence is not a chargen stream, however short the run. */
+	if (!c->v.off) {
+		rbb_error(w->run, true,
+		          "connection %u: no chargen byte arrived in %.1f s (is this a chargen "
+		          "server?)",
+		          c->index, (double)(rbb_now() - w->run->t_start) / 1e9);
+		conn_fail(w, c);
+		return;
+	}
+	if (w->run->o->tcp_info)
+		tcpi_sample(c, &w->tcpi);
+	conn_close(w, c, CONN_DONE);
+}
+
+/* --expect chargen: receives and checks the RFC 864 pattern from offset 0 (chargen.h). */
+static void chargen_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now, bool hup)
+{
+	uint64_t limit = oneway_limit(w, c);
+	size_t each = w->run->o->size < RBUF_SIZE ? w->run->o->size : RBUF_SIZE;
+
+	while (c->v.off < limit) {
+		size_t want = limit - c->v.off < each ? (size_t)(limit - c->v.off) : each;
+		ssize_t r = recv(c->fd, w->rbuf, want, 0);
+
+		if (r > 0) {
+			size_t bad = rbb_chargen_check(c->v.off, w->rbuf, (size_t)r);
+
+			if (bad < (size_t)r) {
+				uint64_t off = c->v.off + bad;
+				char where[64];
+
+				rbb_error(w->run, true,
+				          "connection %u: chargen mismatch at offset %llu (%s): "
+				          "expected 0x%02x, got 0x%02x%s",
+				          c->index, (unsigned long long)off,
+				          rbb_chargen_where(off, where, sizeof(where)),
+				          rbb_chargen_byte(off), w->rbuf[bad],
+				          off == 0 ? " (a chargen stream starts with ' ': is this "
+				                     "a chargen server?)"
+				                   : "");
+				conn_fail(w, c);
+				return;
+			}
+			c->v.off += (uint64_t)r;
+			c->last_progress = now;
+			w->verified += (uint64_t)r;
+			w->oneway_total += (uint64_t)r;
+			if (measuring(w, now))
+				w->bytes += (uint64_t)r;
+			w->last_done = now;
+			atomic_fetch_add_explicit(&w->prog_bytes, (uint64_t)r,
+			                          memory_order_relaxed);
+			/*
+			 * A short read drains a stream socket, unless the edge also
+			 * carried the peer's EOF or an error: that edge comes once,
+			 * so read on to the EOF now.
+			 */
+			if ((size_t)r < want && !hup)
+				break;
+			continue;
+		}
+		if (r == 0) {
+			rbb_error(w->run, true,
+			          "connection %u: server closed the chargen stream at offset %llu "
+			          "(a chargen server sends until the client closes)",
+			          c->index, (unsigned long long)c->v.off);
+			conn_fail(w, c);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			break;
+		rbb_error(w->run, true, "connection %u: recv at chargen offset %llu: %s", c->index,
+		          (unsigned long long)c->v.off, strerror(errno));
+		conn_fail(w, c);
+		return;
+	}
+	if (c->v.off >= limit)
+		chargen_done(w, c);
+}
+
+/* Past the end of sending (-d) or a fatal error elsewhere: wind every connection down. */
+static void oneway_end(struct rbb_worker *w, uint64_t now)
+{
+	for (unsigned i = 0; i < w->n_conns; i++) {
+		struct rbb_conn *c = &w->conns[i];
+
+		if (c->state != CONN_RUNNING)
+			continue;
+		if (w->run->o->expect == RBB_EXPECT_NONE)
+			none_shutdown(w, c, now);
+		else
+			chargen_done(w, c);
+	}
+}
+
+static void oneway_stall_check(struct rbb_worker *w, uint64_t now)
+{
+	uint64_t limit = (uint64_t)(w->run->o->stall_timeout * 1e9);
+	bool none = w->run->o->expect == RBB_EXPECT_NONE;
+
+	oneway_refresh_all(w, now);
+	for (unsigned i = 0; i < w->n_conns; i++) {
+		struct rbb_conn *c = &w->conns[i];
+		double idle = (double)(now - c->last_progress) / 1e9;
+
+		if (c->state != CONN_RUNNING && c->state != CONN_SHUTDOWN)
+			continue;
+		if (now - c->last_progress < limit)
+			continue;
+		if (c->state == CONN_SHUTDOWN)
+			rbb_error(w->run, true,
+			          "connection %u: stall: no EOF from the server %.1f s after "
+			          "shutdown at offset %llu (%llu bytes acknowledged)",
+			          c->index, idle, (unsigned long long)c->sent,
+			          (unsigned long long)c->acked);
+		else if (none)
+			rbb_error(w->run, true,
+			          "connection %u: stall: nothing acknowledged for %.1f s at offset "
+			          "%llu (%llu bytes sent)",
+			          c->index, idle, (unsigned long long)c->acked,
+			          (unsigned long long)c->sent);
+		else
+			rbb_error(
+			        w->run, true,
+			        "connection %u: stall: no chargen bytes for %.1f s at offset %llu",
+			        c->index, idle, (unsigned long long)c->v.off);
+		conn_fail(w, c);
+	}
+}
+
+static void oneway_traffic(struct rbb_worker *w)
+{
+	struct rbb_run *run = w->run;
+	const struct rbb_opts *o = run->o;
+	bool none = o->expect == RBB_EXPECT_NONE;
+	struct epoll_event evs[MAX_EVENTS];
+	uint64_t now = rbb_now(), next_sweep = now + TICK_NS;
+	uint64_t iv = o->tcp_info ? (uint64_t)(o->interval * 1e9) : 0;
+	uint64_t next_iv = iv ? run->t_start + iv : UINT64_MAX;
+	bool window_open = o->messages != 0;
+
+	for (unsigned i = 0; i < w->n_act; i++) {
+		struct rbb_conn *c = w->act[i];
+
+		if (o->messages)
+			c->quota = w->quota / w->n_act + (i < w->quota % w->n_act);
+		c->last_progress = now;
+	}
+	if (!w->n_act && o->messages)
+		w->ending = true;
+	/*
+	 * Edges that came while connecting were consumed there: read to EAGAIN
+	 * (or EOF) now, or an early EOF or unasked-for bytes would go unseen.
+	 */
+	for (unsigned i = 0; i < w->n_act; i++) {
+		struct rbb_conn *c = w->act[i];
+
+		if (none) {
+			none_send(w, c, now);
+			if (c->state == CONN_RUNNING || c->state == CONN_SHUTDOWN)
+				none_read(w, c, now);
+		} else {
+			chargen_read(w, c, now, true);
+		}
+	}
+
+	while (w->left && !atomic_load(&run->stop)) {
+		uint64_t wake = next_sweep;
+		int n;
+
+		if (!window_open && run->t_measure < wake)
+			wake = run->t_measure;
+		if (!w->ending && run->t_end < wake)
+			wake = run->t_end;
+		if (next_iv < wake)
+			wake = next_iv;
+		now = rbb_now();
+		n = wait_events(w, evs, wake > now ? wake - now : 0);
+		if (n < 0 && errno != EINTR) {
+			rbb_error(run, true, "epoll_wait: %s", strerror(errno));
+			break;
+		}
+		now = rbb_now();
+		for (int i = 0; i < n; i++) {
+			struct rbb_conn *c = evs[i].data.ptr;
+			uint32_t e = evs[i].events;
+
+			if (c->state != CONN_RUNNING && c->state != CONN_SHUTDOWN)
+				continue; /* closed earlier in this batch */
+			if (!none) {
+				if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+					chargen_read(w, c, now,
+					             e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR));
+				continue;
+			}
+			if (c->state == CONN_RUNNING && (e & (EPOLLOUT | EPOLLERR)))
+				none_send(w, c, now);
+			if ((c->state == CONN_RUNNING || c->state == CONN_SHUTDOWN) &&
+			    (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+				none_read(w, c, now);
+		}
+		/*
+		 * The window's edges: every connection's count read at once, on
+		 * this thread, as close to t_measure and t_end as the clock allows.
+		 */
+		if (!window_open && now >= run->t_measure) {
+			oneway_refresh_all(w, now);
+			w->oneway_at_measure = w->oneway_total;
+			window_open = true;
+		}
+		if (!w->ending && now >= run->t_end) {
+			if (o->messages) {
+				rbb_error(run, true,
+				          "time limit of %.1f s reached before %llu bytes were %s",
+				          o->duration, (unsigned long long)(o->messages * o->size),
+				          none ? "acknowledged" : "received");
+				break;
+			}
+			if (none) {
+				oneway_refresh_all(w, now);
+				w->bytes = w->oneway_total - w->oneway_at_measure;
+			}
+			w->ending = true;
+			oneway_end(w, now);
+		}
+		if (now >= next_sweep) {
+			oneway_stall_check(w, now);
+			next_sweep = now + TICK_NS;
+		}
+		if (now >= next_iv) {
+			tcpi_interval(w);
+			next_iv += iv;
+		}
+	}
+}
+
 /* ---- --crr: connect, send one message, read its echo, close ------------ */
 
 static void crr_next(struct rbb_worker *w, struct rbb_conn *c, uint64_t now);
@@ -1289,8 +1717,12 @@ void *rbb_worker_main(void *arg)
 	pthread_barrier_wait(&run->barrier);
 	/* The main thread sets the times, quotas and rates here. */
 	pthread_barrier_wait(&run->barrier);
-	if (!atomic_load(&run->stop))
-		traffic(w);
+	if (!atomic_load(&run->stop)) {
+		if (one_way(w))
+			oneway_traffic(w);
+		else
+			traffic(w);
+	}
 	if (write(run->done_fd, &one, sizeof(one)) < 0) {
 		/* Cannot happen for an eventfd below its maximum; nothing to do. */
 	}

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "chargen.h"
 #include "hist.h"
 #include "opts.h"
 #include "stream.h"
@@ -80,6 +81,9 @@ struct rbb_worker {
 	uint64_t lost;      /* udp datagrams that never came back */
 	uint64_t late;      /* udp datagrams that came back after being given up */
 	uint64_t reordered; /* udp datagrams that came back after a later one */
+	/* --expect none/chargen: bytes acknowledged or received in all, and at t_measure. */
+	uint64_t oneway_total;
+	uint64_t oneway_at_measure;
 	unsigned connected;
 	unsigned connect_errors;
 	unsigned unserved;               /* idle connections that did not echo their first byte */

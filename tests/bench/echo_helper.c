@@ -16,6 +16,12 @@
  *   --udp-dup     udp: echo every datagram twice
  *   --listen URL  tcp://127.0.0.1:0 (default), tcp://[::1]:0, udp://127.0.0.1:0
  *                 or unix:PATH; over udp the offsets count all datagrams' bytes
+ *   --service S   echo (default), discard (RFC 863: read and drop everything;
+ *                 close after the client's EOF) or chargen (RFC 864: send the
+ *                 pattern from line 0 as fast as the client reads, drop input);
+ *                 over tcp and unix. --stall-at and --close-at count the bytes
+ *                 read (discard) or written (chargen); --flip-at and --drop-at
+ *                 damage the chargen stream at that offset
  * Prints "echo-helper: listening on URL" to stderr once it accepts and
  * exits 0 on SIGTERM or SIGINT.
  */
@@ -50,6 +56,7 @@ struct conn {
 static uint64_t drop_at = NONE, flip_at = NONE, stall_at = NONE, close_at = NONE;
 static bool udp_swap, udp_dup, leak_fds;
 static uint64_t max_conns = NONE, accept_max = NONE, accepted;
+static enum { ECHO, DISCARD, CHARGEN } service = ECHO;
 static int epfd;
 static struct conn *conns;
 
@@ -77,9 +84,130 @@ static void conn_close(struct conn *c)
 	free(c);
 }
 
+/*
+ * Byte @off of the RFC 864 stream, written here from the RFC independently
+ * of rebound-bench's chargen.c: the 95 printable characters ' ' to '~' as a
+ * ring, line N holding ring positions N to N + 71 (mod 95), then CR LF.
+ */
+static uint8_t chargen_byte(uint64_t off)
+{
+	uint64_t line = off / 74, col = off % 74;
+
+	if (col >= 72)
+		return col == 72 ? '\r' : '\n';
+	return (uint8_t)(' ' + (line + col) % 95);
+}
+
+/*
+ * discard: reads and drops; after the client's EOF, FIN and close. One read
+ * per wake-up (the interest is level-triggered): a fast client must not
+ * starve the other connections.
+ */
+static bool discard_io(struct conn *c)
+{
+	for (int budget = 1;; budget--) {
+		size_t want = BUF_SIZE;
+		ssize_t r;
+
+		if (stall_at != NONE && c->in_off >= stall_at) {
+			/* Stop reading (and so acknowledging, once the window is full). */
+			struct epoll_event ev = {.data.ptr = c};
+
+			epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+			return true;
+		}
+		if (stall_at != NONE && stall_at - c->in_off < want)
+			want = (size_t)(stall_at - c->in_off);
+		if (close_at != NONE && close_at - c->in_off < want)
+			want = (size_t)(close_at - c->in_off);
+		if (close_at != NONE && c->in_off >= close_at)
+			break;
+		if (!budget)
+			return true;
+		r = read(c->fd, c->in, want);
+		if (r > 0) {
+			c->in_off += (uint64_t)r;
+			continue;
+		}
+		if (r < 0 && errno == EAGAIN)
+			return true;
+		if (r == 0)
+			shutdown(c->fd, SHUT_WR);
+		break;
+	}
+	conn_close(c);
+	return false;
+}
+
+/*
+ * chargen: writes the stream (damaged as asked) while the socket takes it,
+ * one buffer per wake-up so that every connection gets its turn; drops input.
+ */
+static bool chargen_io(struct conn *c, uint32_t events)
+{
+	int budget = 1; /* fresh buffers this wake-up, after what was pending */
+
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+		ssize_t r = read(c->fd, c->in, BUF_SIZE);
+
+		if (r == 0 || (r < 0 && errno != EAGAIN)) {
+			conn_close(c);
+			return false;
+		}
+	}
+	for (;;) {
+		ssize_t w;
+
+		/* buf[head, tail) is pending; in_off is the stream offset after it. */
+		if (c->head == c->tail) {
+			uint64_t end = c->in_off + BUF_SIZE;
+
+			if (stall_at != NONE && c->in_off >= stall_at) {
+				struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+
+				epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+				return true;
+			}
+			if (close_at != NONE && c->in_off >= close_at) {
+				shutdown(c->fd, SHUT_WR);
+				conn_close(c);
+				return false;
+			}
+			if (!budget--)
+				return true;
+			if (stall_at != NONE && end > stall_at)
+				end = stall_at;
+			if (close_at != NONE && end > close_at)
+				end = close_at;
+			c->head = c->tail = 0;
+			for (uint64_t off = c->in_off; off < end; off++) {
+				uint8_t b = chargen_byte(off);
+
+				if (off != drop_at)
+					c->buf[c->tail++] = off == flip_at ? (uint8_t)~b : b;
+			}
+			c->in_off = end;
+			if (c->head == c->tail)
+				continue;
+		}
+		w = write(c->fd, c->buf + c->head, c->tail - c->head);
+		if (w < 0 && errno == EAGAIN)
+			return true;
+		if (w <= 0) {
+			conn_close(c);
+			return false;
+		}
+		c->head += (size_t)w;
+	}
+}
+
 /* Returns false when the connection is gone. */
 static bool conn_io(struct conn *c, uint32_t events)
 {
+	if (service == DISCARD)
+		return discard_io(c);
+	if (service == CHARGEN)
+		return chargen_io(c, events);
 	if ((events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->eof && !c->stalled &&
 	    c->tail < BUF_SIZE) {
 		ssize_t r = read(c->fd, c->in, BUF_SIZE - c->tail);
@@ -297,7 +425,17 @@ int main(int argc, char **argv)
 			accept_max = number(argv[++i]);
 		else if (!strcmp(argv[i], "--listen"))
 			url = argv[++i];
-		else {
+		else if (!strcmp(argv[i], "--service")) {
+			i++;
+			if (!strcmp(argv[i], "discard"))
+				service = DISCARD;
+			else if (!strcmp(argv[i], "chargen"))
+				service = CHARGEN;
+			else if (strcmp(argv[i], "echo")) {
+				fprintf(stderr, "echo-helper: unknown service '%s'\n", argv[i]);
+				return 2;
+			}
+		} else {
 			fprintf(stderr, "echo-helper: unknown option '%s'\n", argv[i]);
 			return 2;
 		}
@@ -359,7 +497,7 @@ int main(int argc, char **argv)
 				if (conns)
 					conns->prev = c;
 				conns = c;
-				ev.events = EPOLLIN;
+				ev.events = service == CHARGEN ? EPOLLIN | EPOLLOUT : EPOLLIN;
 				ev.data.ptr = c;
 				epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 				continue;

@@ -665,3 +665,317 @@ Test(e2e, not_an_echo_server_gets_a_hint)
 	        "%s", result.err);
 	cr_assert_eq(stop_server(&s), 0);
 }
+
+/* ---- issue 11: --expect none (discard) and --expect chargen ---------------- */
+
+/* echo-helper with up to three option/value pairs (NULL ends them). */
+static void start_service(struct server *s, const char *service, const char *opt, const char *value,
+                          const char *listen)
+{
+	char *argv[10];
+	int n = 0;
+
+	argv[n++] = (char *)env_path("RBB_ECHO_HELPER");
+	argv[n++] = (char *)"--service";
+	argv[n++] = (char *)service;
+	if (opt) {
+		argv[n++] = (char *)opt;
+		argv[n++] = (char *)value;
+	}
+	if (listen) {
+		argv[n++] = (char *)"--listen";
+		argv[n++] = (char *)listen;
+	}
+	argv[n] = NULL;
+	start_server(s, argv);
+}
+
+/* The string after @key in @json (up to the next comma), or "". */
+static const char *json_raw(const char *json, const char *key)
+{
+	static char val[64];
+	char k[64];
+	const char *at;
+	size_t n;
+
+	snprintf(k, sizeof(k), "\"%s\": ", key);
+	at = strstr(json, k);
+	if (!at)
+		return "";
+	at += strlen(k);
+	n = strcspn(at, ",}\n");
+	snprintf(val, sizeof(val), "%.*s", (int)(n < sizeof(val) ? n : sizeof(val) - 1), at);
+	return val;
+}
+
+/*
+ * A discard server: -n 100 of -s 1000 over 3 connections is exactly 100000
+ * bytes acknowledged (and every connection closed cleanly after its FIN).
+ */
+Test(e2e, discard_exact_bytes_acknowledged)
+{
+	char pid[32];
+	const char *args[] = {"--expect", "none", "-c",           "3", "-n",     "100",
+	                      "-s",       "1000", "--server-pid", pid, "--json", NULL};
+	struct server s;
+
+	start_service(&s, "discard", NULL, NULL, NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_str_eq(json_raw(result.out, "expect"), "\"none\"", "%s", result.out);
+	cr_assert_eq(json_num(result.out, "bytes"), 100000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "verified_bytes"), 100000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "messages"), 0, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "connected"), 3, "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"server_cpu_s_per_gib\": "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"ok\": true"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* A timed run reports MB/s, server and system CPU per GiB; unix sockets too. */
+Test(e2e, discard_timed_with_cpu_tcp_and_unix)
+{
+	char dir[] = "/tmp/rbb-e2e-XXXXXX", url[128], pid[32];
+	const char *args[] = {"--expect", "none",         "-c",           "2", "-d",
+	                      "0.3",      "--cpu-system", "--server-pid", pid, NULL};
+	const char *unix_args[] = {"--expect", "none", "-n", "7", "-s", "100K", "--json", NULL};
+	struct server s;
+
+	start_service(&s, "discard", NULL, NULL, NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "MB/s acknowledged by the server's TCP"), "%s",
+	                   result.out);
+	cr_assert_not_null(strstr(result.out, "server cpu   "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, " s per GiB (1 process)"), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "system cpu   "), "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "acknowledged (connections closed cleanly), all "
+	                                      "correct"),
+	                   "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(url, sizeof(url), "unix:%s/discard.sock", dir);
+	start_service(&s, "discard", NULL, NULL, url);
+	run_bench(&result, &s, unix_args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_eq(json_num(result.out, "verified_bytes"), 7 * 102400, "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+	rmdir(dir);
+}
+
+/* A discard server that stops reading: the window fills, acknowledgements stop. */
+Test(e2e, discard_server_that_stops_reading_is_a_stall)
+{
+	const char *args[] = {"--expect",        "none", "-c", "1", "-d", "10",
+	                      "--stall-timeout", "0.5",  NULL};
+	struct server s;
+
+	start_service(&s, "discard", "--stall-at", "100000", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: stall: nothing acknowledged for "),
+	                   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* A discard server that closes with bytes unread (an RST, or a FIN before ours). */
+Test(e2e, discard_server_that_closes_early_fails)
+{
+	const char *args[] = {"--expect", "none", "-c", "1", "-d", "10", NULL};
+	struct server s;
+
+	start_service(&s, "discard", "--close-at", "100000", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert(strstr(result.err, "(a server that closes with bytes unread resets the "
+	                             "connection)") ||
+	                  strstr(result.err, "before the client did"),
+	          "%s", result.err);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: connection 0: "), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* An echo server is not a discard server: the first byte back fails the run. */
+Test(e2e, discard_expected_but_bytes_come_back)
+{
+	const char *args[] = {"--expect", "none", "-c", "1", "-d", "10", NULL};
+	struct server s;
+
+	start_helper(&s, NULL, NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "(a discard server sends nothing)"), "%s",
+	                   result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* chargen: -n 100 of -s 1000 over 3 connections is exactly 100000 bytes, every one verified. */
+Test(e2e, chargen_exact_bytes_verified)
+{
+	char pid[32];
+	const char *args[] = {"--expect", "chargen", "-c",           "3", "-n",     "100",
+	                      "-s",       "1000",    "--server-pid", pid, "--json", NULL};
+	struct server s;
+
+	start_service(&s, "chargen", NULL, NULL, NULL);
+	snprintf(pid, sizeof(pid), "%d", (int)s.pid);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_str_eq(json_raw(result.out, "expect"), "\"chargen\"", "%s", result.out);
+	cr_assert_eq(json_num(result.out, "bytes"), 100000, "%s", result.out);
+	cr_assert_eq(json_num(result.out, "verified_bytes"), 100000, "%s", result.out);
+	cr_assert_not_null(strstr(result.out, "\"server_cpu_s_per_gib\": "), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, chargen_timed_over_unix)
+{
+	char dir[] = "/tmp/rbb-e2e-XXXXXX", url[128];
+	const char *args[] = {"--expect", "chargen", "-c", "2", "-d", "0.3", "--cpu-system", NULL};
+	struct server s;
+
+	cr_assert_not_null(mkdtemp(dir));
+	snprintf(url, sizeof(url), "unix:%s/chargen.sock", dir);
+	start_service(&s, "chargen", NULL, NULL, url);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "MB/s of chargen pattern received"), "%s",
+	                   result.out);
+	cr_assert_not_null(strstr(result.out, "bytes of chargen pattern, all correct"), "%s",
+	                   result.out);
+	cr_assert_eq(stop_server(&s), 0);
+	rmdir(dir);
+}
+
+/*
+ * One corrupted byte at a known offset: 123457 is line 1668 (1668 * 74 =
+ * 123432), column 25, ring position (1668 + 25) mod 95 = 78, so 'n' (0x6e);
+ * the helper sends its complement, 0x91.
+ */
+Test(e2e, chargen_corrupt_byte_names_its_offset)
+{
+	const char *args[] = {"--expect", "chargen", "-c", "1", "-d", "10", NULL};
+	struct server s;
+
+	start_service(&s, "chargen", "--flip-at", "123457", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "rebound-bench: connection 0: chargen mismatch at "
+	                                      "offset 123457 (line 1668, column 25): expected "
+	                                      "0x6e, got 0x91\n"),
+	                   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* A dropped byte shows where it went missing: the CR of line 67 arrives one early. */
+Test(e2e, chargen_dropped_byte_names_its_offset)
+{
+	const char *args[] = {"--expect", "chargen", "-c", "2", "-d", "10", NULL};
+	struct server s;
+
+	/* 5030 = 67 * 74 + 72: the CR; the LF (0x0a) takes its place. */
+	start_service(&s, "chargen", "--drop-at", "5030", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, ": chargen mismatch at offset 5030 (line 67, column "
+	                                      "72): expected 0x0d, got 0x0a\n"),
+	                   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, chargen_wrong_first_byte_gets_a_hint)
+{
+	const char *args[] = {"--expect", "chargen", "-c", "1", "-d", "10", NULL};
+	struct server s;
+
+	start_service(&s, "chargen", "--flip-at", "0", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "chargen mismatch at offset 0 (line 0, column 0): "
+	                                      "expected 0x20, got 0xdf (a chargen stream starts "
+	                                      "with ' ': is this a chargen server?)"),
+	                   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, chargen_server_closing_is_a_short_stream)
+{
+	const char *args[] = {"--expect", "chargen", "-c", "1", "-d", "10", NULL};
+	struct server s;
+
+	start_service(&s, "chargen", "--close-at", "7777", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: server closed the chargen stream at "
+	                                      "offset 7777 "),
+	                   "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+Test(e2e, chargen_silence_is_a_stall)
+{
+	const char *args[] = {"--expect", "chargen",         "-c",  "1", "-d",
+	                      "10",       "--stall-timeout", "0.5", NULL};
+	struct server s;
+
+	start_service(&s, "chargen", "--stall-at", "7777", NULL);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 1, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.err, "connection 0: stall: no chargen bytes for "), "%s",
+	                   result.err);
+	cr_assert_not_null(strstr(result.err, " at offset 7777\n"), "%s", result.err);
+	cr_assert_eq(stop_server(&s), 0);
+}
+
+/* rebound's --service, once the engine has it; skipped with the reason until then. */
+static void against_rebound_service(const char *service, const char *const *args)
+{
+	const char *rebound = getenv("REBOUND");
+	char *help[] = {(char *)rebound, (char *)"--help", NULL};
+	struct server s;
+	struct outcome *h = &result;
+	int out_fd, err_fd;
+	size_t have = 0;
+	bool open_ = true;
+
+	if (!rebound || !*rebound)
+		cr_skip_test("rebound is not built in this tree");
+	s.pid = spawn(help, &out_fd, &err_fd);
+	h->out[0] = '\0';
+	while (open_)
+		append(out_fd, h->out, &have, &open_);
+	close(out_fd);
+	close(err_fd);
+	wait_status(s.pid);
+	if (!strstr(h->out, "--service"))
+		cr_skip_test("this rebound has no --service yet (issue 11, engine side)");
+	char *argv[] = {(char *)rebound,     (char *)"--listen", (char *)"tcp://127.0.0.1:0",
+	                (char *)"--service", (char *)service,    NULL};
+
+	start_server(&s, argv);
+	run_bench(&result, &s, args);
+	cr_assert_eq(result.status, 0, "stdout:\n%s\nstderr:\n%s", result.out, result.err);
+	cr_assert_not_null(strstr(result.out, "all correct"), "%s", result.out);
+	cr_assert_eq(stop_server(&s), 0, "rebound did not exit 0 on SIGTERM");
+}
+
+Test(e2e, real_rebound_discard)
+{
+	const char *args[] = {"--expect", "none", "-c", "4", "-n", "64", "-s", "64K", NULL};
+
+	against_rebound_service("discard", args);
+	cr_assert_not_null(strstr(result.out, "verified     4194304 bytes acknowledged"), "%s",
+	                   result.out);
+}
+
+Test(e2e, real_rebound_chargen)
+{
+	const char *args[] = {"--expect", "chargen", "-c", "4", "-n", "64", "-s", "64K", NULL};
+
+	against_rebound_service("chargen", args);
+	cr_assert_not_null(strstr(result.out, "verified     4194304 bytes of chargen pattern"),
+	                   "%s", result.out);
+}

@@ -190,3 +190,39 @@ Test(opts, help_and_version)
 	cr_assert(o.version);
 	cr_assert_not_null(strstr(rbb_usage, "--stall-timeout"));
 }
+
+/* Issue 11: --expect none|chargen, one-way streams. */
+Test(opts, expect_one_way_modes)
+{
+	cr_assert_eq(PARSE("tcp://127.0.0.1:7"), 0, "%s", err);
+	cr_assert_eq(o.expect, RBB_EXPECT_ECHO);
+	cr_assert_eq(PARSE("--expect", "none", "tcp://127.0.0.1:9"), 0, "%s", err);
+	cr_assert_eq(o.expect, RBB_EXPECT_NONE);
+	cr_assert_eq(o.size, 65536, "one-way modes send or receive 64 KiB per call by default");
+	cr_assert_eq(PARSE("--expect", "chargen", "-s", "1000", "-n", "5", "unix:/x"), 0, "%s",
+	             err);
+	cr_assert_eq(o.expect, RBB_EXPECT_CHARGEN);
+	cr_assert_eq(o.size, 1000);
+	cr_assert_eq(o.messages, 5);
+	cr_assert_eq(PARSE("--expect", "echo", "tcp://127.0.0.1:7"), 0, "%s", err);
+	cr_assert_eq(o.size, 64);
+	cr_assert_str_eq(rbb_expect_name(RBB_EXPECT_NONE), "none");
+	cr_assert_str_eq(rbb_expect_name(RBB_EXPECT_CHARGEN), "chargen");
+	cr_assert_str_eq(rbb_expect_name(RBB_EXPECT_ECHO), "echo");
+}
+
+Test(opts, expect_refusals)
+{
+	BAD("invalid --expect 'discard': expected echo, none or chargen", "--expect", "discard",
+	    "tcp://127.0.0.1:7");
+	BAD("invalid target 'udp://127.0.0.1:9': --expect none needs tcp:// or unix:", "--expect",
+	    "none", "udp://127.0.0.1:9");
+	BAD("--expect chargen takes none of --crr, --active, --depth, --rate", "--expect",
+	    "chargen", "--depth", "1", "tcp://127.0.0.1:7");
+	BAD("--expect none takes none of --crr, --active, --depth, --rate", "--expect", "none",
+	    "--crr", "tcp://127.0.0.1:7");
+	BAD("--expect none takes none of --crr, --active, --depth, --rate", "--expect", "none",
+	    "--active", "1", "tcp://127.0.0.1:7");
+	BAD("--expect chargen takes none of --crr, --active, --depth, --rate", "--expect",
+	    "chargen", "--rate", "10", "tcp://127.0.0.1:7");
+}
