@@ -124,7 +124,6 @@ static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_clo
 		return;
 	rb__timer_cancel(&w->timers, &s->timer);
 	rb__timer_cancel(&w->timers, &s->idle_timer);
-	rb__session_closing(w, s, why);
 	for (unsigned i = 0; i < s->n_socks; i++) {
 		struct rb_sock *k = &s->sock[i];
 		if (k->fd < 0)
@@ -149,6 +148,8 @@ static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_clo
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
 	s->closed = true;
 	session_queue(w, s, RB_Q_GRAVE);
+	/* Counted last: whoever sees it closed sees its bytes gone too. */
+	rb__session_closing(w, s, why);
 }
 
 /*
