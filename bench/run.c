@@ -63,7 +63,22 @@ struct rbb_conn {
 	bool restart;   /* closed in this epoll batch: reconnect after it */
 	uint64_t *ts;   /* send (or intended send) time of in-flight messages */
 	uint64_t acked; /* --expect none: bytes of ours the server's TCP acknowledged */
+	/*
+	 * --expect none/chargen: the last send or recv loop stopped at its
+	 * budget, not at EAGAIN, so no new edge will come: go on after the
+	 * next epoll batch (with the EOF/error edge it carried, if any).
+	 */
+	bool more;
+	bool more_hup;
 };
+
+/*
+ * Send or recv calls one connection gets per turn in the one-way loops.
+ * A server on the other core can keep a socket from ever saying EAGAIN;
+ * without a bound one connection would starve the others and the
+ * window's edges (a 0.3 s window read as empty once, under load).
+ */
+#define ONEWAY_BUDGET 32
 
 uint64_t rbb_now(void)
 {
@@ -1127,10 +1142,17 @@ static void none_shutdown(struct rbb_worker *w, struct rbb_conn *c, uint64_t now
 static void none_send(struct rbb_worker *w, struct rbb_conn *c, uint64_t now)
 {
 	uint64_t limit = oneway_limit(w, c);
+	unsigned budget = ONEWAY_BUDGET;
 
+	c->more = false;
 	while (!w->ending && c->sent < limit) {
 		size_t n = w->run->o->size;
 		ssize_t r;
+
+		if (!budget--) {
+			c->more = w->oneway_more = true;
+			break;
+		}
 
 		if (n > RBB_STREAM_WINDOW)
 			n = RBB_STREAM_WINDOW;
@@ -1242,10 +1264,19 @@ static void chargen_read(struct rbb_worker *w, struct rbb_conn *c, uint64_t now,
 {
 	uint64_t limit = oneway_limit(w, c);
 	size_t each = w->run->o->size < RBUF_SIZE ? w->run->o->size : RBUF_SIZE;
+	unsigned budget = ONEWAY_BUDGET;
 
+	c->more = false;
 	while (c->v.off < limit) {
 		size_t want = limit - c->v.off < each ? (size_t)(limit - c->v.off) : each;
-		ssize_t r = recv(c->fd, w->rbuf, want, 0);
+		ssize_t r;
+
+		if (!budget--) {
+			c->more = w->oneway_more = true;
+			c->more_hup = hup;
+			break;
+		}
+		r = recv(c->fd, w->rbuf, want, 0);
 
 		if (r > 0) {
 			size_t bad = rbb_chargen_check(c->v.off, w->rbuf, (size_t)r);
@@ -1402,12 +1433,27 @@ static void oneway_traffic(struct rbb_worker *w)
 		if (next_iv < wake)
 			wake = next_iv;
 		now = rbb_now();
+		if (w->oneway_more)
+			wake = now; /* budgeted connections go on: only poll */
 		n = wait_events(w, evs, wake > now ? wake - now : 0);
 		if (n < 0 && errno != EINTR) {
 			rbb_error(run, true, "epoll_wait: %s", strerror(errno));
 			break;
 		}
 		now = rbb_now();
+		if (w->oneway_more) {
+			w->oneway_more = false;
+			for (unsigned i = 0; i < w->n_act; i++) {
+				struct rbb_conn *c = w->act[i];
+
+				if (!c->more || c->state != CONN_RUNNING)
+					continue;
+				if (none)
+					none_send(w, c, now);
+				else
+					chargen_read(w, c, now, c->more_hup);
+			}
+		}
 		for (int i = 0; i < n; i++) {
 			struct rbb_conn *c = evs[i].data.ptr;
 			uint32_t e = evs[i].events;

@@ -84,6 +84,7 @@ struct rbb_worker {
 	/* --expect none/chargen: bytes acknowledged or received in all, and at t_measure. */
 	uint64_t oneway_total;
 	uint64_t oneway_at_measure;
+	bool oneway_more; /* some connection stopped at its budget (run.c) */
 	unsigned connected;
 	unsigned connect_errors;
 	unsigned unserved;               /* idle connections that did not echo their first byte */
