@@ -158,6 +158,10 @@ struct uconn {
 	struct rb_session s;
 	uint32_t flags; /* UC_* */
 	unsigned refs;  /* operations in flight (receives, sends, connect, cancels) */
+	/* The session's shape, copied here: every CQE reads it, and the
+	 * session's own fields lie cache lines away. */
+	uint8_t n_socks, n_flows;
+	bool chargen;
 	struct usock us[RB_SESSION_SOCKS];
 	struct uflow uf[]; /* s.n_flows of them */
 };
@@ -334,13 +338,17 @@ static struct io_uring_sqe *get_sqe(struct uring *u)
 	return sqe;
 }
 
-/* Aim an SQE at the socket's registered file when it has one. */
-static void sqe_target(struct io_uring_sqe *sqe, const struct usock *k)
+/* What an SQE names a socket by: its registered file when it has one
+ * (sqe_fixed marks the SQE so), else its descriptor. */
+static inline int sqe_fd(const struct usock *k)
 {
-	if (k->slot >= 0) {
-		sqe->fd = k->slot;
+	return k->slot >= 0 ? k->slot : k->sk->fd;
+}
+
+static inline void sqe_fixed(struct io_uring_sqe *sqe, const struct usock *k)
+{
+	if (k->slot >= 0)
 		sqe->flags |= IOSQE_FIXED_FILE;
-	}
 }
 
 static size_t conn_cap(const struct rb_worker *w)
@@ -389,14 +397,14 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		return;
 	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
 	rb__timer_cancel(&w->timers, &c->s.timer);
-	for (unsigned i = 0; i < c->s.n_socks; i++) {
+	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		sock_unlist(k);
 		sock_cancel_recv(u, k);
 		if (k->flags & US_CONNECTING)
 			cancel_op(u, c, tag(k, OP_CONNECT));
 	}
-	for (unsigned i = 0; i < c->s.n_flows; i++)
+	for (unsigned i = 0; i < c->n_flows; i++)
 		if (c->uf[i].flags & UF_SEND)
 			cancel_op(u, c, tag(&c->uf[i], OP_SEND));
 	conn_advance(w, u, c);
@@ -445,18 +453,18 @@ static void flow_free_segs(struct uring *u, struct uflow *f)
 static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
 	rb__timer_cancel(&w->timers, &c->s.timer);
-	for (unsigned i = 0; i < c->s.n_socks; i++) {
+	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		/* A relay is transparent: an error on one side (an RST, a failed
 		 * send or connect) is passed on as an RST on the other. */
-		if ((c->flags & UC_ERROR) && c->s.n_socks > 1 && k->sk->fd >= 0)
+		if ((c->flags & UC_ERROR) && c->n_socks > 1 && k->sk->fd >= 0)
 			setsockopt(k->sk->fd, SOL_SOCKET, SO_LINGER,
 			           &(struct linger){.l_onoff = 1, .l_linger = 0},
 			           sizeof(struct linger));
 		sock_close(u, k);
 		sock_unlist(k);
 	}
-	for (unsigned i = 0; i < c->s.n_flows; i++) {
+	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		if (f->flags & UF_SENT) {
 			for (unsigned j = 0; j < u->n_sent; j++)
@@ -509,7 +517,7 @@ static void flow_submit_send(struct uring *u, struct uflow *f, unsigned n)
 	struct io_uring_sqe *sqe = get_sqe(u);
 
 	if (n == 1) {
-		io_uring_prep_send(sqe, k->sk->fd, f->iov[0].iov_base, f->iov[0].iov_len,
+		io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
 		                   MSG_NOSIGNAL);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
@@ -517,9 +525,9 @@ static void flow_submit_send(struct uring *u, struct uflow *f, unsigned n)
 		memset(&f->msg, 0, sizeof(f->msg));
 		f->msg.msg_iov = f->iov;
 		f->msg.msg_iovlen = n;
-		io_uring_prep_sendmsg(sqe, k->sk->fd, &f->msg, MSG_NOSIGNAL);
+		io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
 	}
-	sqe_target(sqe, k);
+	sqe_fixed(sqe, k);
 	io_uring_sqe_set_data64(sqe, tag(f, OP_SEND));
 	f->flags |= UF_SEND;
 	f->c->refs++;
@@ -640,7 +648,7 @@ static void sock_arm_recv(struct rb_worker *w, struct uring *u, struct usock *k)
 	struct uflow *f = k->in;
 	size_t budget = w->srv->cfg.read_budget, room = SIZE_MAX, left;
 	struct io_uring_sqe *sqe;
-	int fd = k->sk->fd;
+	int fd = sqe_fd(k);
 
 	if (f->kind != UF_DROP && !(f->rf->flags & FLOW_DISCARD)) {
 		room = flow_room(w, f);
@@ -676,7 +684,7 @@ static void sock_arm_recv(struct rb_worker *w, struct uring *u, struct usock *k)
 		size_t len = room < u->bufsize ? room : u->bufsize;
 		io_uring_prep_recv(sqe, fd, NULL, len, 0);
 	}
-	sqe_target(sqe, k);
+	sqe_fixed(sqe, k);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
 	/* Only multishot receives are bundles: their byte limit bounds a
@@ -752,7 +760,7 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 			conn_free(w, u, c);
 		return;
 	}
-	for (unsigned i = 0; i < c->s.n_flows; i++) {
+	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		uint32_t ff = f->rf->flags;
 
@@ -782,16 +790,16 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 	}
 	/* chargen runs until its peer leaves (unless stopping: then its FIN
 	 * goes first, as for every flow). */
-	if (c->s.kind == RB_SESSION_CHARGEN && (c->s.flow[0].flags & FLOW_SRC_EOF) &&
+	if (c->chargen && (c->s.flow[0].flags & FLOW_SRC_EOF) &&
 	    !(c->s.flow[1].flags & FLOW_DISCARD))
 		all_done = true;
 	if (all_done) {
 		conn_close(w, u, c, false);
 		return;
 	}
-	for (unsigned i = 0; i < c->s.n_socks; i++)
+	for (unsigned i = 0; i < c->n_socks; i++)
 		sock_advance(w, u, &c->us[i]);
-	for (unsigned i = 0; i < c->s.n_flows; i++) {
+	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		/* sockperf: an idle flow keeps no staging buffer (as the reactor). */
 		if (f->kind == UF_CHAIN && !f->bytes)
@@ -1141,8 +1149,9 @@ static bool upstream_try(struct rb_worker *w, struct uring *u, struct uconn *c, 
 		sock_register(u, k);
 		sqe = get_sqe(u);
 		/* The address lives in the server: it outlasts the request. */
-		io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&up->addr[i], up->len[i]);
-		sqe_target(sqe, k);
+		io_uring_prep_connect(sqe, sqe_fd(k), (const struct sockaddr *)&up->addr[i],
+		                      up->len[i]);
+		sqe_fixed(sqe, k);
 		io_uring_sqe_set_data64(sqe, tag(k, OP_CONNECT));
 		k->flags |= US_CONNECTING;
 		c->refs++;
@@ -1186,7 +1195,10 @@ static void connect_timeout(struct rb_timer *t, void *arg)
 /* The model's records beside the session's: a socket's receive, a flow's queue. */
 static void conn_wire(struct uring *u, struct uconn *c)
 {
-	for (unsigned i = 0; i < c->s.n_socks; i++) {
+	c->n_socks = (uint8_t)c->s.n_socks;
+	c->n_flows = (uint8_t)c->s.n_flows;
+	c->chargen = c->s.kind == RB_SESSION_CHARGEN;
+	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		k->c = c;
 		k->sk = &c->s.sock[i];
@@ -1195,7 +1207,7 @@ static void conn_wire(struct uring *u, struct uconn *c)
 		if (k->sk->upstream)
 			k->flags |= US_UPSTREAM;
 	}
-	for (unsigned i = 0; i < c->s.n_flows; i++) {
+	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		struct rb_flow *rf = &c->s.flow[i];
 		f->c = c;
@@ -1210,7 +1222,7 @@ static void conn_wire(struct uring *u, struct uconn *c)
 		          : !f->src                      ? UF_GEN
 		          : !f->sink                     ? UF_DROP
 		                                         : UF_SEGS;
-		f->bufcap = c->s.n_flows > 1 ? u->relay_bufcap : u->conn_bufcap;
+		f->bufcap = c->n_flows > 1 ? u->relay_bufcap : u->conn_bufcap;
 		f->iov = f->iov_inline;
 		f->iov_cap = INLINE_IOV;
 	}
@@ -1384,7 +1396,7 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
-		for (unsigned i = 0; i < c->s.n_flows; i++)
+		for (unsigned i = 0; i < c->n_flows; i++)
 			c->s.flow[i].flags |= FLOW_RD_EOF | FLOW_DISCARD;
 		conn_advance(w, u, c);
 	}
@@ -1410,7 +1422,7 @@ static void close_all(struct rb_worker *w, struct uring *u)
 		next = it->next;
 		/* As the readiness engines (a send in flight is part of the
 		 * flow's bytes). */
-		for (unsigned i = 0; i < c->s.n_socks; i++) {
+		for (unsigned i = 0; i < c->n_socks; i++) {
 			const struct usock *k = &c->us[i];
 			if (k->sk->fd >= 0)
 				rb__stop_deadline_close(w, k->sk->fd, k->out ? k->out->bytes : 0);
