@@ -389,12 +389,17 @@ static void cancel_op(struct uring *u, struct uconn *c, uint64_t target)
 }
 
 /* Give up on a session: cancel whatever it has in flight; it is freed when
- * the last CQE comes back. Not an error: closed once every flow is done
- * (our FINs were sent), or at the stop deadline. */
+ * the last CQE comes back (maybe now: c may be gone on return). Not an
+ * error: closed once every flow is done (our FINs were sent), or at the
+ * stop deadline. */
 static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bool error)
 {
-	if (c->flags & UC_CLOSING)
+	/* Already closing: an operation that failed meanwhile (a send ended
+	 * by our FIN, below) may have been the last one. */
+	if (c->flags & UC_CLOSING) {
+		conn_advance(w, u, c);
 		return;
+	}
 	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
 	rb__timer_cancel(&w->timers, &c->s.timer);
 	for (unsigned i = 0; i < c->n_socks; i++) {
@@ -404,9 +409,21 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		if (k->flags & US_CONNECTING)
 			cancel_op(u, c, tag(k, OP_CONNECT));
 	}
-	for (unsigned i = 0; i < c->n_flows; i++)
-		if (c->uf[i].flags & UF_SEND)
-			cancel_op(u, c, tag(&c->uf[i], OP_SEND));
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		if (!(f->flags & UF_SEND))
+			continue;
+		cancel_op(u, c, tag(f, OP_SEND));
+		/* A send the kernel could not finish without waiting (its poll
+		 * said writable, the send still found no room) may have been
+		 * handed to an io-wq worker, where it blocks on this blocking
+		 * socket and a cancel does not wake it: the session would wait
+		 * for a peer that may never read. Our FIN does (EPIPE). The
+		 * socket is closing anyway; one closed with SO_LINGER 0 (an
+		 * error on a relay, the stop deadline) still resets, the FIN
+		 * dropped with the unsent bytes queued before it. */
+		shutdown(f->sink->sk->fd, SHUT_WR);
+	}
 	conn_advance(w, u, c);
 }
 

@@ -37,8 +37,17 @@ static void service_tweak(struct rb_config *cfg)
 		cfg->listen[cfg->n_listen++] = second_url;
 }
 
+/* What a wait is for, naming the engine configuration under test. */
+static char closing[160] = "the connection to close";
+
 static void start_on(struct test_server *ts, const struct engine_param *p, enum rb_service sv)
 {
+	char desc[96];
+
+	if (p) {
+		th_engine_param_describe(p, desc, sizeof(desc));
+		snprintf(closing, sizeof(closing), "the connection to close (%s)", desc);
+	}
 	service = sv;
 	th_server_start(ts, p, service_tweak);
 }
@@ -108,7 +117,7 @@ static void discard_stream(struct test_server *ts, int fd)
 	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
 	cr_assert_eq(read(fd, &b, 1), 0, "discard sent something back");
 	close(fd);
-	th_wait_stats(ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts->srv, &st);
 	cr_expect_eq(st.bytes_in, len);
 	cr_expect_eq(st.bytes_out, 0);
@@ -173,7 +182,7 @@ static void chargen_stream(struct test_server *ts, int fd)
 
 	chargen_read(fd, 3u << 20);
 	close(fd);
-	th_wait_stats(ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts->srv, &st);
 	cr_expect_geq(st.bytes_out, 3u << 20);
 	cr_expect_eq(st.bytes_in, 0);
@@ -214,7 +223,7 @@ SERVICE_TEST(chargen_drops_input, 60)
 	cr_assert_eq(send(fd, "ignored", 7, MSG_NOSIGNAL), 7);
 	chargen_read(fd, 100000);
 	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
-	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(&ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts.srv, &st);
 	cr_expect_eq(st.bytes_in, 7);
 	close(fd);
