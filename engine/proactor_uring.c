@@ -388,6 +388,22 @@ static void cancel_op(struct uring *u, struct uconn *c, uint64_t target)
 	c->refs++;
 }
 
+/*
+ * Reset a connected socket now without closing it (TCP: connect() to
+ * AF_UNSPEC sends an RST and drops both queues), which also ends a send
+ * waiting on it. Where that is refused (not TCP, or a kernel that will not
+ * disconnect a socket with a sender waiting), our FIN ends such a send,
+ * and SO_LINGER 0 at close still turns it into an RST: the FIN waits
+ * behind the unsent bytes and is dropped with them.
+ */
+static void sock_abort(int fd)
+{
+	struct sockaddr sa = {.sa_family = AF_UNSPEC};
+
+	if (connect(fd, &sa, sizeof(sa)) < 0)
+		shutdown(fd, SHUT_WR);
+}
+
 /* Give up on a session: cancel whatever it has in flight; it is freed when
  * the last CQE comes back (maybe now: c may be gone on return). Not an
  * error: closed once every flow is done (our FINs were sent), or at the
@@ -418,11 +434,13 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		 * said writable, the send still found no room) may have been
 		 * handed to an io-wq worker, where it blocks on this blocking
 		 * socket and a cancel does not wake it: the session would wait
-		 * for a peer that may never read. Our FIN does (EPIPE). The
-		 * socket is closing anyway; one closed with SO_LINGER 0 (an
-		 * error on a relay, the stop deadline) still resets, the FIN
-		 * dropped with the unsent bytes queued before it. */
-		shutdown(f->sink->sk->fd, SHUT_WR);
+		 * for a peer that may never read. Ending the sink's output ends
+		 * it: a close that resets (an error, the stop deadline) resets
+		 * the sink now; a clean one (chargen's peer left) sends our FIN. */
+		if (error || u->closing_all)
+			sock_abort(f->sink->sk->fd);
+		else
+			shutdown(f->sink->sk->fd, SHUT_WR);
 	}
 	conn_advance(w, u, c);
 }
@@ -1009,6 +1027,12 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			c->s.bytes_in += (uint64_t)res;
 		if (!(c->flags & UC_CLOSING) && f->kind != UF_DROP) {
 			k->arm_bytes += (size_t)res;
+			/* Queued bytes count as buffered until sent or freed (a
+			 * framing flow counts its answers instead). */
+			if (f->kind == UF_SEGS) {
+				RB_STAT_ADD(w, buffered, (uint64_t)kept);
+				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+			}
 			if (kept < (uint32_t)res) {
 				/* Out of memory for the queue: the stream cannot go on. */
 				conn_close(w, u, c, true);
@@ -1017,13 +1041,10 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			if (f->kind == UF_CHAIN) {
 				if (!flow_frame(w, u, f))
 					return;
-			} else {
-				RB_STAT_ADD(w, buffered, (uint64_t)kept);
-				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+			} else if (f->qbufs >= f->bufcap) {
 				/* One flow must not hold every buffer: stop a multishot
 				 * receive at the buffer cap (the byte cap needs no cancel). */
-				if (f->qbufs >= f->bufcap)
-					sock_cancel_recv(u, k);
+				sock_cancel_recv(u, k);
 			}
 		} else if (f->kind == UF_DROP) {
 			k->arm_bytes += (size_t)res;
