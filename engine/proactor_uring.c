@@ -162,6 +162,7 @@ struct uconn {
 	 * session's own fields lie cache lines away. */
 	uint8_t n_socks, n_flows;
 	bool chargen;
+	bool echo; /* one socket, one flow of received buffers back to it */
 	struct usock us[RB_SESSION_SOCKS];
 	struct uflow uf[]; /* s.n_flows of them */
 };
@@ -523,30 +524,34 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 
 /* Room for n iovecs in the flow (kept until the send's CQE); returns how
  * many there is room for (fewer only if memory ran out). */
-static unsigned flow_iov(struct uflow *f, unsigned n)
+static unsigned flow_iov_grow(struct uflow *f, unsigned n)
 {
-	if (n > f->iov_cap) {
-		unsigned cap = f->iov_cap;
-		struct iovec *iov;
-		while (cap < n)
-			cap *= 2;
-		if (cap > IOV_MAX)
-			cap = IOV_MAX;
-		iov = malloc(cap * sizeof(*iov));
-		if (iov) {
-			if (f->iov != f->iov_inline)
-				free(f->iov);
-			f->iov = iov;
-			f->iov_cap = cap;
-		}
-		if (n > f->iov_cap)
-			n = f->iov_cap; /* out of memory: send what fits, the rest next */
+	unsigned cap = f->iov_cap;
+	struct iovec *iov;
+
+	while (cap < n)
+		cap *= 2;
+	if (cap > IOV_MAX)
+		cap = IOV_MAX;
+	iov = malloc(cap * sizeof(*iov));
+	if (iov) {
+		if (f->iov != f->iov_inline)
+			free(f->iov);
+		f->iov = iov;
+		f->iov_cap = cap;
 	}
-	return n;
+	/* Out of memory: send what fits, the rest next. */
+	return n > f->iov_cap ? f->iov_cap : n;
+}
+
+static inline unsigned flow_iov(struct uflow *f, unsigned n)
+{
+	return n <= f->iov_cap ? n : flow_iov_grow(f, n);
 }
 
 /* The one send in flight for the flow: f->iov[0..n) to its sink. */
-static void flow_submit_send(struct uring *u, struct uflow *f, unsigned n)
+static inline __attribute__((always_inline)) void flow_submit_send(struct uring *u, struct uflow *f,
+                                                                   unsigned n)
 {
 	struct usock *k = f->sink;
 	struct io_uring_sqe *sqe = get_sqe(u);
@@ -795,6 +800,16 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 			conn_free(w, u, c);
 		return;
 	}
+	/* An echo's steady state (no end of input, not paused): what the loops
+	 * below decide for it, without them. The hot path of the echo. */
+	if (c->echo && !(c->uf[0].rf->flags & (FLOW_RD_EOF | FLOW_PAUSED))) {
+		struct uflow *f = &c->uf[0];
+		if (f->qbufs && !(f->flags & UF_SEND))
+			flow_send_segs(u, f);
+		if (!(c->us[0].flags & (US_RECV | US_BUFWAIT | US_QUEUED)))
+			sock_arm_recv(w, u, &c->us[0]);
+		return;
+	}
 	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		uint32_t ff = f->rf->flags;
@@ -810,6 +825,9 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 				flow_send_gen(u, f);
 			}
 		}
+		/* sockperf: an idle flow keeps no staging buffer (as the reactor). */
+		if (f->kind == UF_CHAIN && !f->bytes)
+			f->rf->copy->idle(w, f->rf);
 		if (!(ff & FLOW_RD_EOF)) {
 			all_done = false;
 			continue;
@@ -834,12 +852,6 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 	}
 	for (unsigned i = 0; i < c->n_socks; i++)
 		sock_advance(w, u, &c->us[i]);
-	for (unsigned i = 0; i < c->n_flows; i++) {
-		struct uflow *f = &c->uf[i];
-		/* sockperf: an idle flow keeps no staging buffer (as the reactor). */
-		if (f->kind == UF_CHAIN && !f->bytes)
-			f->rf->copy->idle(w, f->rf);
-	}
 }
 
 /* Queue len bytes at off in buffer bid; 0 or -ENOMEM. Bytes that follow
@@ -1236,6 +1248,7 @@ static void conn_wire(struct uring *u, struct uconn *c)
 	c->n_socks = (uint8_t)c->s.n_socks;
 	c->n_flows = (uint8_t)c->s.n_flows;
 	c->chargen = c->s.kind == RB_SESSION_CHARGEN;
+	c->echo = c->s.kind == RB_SESSION_ECHO && !c->s.flow[0].copy;
 	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		k->c = c;
