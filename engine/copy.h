@@ -45,5 +45,13 @@ extern const struct rb_copy_ops rb__copy_sockperf;
 /* May a sockperf message be answered? If so, it is made the answer (its
  * client flag cleared). */
 bool rb__sockperf_answer(void *msg, size_t len);
+/* sockperf's largest message (65507 bytes of UDP payload, and its header):
+ * a flow's staging buffer (f->stage) holds this many bytes. */
+#define RB_SOCKPERF_MAX_MSG (65536u + 14u)
+/* Answer (queue in f->chain) or drop every whole message staged in f->stage,
+ * keeping the rest staged: 0, -ENOBUFS if the answers' chunks ran out (the
+ * unanswered messages stay staged), -EPROTO on an impossible length, or
+ * -ENOMEM. */
+int rb__sockperf_frame(struct rb_worker *w, struct rb_flow *f);
 
 #endif

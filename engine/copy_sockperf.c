@@ -9,6 +9,8 @@
  *
  * The TCP strategy reads into a staging buffer, frames it, and queues the
  * answers in the flow's chunk chain, so sending is the writev strategy's.
+ * The completion model stages what its receives bring and frames it with
+ * the same rb__sockperf_frame (proactor_uring.c).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -21,8 +23,8 @@
 #define HDR         14u
 #define FLAG_CLIENT 1u
 #define FLAG_PONG   2u
-/* sockperf's largest message: 65507 bytes of UDP payload. */
-#define MAX_MSG (65536u + HDR)
+#define MAX_MSG     RB_SOCKPERF_MAX_MSG
+_Static_assert(RB_SOCKPERF_MAX_MSG >= 65536u + HDR, "a whole message fits the stage");
 
 static uint32_t be32(const unsigned char *p)
 {
@@ -87,9 +89,7 @@ static bool chain_append(struct rb_worker *w, struct rb_flow *f, const unsigned 
 	return true;
 }
 
-/* Answer or drop every whole staged message; -ENOBUFS if the answers'
- * chunks ran out (the rest stay staged), -EPROTO on a bad length. */
-static int frame(struct rb_worker *w, struct rb_flow *f)
+int rb__sockperf_frame(struct rb_worker *w, struct rb_flow *f)
 {
 	size_t off = 0;
 	int rc = 0;
@@ -124,7 +124,7 @@ static ssize_t sockperf_read_into(struct rb_worker *w, struct rb_flow *f, int fd
 	if (!f->stage && !(f->stage = malloc(MAX_MSG)))
 		return -ENOBUFS;
 	/* Messages left staged when memory ran out go first. */
-	if ((rc = frame(w, f)) < 0)
+	if ((rc = rb__sockperf_frame(w, f)) < 0)
 		return rc;
 	room = MAX_MSG - f->stage_len;
 	if (max > room)
@@ -134,7 +134,7 @@ static ssize_t sockperf_read_into(struct rb_worker *w, struct rb_flow *f, int fd
 	if (r <= 0)
 		return r == 0 ? 0 : -errno;
 	f->stage_len += (size_t)r;
-	rc = frame(w, f);
+	rc = rb__sockperf_frame(w, f);
 	if (rc == -EPROTO)
 		return rc;
 	/* Out of chunks: the socket is not known to be drained, so the next

@@ -84,7 +84,7 @@ static const struct rb_engine_desc engines[] = {
                  * 1000-connection cells on this kernel. */
                 .id = RB_ENGINE_URING,
                 .name = "uring",
-                .caps = 0,
+                .caps = RB_CAP_RELAY | RB_CAP_SERVICES,
                 .probe = URING_PROBE,
                 .model = URING_MODEL,
         },

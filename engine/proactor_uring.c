@@ -47,6 +47,7 @@ enum {
 	OP_ACCEPT,
 	OP_CTL,     /* poll on the control eventfd */
 	OP_WCANCEL, /* a cancel aimed at an accept or the control poll */
+	OP_CONNECT, /* the relay's connect to its upstream */
 	OP_MASK = 7,
 };
 
@@ -72,20 +73,6 @@ struct rb_uring_test_counters rb__uring_test_counters;
 #define TEST_COUNT(field, n)                                                                       \
 	__atomic_add_fetch(&rb__uring_test_counters.field, (n), __ATOMIC_RELAXED)
 
-enum {
-	UC_RECV = 1u << 0,       /* a receive is in flight */
-	UC_MSHOT = 1u << 1,      /* ... and it is multishot */
-	UC_CANCELLING = 1u << 2, /* ... and a cancel for it was submitted */
-	UC_SEND = 1u << 3,       /* a send is in flight */
-	UC_BUFWAIT = 1u << 6,    /* got ENOBUFS; on the bufwait list */
-	UC_QUEUED = 1u << 7,     /* used its read budget; on the ready list */
-	UC_CLOSING = 1u << 8,    /* closing: everything is cancelled, freed at refs 0 */
-	UC_ERROR = 1u << 9,      /* ... because of an error (counts as a reset) */
-	UC_TCP = 1u << 10,
-	UC_BUNDLE = 1u << 14, /* the receive in flight is a bundle */
-	UC_SENT = 1u << 15,   /* on the list of sends made since the last wait */
-};
-
 /* A ring buffer: given to the kernel, filled by receives (one receive, or
  * several with incremental consumption), back to the ring when the kernel
  * has finished with it and every byte in it has been sent. */
@@ -104,40 +91,86 @@ struct useg {
 #define SEG_NIL UINT32_MAX
 
 /*
- * A connection: the echo session's records (session.h: its socket, and its
- * one flow A -> A, whose FLOW_* state this model keeps as the reactor
- * does), and what the completion model adds: the operations in flight and
- * the received segments waiting to be sent.
+ * A uring session: the session's records (session.h: its sockets, and its
+ * flows, whose FLOW_* state this model keeps as the reactor does), and what
+ * the completion model adds per socket (its receive) and per flow (the
+ * bytes waiting for its sink, and its one send in flight).
  */
-struct uconn {
-	struct rb_session s;
-	int slot; /* registered file index, or -1 */
-	uint32_t flags;
-	unsigned refs; /* operations in flight (recv, send, cancel) */
-	/* Received, unsent bytes: segments in arrival order. */
+struct uconn;
+struct uflow;
+
+enum {
+	US_RECV = 1u << 0,       /* a receive is in flight */
+	US_MSHOT = 1u << 1,      /* ... and it is multishot */
+	US_CANCELLING = 1u << 2, /* ... and a cancel for it was submitted */
+	US_BUNDLE = 1u << 3,     /* ... and it is a bundle */
+	US_BUFWAIT = 1u << 4,    /* got ENOBUFS; on the bufwait list */
+	US_QUEUED = 1u << 5,     /* used its read budget; on the ready list */
+	US_CONNECTING = 1u << 6, /* the relay's upstream: its connect is in flight */
+	US_UPSTREAM = 1u << 7,   /* the relay's upstream (its bytes are counted apart) */
+};
+
+/* A socket: its registered slot and its receive. */
+struct usock {
+	struct uconn *c;
+	struct rb_sock *sk;  /* the session's record: fd, tcp */
+	struct uflow *in;    /* the flow its bytes go into, or NULL */
+	struct uflow *out;   /* the flow that sends to it, or NULL */
+	int slot;            /* registered file index, or -1 */
+	uint32_t flags;      /* US_* */
+	size_t arm_bytes;    /* received since the last requeue: the read budget */
+	struct rb_list link; /* ready or bufwait list */
+};
+
+/* How a flow's bytes are held between its source and its sink. */
+enum uflow_kind {
+	UF_SEGS,  /* received buffers, sent as they are (echo, relay) */
+	UF_DROP,  /* no sink: input is counted and dropped (discard) */
+	UF_GEN,   /* no source: the chargen stream */
+	UF_CHAIN, /* framed into answers in a chunk chain (sockperf) */
+};
+
+enum {
+	UF_SEND = 1u << 0, /* a send is in flight */
+	UF_SENT = 1u << 1, /* on the list of sends made since the last wait */
+};
+
+struct uflow {
+	struct uconn *c;
+	struct rb_flow *rf; /* the session's record: FLOW_* state, chain, stage */
+	struct usock *src, *sink;
+	enum uflow_kind kind;
+	uint32_t flags;  /* UF_* */
+	unsigned bufcap; /* ring buffers it may hold */
+	/* Received, unsent bytes (UF_SEGS): segments in arrival order. */
 	uint32_t qhead, qtail;
 	unsigned qbufs;    /* segments queued */
 	uint32_t qoff;     /* bytes of the head segment already sent */
-	size_t bytes;      /* unsent bytes */
-	size_t arm_bytes;  /* received since the last requeue: the read budget */
+	size_t bytes;      /* unsent bytes (UF_CHAIN: the chain's) */
 	size_t send_bytes; /* bytes of the send in flight */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
 	struct iovec iov_inline[INLINE_IOV];
-	struct rb_list link; /* ready or bufwait list */
 };
 
-static inline int conn_fd(const struct uconn *c)
-{
-	return c->s.sock[0].fd;
-}
+struct uconn {
+	struct rb_session s;
+	uint32_t flags; /* UC_* */
+	unsigned refs;  /* operations in flight (receives, sends, connect, cancels) */
+	/* The session's shape, copied here: every CQE reads it, and the
+	 * session's own fields lie cache lines away. */
+	uint8_t n_socks, n_flows;
+	bool chargen;
+	bool echo; /* one socket, one flow of received buffers back to it */
+	struct usock us[RB_SESSION_SOCKS];
+	struct uflow uf[]; /* s.n_flows of them */
+};
 
-/* The flow's FLOW_* state. */
-static inline uint32_t *fflags(struct uconn *c)
-{
-	return &c->s.flow[0].flags;
-}
+enum {
+	UC_CLOSING = 1u << 0, /* closing: everything is cancelled, freed at refs 0 */
+	UC_ERROR = 1u << 1,   /* ... because of an error (counts as a reset) */
+};
 
 struct ulisten {
 	int fd;
@@ -173,14 +206,15 @@ struct uring {
 	bool inc;    /* the ring consumes buffers incrementally */
 	bool batch;  /* min-wait batching: one enter per wake-up */
 	unsigned batch_us;
-	/* Connections that sent since the last wait (see ring_wait). */
-	struct uconn **sent;
+	/* Flows that sent since the last wait (see ring_wait). */
+	struct uflow **sent;
 	unsigned n_sent, sent_cap;
 	bool reg_ring;
 	/* Segments: a pool of indices, grown as needed. */
 	struct useg *seg;
 	uint32_t nseg, seg_free;
-	unsigned conn_bufcap; /* buffers one connection may hold */
+	unsigned conn_bufcap;  /* buffers an echo's flow may hold */
+	unsigned relay_bufcap; /* ... and each of a relay's two */
 	bool mshot_limit;
 	bool want_grow; /* a receive found the ring empty */
 	/* Registered (fixed) files: requests on them skip the file refcount. */
@@ -305,13 +339,17 @@ static struct io_uring_sqe *get_sqe(struct uring *u)
 	return sqe;
 }
 
-/* Aim an SQE at the connection's registered file when it has one. */
-static void sqe_target(struct io_uring_sqe *sqe, const struct uconn *c)
+/* What an SQE names a socket by: its registered file when it has one
+ * (sqe_fixed marks the SQE so), else its descriptor. */
+static inline int sqe_fd(const struct usock *k)
 {
-	if (c->slot >= 0) {
-		sqe->fd = c->slot;
+	return k->slot >= 0 ? k->slot : k->sk->fd;
+}
+
+static inline void sqe_fixed(struct io_uring_sqe *sqe, const struct usock *k)
+{
+	if (k->slot >= 0)
 		sqe->flags |= IOSQE_FIXED_FILE;
-	}
 }
 
 static size_t conn_cap(const struct rb_worker *w)
@@ -321,76 +359,162 @@ static size_t conn_cap(const struct rb_worker *w)
 
 static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c);
 
-static void conn_unlist(struct uconn *c)
+static void sock_unlist(struct usock *k)
 {
-	if (c->flags & (UC_QUEUED | UC_BUFWAIT)) {
-		rb_list_del(&c->link);
-		c->flags &= ~(UC_QUEUED | UC_BUFWAIT);
+	if (k->flags & (US_QUEUED | US_BUFWAIT)) {
+		rb_list_del(&k->link);
+		k->flags &= ~(US_QUEUED | US_BUFWAIT);
 	}
 }
 
-static void conn_cancel_recv(struct uring *u, struct uconn *c)
+static void sock_cancel_recv(struct uring *u, struct usock *k)
 {
 	struct io_uring_sqe *sqe;
 
-	if (!(c->flags & UC_RECV) || (c->flags & UC_CANCELLING))
+	if (!(k->flags & US_RECV) || (k->flags & US_CANCELLING))
 		return;
 	sqe = get_sqe(u);
-	io_uring_prep_cancel64(sqe, tag(c, OP_RECV), 0);
+	io_uring_prep_cancel64(sqe, tag(k, OP_RECV), 0);
+	io_uring_sqe_set_data64(sqe, tag(k->c, OP_CANCEL));
+	k->flags |= US_CANCELLING;
+	k->c->refs++;
+}
+
+static void cancel_op(struct uring *u, struct uconn *c, uint64_t target)
+{
+	struct io_uring_sqe *sqe = get_sqe(u);
+
+	io_uring_prep_cancel64(sqe, target, 0);
 	io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
-	c->flags |= UC_CANCELLING;
 	c->refs++;
 }
 
-/* Give up on a connection: cancel whatever it has in flight; it is freed
- * when the last CQE comes back. */
+/*
+ * Reset a connected socket now without closing it (TCP: connect() to
+ * AF_UNSPEC sends an RST and drops both queues), which also ends a send
+ * waiting on it. Where that is refused (not TCP, or a kernel that will not
+ * disconnect a socket with a sender waiting), our FIN ends such a send,
+ * and SO_LINGER 0 at close still turns it into an RST: the FIN waits
+ * behind the unsent bytes and is dropped with them.
+ */
+static void sock_abort(int fd)
+{
+	struct sockaddr sa = {.sa_family = AF_UNSPEC};
+
+	if (connect(fd, &sa, sizeof(sa)) < 0)
+		shutdown(fd, SHUT_WR);
+}
+
+/* Give up on a session: cancel whatever it has in flight; it is freed when
+ * the last CQE comes back (maybe now: c may be gone on return). Not an
+ * error: closed once every flow is done (our FINs were sent), or at the
+ * stop deadline. */
 static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bool error)
 {
-	if (c->flags & UC_CLOSING)
+	/* Already closing: an operation that failed meanwhile (a send ended
+	 * by our FIN, below) may have been the last one. */
+	if (c->flags & UC_CLOSING) {
+		conn_advance(w, u, c);
 		return;
+	}
 	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
-	conn_unlist(c);
-	conn_cancel_recv(u, c);
-	if (c->flags & UC_SEND) {
-		struct io_uring_sqe *sqe = get_sqe(u);
-		io_uring_prep_cancel64(sqe, tag(c, OP_SEND), 0);
-		io_uring_sqe_set_data64(sqe, tag(c, OP_CANCEL));
-		c->refs++;
+	rb__timer_cancel(&w->timers, &c->s.timer);
+	for (unsigned i = 0; i < c->n_socks; i++) {
+		struct usock *k = &c->us[i];
+		sock_unlist(k);
+		sock_cancel_recv(u, k);
+		if (k->flags & US_CONNECTING)
+			cancel_op(u, c, tag(k, OP_CONNECT));
+	}
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		if (!(f->flags & UF_SEND))
+			continue;
+		cancel_op(u, c, tag(f, OP_SEND));
+		/* A send the kernel could not finish without waiting (its poll
+		 * said writable, the send still found no room) may have been
+		 * handed to an io-wq worker, where it blocks on this blocking
+		 * socket and a cancel does not wake it: the session would wait
+		 * for a peer that may never read. Ending the sink's output ends
+		 * it: a close that resets (an error, the stop deadline) resets
+		 * the sink now; a clean one (chargen's peer left) sends our FIN. */
+		if (error || u->closing_all)
+			sock_abort(f->sink->sk->fd);
+		else
+			shutdown(f->sink->sk->fd, SHUT_WR);
 	}
 	conn_advance(w, u, c);
 }
 
-static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
+/* Put a socket in the registered-file table, if there is room. */
+static void sock_register(struct uring *u, struct usock *k)
 {
-	/* A clean end (not an error, nothing cancelled mid-send) sends our FIN. */
-	if (!(c->flags & UC_CLOSING))
-		shutdown(conn_fd(c), SHUT_WR);
-	if (c->slot >= 0) {
-		/* The table holds a reference: drop it, or close() would not close. */
+	if (u->n_slot_free) {
+		int slot = u->slot_free[--u->n_slot_free];
+		if (io_uring_register_files_update(&u->ring, (unsigned)slot, &k->sk->fd, 1) == 1)
+			k->slot = slot;
+		else
+			u->slot_free[u->n_slot_free++] = slot;
+	}
+}
+
+/* Close a socket (dropping its table slot first: the table holds a
+ * reference, or close() would not close). */
+static void sock_close(struct uring *u, struct usock *k)
+{
+	if (k->slot >= 0) {
 		int none = -1;
-		io_uring_register_files_update(&u->ring, (unsigned)c->slot, &none, 1);
-		u->slot_free[u->n_slot_free++] = c->slot;
+		io_uring_register_files_update(&u->ring, (unsigned)k->slot, &none, 1);
+		u->slot_free[u->n_slot_free++] = k->slot;
+		k->slot = -1;
 	}
-	close(conn_fd(c));
-	if (c->flags & UC_SENT) {
-		for (unsigned i = 0; i < u->n_sent; i++)
-			if (u->sent[i] == c)
-				u->sent[i] = u->sent[--u->n_sent];
-	}
-	while (c->qbufs) {
-		uint32_t i = c->qhead;
+	if (k->sk->fd >= 0)
+		close(k->sk->fd);
+	k->sk->fd = -1;
+}
+
+static void flow_free_segs(struct uring *u, struct uflow *f)
+{
+	while (f->qbufs) {
+		uint32_t i = f->qhead;
 		uint16_t bid = u->seg[i].bid;
-		c->qhead = u->seg[i].next;
-		c->qbufs--;
+		f->qhead = u->seg[i].next;
+		f->qbufs--;
 		seg_free(u, i);
 		u->meta[bid].refs--;
 		buf_release(u, bid);
 	}
-	RB_STAT_SUB(w, buffered, c->bytes);
-	conn_unlist(c);
+}
+
+static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	rb__timer_cancel(&w->timers, &c->s.timer);
+	for (unsigned i = 0; i < c->n_socks; i++) {
+		struct usock *k = &c->us[i];
+		/* A relay is transparent: an error on one side (an RST, a failed
+		 * send or connect) is passed on as an RST on the other. */
+		if ((c->flags & UC_ERROR) && c->n_socks > 1 && k->sk->fd >= 0)
+			setsockopt(k->sk->fd, SOL_SOCKET, SO_LINGER,
+			           &(struct linger){.l_onoff = 1, .l_linger = 0},
+			           sizeof(struct linger));
+		sock_close(u, k);
+		sock_unlist(k);
+	}
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		if (f->flags & UF_SENT) {
+			for (unsigned j = 0; j < u->n_sent; j++)
+				if (u->sent[j] == f)
+					u->sent[j] = u->sent[--u->n_sent];
+		}
+		flow_free_segs(u, f);
+		RB_STAT_SUB(w, buffered, f->bytes);
+		if (f->rf->copy)
+			f->rf->copy->release(w, f->rf);
+		if (f->iov != f->iov_inline)
+			free(f->iov);
+	}
 	rb_list_del(&c->s.all);
-	if (c->iov != c->iov_inline)
-		free(c->iov);
 	rb__session_closing(w, &c->s,
 	                    c->flags & UC_ERROR ? RB_CLOSE_ERROR
 	                    : u->closing_all    ? RB_CLOSE_SHUTDOWN
@@ -398,119 +522,191 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 	free(c);
 }
 
-/* One send covering everything queued (at most IOV_MAX buffers). */
-static void conn_send(struct uring *u, struct uconn *c)
+/* Room for n iovecs in the flow (kept until the send's CQE); returns how
+ * many there is room for (fewer only if memory ran out). */
+static unsigned flow_iov_grow(struct uflow *f, unsigned n)
 {
-	unsigned n = c->qbufs < IOV_MAX ? c->qbufs : IOV_MAX;
-	struct io_uring_sqe *sqe;
-	uint32_t seg = c->qhead;
+	unsigned cap = f->iov_cap;
+	struct iovec *iov;
 
-	if (n > c->iov_cap) {
-		unsigned cap = c->iov_cap;
-		struct iovec *iov;
-		while (cap < n)
-			cap *= 2;
-		if (cap > IOV_MAX)
-			cap = IOV_MAX;
-		iov = malloc(cap * sizeof(*iov));
-		if (iov) {
-			if (c->iov != c->iov_inline)
-				free(c->iov);
-			c->iov = iov;
-			c->iov_cap = cap;
-		}
-		if (n > c->iov_cap)
-			n = c->iov_cap; /* out of memory: send what fits, the rest next */
+	while (cap < n)
+		cap *= 2;
+	if (cap > IOV_MAX)
+		cap = IOV_MAX;
+	iov = malloc(cap * sizeof(*iov));
+	if (iov) {
+		if (f->iov != f->iov_inline)
+			free(f->iov);
+		f->iov = iov;
+		f->iov_cap = cap;
 	}
-	for (unsigned i = 0; i < n; i++) {
-		const struct useg *g = &u->seg[seg];
-		uint32_t off = i == 0 ? c->qoff : 0;
-		c->iov[i].iov_base = u->chunk[g->bid]->data + g->off + off;
-		c->iov[i].iov_len = g->len - off;
-		seg = g->next;
-	}
-	sqe = get_sqe(u);
+	/* Out of memory: send what fits, the rest next. */
+	return n > f->iov_cap ? f->iov_cap : n;
+}
+
+static inline unsigned flow_iov(struct uflow *f, unsigned n)
+{
+	return n <= f->iov_cap ? n : flow_iov_grow(f, n);
+}
+
+/* The one send in flight for the flow: f->iov[0..n) to its sink. */
+static inline __attribute__((always_inline)) void flow_submit_send(struct uring *u, struct uflow *f,
+                                                                   unsigned n)
+{
+	struct usock *k = f->sink;
+	struct io_uring_sqe *sqe = get_sqe(u);
+
 	if (n == 1) {
-		io_uring_prep_send(sqe, conn_fd(c), c->iov[0].iov_base, c->iov[0].iov_len,
+		io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
 		                   MSG_NOSIGNAL);
-		sqe_target(sqe, c);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
 		 * kernel may read them after io_uring_submit returns. */
-		memset(&c->msg, 0, sizeof(c->msg));
-		c->msg.msg_iov = c->iov;
-		c->msg.msg_iovlen = n;
-		io_uring_prep_sendmsg(sqe, conn_fd(c), &c->msg, MSG_NOSIGNAL);
-		sqe_target(sqe, c);
+		memset(&f->msg, 0, sizeof(f->msg));
+		f->msg.msg_iov = f->iov;
+		f->msg.msg_iovlen = n;
+		io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
 	}
-	io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
-	c->flags |= UC_SEND;
-	c->refs++;
-	c->send_bytes = 0;
+	sqe_fixed(sqe, k);
+	io_uring_sqe_set_data64(sqe, tag(f, OP_SEND));
+	f->flags |= UF_SEND;
+	f->c->refs++;
+	f->send_bytes = 0;
 	for (unsigned i = 0; i < n; i++)
-		c->send_bytes += c->iov[i].iov_len;
-	if (u->batch && !(c->flags & UC_SENT)) {
+		f->send_bytes += f->iov[i].iov_len;
+	if (u->batch && !(f->flags & UF_SENT)) {
 		if (u->n_sent == u->sent_cap) {
 			unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
-			struct uconn **v = realloc(u->sent, cap * sizeof(*v));
+			struct uflow **v = realloc(u->sent, cap * sizeof(*v));
 			if (!v)
 				return; /* not listed: counted as a send someone waits for */
 			u->sent = v;
 			u->sent_cap = cap;
 		}
-		u->sent[u->n_sent++] = c;
-		c->flags |= UC_SENT;
+		u->sent[u->n_sent++] = f;
+		f->flags |= UF_SENT;
 	}
+}
+
+/* One send covering every queued segment (at most IOV_MAX). */
+static void flow_send_segs(struct uring *u, struct uflow *f)
+{
+	unsigned n = flow_iov(f, f->qbufs < IOV_MAX ? f->qbufs : IOV_MAX);
+	uint32_t seg = f->qhead;
+
+	for (unsigned i = 0; i < n; i++) {
+		const struct useg *g = &u->seg[seg];
+		uint32_t off = i == 0 ? f->qoff : 0;
+		f->iov[i].iov_base = u->chunk[g->bid]->data + g->off + off;
+		f->iov[i].iov_len = g->len - off;
+		seg = g->next;
+	}
+	flow_submit_send(u, f, n);
+}
+
+/* sockperf: one send covering the answers queued in the chain. */
+static void flow_send_chain(struct rb_worker *w, struct uring *u, struct uflow *f)
+{
+	size_t chunks = f->rf->chain.chunks;
+	unsigned n = flow_iov(f, chunks < IOV_MAX ? (unsigned)chunks : IOV_MAX);
+
+	n = (unsigned)rb_chain_write_iov(&w->pool, &f->rf->chain, f->iov, (int)n);
+	flow_submit_send(u, f, n);
+}
+
+/* chargen: eight periods of the stream from its position (the pattern holds
+ * two, so a period from any offset is contiguous). */
+#define GEN_IOV 8
+static void flow_send_gen(struct uring *u, struct uflow *f)
+{
+	const unsigned char *pat = rb__chargen_pattern();
+	unsigned n = flow_iov(f, GEN_IOV);
+
+	for (unsigned i = 0; i < n; i++) {
+		f->iov[i].iov_base = (void *)(pat + f->rf->gen_off);
+		f->iov[i].iov_len = RB_CHARGEN_PERIOD;
+	}
+	flow_submit_send(u, f, n);
 }
 
 /*
  * Sends made since the last wait whose CQE nobody waits for: still in
- * flight, covering everything the connection holds, on a connection that
- * is still receiving (not paused, no EOF, not closing) while no receive
- * waits for buffers. Their CQEs only return buffers. Decided at the wait,
- * not at the send: a receive handled after the send can make it needed.
+ * flight, covering everything the flow holds, on a flow whose source is
+ * still receiving (not paused, no EOF, not closing) while no receive waits
+ * for buffers. Their CQEs only return buffers. Decided at the wait, not at
+ * the send: a receive handled after the send can make it needed.
  */
 static unsigned light_sends(struct uring *u)
 {
-	const uint32_t quiet = UC_RECV | UC_MSHOT | UC_BUNDLE | UC_SEND | UC_TCP | UC_SENT;
+	const uint32_t quiet = US_RECV | US_MSHOT | US_BUNDLE | US_UPSTREAM;
 	bool bufs_ok = rb_list_empty(&u->bufwait);
 	unsigned n = 0;
 
 	for (unsigned i = 0; i < u->n_sent; i++) {
-		struct uconn *c = u->sent[i];
-		c->flags &= ~UC_SENT;
-		if (bufs_ok && (c->flags & UC_SEND) && (c->flags & UC_RECV) &&
-		    !(c->flags & ~quiet) && c->bytes == c->send_bytes)
+		struct uflow *f = u->sent[i];
+		const struct usock *k = f->src;
+		f->flags &= ~UF_SENT;
+		if (bufs_ok && (f->flags & UF_SEND) && f->kind == UF_SEGS && (k->flags & US_RECV) &&
+		    !(k->flags & ~quiet) && !(f->c->flags & UC_CLOSING) &&
+		    f->bytes == f->send_bytes)
 			n++;
 	}
 	u->n_sent = 0;
 	return n;
 }
 
+/* Bytes the flow may still receive without passing its cap (0: pause). */
+static size_t flow_room(const struct rb_worker *w, const struct uflow *f)
+{
+	size_t cap = conn_cap(w), room;
+
+	if (f->bytes >= cap || f->qbufs >= f->bufcap)
+		return 0;
+	room = cap - f->bytes;
+	/* sockperf: what is received is staged until framed. */
+	if (f->kind == UF_CHAIN && RB_SOCKPERF_MAX_MSG - f->rf->stage_len < room)
+		room = RB_SOCKPERF_MAX_MSG - f->rf->stage_len;
+	return room;
+}
+
+/* A paused flow resumes below half of both caps, so it does not flap on
+ * every small send. */
+static bool flow_resumable(const struct rb_worker *w, const struct uflow *f)
+{
+	if (f->bytes > conn_cap(w) / 2 || f->qbufs > f->bufcap / 2)
+		return false;
+	return f->kind != UF_CHAIN || f->rf->stage_len < RB_SOCKPERF_MAX_MSG;
+}
+
 /*
  * Arm a receive within the cap, the buffer cap and the read budget, or
- * pause or requeue the connection.
+ * pause the flow or requeue the socket. A flow that drops its input (no
+ * sink, or stopping) has no cap.
  */
-static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
+static void sock_arm_recv(struct rb_worker *w, struct uring *u, struct usock *k)
 {
-	size_t cap = conn_cap(w), budget = w->srv->cfg.read_budget;
-	size_t room = cap - c->bytes, left;
+	struct uflow *f = k->in;
+	size_t budget = w->srv->cfg.read_budget, room = SIZE_MAX, left;
 	struct io_uring_sqe *sqe;
+	int fd = sqe_fd(k);
 
-	if (c->bytes >= cap || c->qbufs >= u->conn_bufcap) {
-		*fflags(c) |= FLOW_PAUSED;
-		RB_STAT_ADD(w, pauses, 1);
-		return;
+	if (f->kind != UF_DROP && !(f->rf->flags & FLOW_DISCARD)) {
+		room = flow_room(w, f);
+		if (room == 0) {
+			f->rf->flags |= FLOW_PAUSED;
+			RB_STAT_ADD(w, pauses, 1);
+			return;
+		}
 	}
-	if (c->arm_bytes >= budget) {
+	if (k->arm_bytes >= budget) {
 		/* Fairness: re-arm only after everyone else in this batch. */
-		c->arm_bytes = 0;
-		c->flags |= UC_QUEUED;
-		rb_list_add_tail(&u->ready, &c->link);
+		k->arm_bytes = 0;
+		k->flags |= US_QUEUED;
+		rb_list_add_tail(&u->ready, &k->link);
 		RB_STAT_ADD(w, requeues, 1);
 		return;
 	}
-	left = budget - c->arm_bytes;
+	left = budget - k->arm_bytes;
 	sqe = get_sqe(u);
 	if (u->mshot_limit && room >= u->bufsize) {
 		/* Each receive takes at most one buffer, and the request ends once
@@ -521,102 +717,154 @@ static void conn_arm_recv(struct rb_worker *w, struct uring *u, struct uconn *c)
 			limit = left;
 		if (limit > UINT32_MAX)
 			limit = UINT32_MAX;
-		io_uring_prep_recv_multishot(sqe, conn_fd(c), NULL, 0, 0);
+		io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
 		sqe->file_index = (uint32_t)limit; /* sqe->optlen in newer headers */
-		c->flags |= UC_MSHOT;
+		k->flags |= US_MSHOT;
 	} else {
 		size_t len = room < u->bufsize ? room : u->bufsize;
-		io_uring_prep_recv(sqe, conn_fd(c), NULL, len, 0);
+		io_uring_prep_recv(sqe, fd, NULL, len, 0);
 	}
-	sqe_target(sqe, c);
+	sqe_fixed(sqe, k);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BGID;
 	/* Only multishot receives are bundles: their byte limit bounds a
 	 * bundle exactly, while a single-shot bundle's length was seen to be
 	 * exceeded (with incremental buffers, Linux 6.18), past the cap. */
-	if (u->bundle && (c->flags & UC_MSHOT)) {
+	if (u->bundle && (k->flags & US_MSHOT)) {
 		sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-		c->flags |= UC_BUNDLE;
+		k->flags |= US_BUNDLE;
 	}
-	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
-	c->flags |= UC_RECV;
-	c->refs++;
+	io_uring_sqe_set_data64(sqe, tag(k, OP_RECV));
+	k->flags |= US_RECV;
+	k->c->refs++;
 }
 
-/* Stopping: one receive at a time whose bytes are dropped, ignoring the
- * caps (nothing is kept), until the peer's FIN. */
-static void conn_arm_discard(struct uring *u, struct uconn *c)
+/* What a socket's receive does next: arm, wait, or end. */
+static void sock_advance(struct rb_worker *w, struct uring *u, struct usock *k)
 {
-	struct io_uring_sqe *sqe = get_sqe(u);
+	struct uflow *f = k->in;
+	uint32_t ff;
 
-	io_uring_prep_recv(sqe, conn_fd(c), NULL, u->bufsize, 0);
-	sqe_target(sqe, c);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = BGID;
-	io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
-	c->flags |= UC_RECV;
-	c->refs++;
+	if (!f || (k->flags & US_CONNECTING))
+		return;
+	ff = f->rf->flags;
+	if (ff & FLOW_DISCARD) {
+		/* Lingering close: closing with unread input sends an RST that
+		 * destroys the bytes still queued for the peer. Drop input until
+		 * the peer's FIN; only then close. */
+		if (ff & FLOW_SRC_EOF)
+			sock_cancel_recv(u, k);
+		else if (!(k->flags & (US_RECV | US_BUFWAIT | US_QUEUED)))
+			sock_arm_recv(w, u, k);
+		return;
+	}
+	if (ff & FLOW_RD_EOF) {
+		sock_unlist(k);
+		sock_cancel_recv(u, k);
+		return;
+	}
+	if (ff & FLOW_PAUSED) {
+		if (!flow_resumable(w, f))
+			return;
+		f->rf->flags &= ~FLOW_PAUSED;
+	}
+	if (!(k->flags & (US_RECV | US_BUFWAIT | US_QUEUED)))
+		sock_arm_recv(w, u, k);
 }
 
-/* The one place that decides what a connection does next. */
+/* Everything the source will send has been passed on (or dropped), and the
+ * sink has had our FIN. A flow that is discarding lingers until the
+ * source's FIN. */
+static bool flow_done(const struct uflow *f)
+{
+	uint32_t ff = f->rf->flags;
+
+	return (ff & FLOW_RD_EOF) && f->bytes == 0 && !(f->flags & UF_SEND) &&
+	       (!(ff & FLOW_DISCARD) || !f->src || (ff & FLOW_SRC_EOF)) &&
+	       (!f->sink || (ff & FLOW_SINK_SHUT));
+}
+
+/*
+ * The one place that decides what a session does next: each flow sends
+ * what it holds (one send in flight) and, once its input has ended and
+ * everything is sent, passes our FIN to its sink (never to a sink still
+ * connecting); a session whose flows are all done closes; each socket
+ * then receives if its flow wants input.
+ */
 static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
+	bool all_done = true;
+
 	if (c->flags & UC_CLOSING) {
 		if (!c->refs)
 			conn_free(w, u, c);
 		return;
 	}
-	if (c->bytes && !(c->flags & UC_SEND))
-		conn_send(u, c);
-	if (*fflags(c) & FLOW_DISCARD) {
-		/* Lingering close: closing with unread input sends an RST that
-		 * destroys the echo still queued for the peer. Flush, FIN, and
-		 * drop input until the peer's FIN; only then close. */
-		if (c->flags & UC_QUEUED)
-			conn_unlist(c);
-		if (!c->bytes && !(c->flags & UC_SEND) && !(*fflags(c) & FLOW_SINK_SHUT)) {
-			shutdown(conn_fd(c), SHUT_WR);
-			*fflags(c) |= FLOW_SINK_SHUT;
-		}
-		if (*fflags(c) & FLOW_SRC_EOF) {
-			conn_cancel_recv(u, c);
-			if (!c->bytes && !c->refs)
-				conn_free(w, u, c);
-		} else if (!(c->flags & (UC_RECV | UC_BUFWAIT))) {
-			conn_arm_discard(u, c);
-		}
+	/* An echo's steady state (no end of input, not paused): what the loops
+	 * below decide for it, without them. The hot path of the echo. */
+	if (c->echo && !(c->uf[0].rf->flags & (FLOW_RD_EOF | FLOW_PAUSED))) {
+		struct uflow *f = &c->uf[0];
+		if (f->qbufs && !(f->flags & UF_SEND))
+			flow_send_segs(u, f);
+		if (!(c->us[0].flags & (US_RECV | US_BUFWAIT | US_QUEUED)))
+			sock_arm_recv(w, u, &c->us[0]);
 		return;
 	}
-	if (*fflags(c) & FLOW_RD_EOF) {
-		conn_unlist(c);
-		conn_cancel_recv(u, c);
-		/* Drain, then FIN, then close (rule 6): only once nothing is in flight. */
-		if (!c->bytes && !c->refs)
-			conn_free(w, u, c);
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		uint32_t ff = f->rf->flags;
+
+		if (!(f->flags & UF_SEND) && f->sink && !(f->sink->flags & US_CONNECTING)) {
+			if (f->kind == UF_SEGS) {
+				if (f->qbufs)
+					flow_send_segs(u, f);
+			} else if (f->kind == UF_CHAIN) {
+				if (f->bytes)
+					flow_send_chain(w, u, f);
+			} else if (!(ff & FLOW_RD_EOF)) {
+				flow_send_gen(u, f);
+			}
+		}
+		/* sockperf: an idle flow keeps no staging buffer (as the reactor). */
+		if (f->kind == UF_CHAIN && !f->bytes)
+			f->rf->copy->idle(w, f->rf);
+		if (!(ff & FLOW_RD_EOF)) {
+			all_done = false;
+			continue;
+		}
+		/* Drain, then FIN (rule 6). */
+		if (!f->bytes && !(f->flags & UF_SEND) && f->sink && !(ff & FLOW_SINK_SHUT) &&
+		    !(f->sink->flags & US_CONNECTING)) {
+			shutdown(f->sink->sk->fd, SHUT_WR);
+			f->rf->flags |= FLOW_SINK_SHUT;
+		}
+		if (!flow_done(f))
+			all_done = false;
+	}
+	/* chargen runs until its peer leaves (unless stopping: then its FIN
+	 * goes first, as for every flow). */
+	if (c->chargen && (c->s.flow[0].flags & FLOW_SRC_EOF) &&
+	    !(c->s.flow[1].flags & FLOW_DISCARD))
+		all_done = true;
+	if (all_done) {
+		conn_close(w, u, c, false);
 		return;
 	}
-	if (*fflags(c) & FLOW_PAUSED) {
-		/* Resume below half of both caps, so a paused connection does not
-		 * flap on every small send. */
-		if (c->bytes > conn_cap(w) / 2 || c->qbufs > u->conn_bufcap / 2)
-			return;
-		*fflags(c) &= ~FLOW_PAUSED;
-	}
-	if (!(c->flags & (UC_RECV | UC_BUFWAIT | UC_QUEUED)))
-		conn_arm_recv(w, u, c);
+	for (unsigned i = 0; i < c->n_socks; i++)
+		sock_advance(w, u, &c->us[i]);
 }
 
 /* Queue len bytes at off in buffer bid; 0 or -ENOMEM. Bytes that follow
  * the tail segment in the same buffer extend it (one iovec, not two). */
-static int conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t off, uint32_t len)
+static int flow_enqueue(struct uring *u, struct uflow *f, uint16_t bid, uint32_t off, uint32_t len)
 {
 	uint32_t i;
 
-	if (c->qbufs) {
-		struct useg *t = &u->seg[c->qtail];
+	if (f->qbufs) {
+		struct useg *t = &u->seg[f->qtail];
 		if (t->bid == bid && t->off + t->len == off) {
 			t->len += len;
-			c->bytes += len;
+			f->bytes += len;
 			return 0;
 		}
 	}
@@ -625,16 +873,32 @@ static int conn_enqueue(struct uring *u, struct uconn *c, uint16_t bid, uint32_t
 		return -ENOMEM;
 	u->seg[i] = (struct useg){.next = SEG_NIL, .off = off, .len = len, .bid = bid};
 	u->meta[bid].refs++;
-	if (c->qbufs)
-		u->seg[c->qtail].next = i;
+	if (f->qbufs)
+		u->seg[f->qtail].next = i;
 	else {
-		c->qhead = i;
-		c->qoff = 0;
+		f->qhead = i;
+		f->qoff = 0;
 	}
-	c->qtail = i;
-	c->qbufs++;
-	c->bytes += len;
+	f->qtail = i;
+	f->qbufs++;
+	f->bytes += len;
 	return 0;
+}
+
+/* Keep received bytes for the flow: queued as they are, or (sockperf)
+ * copied to its stage to be framed. False if they cannot be kept. */
+static bool flow_keep(struct uring *u, struct uflow *f, uint16_t bid, uint32_t off, uint32_t len)
+{
+	struct rb_flow *rf;
+
+	if (f->kind == UF_SEGS)
+		return flow_enqueue(u, f, bid, off, len) == 0;
+	rf = f->rf;
+	if (len > RB_SOCKPERF_MAX_MSG - rf->stage_len)
+		return false; /* past what the receive was armed for: never */
+	memcpy(rf->stage + rf->stage_len, u->chunk[bid]->data + off, len);
+	rf->stage_len += len;
+	return true;
 }
 
 /* The kernel is done with the buffer at the ring's head: it moves on. */
@@ -654,10 +918,10 @@ static uint16_t ring_pop(struct uring *u)
  * A receive CQE naming buffer bid with res bytes: find its buffers by ring
  * position (a bundle covers several, in ring order from the head; with
  * incremental consumption the head buffer may already hold earlier bytes
- * and keeps what is left), queue the bytes on c (NULL: drop them) and
- * return how many were queued.
+ * and keeps what is left), keep the bytes for f (NULL: drop them) and
+ * return how many were kept.
  */
-static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int res, bool bundle)
+static uint32_t recv_take(struct uring *u, struct uflow *f, uint16_t bid, int res, bool bundle)
 {
 	uint32_t left = res > 0 ? (uint32_t)res : 0, kept = 0;
 	unsigned pieces = 0;
@@ -673,8 +937,7 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 			uint32_t take = u->bufsize - off < left ? u->bufsize - off : left;
 			if (off > 0)
 				TEST_COUNT(shared_bufs, 1);
-			if (c && kept == (uint32_t)res - left &&
-			    conn_enqueue(u, c, b, off, take) == 0)
+			if (f && kept == (uint32_t)res - left && flow_keep(u, f, b, off, take))
 				kept += take;
 			u->meta[b].fill += take;
 			left -= take;
@@ -691,8 +954,8 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 		for (unsigned i = 0; i < n; i++) {
 			uint16_t b = ring_pop(u);
 			uint32_t take = left < u->bufsize ? left : u->bufsize;
-			if (c && take && kept == (uint32_t)res - left &&
-			    conn_enqueue(u, c, b, 0, take) == 0)
+			if (f && take && kept == (uint32_t)res - left &&
+			    flow_keep(u, f, b, 0, take))
 				kept += take;
 			left -= take;
 			pieces++;
@@ -704,46 +967,110 @@ static uint32_t recv_take(struct uring *u, struct uconn *c, uint16_t bid, int re
 	return kept;
 }
 
-static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int res, unsigned flags)
+/* A peer that breaks the protocol (sockperf framing) is reset, not closed
+ * as if it had been answered in full. */
+static void conn_reset(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
-	bool keep = res > 0 && !(c->flags & UC_CLOSING) && !(*fflags(c) & FLOW_DISCARD);
+	setsockopt(c->s.sock[0].fd, SOL_SOCKET, SO_LINGER,
+	           &(struct linger){.l_onoff = 1, .l_linger = 0}, sizeof(struct linger));
+	conn_close(w, u, c, true);
+}
+
+/* sockperf: answer what is staged (rb__sockperf_frame, shared with the
+ * readiness engines' strategy). False if the session was closed. */
+static bool flow_frame(struct rb_worker *w, struct uring *u, struct uflow *f)
+{
+	size_t before = f->rf->chain.bytes;
+	int rc = rb__sockperf_frame(w, f->rf);
+
+	f->bytes = f->rf->chain.bytes;
+	RB_STAT_ADD(w, buffered, (uint64_t)(f->bytes - before));
+	RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+	if (rc == -ENOBUFS) {
+		/* The answers' chunks ran out: the rest stay staged and are
+		 * answered after a send frees some, or, with nothing to send,
+		 * once buffers come back (the bufwait list). */
+		RB_STAT_ADD(w, memory_waits, 1);
+		if (!f->bytes && !(f->src->flags & US_BUFWAIT)) {
+			sock_unlist(f->src);
+			f->src->flags |= US_BUFWAIT;
+			rb_list_add_tail(&u->bufwait, &f->src->link);
+		}
+	} else if (rc == -EPROTO) {
+		conn_reset(w, u, f->c);
+		return false;
+	} else if (rc < 0) {
+		conn_close(w, u, f->c, true);
+		return false;
+	}
+	return true;
+}
+
+static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int res, unsigned flags)
+{
+	struct uconn *c = k->c;
+	struct uflow *f = k->in;
+	uint32_t ff = f->rf->flags;
+	bool keep =
+	        res > 0 && !(c->flags & UC_CLOSING) && !(ff & FLOW_DISCARD) && f->kind != UF_DROP;
 	uint32_t kept = 0;
 
 	RB_STAT_ADD(w, read_calls, 1);
+	if (keep && f->kind == UF_CHAIN && !f->rf->stage &&
+	    !(f->rf->stage = malloc(RB_SOCKPERF_MAX_MSG)))
+		keep = false; /* cannot be kept: the stream cannot go on (below) */
 	if (flags & IORING_CQE_F_BUFFER)
-		kept = recv_take(u, keep ? c : NULL, (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT),
-		                 res, c->flags & UC_BUNDLE);
+		kept = recv_take(u, keep ? f : NULL, (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT),
+		                 res, k->flags & US_BUNDLE);
 	if (!(flags & IORING_CQE_F_MORE)) {
-		c->flags &= ~(UC_RECV | UC_MSHOT | UC_CANCELLING | UC_BUNDLE);
+		k->flags &= ~(US_RECV | US_MSHOT | US_CANCELLING | US_BUNDLE);
 		c->refs--;
 	}
-	if (res > 0 && (*fflags(c) & FLOW_DISCARD)) {
+	if (res > 0 && (ff & FLOW_DISCARD)) {
 		RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
+		if (!(k->flags & US_UPSTREAM))
+			c->s.bytes_in += (uint64_t)res;
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
-		c->s.bytes_in += (uint64_t)res;
-		if (!(c->flags & UC_CLOSING)) {
-			RB_STAT_ADD(w, buffered, (uint64_t)kept);
-			RB_STAT_MAX(w, peak_conn_buffered, c->bytes);
-			c->arm_bytes += (size_t)res;
+		/* The session's own count is the client's side (as the reactor's). */
+		if (k->flags & US_UPSTREAM)
+			RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)res);
+		else
+			c->s.bytes_in += (uint64_t)res;
+		if (!(c->flags & UC_CLOSING) && f->kind != UF_DROP) {
+			k->arm_bytes += (size_t)res;
+			/* Queued bytes count as buffered until sent or freed (a
+			 * framing flow counts its answers instead). */
+			if (f->kind == UF_SEGS) {
+				RB_STAT_ADD(w, buffered, (uint64_t)kept);
+				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+			}
 			if (kept < (uint32_t)res) {
 				/* Out of memory for the queue: the stream cannot go on. */
 				conn_close(w, u, c, true);
 				return;
 			}
-			/* One connection must not hold every buffer: stop a multishot
-			 * receive at the buffer cap (the byte cap needs no cancel). */
-			if (c->qbufs >= u->conn_bufcap)
-				conn_cancel_recv(u, c);
+			if (f->kind == UF_CHAIN) {
+				if (!flow_frame(w, u, f))
+					return;
+			} else if (f->qbufs >= f->bufcap) {
+				/* One flow must not hold every buffer: stop a multishot
+				 * receive at the buffer cap (the byte cap needs no cancel). */
+				sock_cancel_recv(u, k);
+			}
+		} else if (f->kind == UF_DROP) {
+			k->arm_bytes += (size_t)res;
 		}
 	} else if (res == 0) {
-		*fflags(c) |= FLOW_RD_EOF | FLOW_SRC_EOF;
+		f->rf->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
-		if (!(c->flags & (UC_CLOSING | UC_BUFWAIT)) && !(*fflags(c) & FLOW_RD_EOF)) {
-			c->flags |= UC_BUFWAIT;
-			rb_list_add_tail(&u->bufwait, &c->link);
+		if (!(c->flags & UC_CLOSING) && !(k->flags & US_BUFWAIT) &&
+		    (!(ff & FLOW_RD_EOF) || ((ff & FLOW_DISCARD) && !(ff & FLOW_SRC_EOF)))) {
+			sock_unlist(k);
+			k->flags |= US_BUFWAIT;
+			rb_list_add_tail(&u->bufwait, &k->link);
 		}
 	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
 		/* (EAGAIN only if someone made the socket non-blocking: just re-arm.) */
@@ -754,38 +1081,54 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 }
 
 /* Drop n sent bytes from the head of the queue; fully sent buffers go back. */
-static void conn_consume(struct rb_worker *w, struct uring *u, struct uconn *c, size_t n)
+static void flow_consume(struct uring *u, struct uflow *f, size_t n)
 {
-	RB_STAT_ADD(w, bytes_out, (uint64_t)n);
-	RB_STAT_SUB(w, buffered, (uint64_t)n);
-	c->bytes -= n;
+	f->bytes -= n;
 	while (n > 0) {
-		uint32_t i = c->qhead;
+		uint32_t i = f->qhead;
 		uint16_t bid = u->seg[i].bid;
-		size_t avail = u->seg[i].len - c->qoff;
+		size_t avail = u->seg[i].len - f->qoff;
 		if (n < avail) {
-			c->qoff += (uint32_t)n;
+			f->qoff += (uint32_t)n;
 			return;
 		}
 		n -= avail;
-		c->qhead = u->seg[i].next;
-		c->qoff = 0;
-		c->qbufs--;
+		f->qhead = u->seg[i].next;
+		f->qoff = 0;
+		f->qbufs--;
 		seg_free(u, i);
 		u->meta[bid].refs--;
 		buf_release(u, bid);
 	}
 }
 
-static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int res)
+static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int res)
 {
+	struct uconn *c = f->c;
+
 	RB_STAT_ADD(w, write_calls, 1);
-	c->flags &= ~UC_SEND;
+	f->flags &= ~UF_SEND;
 	c->refs--;
 	if (res > 0) {
-		c->s.bytes_out += (uint64_t)res;
 		/* A short send simply continues from where it stopped. */
-		conn_consume(w, u, c, (size_t)res);
+		RB_STAT_ADD(w, bytes_out, (uint64_t)res);
+		if (f->sink->flags & US_UPSTREAM)
+			RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)res);
+		else
+			c->s.bytes_out += (uint64_t)res;
+		if (f->kind == UF_SEGS) {
+			RB_STAT_SUB(w, buffered, (uint64_t)res);
+			flow_consume(u, f, (size_t)res);
+		} else if (f->kind == UF_CHAIN) {
+			RB_STAT_SUB(w, buffered, (uint64_t)res);
+			rb_chain_consume(&w->pool, &f->rf->chain, (size_t)res);
+			f->bytes = f->rf->chain.bytes;
+			/* Answers that waited for chunks go now. */
+			if (f->rf->stage_len && !(c->flags & UC_CLOSING) && !flow_frame(w, u, f))
+				return;
+		} else {
+			f->rf->gen_off = (f->rf->gen_off + (size_t)res) % RB_CHARGEN_PERIOD;
+		}
 	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
 		/* 0 for a non-empty send cannot make progress: treat it as the
 		 * peer gone, never loop on it. */
@@ -795,9 +1138,156 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uconn *c, int r
 	conn_advance(w, u, c);
 }
 
+/* ---- the relay's upstream connect ---- */
+
+static void upstream_failed(struct rb_worker *w, struct uring *u, struct uconn *c, int err)
+{
+	unsigned sup;
+
+	RB_STAT_ADD(w, upstream_failures, 1);
+	if (rb__ratelimit_ok(&w->rl_upstream, &sup))
+		rb__log(RB_LOG_ERR, "upstream %s: %s (%u more suppressed)", w->srv->upstream->url,
+		        strerror(err), sup);
+	/* The client gets an RST (conn_free: an error on a relay): a FIN would
+	 * look like a complete answer. */
+	conn_close(w, u, c, true);
+}
+
+static void upstream_connected(struct rb_worker *w, struct uconn *c)
+{
+	struct rb_upstream *up = w->srv->upstream;
+	uint64_t us = rb__now_us() - c->s.connect_start_us;
+
+	rb__timer_cancel(&w->timers, &c->s.timer);
+	/* Later connections start from the address that worked. */
+	__atomic_store_n(&up->last_ok, (c->s.up_first + c->s.up_tried) % up->n, __ATOMIC_RELAXED);
+	RB_STAT_ADD(w, upstream_connects, 1);
+	if (us < 1000)
+		RB_STAT_ADD(w, connect_under_1ms, 1);
+	else if (us < 10000)
+		RB_STAT_ADD(w, connect_under_10ms, 1);
+	else if (us < 100000)
+		RB_STAT_ADD(w, connect_under_100ms, 1);
+	else if (us < 1000000)
+		RB_STAT_ADD(w, connect_under_1s, 1);
+	else
+		RB_STAT_ADD(w, connect_over_1s, 1);
+	rb__tune_accepted(w, c->s.sock[1].fd, c->s.sock[1].tcp);
+}
+
+/*
+ * Connect to the next address not tried yet; false (with *err) if none is
+ * left. IORING_OP_CONNECT on a blocking socket: one SQE, and its CQE is the
+ * connect's result (no poll for writability, no SO_ERROR), on a registered
+ * file like every other request of the session.
+ */
+static bool upstream_try(struct rb_worker *w, struct uring *u, struct uconn *c, int *err)
+{
+	const struct rb_upstream *up = w->srv->upstream;
+	struct usock *k = &c->us[1];
+
+	for (; c->s.up_tried < up->n; c->s.up_tried++) {
+		unsigned i = (c->s.up_first + c->s.up_tried) % up->n;
+		int fd = socket(up->addr[i].ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct io_uring_sqe *sqe;
+
+		if (fd < 0) {
+			*err = errno;
+			continue;
+		}
+		k->sk->fd = fd;
+		sock_register(u, k);
+		sqe = get_sqe(u);
+		/* The address lives in the server: it outlasts the request. */
+		io_uring_prep_connect(sqe, sqe_fd(k), (const struct sockaddr *)&up->addr[i],
+		                      up->len[i]);
+		sqe_fixed(sqe, k);
+		io_uring_sqe_set_data64(sqe, tag(k, OP_CONNECT));
+		k->flags |= US_CONNECTING;
+		c->refs++;
+		return true;
+	}
+	return false;
+}
+
+static void on_connect(struct rb_worker *w, struct uring *u, struct usock *k, int res)
+{
+	struct uconn *c = k->c;
+	int err = -res;
+
+	k->flags &= ~US_CONNECTING;
+	c->refs--;
+	if (!(c->flags & UC_CLOSING)) {
+		if (res == 0) {
+			upstream_connected(w, c);
+		} else {
+			sock_close(u, k);
+			c->s.up_tried++;
+			if (!upstream_try(w, u, c, &err)) {
+				upstream_failed(w, u, c, err);
+				return;
+			}
+		}
+	}
+	conn_advance(w, u, c);
+}
+
+static void connect_timeout(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+	struct uconn *c = rb_container_of(t, struct uconn, s.timer);
+
+	upstream_failed(w, w->model, c, ETIMEDOUT);
+}
+
+/* ---- sessions ---- */
+
+/* The model's records beside the session's: a socket's receive, a flow's queue. */
+static void conn_wire(struct uring *u, struct uconn *c)
+{
+	c->n_socks = (uint8_t)c->s.n_socks;
+	c->n_flows = (uint8_t)c->s.n_flows;
+	c->chargen = c->s.kind == RB_SESSION_CHARGEN;
+	c->echo = c->s.kind == RB_SESSION_ECHO && !c->s.flow[0].copy;
+	for (unsigned i = 0; i < c->n_socks; i++) {
+		struct usock *k = &c->us[i];
+		k->c = c;
+		k->sk = &c->s.sock[i];
+		k->slot = -1;
+		rb_list_init(&k->link);
+		if (k->sk->upstream)
+			k->flags |= US_UPSTREAM;
+	}
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		struct rb_flow *rf = &c->s.flow[i];
+		f->c = c;
+		f->rf = rf;
+		f->src = rf->src ? &c->us[rf->src - c->s.sock] : NULL;
+		f->sink = rf->sink ? &c->us[rf->sink - c->s.sock] : NULL;
+		if (f->src)
+			f->src->in = f;
+		if (f->sink)
+			f->sink->out = f;
+		f->kind = rf->copy == &rb__copy_sockperf ? UF_CHAIN
+		          : !f->src                      ? UF_GEN
+		          : !f->sink                     ? UF_DROP
+		                                         : UF_SEGS;
+		f->bufcap = c->n_flows > 1 ? u->relay_bufcap : u->conn_bufcap;
+		f->iov = f->iov_inline;
+		f->iov_cap = INLINE_IOV;
+	}
+}
+
+/* An accepted socket becomes a session: an echo, a relay, discard, chargen
+ * or sockperf. */
 static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 {
-	struct uconn *c = calloc(1, sizeof(*c));
+	const struct rb_config *cfg = &w->srv->cfg;
+	bool relay = w->srv->upstream != NULL;
+	unsigned n_flows = relay || cfg->service == RB_SERVICE_CHARGEN ? 2 : 1;
+	struct uconn *c = calloc(1, sizeof(*c) + n_flows * sizeof(struct uflow));
+	int err;
 
 	if (!c) {
 		rb__refuse(w, fd, -ENOMEM);
@@ -807,25 +1297,38 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 		free(c);
 		return;
 	}
-	/* The ring's own buffers carry the bytes: no copy strategy. */
-	rb__session_init_echo(&c->s, fd, tcp, NULL);
-	c->slot = -1;
-	c->flags = tcp ? UC_TCP : 0;
-	if (u->n_slot_free) {
-		int slot = u->slot_free[--u->n_slot_free];
-		if (io_uring_register_files_update(&u->ring, (unsigned)slot, &fd, 1) == 1)
-			c->slot = slot;
-		else
-			u->slot_free[u->n_slot_free++] = slot;
-	}
-	c->iov = c->iov_inline;
-	c->iov_cap = INLINE_IOV;
-	rb_list_init(&c->link);
+	/* The ring's own buffers carry the bytes: no copy strategy, but for
+	 * sockperf's framing. */
+	if (relay)
+		rb__session_init_relay(&c->s, fd, tcp, NULL);
+	else if (cfg->service == RB_SERVICE_DISCARD)
+		rb__session_init_discard(&c->s, fd, tcp);
+	else if (cfg->service == RB_SERVICE_CHARGEN)
+		rb__session_init_chargen(&c->s, fd, tcp);
+	else if (cfg->service == RB_SERVICE_SOCKPERF)
+		rb__session_init_echo(&c->s, fd, tcp, &rb__copy_sockperf);
+	else
+		rb__session_init_echo(&c->s, fd, tcp, NULL);
+	conn_wire(u, c);
+	sock_register(u, &c->us[0]);
 	rb__tune_accepted(w, fd, tcp);
 	rb_list_add_tail(&u->conns, &c->s.all);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 	rb__session_opened(w, &c->s);
+	if (relay) {
+		/* Receiving from the client starts at once; its bytes wait in the
+		 * flow (up to the cap) until the upstream is connected. */
+		c->s.sock[1].tcp = !w->srv->upstream->is_unix;
+		c->s.connect_start_us = rb__now_us();
+		c->s.up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
+		rb__timer_init(&c->s.timer, connect_timeout);
+		rb__timer_arm(&w->timers, &c->s.timer, rb__now_ms() + cfg->connect_timeout_ms);
+		if (!upstream_try(w, u, c, &err)) {
+			upstream_failed(w, u, c, err);
+			return;
+		}
+	}
 	conn_advance(w, u, c);
 }
 
@@ -939,12 +1442,13 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 		}
 	}
 	listeners_check_released(w, u);
-	/* Stop echoing: flush what is queued, FIN, drop input until the
-	 * peer's FIN, then close each one. */
+	/* Stop passing new input on: flush what is queued, FIN, drop input
+	 * until the peer's FIN, then close each session. */
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
-		*fflags(c) |= FLOW_RD_EOF | FLOW_DISCARD;
+		for (unsigned i = 0; i < c->n_flows; i++)
+			c->s.flow[i].flags |= FLOW_RD_EOF | FLOW_DISCARD;
 		conn_advance(w, u, c);
 	}
 }
@@ -967,8 +1471,13 @@ static void close_all(struct rb_worker *w, struct uring *u)
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
-		/* As the readiness engines (a send in flight is part of c->bytes). */
-		rb__stop_deadline_close(w, conn_fd(c), c->bytes);
+		/* As the readiness engines (a send in flight is part of the
+		 * flow's bytes). */
+		for (unsigned i = 0; i < c->n_socks; i++) {
+			const struct usock *k = &c->us[i];
+			if (k->sk->fd >= 0)
+				rb__stop_deadline_close(w, k->sk->fd, k->out ? k->out->bytes : 0);
+		}
 		conn_close(w, u, c, false);
 	}
 }
@@ -992,6 +1501,9 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 		conn_advance(w, u, c);
 		break;
 	}
+	case OP_CONNECT:
+		on_connect(w, u, p, res);
+		break;
 	case OP_ACCEPT:
 		on_accept(w, u, p, res, flags);
 		break;
@@ -1033,17 +1545,21 @@ static void run_lists(struct rb_worker *w, struct uring *u)
 	}
 	/* Wake about as many waiters as there are buffers: each needs one. */
 	for (unsigned n = u->ring_free + u->to_publish; n > 0 && !rb_list_empty(&u->bufwait); n--) {
-		struct uconn *c = rb_container_of(u->bufwait.next, struct uconn, link);
-		rb_list_del(&c->link);
-		c->flags &= ~UC_BUFWAIT;
-		conn_advance(w, u, c);
+		struct usock *k = rb_container_of(u->bufwait.next, struct usock, link);
+		rb_list_del(&k->link);
+		k->flags &= ~US_BUFWAIT;
+		/* sockperf answers that waited for chunks go first. */
+		if (k->in && k->in->kind == UF_CHAIN && k->in->rf->stage_len &&
+		    !(k->c->flags & UC_CLOSING) && !flow_frame(w, u, k->in))
+			continue;
+		conn_advance(w, u, k->c);
 	}
 	rb_list_init(&snap);
 	rb_list_splice_tail(&snap, &u->ready);
 	for (struct rb_list *it; (it = rb_list_pop(&snap));) {
-		struct uconn *c = rb_container_of(it, struct uconn, link);
-		c->flags &= ~UC_QUEUED;
-		conn_advance(w, u, c);
+		struct usock *k = rb_container_of(it, struct usock, link);
+		k->flags &= ~US_QUEUED;
+		conn_advance(w, u, k->c);
 	}
 }
 
@@ -1349,6 +1865,10 @@ static int uring_worker_init(struct rb_worker *w)
 	if (per_conn > (u->nbufs > 1 ? u->nbufs / 2 : 1))
 		per_conn = u->nbufs > 1 ? u->nbufs / 2 : 1;
 	u->conn_bufcap = (unsigned)per_conn;
+	/* A relay's two flows together hold at most one echo's share of the ring. */
+	u->relay_bufcap = u->conn_bufcap;
+	if (u->relay_bufcap > u->nbufs / 4)
+		u->relay_bufcap = u->nbufs >= 4 ? u->nbufs / 4 : 1;
 	rc = ring_create(u, cfg);
 	if (rc < 0)
 		return rc;

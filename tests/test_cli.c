@@ -213,7 +213,8 @@ Test(cli, engine_uring_availability)
 
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-		cr_assert_not_null(strstr(out, "uring\n"), "%s", out);
+		/* It relays and serves discard, chargen, sockperf; not UDP. */
+		cr_assert_not_null(strstr(out, "uring relay services\n"), "%s", out);
 		return;
 	}
 #if !RB_HAVE_URING
@@ -565,10 +566,17 @@ Test(cli, relay_and_service_flags)
 	expect_fail(2, ARGS("--connect-timeout", "0"),
 	            "rebound: invalid --connect-timeout '0': must be between 1 and 3600000\n");
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0) {
-		expect_fail(2, ARGS("--engine", "uring", "--forward", "tcp://127.0.0.1:9"),
-		            "rebound: --forward is not supported by the uring engine\n");
-		expect_fail(2, ARGS("--engine", "uring", "--service", "chargen"),
-		            "rebound: --service chargen is not supported by the uring engine\n");
+		/* The uring engine relays and serves; UDP is still not its. */
+		expect_fail(2,
+		            ARGS("--engine", "uring", "--forward", "tcp://127.0.0.1:9", "-l",
+		                 "udp://127.0.0.1:0"),
+		            "rebound: listen URL 'udp://127.0.0.1:0': the uring engine does not "
+		            "serve UDP\n");
+		expect_fail(2,
+		            ARGS("--engine", "uring", "--service", "chargen", "-l",
+		                 "udp://127.0.0.1:0"),
+		            "rebound: listen URL 'udp://127.0.0.1:0': the uring engine does not "
+		            "serve UDP\n");
 	}
 }
 
@@ -576,8 +584,9 @@ Test(cli, relay_and_service_flags)
  * A relay whose upstream refuses: each client gets an RST, each failure is
  * counted and logged (rate-limited), and the daemon stops cleanly with no
  * leak (LeakSanitizer in the sanitized build makes a leak a failing exit).
+ * On a readiness engine and on the completion engine.
  */
-Test(cli, relay_upstream_refused_no_leak)
+static void relay_refused_no_leak(const char *engine)
 {
 	struct sockaddr_in sin = {.sin_family = AF_INET};
 	socklen_t slen = sizeof(sin);
@@ -593,7 +602,7 @@ Test(cli, relay_upstream_refused_no_leak)
 	up = ntohs(sin.sin_port);
 	close(lfd);
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", up);
-	port = start_daemon(&p, ARGS("--forward", url));
+	port = start_daemon(&p, ARGS("--engine", engine, "--forward", url));
 	for (int i = 0; i < 3; i++) {
 		int fd = th_connect(port);
 		char b;
@@ -611,6 +620,18 @@ Test(cli, relay_upstream_refused_no_leak)
 	cr_assert_not_null(strstr(err, "rebound: stopped: 3 connections, 0 bytes in, 0 bytes out"),
 	                   "%s", err);
 	close(p.out);
+}
+
+Test(cli, relay_upstream_refused_no_leak)
+{
+	relay_refused_no_leak("epoll");
+}
+
+Test(cli, relay_upstream_refused_no_leak_uring)
+{
+	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) != 0)
+		cr_skip_test("io_uring cannot run here");
+	relay_refused_no_leak("uring");
 }
 
 /* The test-bed flags: each bad value named, exit 2. */

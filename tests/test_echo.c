@@ -221,6 +221,7 @@ ECHO_TEST(reset_mid_stream, 60)
 	struct test_server ts;
 	struct rb_stats st;
 	uint64_t one = 1;
+	char desc[96];
 	int fd;
 
 	th_fill(data, len, 5);
@@ -234,8 +235,9 @@ ECHO_TEST(reset_mid_stream, 60)
 	close(fd);
 	th_wait_stats(&ts, all_closed, &one, "the reset connection to close");
 	rb_server_stats(ts.srv, &st);
-	cr_assert_eq(st.resets, 1, "resets %lu", (unsigned long)st.resets);
-	cr_assert_eq(st.buffered, 0);
+	th_engine_param_describe(p, desc, sizeof(desc));
+	cr_assert_eq(st.resets, 1, "%s: resets %lu", desc, (unsigned long)st.resets);
+	cr_assert_eq(st.buffered, 0, "%s: buffered %lu", desc, (unsigned long)st.buffered);
 
 	/* Still healthy. */
 	struct th_stream s = {.fd = th_connect(ts.port), .data = data, .len = 300000, .rng = 1};

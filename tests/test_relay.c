@@ -321,6 +321,7 @@ RELAY_TEST(reset_from_upstream, 60)
 	struct upstream u;
 	struct rb_stats st;
 	unsigned char buf[4096];
+	char desc[96];
 	ssize_t r;
 	int fd;
 
@@ -338,8 +339,9 @@ RELAY_TEST(reset_from_upstream, 60)
 	cr_assert_eq(r, -1, "recv returned %zd, not an RST", r);
 	cr_assert_eq(errno, ECONNRESET, "recv: %s", strerror(errno));
 	rb_server_stats(relay.srv, &st);
-	cr_expect_eq(st.resets, 1);
-	cr_expect_eq(st.buffered, 0);
+	th_engine_param_describe(p, desc, sizeof(desc));
+	cr_expect_eq(st.resets, 1, "%s: resets %lu", desc, (unsigned long)st.resets);
+	cr_expect_eq(st.buffered, 0, "%s: buffered %lu", desc, (unsigned long)st.buffered);
 	close(fd);
 	th_server_stop(&relay);
 	free(data);

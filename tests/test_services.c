@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * --service discard (RFC 863), chargen (RFC 864) and sockperf, on TCP, UDP
- * and UNIX listeners, with exact byte counts and the exact pattern.
+ * and UNIX listeners, with exact byte counts and the exact pattern. The
+ * stream services run on every engine that serves them; UDP on the default.
  */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,11 +37,52 @@ static void service_tweak(struct rb_config *cfg)
 		cfg->listen[cfg->n_listen++] = second_url;
 }
 
+/* What a wait is for, naming the engine configuration under test. */
+static char closing[160] = "the connection to close";
+
+static void start_on(struct test_server *ts, const struct engine_param *p, enum rb_service sv)
+{
+	char desc[96];
+
+	if (p) {
+		th_engine_param_describe(p, desc, sizeof(desc));
+		snprintf(closing, sizeof(closing), "the connection to close (%s)", desc);
+	}
+	service = sv;
+	th_server_start(ts, p, service_tweak);
+}
+
 static void start(struct test_server *ts, enum rb_service sv)
 {
-	service = sv;
-	th_server_start(ts, NULL, service_tweak);
+	start_on(ts, NULL, sv);
 }
+
+/* The engine configurations that serve discard, chargen and sockperf
+ * (rb_engine_features says "services"). The services take no copy mode:
+ * writev configurations only. */
+static size_t service_params(struct engine_param **out)
+{
+	struct engine_param *all;
+	size_t n = th_engine_params(&all), k = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char feat[128] = "";
+		rb_engine_features(all[i].engine, feat, sizeof(feat));
+		if (strstr(feat, "services") && all[i].copy == RB_COPY_WRITEV)
+			all[k++] = all[i];
+	}
+	*out = all;
+	return k;
+}
+
+#define SERVICE_TEST(name, secs)                                                                   \
+	ParameterizedTestParameters(services, name)                                                \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = service_params(&p);                                                     \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
+	ParameterizedTest(struct engine_param *p, services, name, .timeout = (secs))
 
 /* The RFC 864 stream, from its start: line i holds the 72 characters from
  * 32 + i mod 95 on, wrapping within 32..126, then CR LF. */
@@ -74,7 +117,7 @@ static void discard_stream(struct test_server *ts, int fd)
 	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
 	cr_assert_eq(read(fd, &b, 1), 0, "discard sent something back");
 	close(fd);
-	th_wait_stats(ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts->srv, &st);
 	cr_expect_eq(st.bytes_in, len);
 	cr_expect_eq(st.bytes_out, 0);
@@ -83,11 +126,11 @@ static void discard_stream(struct test_server *ts, int fd)
 	free(data);
 }
 
-Test(services, discard_tcp, .timeout = 60)
+SERVICE_TEST(discard_tcp, 60)
 {
 	struct test_server ts;
 
-	start(&ts, RB_SERVICE_DISCARD);
+	start_on(&ts, p, RB_SERVICE_DISCARD);
 	discard_stream(&ts, th_connect(ts.port));
 	th_server_stop(&ts);
 }
@@ -103,7 +146,7 @@ static int unix_connect(const char *path)
 	return fd;
 }
 
-Test(services, discard_unix, .timeout = 60)
+SERVICE_TEST(discard_unix, 60)
 {
 	static char path[64], url[80];
 	struct test_server ts;
@@ -111,7 +154,7 @@ Test(services, discard_unix, .timeout = 60)
 	snprintf(path, sizeof(path), "/tmp/rebound-discard-%d.sock", (int)getpid());
 	snprintf(url, sizeof(url), "unix:%s", path);
 	second_url = url; /* after the TCP listener the helper reads a port from */
-	start(&ts, RB_SERVICE_DISCARD);
+	start_on(&ts, p, RB_SERVICE_DISCARD);
 	discard_stream(&ts, unix_connect(path));
 	th_server_stop(&ts);
 }
@@ -139,23 +182,23 @@ static void chargen_stream(struct test_server *ts, int fd)
 
 	chargen_read(fd, 3u << 20);
 	close(fd);
-	th_wait_stats(ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts->srv, &st);
 	cr_expect_geq(st.bytes_out, 3u << 20);
 	cr_expect_eq(st.bytes_in, 0);
 	cr_expect_eq(st.buffered, 0);
 }
 
-Test(services, chargen_tcp, .timeout = 60)
+SERVICE_TEST(chargen_tcp, 60)
 {
 	struct test_server ts;
 
-	start(&ts, RB_SERVICE_CHARGEN);
+	start_on(&ts, p, RB_SERVICE_CHARGEN);
 	chargen_stream(&ts, th_connect(ts.port));
 	th_server_stop(&ts);
 }
 
-Test(services, chargen_unix, .timeout = 60)
+SERVICE_TEST(chargen_unix, 60)
 {
 	static char path[64], url[80];
 	struct test_server ts;
@@ -163,24 +206,24 @@ Test(services, chargen_unix, .timeout = 60)
 	snprintf(path, sizeof(path), "/tmp/rebound-chargen-%d.sock", (int)getpid());
 	snprintf(url, sizeof(url), "unix:%s", path);
 	second_url = url; /* after the TCP listener the helper reads a port from */
-	start(&ts, RB_SERVICE_CHARGEN);
+	start_on(&ts, p, RB_SERVICE_CHARGEN);
 	chargen_stream(&ts, unix_connect(path));
 	th_server_stop(&ts);
 }
 
 /* chargen's input is read and dropped (RFC 864), and its FIN ends it. */
-Test(services, chargen_drops_input, .timeout = 60)
+SERVICE_TEST(chargen_drops_input, 60)
 {
 	struct test_server ts;
 	struct rb_stats st;
 	int fd;
 
-	start(&ts, RB_SERVICE_CHARGEN);
+	start_on(&ts, p, RB_SERVICE_CHARGEN);
 	fd = th_connect(ts.port);
 	cr_assert_eq(send(fd, "ignored", 7, MSG_NOSIGNAL), 7);
 	chargen_read(fd, 100000);
 	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
-	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the connection to close");
+	th_wait_stats(&ts, closed_n, &(uint64_t){1}, closing);
 	rb_server_stats(ts.srv, &st);
 	cr_expect_eq(st.bytes_in, 7);
 	close(fd);
@@ -279,7 +322,7 @@ static void sp_msg(unsigned char *m, uint64_t seq, unsigned flags, uint32_t len)
  * those that ask for a pong come back with the client flag cleared, the
  * others (and the warm-up flag alone) are dropped.
  */
-Test(services, sockperf_tcp_framing, .timeout = 60)
+SERVICE_TEST(sockperf_tcp_framing, 60)
 {
 	static const struct {
 		unsigned flags;
@@ -300,7 +343,7 @@ Test(services, sockperf_tcp_framing, .timeout = 60)
 		}
 		in_len += msgs[i].len;
 	}
-	start(&ts, RB_SERVICE_SOCKPERF);
+	start_on(&ts, p, RB_SERVICE_SOCKPERF);
 	fd = th_connect(ts.port);
 	/* The first 30 bytes one at a time: headers split anywhere. */
 	for (size_t i = 0; i < 30; i++)
@@ -323,13 +366,13 @@ Test(services, sockperf_tcp_framing, .timeout = 60)
 }
 
 /* A length below the header's own is a protocol error: the peer is reset. */
-Test(services, sockperf_bad_length_resets, .timeout = 60)
+SERVICE_TEST(sockperf_bad_length_resets, 60)
 {
 	unsigned char m[14], b;
 	struct test_server ts;
 	int fd;
 
-	start(&ts, RB_SERVICE_SOCKPERF);
+	start_on(&ts, p, RB_SERVICE_SOCKPERF);
 	fd = th_connect(ts.port);
 	sp_msg(m, 1, 3, 13);
 	cr_assert_eq(send(fd, m, sizeof(m), MSG_NOSIGNAL), 14);
@@ -406,11 +449,11 @@ static bool answered(const struct rb_stats *st, void *arg)
 	return st->bytes_out > 0;
 }
 
-Test(services, sockperf_client_tcp, .timeout = 60)
+SERVICE_TEST(sockperf_client_tcp, 60)
 {
 	struct test_server ts;
 
-	start(&ts, RB_SERVICE_SOCKPERF);
+	start_on(&ts, p, RB_SERVICE_SOCKPERF);
 	run_sockperf("tcp", ts.port);
 	th_wait_stats(&ts, answered, NULL, "an answer");
 	th_server_stop(&ts);

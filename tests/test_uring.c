@@ -357,6 +357,50 @@ Test(uring, single_shot_path, .timeout = 300)
 	th_server_stop(&ts);
 }
 
+static char relay_url[64];
+
+static void relay_tiny_ring(struct rb_config *cfg)
+{
+	tiny_ring(cfg);
+	odd_cap(cfg);
+	cfg->forward = relay_url;
+}
+
+/*
+ * A relay on the single-shot path with an 8-buffer ring and an odd cap:
+ * both sockets of every session keep finding the ring empty, both flows
+ * stop at their caps, and every stream comes back intact through an echo
+ * upstream.
+ */
+Test(uring, relay_tiny_ring_single_shot, .timeout = 300)
+{
+	struct test_server up, relay;
+	struct rb_stats st;
+	uint64_t total = 0, n = 40;
+
+	need_uring();
+	th_server_start(&up, NULL, NULL);
+	snprintf(relay_url, sizeof(relay_url), "tcp://127.0.0.1:%d", up.port);
+	rb__uring_test_single_recv = 1;
+	th_server_start(&relay, &uring_param, relay_tiny_ring);
+	rb__uring_test_single_recv = 0;
+	run_many(&relay, n, 1, 77773, 0, &total);
+	th_wait_stats(&relay, all_closed, &n, "every relayed session to close");
+	rb_server_stats(relay.srv, &st);
+	cr_expect_eq(st.upstream_connects, n);
+	cr_expect_eq(st.upstream_bytes_out, total);
+	cr_expect_eq(st.upstream_bytes_in, total);
+	cr_expect_eq(st.bytes_in, 2 * total);
+	cr_expect_eq(st.bytes_out, 2 * total);
+	cr_expect_leq(st.peak_conn_buffered, 100000);
+	cr_expect_eq(st.buffered, 0);
+	cr_expect_eq(st.resets, 0);
+	cr_expect_leq(st.chunks_allocated, 8, "%lu chunks for an 8-buffer ring",
+	              (unsigned long)st.chunks_allocated);
+	th_server_stop(&relay);
+	th_server_stop(&up);
+}
+
 static void four_threads(struct rb_config *cfg)
 {
 	cfg->threads = 4;
