@@ -169,25 +169,28 @@ IMPAIR_TEST(delay_adds_to_round_trip, timing_params, 60)
 }
 
 /* A delayed flow's FIN waits as long as its bytes: the EOF comes D after
- * the half-close, not at once. */
+ * the half-close, not at once (the median of seven sessions, within 1 ms). */
 IMPAIR_TEST(delay_holds_the_fin, timing_params, 30)
 {
 	struct test_server ts;
 	unsigned char b[16];
-	double t0, dt;
+	double dt[7], t0;
 	int fd;
 
 	start(&ts, p, "--delay 30");
-	fd = th_connect(ts.port);
-	cr_assert_eq(send(fd, "x", 1, MSG_NOSIGNAL), 1);
-	recv_all(fd, b, 1);
-	t0 = now_ms();
-	shutdown(fd, SHUT_WR);
-	cr_assert_eq(recv(fd, b, sizeof(b), 0), 0);
-	dt = now_ms() - t0;
-	close(fd);
+	for (int i = 0; i < 7; i++) {
+		fd = th_connect(ts.port);
+		cr_assert_eq(send(fd, "x", 1, MSG_NOSIGNAL), 1);
+		recv_all(fd, b, 1);
+		t0 = now_ms();
+		shutdown(fd, SHUT_WR);
+		cr_assert_eq(recv(fd, b, sizeof(b), 0), 0);
+		dt[i] = now_ms() - t0;
+		close(fd);
+	}
 	th_server_stop(&ts);
-	cr_assert(dt >= 29 && dt <= 31 + 1, "FIN after %.3f ms", dt);
+	qsort(dt, 7, sizeof(dt[0]), cmp_double);
+	cr_assert(dt[3] >= 29 && dt[3] <= 31, "FIN after %.3f ms (median)", dt[3]);
 }
 
 /* ---- rate ---- */
