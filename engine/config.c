@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "impair.h"
 #include "rb_limits.h"
 #include "rebound/rebound.h"
 
@@ -260,6 +261,9 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 		         RB_LIMIT_KEEPALIVE_S_MAX, RB_LIMIT_KEEPALIVE_CNT_MAX);
 		return -EINVAL;
 	}
+	if (rb__impair_check(&cfg->impair, cfg->forward != NULL, cfg->service == RB_SERVICE_ECHO,
+	                     err, errlen) < 0)
+		return -EINVAL;
 	if (cfg->read_budget < 1 || cfg->accept_budget < 1) {
 		snprintf(err, errlen, "read and accept budgets must be at least 1");
 		return -EINVAL;

@@ -30,6 +30,10 @@ struct rb_copy_ops {
 	/* Send buffered bytes to fd. Returns the bytes sent (> 0; *full if fd
 	 * took less than was offered), or -EAGAIN, -EINTR, another -errno. */
 	ssize_t (*flush)(struct rb_worker *w, struct rb_flow *f, int fd, bool *full);
+	/* The same, at most max (> 0) bytes: for impaired flows (impair.h),
+	 * so the plain flush keeps its cost. */
+	ssize_t (*flush_upto)(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+	                      bool *full);
 	/* The flow holds no bytes: give back what it needs only while busy. */
 	void (*idle)(struct rb_worker *w, struct rb_flow *f);
 	/* The flow ends: free its buffers, dropping any bytes. */

@@ -148,6 +148,12 @@ static ssize_t sockperf_flush(struct rb_worker *w, struct rb_flow *f, int fd, bo
 	return rb__copy_writev.flush(w, f, fd, full);
 }
 
+static ssize_t sockperf_flush_upto(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+                                   bool *full)
+{
+	return rb__copy_writev.flush_upto(w, f, fd, max, full);
+}
+
 static void sockperf_release(struct rb_worker *w, struct rb_flow *f)
 {
 	rb__copy_writev.release(w, f);
@@ -171,6 +177,7 @@ const struct rb_copy_ops rb__copy_sockperf = {
         .cap = sockperf_cap,
         .read_into = sockperf_read_into,
         .flush = sockperf_flush,
+        .flush_upto = sockperf_flush_upto,
         .idle = sockperf_idle,
         .release = sockperf_release,
 };

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "copy.h"
@@ -64,13 +65,16 @@ static ssize_t splice_read_into(struct rb_worker *w, struct rb_flow *f, int fd, 
 	return -errno;
 }
 
-static ssize_t splice_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool *full)
+static inline ssize_t splice_send(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+                                  bool *full)
 {
+	size_t len = f->pipe.bytes < max ? f->pipe.bytes : max;
 	ssize_t r;
 
 	if (f->chain.bytes > 0)
-		return rb__copy_writev.flush(w, f, fd, full);
-	r = splice(f->pipe.rd, NULL, fd, NULL, f->pipe.bytes, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		return max == SIZE_MAX ? rb__copy_writev.flush(w, f, fd, full)
+		                       : rb__copy_writev.flush_upto(w, f, fd, max, full);
+	r = splice(f->pipe.rd, NULL, fd, NULL, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 	RB_STAT_ADD(w, write_calls, 1);
 	RB_STAT_ADD(w, splice_calls, 1);
 	if (r > 0) {
@@ -81,6 +85,17 @@ static ssize_t splice_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool
 	}
 	/* 0 from a pipe we believe holds bytes: give up on it. */
 	return r == 0 ? -EIO : -errno;
+}
+
+static ssize_t splice_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool *full)
+{
+	return splice_send(w, f, fd, SIZE_MAX, full);
+}
+
+static ssize_t splice_flush_upto(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+                                 bool *full)
+{
+	return splice_send(w, f, fd, max, full);
 }
 
 static void splice_idle(struct rb_worker *w, struct rb_flow *f)
@@ -100,6 +115,7 @@ const struct rb_copy_ops rb__copy_splice = {
         .cap = splice_cap,
         .read_into = splice_read_into,
         .flush = splice_flush,
+        .flush_upto = splice_flush_upto,
         .idle = splice_idle,
         .release = splice_release,
 };

@@ -4,6 +4,7 @@
  * sendmsg (writev with flags) straight from it. No payload is copied.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -45,15 +46,25 @@ static ssize_t writev_read_into(struct rb_worker *w, struct rb_flow *f, int fd, 
 	return r == 0 ? 0 : -err;
 }
 
-static ssize_t writev_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool *full)
+/* Inlined into both flushes: with max = SIZE_MAX the trimming folds away. */
+static inline ssize_t writev_send(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+                                  bool *full)
 {
 	int n = rb_chain_write_iov(&w->pool, &f->chain, w->iov, IOV_MAX);
-	struct msghdr mh = {.msg_iov = w->iov, .msg_iovlen = (size_t)n};
+	struct msghdr mh;
 	size_t want = 0;
 	ssize_t r;
 
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n; i++) {
+		if (max != SIZE_MAX && want + w->iov[i].iov_len >= max) {
+			w->iov[i].iov_len = max - want;
+			want = max;
+			n = i + 1;
+			break;
+		}
 		want += w->iov[i].iov_len;
+	}
+	mh = (struct msghdr){.msg_iov = w->iov, .msg_iovlen = (size_t)n};
 	/* MSG_NOSIGNAL: a peer that left costs an EPIPE, never a signal, even
 	 * if the embedder kept SIGPIPE. */
 	r = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -64,6 +75,17 @@ static ssize_t writev_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool
 	/* A short write means the send buffer is full: wait for writability. */
 	*full = (size_t)r < want;
 	return r;
+}
+
+static ssize_t writev_flush(struct rb_worker *w, struct rb_flow *f, int fd, bool *full)
+{
+	return writev_send(w, f, fd, SIZE_MAX, full);
+}
+
+static ssize_t writev_flush_upto(struct rb_worker *w, struct rb_flow *f, int fd, size_t max,
+                                 bool *full)
+{
+	return writev_send(w, f, fd, max, full);
 }
 
 static void writev_idle(struct rb_worker *w, struct rb_flow *f)
@@ -82,6 +104,7 @@ const struct rb_copy_ops rb__copy_writev = {
         .cap = writev_cap,
         .read_into = writev_read_into,
         .flush = writev_flush,
+        .flush_upto = writev_flush_upto,
         .idle = writev_idle,
         .release = writev_release,
 };

@@ -56,7 +56,7 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_EPOLL,
                 .name = "epoll",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
                 .probe = epoll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_epoll,
@@ -65,7 +65,7 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_POLL,
                 .name = "poll",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
                 .probe = poll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_poll,
@@ -74,7 +74,7 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_SELECT,
                 .name = "select",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
                 .probe = select_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_select,
@@ -156,9 +156,10 @@ int rb_engine_features(enum rb_engine e, char *buf, size_t len)
 		unsigned cap;
 		const char *name;
 	} names[] = {
-	        {RB_CAP_UDP, "udp"},     {RB_CAP_SPLICE, "splice"},
-	        {RB_CAP_RELAY, "relay"}, {RB_CAP_SERVICES, "services"},
-	        {RB_CAP_LEVEL, "level"}, {RB_CAP_TIMEOUTS, "timeouts"},
+	        {RB_CAP_UDP, "udp"},       {RB_CAP_SPLICE, "splice"},
+	        {RB_CAP_RELAY, "relay"},   {RB_CAP_SERVICES, "services"},
+	        {RB_CAP_LEVEL, "level"},   {RB_CAP_TIMEOUTS, "timeouts"},
+	        {RB_CAP_IMPAIR, "impair"},
 	};
 	const struct rb_engine_desc *d = rb__engine_find(e);
 	size_t off = 0;

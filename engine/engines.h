@@ -23,6 +23,7 @@ enum {
 	RB_CAP_LEVEL = 1u << 4,    /* --trigger level (a readiness engine) */
 	RB_CAP_SERVICES = 1u << 5, /* --service discard, chargen, sockperf */
 	RB_CAP_TIMEOUTS = 1u << 6, /* --idle-timeout, --write-timeout */
+	RB_CAP_IMPAIR = 1u << 7,   /* impairments: --delay, --rate, --loss ... (impair.h) */
 };
 
 /*

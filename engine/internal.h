@@ -25,6 +25,7 @@
 #include "session.h"
 #include "copy.h"
 #include "timer.h"
+#include "impair.h"
 
 /* ---- logging (levels and sinks: rebound.h) ---- */
 /* Log with the settings bound to this thread (a server's), else the defaults. */
@@ -196,6 +197,10 @@ struct rb_server {
 	struct rb_upstream *upstream; /* --forward: where relayed sessions connect */
 	unsigned n_sessions;          /* open sessions, all workers (--max-conns) */
 	unsigned heartbeat;           /* rb_server_heartbeat's round (watchdog.c) */
+	/* Impairments in force (impair.h): NULL, or read with an acquire load
+	 * when a session opens; replaced by rb_server_set_impair. */
+	struct rb_impair_set *impair;
+	pthread_mutex_t impair_lock; /* writers of impair */
 };
 
 /* UDP sockets (udp.c). */

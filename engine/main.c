@@ -4,6 +4,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,27 @@ static void usage(FILE *f)
 	        "                           with its start-up error and status\n"
 	        "      --logfile PATH       append stdout and stderr to PATH (with --daemon:\n"
 	        "                           instead of /dev/null)\n"
+	        "Impairments (docs/impairments.md; epoll, poll and select engines). Each\n"
+	        "applies to both directions, or with --up-/--down- to one way of a relay,\n"
+	        "and takes @P: the share of sessions it applies to (default 1):\n"
+	        "      --delay D[~J]        release every byte D ms after it came (jitter up to\n"
+	        "                           J, never reordered); UDP: delay answers (reordered)\n"
+	        "      --rate R             a token bucket, bits/s with k, m or g (10m)\n"
+	        "      --slice SIZE[/D]     write at most SIZE bytes at a time, D ms apart\n"
+	        "      --reset-after N      after N bytes: RST\n"
+	        "      --close-after N      after N bytes: FIN, the rest dropped\n"
+	        "      --stall-after N      after N bytes: read and write nothing more\n"
+	        "      --accept-delay D     serve a new session only D ms after accepting it\n"
+	        "      --refuse P           reset a share P of new sessions at once\n"
+	        "      --loss P, --duplicate P  UDP: drop, or send twice, a share P of answers\n"
+	        "      --corrupt P          UDP: flip one bit in a share P of answers (opt-in:\n"
+	        "                           the only impairment that changes bytes)\n"
+	        "      --seed S             seed every random choice (default: picked and\n"
+	        "                           printed at start, so a run can be replayed)\n"
+	        "      --impair-file FILE   the impairments as flags in FILE (not with the flags\n"
+	        "                           themselves), read again on SIGHUP for new sessions\n"
+	        "D is in ms (10, 10ms or 2s); P is 0.1 or 10%%.\n"
+	        "\n"
 	        "      --list-engines       print the engines that can run here and exit\n"
 	        "  -v, --verbose            more logging\n"
 	        "  -q, --quiet              errors only\n"
@@ -319,6 +341,66 @@ static void list_engines(void)
 	}
 }
 
+/* ---- impairments: flags from the table, --impair-file, SIGHUP ---- */
+
+static const char *g_impair_file;
+static volatile sig_atomic_t g_hup_quit;
+
+/* The file's impairments into imp; 0, or -1 with the reason logged. */
+static int read_impair_file(const struct rb_config *cfg, struct rb_impair *imp)
+{
+	char text[65536], err[512];
+	FILE *f = fopen(g_impair_file, "r");
+	size_t n;
+
+	if (!f) {
+		rb_log(cfg, RB_LOG_ERR, "--impair-file %s: %s", g_impair_file, strerror(errno));
+		return -1;
+	}
+	n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	if (rb_impair_parse(imp, text, err, sizeof(err)) < 0) {
+		rb_log(cfg, RB_LOG_ERR, "--impair-file %s: %s", g_impair_file, err);
+		return -1;
+	}
+	return 0;
+}
+
+static void log_impairments(const struct rb_config *cfg, const char *when)
+{
+	struct rb_impair imp;
+	char d[1024];
+
+	rb_server_impair(g_srv, &imp);
+	rb_impair_describe(&imp, d, sizeof(d));
+	rb_log(cfg, RB_LOG_INFO, "impairments%s: %s (replay with --seed %" PRIu64 ")", when, d,
+	       imp.seed);
+}
+
+/* SIGHUP, taken by this thread alone: the file again, for new sessions. */
+static void *hup_main(void *arg)
+{
+	const struct rb_config *cfg = arg;
+	sigset_t hup;
+	int sig;
+
+	sigemptyset(&hup);
+	sigaddset(&hup, SIGHUP);
+	while (sigwait(&hup, &sig) == 0 && !g_hup_quit) {
+		struct rb_impair imp;
+		char err[512];
+		if (read_impair_file(cfg, &imp) < 0)
+			continue; /* the old ones stay */
+		if (rb_server_set_impair(g_srv, &imp, err, sizeof(err)) < 0) {
+			rb_log(cfg, RB_LOG_ERR, "--impair-file %s: %s", g_impair_file, err);
+			continue;
+		}
+		log_impairments(cfg, " (SIGHUP, new sessions)");
+	}
+	return NULL;
+}
+
 static void raise_nofile(void)
 {
 	struct rlimit rl;
@@ -426,6 +508,12 @@ int main(int argc, char **argv)
 	        {"version", no_argument, NULL, 'V'},
 	        {0},
 	};
+	/* The impairment flags come from the library's table (rb_impair_flag). */
+	enum { OPT_IMPAIR = 512, OPT_IMPAIR_FILE = 1000 };
+	struct option all_opts[sizeof(opts) / sizeof(opts[0]) + 40];
+	size_t n_opts = sizeof(opts) / sizeof(opts[0]) - 1, n_impair = 0;
+	pthread_t hup_thread;
+	bool hup_started = false;
 	struct rb_config cfg;
 	struct rb_metrics *metrics = NULL;
 	const char *metrics_url = NULL, *pidfile = NULL, *logfile = NULL;
@@ -437,8 +525,27 @@ int main(int argc, char **argv)
 	int c, rc;
 
 	rb_config_init(&cfg);
+	memcpy(all_opts, opts, n_opts * sizeof(opts[0]));
+	for (const char *name; (name = rb_impair_flag(n_impair)) && n_impair < 38; n_impair++)
+		all_opts[n_opts++] =
+		        (struct option){name, required_argument, NULL, OPT_IMPAIR + (int)n_impair};
+	all_opts[n_opts++] =
+	        (struct option){"impair-file", required_argument, NULL, OPT_IMPAIR_FILE};
+	all_opts[n_opts] = (struct option){0};
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":l:e:t:vqhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":l:e:t:vqhV", all_opts, NULL)) != -1) {
+		if (c >= OPT_IMPAIR && c < OPT_IMPAIR + (int)n_impair) {
+			if (rb_impair_set(&cfg.impair, rb_impair_flag((size_t)(c - OPT_IMPAIR)),
+			                  optarg, err, sizeof(err)) < 0) {
+				fprintf(stderr, "rebound: %s\n", err);
+				return EXIT_USAGE;
+			}
+			continue;
+		}
+		if (c == OPT_IMPAIR_FILE) {
+			g_impair_file = optarg;
+			continue;
+		}
 		switch (c) {
 		case 'l':
 			if (cfg.n_listen == RB_MAX_LISTEN)
@@ -627,6 +734,26 @@ int main(int argc, char **argv)
 		fprintf(stderr, "rebound: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return EXIT_USAGE;
 	}
+	if (g_impair_file) {
+		/* The file holds the whole set (it is read again on SIGHUP); only
+		 * --seed may also be given, for a file without one. */
+		struct rb_impair only_seed = {.seed = cfg.impair.seed,
+		                              .seed_set = cfg.impair.seed_set};
+		bool seed_set = cfg.impair.seed_set;
+		uint64_t seed = cfg.impair.seed;
+		if (memcmp(&cfg.impair, &only_seed, sizeof(only_seed)) != 0) {
+			fprintf(stderr,
+			        "rebound: --impair-file holds the impairments: give them in "
+			        "the file, not as flags too (--seed excepted)\n");
+			return EXIT_USAGE;
+		}
+		if (read_impair_file(&cfg, &cfg.impair) < 0)
+			return EXIT_USAGE;
+		if (!cfg.impair.seed_set && seed_set) {
+			cfg.impair.seed = seed;
+			cfg.impair.seed_set = true;
+		}
+	}
 	/* Socket activation: systemd's sockets join any --listen URLs. */
 	static char fd_urls[RB_MAX_LISTEN][16];
 	int nfds = rb_sd_listen_fds();
@@ -713,6 +840,16 @@ int main(int argc, char **argv)
 	       rb_engine_name(rb_server_engine(g_srv)), engine_detail(g_srv, &cfg),
 	       rb_copy_name(cfg.copy), cfg.threads, cfg.threads == 1 ? "" : "s", cfg.chunk_size,
 	       cfg.conn_buffer);
+	if (rb_impair_any(&cfg.impair) || g_impair_file)
+		log_impairments(&cfg, "");
+	if (g_impair_file) {
+		/* Blocked here before the workers start, so only hup_main takes it. */
+		sigset_t hup;
+		sigemptyset(&hup);
+		sigaddset(&hup, SIGHUP);
+		pthread_sigmask(SIG_BLOCK, &hup, NULL);
+		hup_started = pthread_create(&hup_thread, NULL, hup_main, &cfg) == 0;
+	}
 	{
 		char status[160];
 		snprintf(status, sizeof(status), "READY=1\nSTATUS=%s with the %s engine",
@@ -726,6 +863,11 @@ int main(int argc, char **argv)
 	if (rb_sd_watchdog_start(g_srv, &cfg) < 0)
 		rb_log(&cfg, RB_LOG_WARNING, "ignoring an invalid WATCHDOG_USEC");
 	rc = rb_server_run(g_srv);
+	if (hup_started) {
+		g_hup_quit = 1;
+		pthread_kill(hup_thread, SIGHUP);
+		pthread_join(hup_thread, NULL);
+	}
 	rb_sd_watchdog_stop();
 	rb_metrics_stop(metrics);
 	rb_server_stats(g_srv, &st);

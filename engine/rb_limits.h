@@ -29,6 +29,12 @@
 #define RB_LIMIT_TIMEOUT_MS_MAX         86400000u /* --idle-timeout, --write-timeout: a day */
 #define RB_LIMIT_STATS_INTERVAL_MIN     10u       /* --stats-interval, ms, when not 0 */
 #define RB_LIMIT_BUSY_POLL_US_MAX       1000000u  /* --busy-poll, us */
+/* Impairments (issue 13). */
+#define RB_LIMIT_IMPAIR_MS_MAX    600000u /* --delay, jitter, --slice's D, --accept-delay: 10 min */
+#define RB_LIMIT_IMPAIR_RATE_MIN  8000ull /* --rate, bits/s: 1 kB/s ... */
+#define RB_LIMIT_IMPAIR_RATE_MAX  100000000000ull /* ... 100 Gbit/s */
+#define RB_LIMIT_IMPAIR_SLICE_MAX (1u << 30)      /* --slice SIZE, from 1 byte */
+#define RB_LIMIT_IMPAIR_MARKS     64u             /* delay marks per flow (impair.c) */
 /* The chunk pool's own bounds (iopool.c; tests use tiny chunks). */
 #define RB_POOL_CHUNK_MIN 64u
 #define RB_POOL_CHUNK_MAX RB_LIMIT_CHUNK_MAX

@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -35,6 +37,7 @@ static inline struct reactor *R(struct rb_worker *w)
 }
 
 static void session_run(struct rb_worker *w, struct rb_session *s);
+static bool impair_eof_ready(struct rb_worker *w, struct rb_flow *f);
 
 static struct rb_list *queue_list(struct reactor *r, enum rb_session_queue q)
 {
@@ -103,8 +106,11 @@ static void sock_set_interest(struct rb_worker *w, struct rb_sock *k)
 	} else {
 		if (k->in && flow_wants_input(k->in))
 			want |= RB_READ;
-		if (k->out && (rb__flow_pending(k->out) > 0 ||
-		               (!k->out->src && !(k->out->flags & FLOW_RD_EOF))))
+		/* Bytes an impairment holds back wait for its timer, not for
+		 * the socket. */
+		if (k->out &&
+		    ((rb__flow_pending(k->out) > 0 && !(k->out->imp && k->out->imp->held)) ||
+		     (!k->out->src && !(k->out->flags & FLOW_RD_EOF))))
 			want |= RB_WRITE;
 	}
 	if (want != k->interest) {
@@ -124,6 +130,8 @@ static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_clo
 		return;
 	rb__timer_cancel(&w->timers, &s->timer);
 	rb__timer_cancel(&w->timers, &s->idle_timer);
+	if (s->imp)
+		rb__timer_cancel(&w->timers, &s->imp->timer);
 	for (unsigned i = 0; i < s->n_socks; i++) {
 		struct rb_sock *k = &s->sock[i];
 		if (k->fd < 0)
@@ -143,7 +151,10 @@ static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_clo
 		RB_STAT_SUB(w, buffered, rb__flow_pending(&s->flow[i]));
 		if (s->flow[i].copy)
 			s->flow[i].copy->release(w, &s->flow[i]);
+		s->flow[i].imp = NULL;
 	}
+	free(s->imp);
+	s->imp = NULL;
 	rb_list_del(&s->all);
 	/* Freed after the whole event batch: later events for it are stale (rule 7). */
 	s->closed = true;
@@ -151,6 +162,39 @@ static void session_close(struct rb_worker *w, struct rb_session *s, enum rb_clo
 	/* Counted last: whoever sees it closed sees its bytes gone too. */
 	rb__session_closing(w, s, why);
 }
+
+/* n bytes (>= 0) of the flow went to its sink. */
+static inline void flow_sent(struct rb_worker *w, struct rb_flow *f, ssize_t n, bool full)
+{
+	struct rb_sock *sink = f->sink;
+
+	RB_STAT_ADD(w, bytes_out, (uint64_t)n);
+	RB_STAT_SUB(w, buffered, (uint64_t)n);
+	if (sink->upstream)
+		RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)n);
+	else
+		sink->s->bytes_out += (uint64_t)n;
+	sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
+	if (full || n == 0)
+		sink->flags &= ~SOCK_CAN_WRITE;
+}
+
+/* Rule 5: no new edge will come for input already queued in the kernel,
+ * so resume reading ourselves: below half the cap (so a paused flow does
+ * not flap on every small write), or once a pipe that could not tell full
+ * from empty has drained some. */
+static inline void flow_resume(struct rb_worker *w, struct rb_flow *f, bool progress)
+{
+	if (progress &&
+	    ((f->flags & FLOW_PIPE_WAIT) ||
+	     ((f->flags & FLOW_PAUSED) && rb__flow_pending(f) <= f->copy->cap(w, f) / 2))) {
+		f->flags &= ~(FLOW_PIPE_WAIT | FLOW_PAUSED);
+		if (f->src->flags & SOCK_CAN_READ)
+			ready_push(w, f->src->s);
+	}
+}
+
+static int flow_flush_impaired(struct rb_worker *w, struct rb_flow *f);
 
 /*
  * Send from the flow's buffer until it is empty or the sink is full
@@ -161,20 +205,14 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 	struct rb_sock *sink = f->sink;
 	bool progress = false;
 
+	if (f->imp)
+		return flow_flush_impaired(w, f);
 	while (rb__flow_pending(f) > 0 && (sink->flags & SOCK_CAN_WRITE)) {
 		bool full = false;
 		ssize_t n = f->copy->flush(w, f, sink->fd, &full);
 		if (n >= 0) {
-			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
-			RB_STAT_SUB(w, buffered, (uint64_t)n);
-			if (sink->upstream)
-				RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)n);
-			else
-				sink->s->bytes_out += (uint64_t)n;
-			sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
+			flow_sent(w, f, n, full);
 			progress |= n > 0;
-			if (full || n == 0)
-				sink->flags &= ~SOCK_CAN_WRITE;
 			continue;
 		}
 		if (n == -EINTR)
@@ -186,17 +224,7 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
 		session_close(w, f->sink->s, RB_CLOSE_ERROR);
 		return -1;
 	}
-	/* Rule 5: no new edge will come for input already queued in the kernel,
-	 * so resume reading ourselves: below half the cap (so a paused flow does
-	 * not flap on every small write), or once a pipe that could not tell
-	 * full from empty has drained some. */
-	if (progress &&
-	    ((f->flags & FLOW_PIPE_WAIT) ||
-	     ((f->flags & FLOW_PAUSED) && rb__flow_pending(f) <= f->copy->cap(w, f) / 2))) {
-		f->flags &= ~(FLOW_PIPE_WAIT | FLOW_PAUSED);
-		if (f->src->flags & SOCK_CAN_READ)
-			ready_push(w, f->src->s);
-	}
+	flow_resume(w, f, progress);
 	return 0;
 }
 
@@ -208,7 +236,7 @@ static int flow_flush(struct rb_worker *w, struct rb_flow *f)
  */
 static int flow_drop(struct rb_worker *w, struct rb_flow *f)
 {
-	bool stopping = f->flags & FLOW_DISCARD;
+	bool stopping = w->stopping;
 	struct rb_sock *src = f->src;
 	size_t budget = w->srv->cfg.read_budget;
 
@@ -289,6 +317,9 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			 * strategy that keeps only part (sockperf's answers). */
 			RB_STAT_ADD(w, bytes_in, (uint64_t)n);
 			RB_STAT_ADD(w, buffered, (uint64_t)(rb__flow_pending(f) - pending));
+			if (f->imp)
+				rb__impair_arrived(f->imp, &s->imp->rng,
+				                   rb__flow_pending(f) - pending, w->now_ms);
 			if (src->upstream)
 				RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)n);
 			else
@@ -313,6 +344,8 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 		case 0:
 			f->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 			src->flags &= ~SOCK_CAN_READ;
+			if (f->imp)
+				rb__impair_eof(f->imp, &s->imp->rng, w->now_ms);
 			return 0;
 		case -EINTR:
 			continue;
@@ -426,7 +459,8 @@ static void session_run(struct rb_worker *w, struct rb_session *s)
 		 * is connected). Stopping, the flow then lingers, discarding,
 		 * until the source's FIN (or the deadline). */
 		if ((f->flags & FLOW_RD_EOF) && rb__flow_pending(f) == 0 && f->sink &&
-		    !(f->flags & FLOW_SINK_SHUT) && !(f->sink->flags & SOCK_CONNECTING)) {
+		    !(f->flags & FLOW_SINK_SHUT) && !(f->sink->flags & SOCK_CONNECTING) &&
+		    (!f->imp || impair_eof_ready(w, f))) {
 			shutdown(f->sink->fd, SHUT_WR);
 			f->flags |= FLOW_SINK_SHUT;
 		}
@@ -686,6 +720,238 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 	timeouts_arm(w, s);
 }
 
+/* ---- impairments (impair.h): bytes held back, flows cut ---- */
+
+/* The session's impairment timer, at `when` unless it is due earlier. */
+static void impair_arm(struct rb_worker *w, struct rb_session *s, uint64_t when)
+{
+	struct rb_timer *t = &s->imp->timer;
+
+	if (when == UINT64_MAX || (rb__timer_armed(t) && t->when <= when))
+		return;
+	rb__timer_arm(&w->timers, t, when);
+}
+
+/* The session ends with an RST on every socket. */
+static void impair_reset(struct rb_worker *w, struct rb_session *s)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	for (unsigned i = 0; i < s->n_socks; i++)
+		if (s->sock[i].fd >= 0)
+			setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	session_close(w, s, RB_CLOSE_ERROR);
+}
+
+/* Bytes the kernel has not delivered from fd yet (0 if it cannot say). */
+static int sock_unsent(int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, SIOCOUTQ, &n) == 0 && n > 0 ? n : 0;
+}
+
+/*
+ * The flow has sent its N bytes: reset (once the kernel has delivered
+ * them, so the peer can read them before the RST; at most a second), close
+ * (a FIN once the flow is empty: what it held is dropped, and its input is
+ * read and dropped until the source's FIN) or stall (nothing more, either
+ * way, for good). Returns -1 if the session was closed.
+ */
+static int impair_cut(struct rb_worker *w, struct rb_flow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+	struct rb_session *s = f->sink->s;
+
+	fi->cut_done = true;
+	RB_STAT_ADD(w, impair_cuts, 1);
+	RB_STAT_SUB(w, buffered, rb__flow_pending(f));
+	f->copy->release(w, f);
+	rb__impair_dropped(fi);
+	switch (fi->cut) {
+	case RB_CUT_RESET:
+		f->flags |= FLOW_STALLED;
+		if (sock_unsent(f->sink->fd) == 0) {
+			impair_reset(w, s);
+			return -1;
+		}
+		s->imp->reset_by = w->now_ms + 1000;
+		impair_arm(w, s, w->now_ms + 1);
+		return 0;
+	case RB_CUT_CLOSE:
+		f->flags |= FLOW_RD_EOF | FLOW_DISCARD;
+		f->flags &= ~(FLOW_PAUSED | FLOW_PIPE_WAIT);
+		return 0;
+	case RB_CUT_STALL:
+	case RB_CUT_NONE:
+		break;
+	}
+	f->flags |= FLOW_STALLED;
+	f->flags &= ~(FLOW_PAUSED | FLOW_PIPE_WAIT);
+	return 0;
+}
+
+/*
+ * flow_flush for a flow with impairments: send only what is due (delay),
+ * what the bucket allows (rate), a slice at a time, and no more than the
+ * bytes after which the flow is cut; when nothing may go, the flow is
+ * held and the session's timer set for when something may. Returns -1 if
+ * the session was closed.
+ */
+static int flow_flush_impaired(struct rb_worker *w, struct rb_flow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+	struct rb_sock *sink = f->sink;
+	bool progress = false;
+
+	fi->held = false;
+	while (!fi->cut_done) {
+		size_t pending = rb__flow_pending(f), allow;
+		bool full = false;
+		ssize_t n;
+
+		if (rb__impair_cut_due(fi)) {
+			if (impair_cut(w, f) < 0)
+				return -1;
+			break;
+		}
+		if (pending == 0 || !(sink->flags & SOCK_CAN_WRITE))
+			break;
+		allow = rb__impair_allow(fi, pending, w->now_ms);
+		if (allow == 0) {
+			fi->held = true;
+			RB_STAT_ADD(w, impair_holds, 1);
+			impair_arm(w, sink->s, rb__impair_wake(fi, pending, w->now_ms));
+			break;
+		}
+		n = f->copy->flush_upto(w, f, sink->fd, allow, &full);
+		if (n >= 0) {
+			flow_sent(w, f, n, full);
+			rb__impair_sent(fi, (size_t)n, w->now_ms);
+			progress |= n > 0;
+			continue;
+		}
+		if (n == -EINTR)
+			continue;
+		if (n == -EAGAIN) {
+			sink->flags &= ~SOCK_CAN_WRITE;
+			break;
+		}
+		session_close(w, sink->s, RB_CLOSE_ERROR);
+		return -1;
+	}
+	flow_resume(w, f, progress);
+	return 0;
+}
+
+/* May the flow's end (our FIN) be passed on now? A delayed flow's FIN
+ * waits as long as its bytes did. */
+static bool impair_eof_ready(struct rb_worker *w, struct rb_flow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+
+	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_ms))
+		return true;
+	impair_arm(w, f->sink->s, fi->eof_due);
+	return false;
+}
+
+static void session_start(struct rb_worker *w, struct rb_session *s);
+
+static void impair_fire(struct rb_timer *t, void *arg)
+{
+	struct rb_session_impair *si = rb_container_of(t, struct rb_session_impair, timer);
+	struct rb_session *s = si->owner;
+	struct rb_worker *w = arg;
+
+	if (s->closed)
+		return;
+	if (si->gate_ms) {
+		/* --accept-delay is over: serve it (unless we are stopping). */
+		si->gate_ms = 0;
+		if (w->stopping) {
+			session_close(w, s, RB_CLOSE_SHUTDOWN);
+			return;
+		}
+		for (unsigned i = 0; i < s->n_flows; i++)
+			if (!(s->flow[i].imp && s->flow[i].imp->cut_done))
+				s->flow[i].flags &= ~FLOW_STALLED;
+		session_start(w, s);
+		return;
+	}
+	if (si->reset_by) {
+		for (unsigned i = 0; i < s->n_flows; i++) {
+			struct rb_flow *f = &s->flow[i];
+			if (f->imp && f->imp->cut_done && f->imp->cut == RB_CUT_RESET &&
+			    sock_unsent(f->sink->fd) > 0 && w->now_ms < si->reset_by) {
+				impair_arm(w, s, w->now_ms + 1);
+				return;
+			}
+		}
+		impair_reset(w, s);
+		return;
+	}
+	session_run(w, s);
+}
+
+/*
+ * A new session draws its impairments (impair.c). Returns true if it is
+ * not to be started now: refused (reset at once), or waiting for
+ * --accept-delay (the timer starts it).
+ */
+static bool impair_open(struct rb_worker *w, struct rb_session *s, const struct rb_impair_set *is)
+{
+	struct rb_session_impair *si = rb__impair_session_new(
+	        &is->cfg, w->id, s->id, s->n_flows, s->kind == RB_SESSION_RELAY, w->now_ms);
+
+	if (!si)
+		return false;
+	s->imp = si;
+	si->owner = s;
+	rb__timer_init(&si->timer, impair_fire);
+	RB_STAT_ADD(w, impaired_sessions, 1);
+	if (s->kind == RB_SESSION_ECHO || s->kind == RB_SESSION_RELAY)
+		for (unsigned i = 0; i < s->n_flows; i++) {
+			struct rb_flow_impair *fi = &si->flow[i];
+			if (fi->delay || fi->rate_bps || fi->slice_size || fi->cut != RB_CUT_NONE)
+				s->flow[i].imp = fi;
+		}
+	if (si->refuse) {
+		RB_STAT_ADD(w, impair_refused, 1);
+		impair_reset(w, s);
+		return true;
+	}
+	if (si->gate_ms) {
+		for (unsigned i = 0; i < s->n_flows; i++)
+			s->flow[i].flags |= FLOW_STALLED;
+		rb__timer_arm(&w->timers, &si->timer, si->gate_ms);
+		return true;
+	}
+	return false;
+}
+
+/* Start serving: a relay connects its upstream; the first run. */
+static void session_start(struct rb_worker *w, struct rb_session *s)
+{
+	int err;
+
+	if (s->kind == RB_SESSION_ECHO && !s->imp)
+		return; /* the first event runs it */
+	if (s->kind == RB_SESSION_RELAY) {
+		/* Reading from the client starts at once; its bytes wait in the
+		 * flow (up to the cap) until the upstream is connected. */
+		s->connect_start_us = rb__now_us();
+		s->up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
+		rb__timer_init(&s->timer, connect_timeout);
+		rb__timer_arm(&w->timers, &s->timer, rb__now_ms() + w->srv->cfg.connect_timeout_ms);
+		if (!upstream_try(w, s, &err)) {
+			upstream_failed(w, s, err);
+			return;
+		}
+	}
+	session_run(w, s);
+}
+
 /* An accepted socket becomes a session: an echo, a relay, discard or chargen. */
 static void session_new(struct rb_worker *w, int fd, bool tcp)
 {
@@ -735,21 +1001,13 @@ static void session_new(struct rb_worker *w, int fd, bool tcp)
 		rb__timer_init(&s->idle_timer, timeouts_fire);
 		timeouts_arm(w, s);
 	}
-	if (s->kind == RB_SESSION_ECHO)
-		return;
-	if (s->kind == RB_SESSION_RELAY) {
-		/* Reading from the client starts at once; its bytes wait in the
-		 * flow (up to the cap) until the upstream is connected. */
-		s->connect_start_us = rb__now_us();
-		s->up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
-		rb__timer_init(&s->timer, connect_timeout);
-		rb__timer_arm(&w->timers, &s->timer, rb__now_ms() + cfg->connect_timeout_ms);
-		if (!upstream_try(w, s, &err)) {
-			upstream_failed(w, s, err);
-			return;
-		}
+	if (w->srv->impair) {
+		/* One load: the set may be replaced while we run (SIGHUP). */
+		const struct rb_impair_set *is = __atomic_load_n(&w->srv->impair, __ATOMIC_ACQUIRE);
+		if (is && is->session && impair_open(w, s, is))
+			return; /* refused, or waiting for --accept-delay */
 	}
-	session_run(w, s);
+	session_start(w, s);
 }
 
 static void listener_accept(struct rb_worker *w, struct rb_listener *l)

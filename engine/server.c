@@ -7,6 +7,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/random.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -33,6 +34,13 @@ static int check_engine(const struct rb_engine_desc *eng, const struct rb_config
 	if ((cfg->idle_timeout_ms || cfg->write_timeout_ms) && !(eng->caps & RB_CAP_TIMEOUTS)) {
 		snprintf(err, errlen, "--%s-timeout is not supported by the %s engine",
 		         cfg->idle_timeout_ms ? "idle" : "write", eng->name);
+		return -EINVAL;
+	}
+	if (rb_impair_any(&cfg->impair) && !(eng->caps & RB_CAP_IMPAIR)) {
+		snprintf(err, errlen,
+		         "%s is not supported by the %s engine (impairments need a "
+		         "readiness engine: epoll, poll or select)",
+		         rb__impair_first_flag(&cfg->impair), eng->name);
 		return -EINVAL;
 	}
 	if (cfg->trigger != RB_TRIGGER_EDGE && !(eng->caps & RB_CAP_LEVEL)) {
@@ -70,6 +78,76 @@ static int bound_port(int fd)
 	return 0;
 }
 
+/* A seed nobody asked for: from the kernel, else the clock. */
+static uint64_t pick_seed(void)
+{
+	uint64_t seed = 0;
+
+	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != (ssize_t)sizeof(seed))
+		seed = rb__now_us() ^ ((uint64_t)getpid() << 32);
+	/* Short enough to type back in. */
+	return seed % 1000000000u;
+}
+
+/* Publish a set (NULL: none); the one it replaces is kept until destroy. */
+static int impair_publish(struct rb_server *srv, const struct rb_impair *imp, uint64_t seed)
+{
+	struct rb_impair_set *is = calloc(1, sizeof(*is));
+
+	if (!is)
+		return -ENOMEM;
+	is->cfg = *imp;
+	is->cfg.seed = seed;
+	is->cfg.seed_set = true;
+	is->session = rb__impair_session_any(imp);
+	is->udp = rb__impair_udp_any(imp);
+	pthread_mutex_lock(&srv->impair_lock);
+	is->older = srv->impair;
+	srv->cfg.impair = is->cfg;
+	__atomic_store_n(&srv->impair, is, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&srv->impair_lock);
+	return 0;
+}
+
+int rb_server_set_impair(struct rb_server *srv, const struct rb_impair *imp, char *err,
+                         size_t errlen)
+{
+	char dummy[8];
+	uint64_t seed;
+	int rc;
+
+	if (!err) {
+		err = dummy;
+		errlen = sizeof(dummy);
+	}
+	rc = rb__impair_check(imp, srv->upstream != NULL, srv->cfg.service == RB_SERVICE_ECHO, err,
+	                      errlen);
+	if (rc < 0)
+		return rc;
+	if (rb_impair_any(imp) && !(srv->eng->caps & RB_CAP_IMPAIR)) {
+		snprintf(err, errlen, "%s is not supported by the %s engine",
+		         rb__impair_first_flag(imp), srv->eng->name);
+		return -ENOTSUP;
+	}
+	pthread_mutex_lock(&srv->impair_lock);
+	seed = imp->seed_set ? imp->seed : srv->cfg.impair.seed;
+	pthread_mutex_unlock(&srv->impair_lock);
+	rc = impair_publish(srv, imp, seed);
+	if (rc < 0)
+		snprintf(err, errlen, "out of memory");
+	return rc;
+}
+
+void rb_server_impair(const struct rb_server *srv, struct rb_impair *out)
+{
+	const struct rb_impair_set *is = __atomic_load_n(&srv->impair, __ATOMIC_ACQUIRE);
+
+	if (is)
+		*out = is->cfg;
+	else
+		*out = srv->cfg.impair;
+}
+
 int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *err, size_t errlen)
 {
 	char dummy[8];
@@ -90,6 +168,7 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		return -ENOMEM;
 	}
 	srv->cfg = *cfg;
+	pthread_mutex_init(&srv->impair_lock, NULL);
 	rb__listen_set_init(&srv->ls);
 	rb__log_bind(&srv->cfg); /* until create returns (logs in this thread) */
 
@@ -109,6 +188,15 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 	rc = check_engine(srv->eng, cfg, err, errlen);
 	if (rc < 0)
 		goto fail;
+	/* Impairments: the seed is chosen now, so the start-up line can say it. */
+	srv->cfg.impair.seed = cfg->impair.seed_set ? cfg->impair.seed : pick_seed();
+	srv->cfg.impair.seed_set = true;
+	if (rb_impair_any(&cfg->impair) &&
+	    impair_publish(srv, &cfg->impair, srv->cfg.impair.seed) < 0) {
+		snprintf(err, errlen, "out of memory");
+		rc = -ENOMEM;
+		goto fail;
+	}
 	if (cfg->busy_poll_us) {
 		/* Try it where it is refused: above net.core.busy_read it needs
 		 * CAP_NET_ADMIN. */
@@ -324,6 +412,11 @@ void rb_server_destroy(struct rb_server *srv)
 	}
 	rb__listen_set_close(&srv->ls);
 	free(srv->upstream);
+	for (struct rb_impair_set *is = srv->impair, *older; is; is = older) {
+		older = is->older;
+		free(is);
+	}
+	pthread_mutex_destroy(&srv->impair_lock);
 	rb__log_unbind(&srv->cfg);
 	free(srv);
 }

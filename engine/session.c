@@ -20,6 +20,7 @@ static void flow_init(struct rb_flow *f, struct rb_sock *src, struct rb_sock *si
 	f->gen_off = 0;
 	f->stage = NULL;
 	f->stage_len = 0;
+	f->imp = NULL;
 	if (src)
 		src->in = f;
 	if (sink)
@@ -45,6 +46,7 @@ static void session_init(struct rb_session *s, enum rb_session_kind kind, unsign
 	s->last_io_ms = s->last_write_ms = 0;
 	rb__timer_init(&s->idle_timer, NULL);
 	s->addrs = NULL;
+	s->imp = NULL;
 }
 
 void rb__session_init_echo(struct rb_session *s, int fd, bool tcp, const struct rb_copy_ops *copy)

@@ -46,6 +46,7 @@ enum {
 	FLOW_SRC_EOF = 1u << 3,   /* a read returned 0: the source's FIN arrived */
 	FLOW_DISCARD = 1u << 4,   /* stopping: input is read and dropped, never sent */
 	FLOW_SINK_SHUT = 1u << 5, /* our FIN went to the sink */
+	FLOW_STALLED = 1u << 6,   /* impaired: not read (--accept-delay, --stall-after) */
 };
 
 /* Why a session closed (counted per reason; in the connection log). */
@@ -69,6 +70,8 @@ struct rb_session;
 struct rb_flow;
 struct rb_copy_ops;
 struct rb_session_addrs;
+struct rb_flow_impair;
+struct rb_session_impair;
 
 struct rb_sock {
 	struct rb_handle h; /* RB_H_SOCK */
@@ -91,6 +94,7 @@ struct rb_flow {
 	size_t gen_off;       /* a generator's position in its stream */
 	unsigned char *stage; /* sockperf: input not yet framed */
 	size_t stage_len;
+	struct rb_flow_impair *imp; /* impairments (impair.h), NULL: none */
 };
 
 #define RB_SESSION_SOCKS 2
@@ -125,6 +129,7 @@ struct rb_session {
 	uint64_t last_write_ms;         /* output last made progress (--write-timeout) */
 	struct rb_timer idle_timer;     /* the earlier of the two deadlines */
 	struct rb_session_addrs *addrs; /* --log-connections: its addresses */
+	struct rb_session_impair *imp;  /* impairments (impair.h), NULL: none */
 };
 
 /* An echo: one socket, one flow from it to itself. */
@@ -161,7 +166,7 @@ static inline bool rb__flow_wants_input(const struct rb_flow *f)
 		return false;
 	if (f->flags & FLOW_DISCARD)
 		return !(f->flags & FLOW_SRC_EOF);
-	return !(f->flags & (FLOW_RD_EOF | FLOW_PAUSED | FLOW_PIPE_WAIT));
+	return !(f->flags & (FLOW_RD_EOF | FLOW_PAUSED | FLOW_PIPE_WAIT | FLOW_STALLED));
 }
 
 /* Everything the source will send has been passed on (or dropped). A flow

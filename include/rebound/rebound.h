@@ -74,6 +74,42 @@ enum {
 	RB_URING_BATCH = 1u << 2,  /* one enter per wake-up: min-wait batching (6.12) */
 };
 
+/*
+ * Impairments (issue 13; docs/impairments.md): a test-bed echo that
+ * misbehaves on purpose. Probabilities are in millionths (RB_PROB_ONE is
+ * certainty); an impairment whose probability is 0 is not configured. Every
+ * random choice comes from a generator per session (per UDP socket for
+ * datagrams) seeded from `seed` and the session's number, so a run can be
+ * replayed.
+ */
+#define RB_PROB_ONE 1000000u
+
+/* What one flow's bytes suffer. A relay has two flows (up: client to
+ * upstream; down: upstream to client); an echo's one flow takes `down`.
+ * Each *_p is the share of sessions the impairment applies to. */
+struct rb_impair_flow {
+	unsigned delay_ms, jitter_ms, delay_p; /* every byte released this long after it came */
+	uint64_t rate_bps;                     /* a token bucket, bits/s */
+	unsigned rate_p;
+	unsigned slice_size, slice_ms, slice_p; /* writes of at most slice_size, slice_ms apart */
+	uint64_t reset_after;                   /* after this many bytes out: RST */
+	unsigned reset_p;
+	uint64_t close_after; /* ... FIN, the rest dropped */
+	unsigned close_p;
+	uint64_t stall_after; /* ... nothing more, either way */
+	unsigned stall_p;
+};
+
+struct rb_impair {
+	struct rb_impair_flow up, down;
+	unsigned accept_delay_ms, accept_delay_p; /* a new session waits this long */
+	unsigned refuse_p;                        /* a new session is reset at once */
+	/* UDP, per datagram (a datagram's delay is down's). */
+	unsigned loss_p, duplicate_p, corrupt_p;
+	uint64_t seed;
+	bool seed_set; /* else the server picks one and says which */
+};
+
 struct rb_config {
 	/* Listen URLs: tcp://HOST:PORT, tcp://[V6]:PORT, udp://HOST:PORT, unix:PATH,
 	 * fd:N (an open listening or datagram socket, e.g. from systemd). */
@@ -129,6 +165,7 @@ struct rb_config {
 	int cpus[RB_MAX_THREADS];   /* worker i runs on CPU cpus[i] ... */
 	unsigned n_cpus;            /* ... for i < n_cpus (0: not pinned) */
 	unsigned busy_poll_us;      /* SO_BUSY_POLL on accepted sockets (and epoll's), 0 = off */
+	struct rb_impair impair;    /* impairments (issue 13): none by default */
 };
 
 /*
@@ -196,7 +233,15 @@ struct rb_config {
 	X(session_bytes_under_64m, SUM, "... 1 MiB to 64 MiB")                                     \
 	X(session_bytes_over_64m, SUM, "... 64 MiB or more")                                       \
 	X(events, SUM, "readiness events or completions handled")                                  \
-	X(idle_events, SUM, "readiness events that moved no byte")
+	X(idle_events, SUM, "readiness events that moved no byte")                                 \
+	X(impaired_sessions, SUM, "impairments: sessions that got at least one")                   \
+	X(impair_refused, SUM, "impairments: sessions reset at once (--refuse)")                   \
+	X(impair_cuts, SUM, "impairments: flows cut by --reset/--close/--stall-after")             \
+	X(impair_holds, SUM, "impairments: times a flow held bytes back (delay, rate, slice)")     \
+	X(datagrams_lost, SUM, "impairments: UDP datagrams dropped (--loss)")                      \
+	X(datagrams_duplicated, SUM, "impairments: UDP datagrams sent twice (--duplicate)")        \
+	X(datagrams_corrupted, SUM, "impairments: UDP datagrams with a bit flipped (--corrupt)")   \
+	X(datagrams_delayed, SUM, "impairments: UDP datagrams held back (--delay)")
 
 struct rb_stats {
 #define RB_STATS_FIELD(name, how, doc) uint64_t name; /* doc */
@@ -279,11 +324,37 @@ size_t rb_engine_list(enum rb_engine *out, size_t max);
 
 /* What an engine does beyond TCP and UNIX stream echo, space-separated:
  * udp, splice, relay, services (discard, chargen, sockperf), level (--trigger
- * level). 0, or -EINVAL for an unknown engine. */
+ * level), timeouts (--idle-timeout, --write-timeout), impair (impairments).
+ * 0, or -EINVAL for an unknown engine. */
 int rb_engine_features(enum rb_engine e, char *buf, size_t len);
 
 /* 0 if the engine is built and can run here, else -errno; why gets a reason. */
 int rb_engine_available(enum rb_engine e, char *why, size_t whylen);
+
+/*
+ * Impairments. rb_impair_set parses one flag's value into imp: flag is the
+ * long name without its dashes ("delay", "up-rate", "seed"); 0, -ENOENT
+ * for a name that is not an impairment, or -EINVAL with the reason in err.
+ * Ranges are rb_config_check's (and rb_server_set_impair's) to check.
+ */
+int rb_impair_set(struct rb_impair *imp, const char *flag, const char *value, char *err,
+                  size_t errlen);
+/* The i-th impairment flag's name (without dashes), NULL past the last. */
+const char *rb_impair_flag(size_t i);
+/* A whole set of flags as text ("--delay 10ms --rate 1m", one or many a
+ * line, '#' starts a comment) into imp, which is reset first. */
+int rb_impair_parse(struct rb_impair *imp, const char *text, char *err, size_t errlen);
+/* Anything configured? */
+bool rb_impair_any(const struct rb_impair *imp);
+/* What imp does, in the flags' own syntax ("none" if nothing); returns the length. */
+int rb_impair_describe(const struct rb_impair *imp, char *buf, size_t len);
+/* Replace the server's impairments while it runs: new sessions (and UDP
+ * datagrams from now on) get them; open sessions keep theirs. A seed that
+ * is not set keeps the current one. 0, or -EINVAL/-ENOTSUP with err. */
+int rb_server_set_impair(struct rb_server *srv, const struct rb_impair *imp, char *err,
+                         size_t errlen);
+/* The impairments in force, their seed resolved. */
+void rb_server_impair(const struct rb_server *srv, struct rb_impair *out);
 
 /* 0 if every value of cfg is within its limits, else -EINVAL with a one-line
  * reason naming the value by its rebound(1) flag ("invalid --threads '0':
