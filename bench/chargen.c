@@ -31,9 +31,14 @@ static void ring_init(void)
 		ring[i] = rbb_chargen_byte(i);
 }
 
-static const uint8_t *ring_at(uint64_t off)
+void rbb_chargen_prepare(void)
 {
 	pthread_once(&ring_once, ring_init);
+}
+
+static const uint8_t *ring_at(uint64_t off)
+{
+	rbb_chargen_prepare();
 	return ring + off % RBB_CHARGEN_PERIOD;
 }
 

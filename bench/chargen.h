@@ -26,6 +26,8 @@
 #define RBB_CHARGEN_LINE_BYTES 74u /* with CR LF */
 #define RBB_CHARGEN_PERIOD     (RBB_CHARGEN_CHARS * RBB_CHARGEN_LINE_BYTES) /* 7030 */
 
+/* Builds the tables the functions below share (they also do it on first use). */
+void rbb_chargen_prepare(void);
 /* Byte @off of the chargen stream (computed from the definition above). */
 uint8_t rbb_chargen_byte(uint64_t off);
 /* Writes bytes [off, off + len) of the chargen stream into @buf. */

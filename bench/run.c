@@ -131,7 +131,7 @@ int rbb_worker_init(struct rbb_worker *w, struct rbb_run *run, unsigned id)
 	}
 	w->rbuf = malloc(RBUF_SIZE);
 	if (o->expect == RBB_EXPECT_CHARGEN)
-		rbb_chargen_fill(0, w->rbuf, 0); /* builds the pattern before the clock starts */
+		rbb_chargen_prepare(); /* before the clock starts */
 	if (!w->conns || !w->act || !w->ts || !w->rbuf)
 		return -ENOMEM;
 	rc = rbb_hist_create(&w->hist);
