@@ -56,7 +56,8 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_EPOLL,
                 .name = "epoll",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = epoll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_epoll,
@@ -65,7 +66,8 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_POLL,
                 .name = "poll",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = poll_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_poll,
@@ -74,7 +76,8 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_SELECT,
                 .name = "select",
                 .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_AUTO | RB_CAP_LEVEL,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
+                        RB_CAP_LEVEL,
                 .probe = select_probe,
                 .model = &rb__reactor_model,
                 .poller = &rb__poller_select,
@@ -84,7 +87,7 @@ static const struct rb_engine_desc engines[] = {
                  * 1000-connection cells on this kernel. */
                 .id = RB_ENGINE_URING,
                 .name = "uring",
-                .caps = RB_CAP_RELAY | RB_CAP_SERVICES,
+                .caps = RB_CAP_UDP | RB_CAP_RELAY | RB_CAP_SERVICES,
                 .probe = URING_PROBE,
                 .model = URING_MODEL,
         },

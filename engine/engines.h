@@ -16,14 +16,15 @@ struct rb_poller_ops;
 
 /* What an engine can do beyond TCP and UNIX stream echo. */
 enum {
-	RB_CAP_UDP = 1u << 0,      /* UDP listeners */
-	RB_CAP_SPLICE = 1u << 1,   /* --copy splice */
-	RB_CAP_RELAY = 1u << 2,    /* flows between two sockets (a relay) */
-	RB_CAP_AUTO = 1u << 3,     /* --engine auto may choose it */
-	RB_CAP_LEVEL = 1u << 4,    /* --trigger level (a readiness engine) */
-	RB_CAP_SERVICES = 1u << 5, /* --service discard, chargen, sockperf */
-	RB_CAP_TIMEOUTS = 1u << 6, /* --idle-timeout, --write-timeout */
-	RB_CAP_IMPAIR = 1u << 7,   /* impairments: --delay, --rate, --loss ... (impair.h) */
+	RB_CAP_UDP = 1u << 0,        /* UDP listeners */
+	RB_CAP_SPLICE = 1u << 1,     /* --copy splice */
+	RB_CAP_RELAY = 1u << 2,      /* flows between two sockets (a relay) */
+	RB_CAP_AUTO = 1u << 3,       /* --engine auto may choose it */
+	RB_CAP_LEVEL = 1u << 4,      /* --trigger level (a readiness engine) */
+	RB_CAP_SERVICES = 1u << 5,   /* --service discard, chargen, sockperf */
+	RB_CAP_TIMEOUTS = 1u << 6,   /* --idle-timeout, --write-timeout */
+	RB_CAP_IMPAIR = 1u << 7,     /* impairments: --delay, --rate, --loss ... (impair.h) */
+	RB_CAP_UDP_IMPAIR = 1u << 8, /* ... on UDP listeners too: --loss, --duplicate ... */
 };
 
 /*
@@ -36,6 +37,9 @@ struct rb_model_ops {
 	void (*worker_fini)(struct rb_worker *w);
 	/* What the model chose at start-up, for the start-up line ("" if nothing). */
 	const char *(*detail)(const struct rb_worker *w);
+	/* Optional, before any worker: 0, or -errno with a one-line reason in
+	 * err for a configuration this model cannot serve here. */
+	int (*check)(const struct rb_config *cfg, char *err, size_t errlen);
 };
 
 struct rb_engine_desc {

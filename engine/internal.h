@@ -210,6 +210,23 @@ void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u);
 void rb__udp_run(struct rb_worker *w, struct rb_udp *u, uint32_t events);
 bool rb__udp_pending(const struct rb_udp *u);
 uint32_t rb__udp_interest(const struct rb_udp *u);
+/*
+ * What every engine's UDP echo refuses (udp.c): a source port below 1024
+ * (unless --udp-allow-low-ports) or equal to the served port (a loop), and
+ * more than --udp-rate answers a second to one source address. One guard
+ * per socket: rl is its token-bucket table, made on first use.
+ */
+struct rb_udp_guard {
+	int port;
+	struct rb_udp_rl *rl;
+};
+/* May `from` be answered now? Counts datagrams_refused or datagrams_limited
+ * when not; `now` (ms) is read only when --udp-rate is set. */
+bool rb__udp_guard_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct sockaddr *from,
+                      uint64_t now);
+void rb__udp_guard_fini(struct rb_udp_guard *g);
+/* chargen over UDP: lines per answer (RFC 864 asks for at most 512 bytes). */
+#define RB_CHARGEN_UDP_LINES 6
 
 /*
  * Workers (worker.c): what every worker has whichever model drives it, and

@@ -38,9 +38,11 @@
 #include "internal.h"
 #include "uring_probe.h"
 #include "uring_uapi.h"
+#include "uring_udp.h"
 
 /* Operation tags in the low bits of user_data (every tagged object is 8-aligned). */
 enum {
+	OP_UDP = 0, /* UDP's (uring_udp.c): the object says what it is */
 	OP_RECV = 1,
 	OP_SEND,
 	OP_CANCEL, /* a cancel aimed at a connection's operations */
@@ -51,7 +53,8 @@ enum {
 	OP_MASK = 7,
 };
 
-#define BGID 0
+#define BGID     0
+#define BGID_UDP 1
 /* Provided buffers a worker starts with: an idle server holds almost nothing. */
 #define INITIAL_BUFS 4
 #define CQE_BATCH    256
@@ -228,7 +231,8 @@ struct uring {
 	bool ctl_armed, ctl_cancelled;
 	bool listen_released;
 	bool closing_all;
-	char detail[320];
+	struct rb_uudp *udp; /* the UDP listeners (uring_udp.c), or NULL */
+	char detail[400];
 };
 
 static inline uint64_t tag(const void *p, unsigned op)
@@ -350,6 +354,11 @@ static inline void sqe_fixed(struct io_uring_sqe *sqe, const struct usock *k)
 {
 	if (k->slot >= 0)
 		sqe->flags |= IOSQE_FIXED_FILE;
+}
+
+static struct io_uring_sqe *udp_get_sqe(void *ctx)
+{
+	return get_sqe(ctx);
 }
 
 static size_t conn_cap(const struct rb_worker *w)
@@ -1351,7 +1360,7 @@ static void listener_arm(struct uring *u, struct ulisten *l)
  * rather than left in a backlog. */
 static void listeners_check_released(struct rb_worker *w, struct uring *u)
 {
-	if (u->listen_released)
+	if (u->listen_released || !rb__uring_udp_idle(u->udp))
 		return;
 	for (size_t i = 0; i < u->n_lst; i++)
 		if (u->lst[i].armed)
@@ -1441,6 +1450,7 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 			l->cancelled = true;
 		}
 	}
+	rb__uring_udp_stop(w, u->udp, false);
 	listeners_check_released(w, u);
 	/* Stop passing new input on: flush what is queued, FIN, drop input
 	 * until the peer's FIN, then close each session. */
@@ -1468,6 +1478,7 @@ static void close_all(struct rb_worker *w, struct uring *u)
 	struct rb_list *it, *next;
 
 	u->closing_all = true;
+	rb__uring_udp_stop(w, u->udp, true);
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
@@ -1513,6 +1524,12 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 	case OP_WCANCEL:
 		u->wops--;
 		break;
+	case OP_UDP:
+		if (p && u->udp) {
+			rb__uring_udp_cqe(w, u->udp, p, res, flags);
+			break;
+		}
+		__attribute__((fallthrough));
 	default: {
 		/* Not ours: every submission is tagged. Report it once a second
 		 * and go on; its target (if any) is not touched. */
@@ -1536,6 +1553,7 @@ static void run_lists(struct rb_worker *w, struct uring *u)
 {
 	struct rb_list snap;
 
+	rb__uring_udp_poll(w, u->udp);
 	/* ENOBUFS means the ring was dry when the kernel looked: double it
 	 * (up to --uring-buffers and the worker memory cap). */
 	if (u->want_grow) {
@@ -1565,7 +1583,10 @@ static void run_lists(struct rb_worker *w, struct uring *u)
 
 static bool worker_done(struct rb_worker *w, struct uring *u)
 {
-	if (!w->stopping || !rb_list_empty(&u->conns) || !u->listen_released)
+	if (!w->stopping)
+		return false;
+	listeners_check_released(w, u); /* UDP's last CQEs may have come in */
+	if (!rb_list_empty(&u->conns) || !u->listen_released)
 		return false;
 	if (u->ctl_armed && !u->ctl_cancelled) {
 		wcancel(u, tag(u, OP_CTL));
@@ -1698,7 +1719,8 @@ static void emergency_drain(struct rb_worker *w, struct uring *u)
 		u->wops++;
 	}
 	close_all(w, u);
-	while ((!rb_list_empty(&u->conns) || u->wops) && rb__now_ms() < until) {
+	while ((!rb_list_empty(&u->conns) || u->wops || !rb__uring_udp_idle(u->udp)) &&
+	       rb__now_ms() < until) {
 		if (ring_wait(u, 100) < 0)
 			break;
 		drain_cqes(w, u);
@@ -1733,6 +1755,7 @@ static int uring_run(struct rb_worker *w)
 	ctl_arm(u, w->ctl_fd);
 	for (size_t i = 0; i < u->n_lst; i++)
 		listener_arm(u, &u->lst[i]);
+	rb__uring_udp_start(w, u->udp);
 	for (;;) {
 		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 			worker_begin_stop(w, u);
@@ -1836,7 +1859,7 @@ static const char *feature_state(bool used, bool kernel)
 
 static int uring_worker_init(struct rb_worker *w)
 {
-	char batch_state[32];
+	char batch_state[32], napi_state[48] = "";
 	const struct rb_config *cfg = &w->srv->cfg;
 	size_t per_conn;
 	struct uring *u;
@@ -1892,23 +1915,54 @@ static int uring_worker_init(struct rb_worker *w)
 	if (rc < 0)
 		return rc;
 	files_register(u);
+	/* Stream listeners get an accept; UDP ones are uring_udp.c's. */
 	for (size_t i = 0; i < w->n_listeners; i++) {
-		u->lst[i].fd = w->listeners[i].fd;
-		u->lst[i].tcp = w->listeners[i].tcp;
-		u->lst[i].u = u;
-		rb__timer_init(&u->lst[i].retry, listener_retry);
+		struct ulisten *l = &u->lst[u->n_lst];
+		if (w->listeners[i].is_udp)
+			continue;
+		l->fd = w->listeners[i].fd;
+		l->tcp = w->listeners[i].tcp;
+		l->u = u;
+		rb__timer_init(&l->retry, listener_retry);
+		u->n_lst++;
 	}
-	u->n_lst = w->n_listeners;
+	rc = rb__uring_udp_create(w,
+	                          &(struct rb_uudp_host){.ring = &u->ring,
+	                                                 .get_sqe = udp_get_sqe,
+	                                                 .ctx = u,
+	                                                 .tag = OP_UDP,
+	                                                 .bgid = BGID_UDP},
+	                          &u->udp);
+	if (rc < 0)
+		return rc;
+	if (cfg->busy_poll_us) {
+		/* uring_check found the kernel willing; this ring's own. */
+		rc = rb__uring_napi_register(&u->ring, cfg->busy_poll_us);
+		if (rc < 0)
+			return rc;
+		snprintf(napi_state, sizeof(napi_state), ", napi busy poll %u us",
+		         cfg->busy_poll_us);
+		if (w->id == 0)
+			rb__log(RB_LOG_INFO, "busy poll %u us: sockets yes, uring napi yes",
+			        cfg->busy_poll_us);
+	}
 	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
 	snprintf(u->detail, sizeof(u->detail),
 	         "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
-	         "incremental buffers: %s, batching: %s",
+	         "incremental buffers: %s, batching: %s%s%s%s",
 	         u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
 	         u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
 	         u->mshot_limit ? "multishot+limit" : "single-shot",
 	         feature_state(u->bundle, caps->bundle), feature_state(u->inc, caps->inc),
-	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll));
+	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll),
+	         napi_state, u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
 	return 0;
+}
+
+/* --busy-poll: refused, with the reason, where the kernel will not register NAPI. */
+static int uring_check(const struct rb_config *cfg, char *err, size_t errlen)
+{
+	return cfg->busy_poll_us ? rb__uring_napi_check(cfg->busy_poll_us, err, errlen) : 0;
 }
 
 static const char *uring_detail(const struct rb_worker *w)
@@ -1934,6 +1988,7 @@ static void uring_worker_fini(struct rb_worker *w)
 	}
 	if (u->ring_ok)
 		io_uring_queue_exit(&u->ring); /* also drops the buffer ring registration */
+	rb__uring_udp_destroy(w, u->udp);
 	if (u->br)
 		munmap(u->br, u->br_len);
 	for (unsigned i = 0; i < u->nalloc; i++)
@@ -1953,4 +2008,5 @@ const struct rb_model_ops rb__uring_model = {
         .run = uring_run,
         .worker_fini = uring_worker_fini,
         .detail = uring_detail,
+        .check = uring_check,
 };

@@ -129,6 +129,15 @@ int rb_server_set_impair(struct rb_server *srv, const struct rb_impair *imp, cha
 		         rb__impair_first_flag(imp), srv->eng->name);
 		return -ENOTSUP;
 	}
+	if (rb__impair_udp_any(imp) && !(srv->eng->caps & RB_CAP_UDP_IMPAIR)) {
+		for (size_t i = 0; i < srv->ls.n; i++) {
+			if (srv->ls.addrs[i].is_udp) {
+				snprintf(err, errlen, "%s is not supported on UDP by the %s engine",
+				         rb__impair_first_flag(imp), srv->eng->name);
+				return -ENOTSUP;
+			}
+		}
+	}
 	pthread_mutex_lock(&srv->impair_lock);
 	seed = imp->seed_set ? imp->seed : srv->cfg.impair.seed;
 	pthread_mutex_unlock(&srv->impair_lock);
@@ -215,6 +224,8 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		if (probe >= 0)
 			close(probe);
 	}
+	if (srv->eng->model->check && (rc = srv->eng->model->check(cfg, err, errlen)) < 0)
+		goto fail;
 
 	if (cfg->forward) {
 		srv->upstream = calloc(1, sizeof(*srv->upstream));
@@ -237,6 +248,15 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 		if (srv->ls.addrs[i].is_udp && !(srv->eng->caps & RB_CAP_UDP)) {
 			snprintf(err, errlen, "listen URL '%s': the %s engine does not serve UDP",
 			         srv->ls.addrs[i].url, srv->eng->name);
+			rc = -EINVAL;
+			goto fail;
+		}
+		if (srv->ls.addrs[i].is_udp && rb__impair_udp_any(&cfg->impair) &&
+		    !(srv->eng->caps & RB_CAP_UDP_IMPAIR)) {
+			snprintf(err, errlen,
+			         "listen URL '%s': %s is not supported on UDP by the %s engine",
+			         srv->ls.addrs[i].url, rb__impair_first_flag(&cfg->impair),
+			         srv->eng->name);
 			rc = -EINVAL;
 			goto fail;
 		}

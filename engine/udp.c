@@ -54,10 +54,13 @@ struct rl_slot {
 	uint64_t last_ms;
 };
 
+struct rb_udp_rl {
+	struct rl_slot slot[RL_SLOTS];
+};
+
 struct rb_udp {
 	int fd;
-	int port;           /* the port served: datagrams from it are loops */
-	struct rl_slot *rl; /* allocated on first use when --udp-rate is set */
+	struct rb_udp_guard guard; /* low and own ports, --udp-rate */
 	bool can_read, can_write;
 	bool pending;         /* budget ran out with work left */
 	unsigned first, n;    /* unsent datagrams: msgs[first .. first + n) */
@@ -78,9 +81,6 @@ struct rb_udp {
 
 static void delay_fire(struct rb_timer *t, void *arg);
 
-/* chargen over UDP: lines per answer (RFC 864 asks for at most 512 bytes). */
-#define CHARGEN_UDP_LINES 6
-
 struct rb_udp *rb__udp_create(int fd, int port)
 {
 	struct rb_udp *u = calloc(1, sizeof(*u));
@@ -88,7 +88,7 @@ struct rb_udp *rb__udp_create(int fd, int port)
 	if (!u)
 		return NULL;
 	u->fd = fd;
-	u->port = port;
+	u->guard.port = port;
 	u->can_write = true;
 	for (unsigned i = 0; i < 2 * RB_UDP_BATCH; i++)
 		u->msgs[i].msg_hdr = (struct msghdr){
@@ -118,7 +118,7 @@ void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u)
 	}
 	free(u->dq);
 	free(u->slots);
-	free(u->rl);
+	rb__udp_guard_fini(&u->guard);
 	free(u);
 }
 
@@ -175,7 +175,7 @@ static uint64_t fnv1a(const unsigned char *p, size_t n)
 }
 
 /* May this source get one more answer now? (token bucket, burst = rate) */
-static bool rate_ok(struct rb_worker *w, struct rb_udp *u, const struct sockaddr_storage *ss,
+static bool rate_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct sockaddr *sa,
                     uint64_t now)
 {
 	unsigned rate = w->srv->cfg.udp_rate;
@@ -185,14 +185,14 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp *u, const struct sockaddr
 
 	if (!rate)
 		return true;
-	if (!u->rl && !(u->rl = calloc(RL_SLOTS, sizeof(*u->rl))))
+	if (!g->rl && !(g->rl = calloc(1, sizeof(*g->rl))))
 		return true; /* no memory for the table: fail open, never stall */
-	key[0] = (unsigned char)ss->ss_family;
-	if (ss->ss_family == AF_INET)
-		memcpy(key + 1, &((const struct sockaddr_in *)ss)->sin_addr, 4);
-	else if (ss->ss_family == AF_INET6)
-		memcpy(key + 1, &((const struct sockaddr_in6 *)ss)->sin6_addr, 16);
-	sl = &u->rl[fnv1a(key, sizeof(key)) % RL_SLOTS];
+	key[0] = (unsigned char)sa->sa_family;
+	if (sa->sa_family == AF_INET)
+		memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+	else if (sa->sa_family == AF_INET6)
+		memcpy(key + 1, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+	sl = &g->rl->slot[fnv1a(key, sizeof(key)) % RL_SLOTS];
 	if (memcmp(sl->key, key, sizeof(key)) != 0 || !sl->last_ms) {
 		memcpy(sl->key, key, sizeof(key));
 		sl->tokens_milli = (uint64_t)rate * 1000u;
@@ -209,29 +209,35 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp *u, const struct sockaddr
 	return true;
 }
 
-static int source_port(const struct sockaddr_storage *ss)
+static int source_port(const struct sockaddr *sa)
 {
-	if (ss->ss_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)ss)->sin_port);
-	if (ss->ss_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)ss)->sin6_port);
+	if (sa->sa_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	if (sa->sa_family == AF_INET6)
+		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
 	return -1;
 }
 
-/* Should datagram i be answered? Counts the ones that are not. */
-static bool udp_answer(struct rb_worker *w, struct rb_udp *u, unsigned i, uint64_t now)
+bool rb__udp_guard_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct sockaddr *from,
+                      uint64_t now)
 {
-	int port = source_port(&u->addr[i]);
+	int port = source_port(from);
 
-	if (port >= 0 && ((port < 1024 && !w->srv->cfg.udp_low_ports) || port == u->port)) {
+	if (port >= 0 && ((port < 1024 && !w->srv->cfg.udp_low_ports) || port == g->port)) {
 		RB_STAT_ADD(w, datagrams_refused, 1);
 		return false;
 	}
-	if (!rate_ok(w, u, &u->addr[i], now)) {
+	if (!rate_ok(w, g, from, now)) {
 		RB_STAT_ADD(w, datagrams_limited, 1);
 		return false;
 	}
 	return true;
+}
+
+void rb__udp_guard_fini(struct rb_udp_guard *g)
+{
+	free(g->rl);
+	g->rl = NULL;
 }
 
 /* ---- delayed answers ---- */
@@ -432,7 +438,7 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		return r;
 	}
 	for (int i = 0; i < r; i++) {
-		if (!udp_answer(w, u, (unsigned)i, now))
+		if (!rb__udp_guard_ok(w, &u->guard, (const struct sockaddr *)&u->addr[i], now))
 			continue;
 		if (sv == RB_SERVICE_SOCKPERF &&
 		    !rb__sockperf_answer(u->iov[i].iov_base, u->msgs[i].msg_len))
@@ -455,8 +461,8 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 			const unsigned char *pat = rb__chargen_pattern();
 			u->iov[keep].iov_base =
 			        (void *)(pat + (size_t)u->gen_line * RB_CHARGEN_LINE);
-			u->iov[keep].iov_len = CHARGEN_UDP_LINES * RB_CHARGEN_LINE;
-			u->gen_line = (u->gen_line + CHARGEN_UDP_LINES) % RB_CHARGEN_LINES;
+			u->iov[keep].iov_len = RB_CHARGEN_UDP_LINES * RB_CHARGEN_LINE;
+			u->gen_line = (u->gen_line + RB_CHARGEN_UDP_LINES) % RB_CHARGEN_LINES;
 		} else {
 			u->iov[keep].iov_len = u->msgs[keep].msg_len;
 		}

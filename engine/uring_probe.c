@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "rb_config.h"
@@ -20,6 +21,7 @@
 #include "uring_uapi.h"
 
 unsigned rb__uring_test_unsupported;
+int rb__uring_test_napi_errno;
 
 static struct rb_uring_caps caps;
 static pthread_once_t caps_once = PTHREAD_ONCE_INIT;
@@ -255,4 +257,33 @@ const struct rb_uring_caps *rb__uring_caps(void)
 {
 	pthread_once(&caps_once, caps_detect);
 	return &caps;
+}
+
+int rb__uring_napi_register(struct io_uring *ring, unsigned usec)
+{
+	struct rb_uring_napi napi = {.busy_poll_to = usec};
+
+	if (rb__uring_test_napi_errno)
+		return -rb__uring_test_napi_errno;
+	/* Through the system call: liburing 2.3 has no io_uring_register_napi. */
+	if (syscall(__NR_io_uring_register, ring->ring_fd, IORING_REGISTER_NAPI, &napi, 1) < 0)
+		return -errno;
+	return 0;
+}
+
+int rb__uring_napi_check(unsigned usec, char *err, size_t errlen)
+{
+	struct io_uring ring;
+	int rc = io_uring_queue_init(2, &ring, 0);
+
+	if (rc == 0) {
+		rc = rb__uring_napi_register(&ring, usec);
+		io_uring_queue_exit(&ring);
+	}
+	if (rc == 0)
+		return 0;
+	snprintf(err, errlen,
+	         "--busy-poll %u: the uring engine cannot register NAPI busy polling: %s%s", usec,
+	         strerror(-rc), rc == -EINVAL ? " (IORING_REGISTER_NAPI needs Linux 6.9)" : "");
+	return -ENOTSUP;
 }

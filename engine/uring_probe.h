@@ -35,4 +35,16 @@ extern unsigned rb__uring_test_unsupported;
 int rb__uring_bufring_register(struct io_uring *ring, unsigned entries, unsigned bgid,
                                unsigned flags, struct io_uring_buf_ring **out, size_t *len_out);
 
+/*
+ * NAPI busy poll for a ring's sockets (IORING_REGISTER_NAPI, Linux 6.9), for
+ * usec microseconds. 0 or -errno.
+ */
+int rb__uring_napi_register(struct io_uring *ring, unsigned usec);
+/* Whether a ring can register NAPI here: 0, or -ENOTSUP with a one-line
+ * reason in err naming --busy-poll, its value and the kernel's error. */
+int rb__uring_napi_check(unsigned usec, char *err, size_t errlen);
+/* Test hook: a positive errno that NAPI registration reports instead of
+ * asking the kernel (set before a server is created). */
+extern int rb__uring_test_napi_errno;
+
 #endif

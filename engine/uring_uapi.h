@@ -52,6 +52,22 @@
 #endif
 
 /*
+ * The argument of IORING_REGISTER_NAPI (6.9: busy_poll_to, prefer_busy_poll,
+ * pad[3], resv). 6.13 named the bytes after prefer_busy_poll `opcode`,
+ * pad[2], `op_param` and a 32-bit resv; zero there is the 6.9 behaviour
+ * (register the settings, track NAPI IDs dynamically). Ours, by the 6.13
+ * names, as no header here has it.
+ */
+struct rb_uring_napi {
+	__u32 busy_poll_to; /* microseconds */
+	__u8 prefer_busy_poll;
+	__u8 opcode;
+	__u8 pad[2];
+	__u32 op_param;
+	__u32 resv;
+};
+
+/*
  * The argument of io_uring_enter with IORING_ENTER_EXT_ARG (5.11). 6.12
  * turned the 32-bit `pad` after sigmask_sz into min_wait_usec; the layout is
  * unchanged, so older headers have the struct under its own name with the
