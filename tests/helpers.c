@@ -74,8 +74,8 @@ static void *server_thread(void *arg)
 	return NULL;
 }
 
-void th_server_start(struct test_server *ts, const struct engine_param *p,
-                     void (*tweak)(struct rb_config *cfg))
+void th_server_create(struct test_server *ts, const struct engine_param *p,
+                      void (*tweak)(struct rb_config *cfg))
 {
 	char err[256] = "";
 	int rc;
@@ -99,8 +99,20 @@ void th_server_start(struct test_server *ts, const struct engine_param *p,
 	cr_assert_eq(rc, 0, "rb_server_create: %s", err);
 	ts->port = rb_server_port(ts->srv, 0);
 	cr_assert_gt(ts->port, 0);
-	rc = pthread_create(&ts->thread, NULL, server_thread, ts);
+}
+
+void th_server_run(struct test_server *ts)
+{
+	int rc = pthread_create(&ts->thread, NULL, server_thread, ts);
+
 	cr_assert_eq(rc, 0);
+}
+
+void th_server_start(struct test_server *ts, const struct engine_param *p,
+                     void (*tweak)(struct rb_config *cfg))
+{
+	th_server_create(ts, p, tweak);
+	th_server_run(ts);
 }
 
 void th_server_stop(struct test_server *ts)

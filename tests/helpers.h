@@ -33,6 +33,10 @@ struct test_server {
 /* Start a server on tcp://127.0.0.1:0 in a thread; tweak may adjust cfg. */
 void th_server_start(struct test_server *ts, const struct engine_param *p,
                      void (*tweak)(struct rb_config *cfg));
+/* The same in two steps: listening (the port known), then serving. */
+void th_server_create(struct test_server *ts, const struct engine_param *p,
+                      void (*tweak)(struct rb_config *cfg));
+void th_server_run(struct test_server *ts);
 /* Stop it, join the thread, free it. */
 void th_server_stop(struct test_server *ts);
 /* Wait (bounded, asserting) until pred(stats, arg) is true. */

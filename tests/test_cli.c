@@ -213,8 +213,8 @@ Test(cli, engine_uring_availability)
 
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-		/* It relays and serves discard, chargen, sockperf; not UDP. */
-		cr_assert_not_null(strstr(out, "uring relay services\n"), "%s", out);
+		/* It serves UDP, relays and serves discard, chargen, sockperf. */
+		cr_assert_not_null(strstr(out, "uring udp relay services\n"), "%s", out);
 		return;
 	}
 #if !RB_HAVE_URING
@@ -566,17 +566,14 @@ Test(cli, relay_and_service_flags)
 	expect_fail(2, ARGS("--connect-timeout", "0"),
 	            "rebound: invalid --connect-timeout '0': must be between 1 and 3600000\n");
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0) {
-		/* The uring engine relays and serves; UDP is still not its. */
-		expect_fail(2,
-		            ARGS("--engine", "uring", "--forward", "tcp://127.0.0.1:9", "-l",
-		                 "udp://127.0.0.1:0"),
-		            "rebound: listen URL 'udp://127.0.0.1:0': the uring engine does not "
-		            "serve UDP\n");
-		expect_fail(2,
-		            ARGS("--engine", "uring", "--service", "chargen", "-l",
-		                 "udp://127.0.0.1:0"),
-		            "rebound: listen URL 'udp://127.0.0.1:0': the uring engine does not "
-		            "serve UDP\n");
+		/* The uring engine serves UDP, but relays only streams, as the
+		 * readiness engines do. */
+		expect_fail(
+		        2,
+		        ARGS("--engine", "uring", "--forward", "tcp://127.0.0.1:9", "-l",
+		             "udp://127.0.0.1:0"),
+		        "rebound: listen URL 'udp://127.0.0.1:0': --forward relays TCP and UNIX "
+		        "stream listeners, not UDP\n");
 	}
 }
 
