@@ -50,6 +50,22 @@ size_t th_engine_params(struct engine_param **out)
 	return n;
 }
 
+size_t th_udp_engine_params(struct engine_param **out)
+{
+	struct engine_param *all;
+	size_t n = th_engine_params(&all), k = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char feat[128] = "";
+		rb_engine_features(all[i].engine, feat, sizeof(feat));
+		if (strncmp(feat, "udp", 3) == 0 && all[i].copy == RB_COPY_WRITEV &&
+		    all[i].uring_off == 0)
+			all[k++] = all[i];
+	}
+	*out = all;
+	return k;
+}
+
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
 {
 	snprintf(buf, len, "%s/%s/%s%s%s%s", rb_engine_name(p->engine), rb_trigger_name(p->trigger),

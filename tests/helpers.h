@@ -20,6 +20,9 @@ struct engine_param {
 
 /* Every engine configuration that is built, for parameterized tests. */
 size_t th_engine_params(struct engine_param **out);
+/* One configuration per engine that serves UDP (the copy mode and uring's
+ * stream features do not apply to datagrams). */
+size_t th_udp_engine_params(struct engine_param **out);
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len);
 
 struct test_server {

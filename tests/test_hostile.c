@@ -22,7 +22,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <criterion/parameterized.h>
+
 #include "helpers.h"
+
+/* The UDP tests run on every engine that serves UDP. */
+#define UDP_HOSTILE_TEST(name)                                                                     \
+	ParameterizedTestParameters(hostile, name)                                                 \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = th_udp_engine_params(&p);                                               \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
+	ParameterizedTest(struct engine_param *p, hostile, name, .timeout = 30)
 
 static struct test_server ts;
 static const char *g_listen = "udp://127.0.0.1:0";
@@ -82,13 +94,13 @@ static bool out_at_least(const struct rb_stats *st, void *arg)
 
 /* Datagrams from a port below 1024 or from the served port itself are not
  * answered (reflection, loops between echo servers); others are. */
-Test(hostile, udp_low_and_own_ports_are_not_answered, .timeout = 30)
+UDP_HOSTILE_TEST(udp_low_and_own_ports_are_not_answered)
 {
 	struct rb_stats st;
 
 	if (geteuid() != 0)
 		cr_skip_test("binding a port below 1024 needs root");
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	int low = udp_socket("127.0.0.1", 1023);
 	int same = udp_socket("127.0.0.2", ts.port); /* another host's rebound, same port */
 	int ok = udp_socket("127.0.0.1", 0);
@@ -118,7 +130,7 @@ static bool seen(const struct rb_stats *st, void *arg)
 }
 
 /* A source gets at most --udp-rate answers a second (burst of the same). */
-Test(hostile, udp_rate_limit_per_source, .timeout = 30)
+UDP_HOSTILE_TEST(udp_rate_limit_per_source)
 {
 	uint64_t want = 40;
 	struct rb_stats st;
@@ -126,7 +138,7 @@ Test(hostile, udp_rate_limit_per_source, .timeout = 30)
 	int got = 0;
 
 	g_udp_rate = 5;
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	int fd = udp_socket("127.0.0.1", 0);
 	for (int i = 0; i < 40; i++)
 		send_to_server(fd, "x");
@@ -147,11 +159,11 @@ Test(hostile, udp_rate_limit_per_source, .timeout = 30)
 /* Nobody can bind the served UDP port and take its datagrams: no
  * SO_REUSEADDR on it (with one worker), and with SO_REUSEPORT (several
  * workers) the kernel lets only the same user join. */
-Test(hostile, udp_port_cannot_be_hijacked, .timeout = 30)
+UDP_HOSTILE_TEST(udp_port_cannot_be_hijacked)
 {
 	int one = 1;
 
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)ts.port)};
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -163,14 +175,14 @@ Test(hostile, udp_port_cannot_be_hijacked, .timeout = 30)
 	th_server_stop(&ts);
 }
 
-Test(hostile, udp_reuseport_refuses_another_user, .timeout = 30)
+UDP_HOSTILE_TEST(udp_reuseport_refuses_another_user)
 {
 	int st;
 
 	if (geteuid() != 0)
 		cr_skip_test("switching to user nobody needs root");
 	g_threads = 2;
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	g_threads = 1;
 	pid_t pid = fork();
 	if (pid == 0) {

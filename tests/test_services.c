@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * --service discard (RFC 863), chargen (RFC 864) and sockperf, on TCP, UDP
- * and UNIX listeners, with exact byte counts and the exact pattern. The
- * stream services run on every engine that serves them; UDP on the default.
+ * and UNIX listeners, with exact byte counts and the exact pattern, on every
+ * engine that serves them.
  */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
@@ -50,11 +50,6 @@ static void start_on(struct test_server *ts, const struct engine_param *p, enum 
 	}
 	service = sv;
 	th_server_start(ts, p, service_tweak);
-}
-
-static void start(struct test_server *ts, enum rb_service sv)
-{
-	start_on(ts, NULL, sv);
 }
 
 /* The engine configurations that serve discard, chargen and sockperf
@@ -230,7 +225,16 @@ SERVICE_TEST(chargen_drops_input, 60)
 	th_server_stop(&ts);
 }
 
-/* ---- UDP ---- */
+/* ---- UDP: on every engine that serves it ---- */
+
+#define UDP_SERVICE_TEST(name, secs)                                                               \
+	ParameterizedTestParameters(services, name)                                                \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = th_udp_engine_params(&p);                                               \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
+	ParameterizedTest(struct engine_param *p, services, name, .timeout = secs)
 
 static int udp_socket_to(const struct test_server *ts, size_t idx, struct sockaddr_in *to)
 {
@@ -250,7 +254,7 @@ static bool datagrams_in(const struct rb_stats *st, void *arg)
 	return st->datagrams_in == *(uint64_t *)arg;
 }
 
-Test(services, discard_udp, .timeout = 60)
+UDP_SERVICE_TEST(discard_udp, 60)
 {
 	struct test_server ts;
 	struct sockaddr_in to;
@@ -259,7 +263,7 @@ Test(services, discard_udp, .timeout = 60)
 	int fd;
 
 	listen_url = "udp://127.0.0.1:0";
-	start(&ts, RB_SERVICE_DISCARD);
+	start_on(&ts, p, RB_SERVICE_DISCARD);
 	fd = udp_socket_to(&ts, 0, &to);
 	for (int i = 0; i < 10; i++)
 		cr_assert_eq(
@@ -277,7 +281,7 @@ Test(services, discard_udp, .timeout = 60)
 }
 
 /* Each datagram is answered by the next six lines of the stream. */
-Test(services, chargen_udp, .timeout = 60)
+UDP_SERVICE_TEST(chargen_udp, 60)
 {
 	struct test_server ts;
 	struct sockaddr_in to;
@@ -285,7 +289,7 @@ Test(services, chargen_udp, .timeout = 60)
 	int fd;
 
 	listen_url = "udp://127.0.0.1:0";
-	start(&ts, RB_SERVICE_CHARGEN);
+	start_on(&ts, p, RB_SERVICE_CHARGEN);
 	fd = udp_socket_to(&ts, 0, &to);
 	for (int k = 0; k < 20; k++) {
 		ssize_t r;
@@ -388,7 +392,7 @@ static bool datagrams_out_1(const struct rb_stats *st, void *arg)
 	return st->datagrams_out == 1;
 }
 
-Test(services, sockperf_udp, .timeout = 60)
+UDP_SERVICE_TEST(sockperf_udp, 60)
 {
 	unsigned char m[200], got[256];
 	struct test_server ts;
@@ -397,7 +401,7 @@ Test(services, sockperf_udp, .timeout = 60)
 	int fd;
 
 	listen_url = "udp://127.0.0.1:0";
-	start(&ts, RB_SERVICE_SOCKPERF);
+	start_on(&ts, p, RB_SERVICE_SOCKPERF);
 	fd = udp_socket_to(&ts, 0, &to);
 	/* No pong asked: dropped. Then one that asks: answered. */
 	sp_msg(m, 1, 1, 200);
@@ -459,12 +463,12 @@ SERVICE_TEST(sockperf_client_tcp, 60)
 	th_server_stop(&ts);
 }
 
-Test(services, sockperf_client_udp, .timeout = 60)
+UDP_SERVICE_TEST(sockperf_client_udp, 60)
 {
 	struct test_server ts;
 
 	listen_url = "udp://127.0.0.1:0";
-	start(&ts, RB_SERVICE_SOCKPERF);
+	start_on(&ts, p, RB_SERVICE_SOCKPERF);
 	run_sockperf("udp", rb_server_port(ts.srv, 0));
 	th_wait_stats(&ts, answered, NULL, "an answer");
 	th_server_stop(&ts);
