@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "rb_config.h"
 
 /* ---- a log sink that keeps the lines, and waits for them ---- */
 
@@ -473,3 +474,83 @@ Test(testbed, busy_poll_reported, .timeout = 60)
 	close(fd);
 	th_server_stop(&ts);
 }
+
+#if RB_HAVE_URING
+/* Test hook in uring_probe.c: the errno NAPI registration reports. */
+extern int rb__uring_test_napi_errno;
+
+static const struct engine_param uring_param = {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV};
+
+static void need_uring(void)
+{
+	char why[256] = "";
+
+	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) < 0)
+		cr_skip_test("io_uring cannot run on this machine: %s", why);
+}
+
+/* --busy-poll on uring: NAPI registered on the ring (Linux 6.9+), said at
+ * start, and the echo is still exact. */
+Test(testbed, busy_poll_uring_napi, .timeout = 60)
+{
+	static unsigned char data[100000], got[100000];
+	struct test_server ts;
+	unsigned from = 0;
+	const char *line;
+	size_t n = 0;
+	int fd;
+
+	need_uring();
+	want = (struct rb_config){.busy_poll_us = 50};
+	th_server_start(&ts, &uring_param, tweak);
+	line = wait_line(&from, "busy poll 50 us: ");
+	cr_assert_str_eq(line, "busy poll 50 us: sockets yes, uring napi yes");
+	cr_assert_not_null(strstr(rb_server_engine_detail(ts.srv), ", napi busy poll 50 us"), "%s",
+	                   rb_server_engine_detail(ts.srv));
+	th_fill(data, sizeof(data), 31);
+	fd = th_connect(ts.port);
+	for (size_t sent = 0; sent < sizeof(data);) {
+		ssize_t r = send(fd, data + sent, sizeof(data) - sent, MSG_NOSIGNAL);
+		cr_assert_gt(r, 0);
+		sent += (size_t)r;
+	}
+	cr_assert_eq(shutdown(fd, SHUT_WR), 0);
+	for (ssize_t r; (r = recv(fd, got + n, sizeof(got) - n, 0)) > 0;)
+		n += (size_t)r;
+	cr_assert_eq(n, sizeof(data));
+	cr_assert_eq(memcmp(got, data, n), 0);
+	close(fd);
+	th_server_stop(&ts);
+}
+
+static void napi_refused(int err, const char *want_err)
+{
+	struct rb_config cfg;
+	struct rb_server *srv = NULL;
+	char msg[256] = "";
+
+	rb_config_init(&cfg);
+	cfg.engine = RB_ENGINE_URING;
+	cfg.listen[0] = "tcp://127.0.0.1:0";
+	cfg.n_listen = 1;
+	cfg.log_level = RB_LOG_ERR;
+	cfg.busy_poll_us = 50;
+	rb__uring_test_napi_errno = err;
+	/* -ENOTSUP: the command line's exit 3, as for an engine that cannot run. */
+	cr_assert_eq(rb_server_create(&cfg, &srv, msg, sizeof(msg)), -ENOTSUP);
+	rb__uring_test_napi_errno = 0;
+	cr_assert_null(srv);
+	cr_assert_str_eq(msg, want_err);
+}
+
+/* A kernel that will not register NAPI (before 6.9: EINVAL), or a ring
+ * not permitted to: refused at start, with the reason. */
+Test(testbed, busy_poll_uring_napi_refused, .timeout = 30)
+{
+	need_uring();
+	napi_refused(EINVAL, "--busy-poll 50: the uring engine cannot register NAPI busy polling: "
+	                     "Invalid argument (IORING_REGISTER_NAPI needs Linux 6.9)");
+	napi_refused(EPERM, "--busy-poll 50: the uring engine cannot register NAPI busy polling: "
+	                    "Operation not permitted");
+}
+#endif
