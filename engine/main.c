@@ -95,7 +95,7 @@ static void usage(FILE *f)
 	        "      --stats-interval MS  a stats line this often, with rates (default 0: off)\n"
 	        "      --reuseport          TCP: one listening socket per worker\n"
 	        "      --cpus LIST          worker i runs on the i-th CPU of LIST (e.g. 0,2-3)\n"
-	        "      --busy-poll USEC     busy-poll sockets (and epoll or uring NAPI, 6.9+) this long\n"
+	        "      --busy-poll USEC     busy-poll sockets (epoll, uring NAPI: 6.9+) this long\n"
 	        "      --uring-entries N    uring: submission queue entries per ring, 1 to 32768\n"
 	        "                           (default 1024)\n"
 	        "      --uring-buffers N    uring: receive buffers per worker, a power of two up\n"
