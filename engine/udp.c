@@ -24,6 +24,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -189,9 +190,9 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct so
 		return true; /* no memory for the table: fail open, never stall */
 	key[0] = (unsigned char)sa->sa_family;
 	if (sa->sa_family == AF_INET)
-		memcpy(key + 1, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+		memcpy(key + 1, (const char *)sa + offsetof(struct sockaddr_in, sin_addr), 4);
 	else if (sa->sa_family == AF_INET6)
-		memcpy(key + 1, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+		memcpy(key + 1, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
 	sl = &g->rl->slot[fnv1a(key, sizeof(key)) % RL_SLOTS];
 	if (memcmp(sl->key, key, sizeof(key)) != 0 || !sl->last_ms) {
 		memcpy(sl->key, key, sizeof(key));
@@ -209,13 +210,18 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct so
 	return true;
 }
 
+/* Read through memcpy: `sa` may be a struct sockaddr, aligned to 2 only. */
 static int source_port(const struct sockaddr *sa)
 {
+	uint16_t port;
+
 	if (sa->sa_family == AF_INET)
-		return ntohs(((const struct sockaddr_in *)sa)->sin_port);
-	if (sa->sa_family == AF_INET6)
-		return ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	return -1;
+		memcpy(&port, (const char *)sa + offsetof(struct sockaddr_in, sin_port), 2);
+	else if (sa->sa_family == AF_INET6)
+		memcpy(&port, (const char *)sa + offsetof(struct sockaddr_in6, sin6_port), 2);
+	else
+		return -1;
+	return ntohs(port);
 }
 
 bool rb__udp_guard_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct sockaddr *from,
