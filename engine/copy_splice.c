@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "copy.h"
 #include "internal.h"
@@ -58,10 +59,21 @@ static ssize_t splice_read_into(struct rb_worker *w, struct rb_flow *f, int fd, 
 	}
 	if (r == 0)
 		return 0;
-	if (errno == EAGAIN)
-		/* With bytes in the pipe, ambiguous: the socket is empty, or the
-		 * pipe is out of page slots before bytes. */
-		return f->pipe.bytes == 0 ? -EAGAIN : -EBUSY;
+	if (errno == EAGAIN) {
+		int queued = 0;
+
+		/*
+		 * With bytes in the pipe, ambiguous: the socket is empty, or the
+		 * pipe is out of page slots before bytes. The socket's queue
+		 * tells: an empty one waits for its next edge like any read.
+		 * (Taking it for a full pipe stopped reading until a flush,
+		 * which never comes while the sink is still connecting.) Bytes
+		 * that arrive after the ioctl raise a new edge.
+		 */
+		if (f->pipe.bytes == 0 || (ioctl(fd, FIONREAD, &queued) == 0 && queued == 0))
+			return -EAGAIN;
+		return -EBUSY;
+	}
 	return -errno;
 }
 
