@@ -213,8 +213,10 @@ Test(cli, engine_uring_availability)
 
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-		/* It relays and serves discard, chargen, sockperf; not UDP. */
-		cr_assert_not_null(strstr(out, "uring relay services\n"), "%s", out);
+		/* It relays, serves discard, chargen, sockperf, has the
+		 * timeouts and the impairments; not UDP. */
+		cr_assert_not_null(strstr(out, "uring relay services timeouts impair\n"), "%s",
+		                   out);
 		return;
 	}
 #if !RB_HAVE_URING
@@ -651,7 +653,9 @@ Test(cli, testbed_flags)
 	            "rebound: invalid --max-conns '-1': expected a whole number\n");
 	expect_fail(2, ARGS("--idle-timeout", "90000000"),
 	            "rebound: invalid --idle-timeout '90000000': must be between 0 and 86400000\n");
+	/* The uring engine checks the same range (and takes the flag). */
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
-		expect_fail(2, ARGS("--engine", "uring", "--idle-timeout", "1000"),
-		            "rebound: --idle-timeout is not supported by the uring engine\n");
+		expect_fail(2, ARGS("--engine", "uring", "--write-timeout", "90000000"),
+		            "rebound: invalid --write-timeout '90000000': must be between 0 and "
+		            "86400000\n");
 }
