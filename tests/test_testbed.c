@@ -68,6 +68,7 @@ static struct rb_config want;
 static void tweak(struct rb_config *cfg)
 {
 	cfg->max_conns = want.max_conns;
+	cfg->forward = want.forward;
 	cfg->idle_timeout_ms = want.idle_timeout_ms;
 	cfg->write_timeout_ms = want.write_timeout_ms;
 	cfg->log_connections = want.log_connections;
@@ -213,6 +214,40 @@ TIMEOUT_TEST(idle_timeout_closes_with_a_fin, 60)
 	cr_assert_eq(st.closed_idle, 1);
 	cr_assert_eq(st.resets, 0);
 	th_server_stop(&ts);
+}
+
+/* A relay session too: the client and the upstream each get a FIN. */
+TIMEOUT_TEST(relay_idle_timeout_closes_both_sides, 60)
+{
+	struct test_server up, ts;
+	struct rb_stats st;
+	char fwd[64];
+	uint64_t t0, dt;
+	int fd;
+	char b;
+
+	th_server_start(&up, NULL, NULL);
+	snprintf(fwd, sizeof(fwd), "tcp://127.0.0.1:%d", up.port);
+	want = (struct rb_config){.idle_timeout_ms = 300, .forward = fwd};
+	th_server_start(&ts, p, tweak);
+	fd = th_connect(ts.port);
+	echo_once(fd);
+	t0 = ms_now();
+	cr_assert_eq(recv(fd, &b, 1, 0), 0, "not a clean EOF: %s", strerror(errno));
+	dt = ms_now() - t0;
+	cr_assert_geq(dt, 250, "closed after %" PRIu64 " ms, before the 300 ms timeout", dt);
+	cr_assert_lt(dt, 3000, "closed only after %" PRIu64 " ms", dt);
+	close(fd);
+	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the relay session to close");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed_idle, 1);
+	cr_assert_eq(st.resets, 0);
+	/* The upstream heard the relay's FIN: its session ended cleanly. */
+	th_wait_stats(&up, closed_n, &(uint64_t){1}, "the upstream's session to close");
+	rb_server_stats(up.srv, &st);
+	cr_assert_eq(st.closed_eof, 1);
+	th_server_stop(&ts);
+	th_server_stop(&up);
 }
 
 static bool paused(const struct rb_stats *st, void *arg)
