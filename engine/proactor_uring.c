@@ -1622,8 +1622,6 @@ static bool impair_open(struct rb_worker *w, struct uring *u, struct uconn *c,
 	si->owner = &c->s;
 	rb__timer_init(&si->timer, impair_fire);
 	RB_STAT_ADD(w, impaired_sessions, 1);
-	/* Off the echo's fast path: conn_advance's loops apply them. */
-	c->echo = false;
 	if (c->s.kind == RB_SESSION_ECHO || c->s.kind == RB_SESSION_RELAY)
 		for (unsigned i = 0; i < c->n_flows; i++) {
 			struct rb_flow_impair *fi = &si->flow[i];
@@ -1631,6 +1629,10 @@ static bool impair_open(struct rb_worker *w, struct uring *u, struct uconn *c,
 			    (fi->delay || fi->rate_bps || fi->slice_size || fi->cut != RB_CUT_NONE))
 				c->uf[i].imp = c->s.flow[i].imp = fi;
 		}
+	/* An impaired echo leaves the fast path: conn_advance's loops apply
+	 * them. (A gated one is not advanced before its gate opens.) */
+	if (c->uf[0].imp)
+		c->echo = false;
 	if (si->refuse) {
 		RB_STAT_ADD(w, impair_refused, 1);
 		impair_reset(w, u, c);
