@@ -459,6 +459,74 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 	          first[2]);
 }
 
+/* ---- a graceful stop with bytes held back, and with a session not started ---- */
+
+static bool took_in(const struct rb_stats *st, void *arg)
+{
+	return st->bytes_in == *(uint64_t *)arg;
+}
+
+/* Bytes a delay holds when the stop comes still go, at their time, then
+ * our FIN; the server's run ends once the peer has closed. */
+IMPAIR_TEST(stop_flushes_held_bytes, timing_params, 30)
+{
+	unsigned char data[1000], got[1000], b;
+	struct test_server ts;
+	struct rb_stats st;
+	double t0, dt;
+	int fd;
+
+	th_fill(data, sizeof(data), 16);
+	start(&ts, p, "--delay 200");
+	fd = th_connect(ts.port);
+	t0 = now_ms();
+	cr_assert_eq(send(fd, data, sizeof(data), MSG_NOSIGNAL), (ssize_t)sizeof(data));
+	th_wait_stats(&ts, took_in, &(uint64_t){sizeof(data)}, "the bytes to be read");
+	rb_server_stop(ts.srv);
+	recv_all(fd, got, sizeof(got));
+	dt = now_ms() - t0;
+	cr_assert_eq(memcmp(got, data, sizeof(data)), 0);
+	cr_assert_geq(dt, 199, "the held bytes came after %.3f ms", dt);
+	cr_assert_eq(recv(fd, &b, 1, 0), 0, "no FIN after the held bytes");
+	close(fd);
+	pthread_join(ts.thread, NULL);
+	cr_assert_eq(ts.run_result, 0);
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed, 1);
+	cr_assert_eq(st.closed_shutdown, 0);
+	cr_assert_eq(st.bytes_out, sizeof(data));
+	rb_server_destroy(ts.srv);
+}
+
+static bool impaired_one(const struct rb_stats *st, void *arg)
+{
+	(void)arg;
+	return st->impaired_sessions == 1;
+}
+
+/* A session still waiting for --accept-delay when the stop comes is never
+ * served: it is closed (counted as a stop) when its gate opens. */
+IMPAIR_TEST(stop_closes_a_gated_session, timing_params, 30)
+{
+	struct test_server ts;
+	struct rb_stats st;
+	int fd;
+
+	start(&ts, p, "--accept-delay 300");
+	fd = th_connect(ts.port);
+	cr_assert_eq(send(fd, "ping", 4, MSG_NOSIGNAL), 4);
+	th_wait_stats(&ts, impaired_one, NULL, "the session to open");
+	rb_server_stop(ts.srv);
+	pthread_join(ts.thread, NULL);
+	cr_assert_eq(ts.run_result, 0);
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed, 1);
+	cr_assert_eq(st.closed_shutdown, 1);
+	cr_assert_eq(st.bytes_out, 0);
+	rb_server_destroy(ts.srv);
+	close(fd);
+}
+
 /* ---- whatever is enabled, TCP bytes are never reordered or changed ---- */
 
 static void streams_intact(int port, size_t n, size_t len)
