@@ -87,7 +87,8 @@ static const struct rb_engine_desc engines[] = {
                  * 1000-connection cells on this kernel. */
                 .id = RB_ENGINE_URING,
                 .name = "uring",
-                .caps = RB_CAP_UDP | RB_CAP_RELAY | RB_CAP_SERVICES,
+                .caps = RB_CAP_UDP | RB_CAP_RELAY | RB_CAP_SERVICES | RB_CAP_TIMEOUTS |
+                        RB_CAP_IMPAIR,
                 .probe = URING_PROBE,
                 .model = URING_MODEL,
         },

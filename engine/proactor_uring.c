@@ -30,6 +30,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -147,10 +149,11 @@ struct uflow {
 	unsigned bufcap; /* ring buffers it may hold */
 	/* Received, unsent bytes (UF_SEGS): segments in arrival order. */
 	uint32_t qhead, qtail;
-	unsigned qbufs;    /* segments queued */
-	uint32_t qoff;     /* bytes of the head segment already sent */
-	size_t bytes;      /* unsent bytes (UF_CHAIN: the chain's) */
-	size_t send_bytes; /* bytes of the send in flight */
+	unsigned qbufs;             /* segments queued */
+	uint32_t qoff;              /* bytes of the head segment already sent */
+	size_t bytes;               /* unsent bytes (UF_CHAIN: the chain's) */
+	size_t send_bytes;          /* bytes of the send in flight */
+	struct rb_flow_impair *imp; /* rf->imp, kept here: on_recv and on_send read it */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -164,6 +167,7 @@ struct uconn {
 	/* The session's shape, copied here: every CQE reads it, and the
 	 * session's own fields lie cache lines away. */
 	uint8_t n_socks, n_flows;
+	uint8_t why; /* with UC_WHY: the close reason (enum rb_close_reason) */
 	bool chargen;
 	bool echo; /* one socket, one flow of received buffers back to it */
 	struct usock us[RB_SESSION_SOCKS];
@@ -173,6 +177,7 @@ struct uconn {
 enum {
 	UC_CLOSING = 1u << 0, /* closing: everything is cancelled, freed at refs 0 */
 	UC_ERROR = 1u << 1,   /* ... because of an error (counts as a reset) */
+	UC_WHY = 1u << 2,     /* ... for the reason in why (a timeout, or a stop) */
 };
 
 struct ulisten {
@@ -414,6 +419,15 @@ static void sock_abort(int fd)
 		shutdown(fd, SHUT_WR);
 }
 
+/* The session's timers: the relay's connect, the timeouts, the impairments. */
+static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
+{
+	rb__timer_cancel(&w->timers, &c->s.timer);
+	rb__timer_cancel(&w->timers, &c->s.idle_timer);
+	if (c->s.imp)
+		rb__timer_cancel(&w->timers, &c->s.imp->timer);
+}
+
 /* Give up on a session: cancel whatever it has in flight; it is freed when
  * the last CQE comes back (maybe now: c may be gone on return). Not an
  * error: closed once every flow is done (our FINs were sent), or at the
@@ -427,7 +441,7 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		return;
 	}
 	c->flags |= UC_CLOSING | (error ? UC_ERROR : 0);
-	rb__timer_cancel(&w->timers, &c->s.timer);
+	conn_timers_cancel(w, c);
 	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		sock_unlist(k);
@@ -495,9 +509,20 @@ static void flow_free_segs(struct uring *u, struct uflow *f)
 	}
 }
 
+/* Close for a reason of its own (a timeout, a stop), counted as that. */
+static void conn_close_as(struct rb_worker *w, struct uring *u, struct uconn *c, bool error,
+                          enum rb_close_reason why)
+{
+	if (!(c->flags & UC_CLOSING)) {
+		c->flags |= UC_WHY;
+		c->why = (uint8_t)why;
+	}
+	conn_close(w, u, c, error);
+}
+
 static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 {
-	rb__timer_cancel(&w->timers, &c->s.timer);
+	conn_timers_cancel(w, c);
 	for (unsigned i = 0; i < c->n_socks; i++) {
 		struct usock *k = &c->us[i];
 		/* A relay is transparent: an error on one side (an RST, a failed
@@ -523,11 +548,14 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 		if (f->iov != f->iov_inline)
 			free(f->iov);
 	}
+	free(c->s.imp);
+	c->s.imp = NULL;
 	rb_list_del(&c->s.all);
 	rb__session_closing(w, &c->s,
-	                    c->flags & UC_ERROR ? RB_CLOSE_ERROR
-	                    : u->closing_all    ? RB_CLOSE_SHUTDOWN
-	                                        : RB_CLOSE_EOF);
+	                    c->flags & UC_WHY     ? (enum rb_close_reason)c->why
+	                    : c->flags & UC_ERROR ? RB_CLOSE_ERROR
+	                    : u->closing_all      ? RB_CLOSE_SHUTDOWN
+	                                          : RB_CLOSE_EOF);
 	free(c);
 }
 
@@ -611,6 +639,24 @@ static void flow_send_segs(struct uring *u, struct uflow *f)
 		seg = g->next;
 	}
 	flow_submit_send(u, f, n);
+}
+
+/* An impaired flow's send: the queued segments up to limit bytes (> 0). */
+static void flow_send_segs_upto(struct uring *u, struct uflow *f, size_t limit)
+{
+	unsigned n = flow_iov(f, f->qbufs < IOV_MAX ? f->qbufs : IOV_MAX), i;
+	uint32_t seg = f->qhead;
+
+	for (i = 0; i < n && limit > 0; i++) {
+		const struct useg *g = &u->seg[seg];
+		uint32_t off = i == 0 ? f->qoff : 0;
+		size_t len = g->len - off < limit ? g->len - off : limit;
+		f->iov[i].iov_base = u->chunk[g->bid]->data + g->off + off;
+		f->iov[i].iov_len = len;
+		limit -= len;
+		seg = g->next;
+	}
+	flow_submit_send(u, f, i);
 }
 
 /* sockperf: one send covering the answers queued in the chain. */
@@ -767,7 +813,9 @@ static void sock_advance(struct rb_worker *w, struct uring *u, struct usock *k)
 			sock_arm_recv(w, u, k);
 		return;
 	}
-	if (ff & FLOW_RD_EOF) {
+	if (ff & (FLOW_RD_EOF | FLOW_STALLED)) {
+		/* (Stalled: --accept-delay has not let it start, or
+		 * --reset-after/--stall-after cut it.) */
 		sock_unlist(k);
 		sock_cancel_recv(u, k);
 		return;
@@ -791,6 +839,137 @@ static bool flow_done(const struct uflow *f)
 	return (ff & FLOW_RD_EOF) && f->bytes == 0 && !(f->flags & UF_SEND) &&
 	       (!(ff & FLOW_DISCARD) || !f->src || (ff & FLOW_SRC_EOF)) &&
 	       (!f->sink || (ff & FLOW_SINK_SHUT));
+}
+
+/* Bytes the session's flows hold that their sinks have not taken. */
+static bool conn_pending(const struct uconn *c)
+{
+	for (unsigned i = 0; i < c->n_flows; i++)
+		if (c->uf[i].bytes)
+			return true;
+	return false;
+}
+
+/* ---- impairments (impair.h): bytes held back, flows cut ---- */
+
+static struct uconn *imp_conn(struct rb_session_impair *si)
+{
+	return rb_container_of(si->owner, struct uconn, s);
+}
+
+/* The session's impairment timer, at `when` unless it is due earlier. */
+static void impair_arm(struct rb_worker *w, struct uconn *c, uint64_t when)
+{
+	struct rb_timer *t = &c->s.imp->timer;
+
+	if (when == UINT64_MAX || (rb__timer_armed(t) && t->when <= when))
+		return;
+	rb__timer_arm(&w->timers, t, when);
+}
+
+/* The session ends with an RST on every socket. */
+static void impair_reset(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	for (unsigned i = 0; i < c->n_socks; i++)
+		if (c->s.sock[i].fd >= 0)
+			setsockopt(c->s.sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	conn_close(w, u, c, true);
+}
+
+/* Bytes the kernel has not delivered from fd yet (0 if it cannot say). */
+static int sock_unsent(int fd)
+{
+	int n = 0;
+
+	return ioctl(fd, SIOCOUTQ, &n) == 0 && n > 0 ? n : 0;
+}
+
+/*
+ * The flow has sent its N bytes (no send is in flight: the one that sent
+ * them has completed): reset (once the kernel has delivered them, so the
+ * peer can read them before the RST; at most a second), close (our FIN;
+ * what the flow held is dropped, and its input is received and dropped
+ * until the source's FIN) or stall (nothing more, either way, for good).
+ * Returns -1 if the session was closed.
+ */
+static int impair_cut(struct rb_worker *w, struct uring *u, struct uflow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+	struct uconn *c = f->c;
+
+	fi->cut_done = true;
+	RB_STAT_ADD(w, impair_cuts, 1);
+	RB_STAT_SUB(w, buffered, f->bytes);
+	flow_free_segs(u, f);
+	f->bytes = 0;
+	f->qoff = 0;
+	rb__impair_dropped(fi);
+	switch (fi->cut) {
+	case RB_CUT_RESET:
+		f->rf->flags |= FLOW_STALLED;
+		if (sock_unsent(f->sink->sk->fd) == 0) {
+			impair_reset(w, u, c);
+			return -1;
+		}
+		c->s.imp->reset_by = w->now_ms + 1000;
+		impair_arm(w, c, w->now_ms + 1);
+		break;
+	case RB_CUT_CLOSE:
+		f->rf->flags |= FLOW_RD_EOF | FLOW_DISCARD;
+		f->rf->flags &= ~FLOW_PAUSED;
+		break;
+	case RB_CUT_STALL:
+	case RB_CUT_NONE:
+		f->rf->flags |= FLOW_STALLED;
+		f->rf->flags &= ~FLOW_PAUSED;
+		break;
+	}
+	return 0;
+}
+
+/*
+ * An impaired flow's send (none in flight): only what is due (delay), what
+ * the bucket allows (rate), a slice at a time, and no more than the bytes
+ * after which the flow is cut. When nothing may go, the bytes stay queued
+ * (against the cap: reading pauses as usual) and the session's timer is
+ * set for when some may. Returns -1 if the session was closed.
+ */
+static int flow_send_impaired(struct rb_worker *w, struct uring *u, struct uflow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+	size_t allow;
+
+	if (fi->cut_done)
+		return 0;
+	/* Due once its N bytes have gone (N = 0: with the first input). */
+	if (rb__impair_cut_due(fi) && (fi->out || f->bytes))
+		return impair_cut(w, u, f);
+	if (!f->qbufs)
+		return 0;
+	allow = rb__impair_allow(fi, f->bytes, w->now_ms);
+	if (allow == 0) {
+		fi->held = true;
+		RB_STAT_ADD(w, impair_holds, 1);
+		impair_arm(w, f->c, rb__impair_wake(fi, f->bytes, w->now_ms));
+		return 0;
+	}
+	fi->held = false;
+	flow_send_segs_upto(u, f, allow);
+	return 0;
+}
+
+/* May the flow's end (our FIN) be passed on now? A delayed flow's FIN
+ * waits as long as its bytes did. */
+static bool impair_eof_ready(struct rb_worker *w, struct uflow *f)
+{
+	struct rb_flow_impair *fi = f->imp;
+
+	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_ms))
+		return true;
+	impair_arm(w, f->c, fi->eof_due);
+	return false;
 }
 
 /*
@@ -825,8 +1004,13 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 
 		if (!(f->flags & UF_SEND) && f->sink && !(f->sink->flags & US_CONNECTING)) {
 			if (f->kind == UF_SEGS) {
-				if (f->qbufs)
+				if (f->imp) {
+					if (flow_send_impaired(w, u, f) < 0)
+						return;
+					ff = f->rf->flags; /* a cut may have ended it */
+				} else if (f->qbufs) {
 					flow_send_segs(u, f);
+				}
 			} else if (f->kind == UF_CHAIN) {
 				if (f->bytes)
 					flow_send_chain(w, u, f);
@@ -843,7 +1027,7 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 		}
 		/* Drain, then FIN (rule 6). */
 		if (!f->bytes && !(f->flags & UF_SEND) && f->sink && !(ff & FLOW_SINK_SHUT) &&
-		    !(f->sink->flags & US_CONNECTING)) {
+		    !(f->sink->flags & US_CONNECTING) && (!f->imp || impair_eof_ready(w, f))) {
 			shutdown(f->sink->sk->fd, SHUT_WR);
 			f->rf->flags |= FLOW_SINK_SHUT;
 		}
@@ -1020,11 +1204,15 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 	struct uconn *c = k->c;
 	struct uflow *f = k->in;
 	uint32_t ff = f->rf->flags;
-	bool keep =
-	        res > 0 && !(c->flags & UC_CLOSING) && !(ff & FLOW_DISCARD) && f->kind != UF_DROP;
+	/* (Stalled: a receive that was in flight when the flow was cut.) */
+	bool keep = res > 0 && !(c->flags & UC_CLOSING) && !(ff & (FLOW_DISCARD | FLOW_STALLED)) &&
+	            f->kind != UF_DROP;
 	uint32_t kept = 0;
 
 	RB_STAT_ADD(w, read_calls, 1);
+	/* Nothing pending yet: --write-timeout counts from now. */
+	if (!f->bytes && (c->n_flows == 1 || !conn_pending(c)))
+		c->s.last_write_ms = w->now_ms;
 	if (keep && f->kind == UF_CHAIN && !f->rf->stage &&
 	    !(f->rf->stage = malloc(RB_SOCKPERF_MAX_MSG)))
 		keep = false; /* cannot be kept: the stream cannot go on (below) */
@@ -1035,10 +1223,15 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 		k->flags &= ~(US_RECV | US_MSHOT | US_CANCELLING | US_BUNDLE);
 		c->refs--;
 	}
-	if (res > 0 && (ff & FLOW_DISCARD)) {
-		RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
+	if (res > 0 && (ff & (FLOW_DISCARD | FLOW_STALLED))) {
+		/* Dropped: stopping, or after --close-after (as the reactor). */
+		if (w->stopping)
+			RB_STAT_ADD(w, stop_discarded, (uint64_t)res);
+		else
+			RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		if (!(k->flags & US_UPSTREAM))
 			c->s.bytes_in += (uint64_t)res;
+		c->s.last_io_ms = w->now_ms;
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		/* The session's own count is the client's side (as the reactor's). */
@@ -1046,6 +1239,9 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)res);
 		else
 			c->s.bytes_in += (uint64_t)res;
+		/* For the timeouts: bytes moved (w->now_ms is kept up to date
+		 * only when they need it). */
+		c->s.last_io_ms = w->now_ms;
 		if (!(c->flags & UC_CLOSING) && f->kind != UF_DROP) {
 			k->arm_bytes += (size_t)res;
 			/* Queued bytes count as buffered until sent or freed (a
@@ -1053,6 +1249,8 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			if (f->kind == UF_SEGS) {
 				RB_STAT_ADD(w, buffered, (uint64_t)kept);
 				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+				if (f->imp)
+					rb__impair_arrived(f->imp, &c->s.imp->rng, kept, w->now_ms);
 			}
 			if (kept < (uint32_t)res) {
 				/* Out of memory for the queue: the stream cannot go on. */
@@ -1072,6 +1270,8 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 		}
 	} else if (res == 0) {
 		f->rf->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
+		if (f->imp && !(ff & FLOW_RD_EOF))
+			rb__impair_eof(f->imp, &c->s.imp->rng, w->now_ms);
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
@@ -1125,9 +1325,12 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 			RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)res);
 		else
 			c->s.bytes_out += (uint64_t)res;
+		c->s.last_io_ms = c->s.last_write_ms = w->now_ms;
 		if (f->kind == UF_SEGS) {
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			flow_consume(u, f, (size_t)res);
+			if (f->imp)
+				rb__impair_sent(f->imp, (size_t)res, w->now_ms);
 		} else if (f->kind == UF_CHAIN) {
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			rb_chain_consume(&w->pool, &f->rf->chain, (size_t)res);
@@ -1249,6 +1452,64 @@ static void connect_timeout(struct rb_timer *t, void *arg)
 	upstream_failed(w, w->model, c, ETIMEDOUT);
 }
 
+/* ---- --idle-timeout and --write-timeout: one timer per session ---- */
+
+/* At the earlier deadline; a session without output pending is looked at
+ * again a write timeout from now, in case output is stuck by then (as the
+ * reactor). No timer per operation: the CQEs only store the time. */
+static void timeouts_arm(struct rb_worker *w, struct uconn *c)
+{
+	const struct rb_config *cfg = &w->srv->cfg;
+	uint64_t at = UINT64_MAX, now = rb__now_ms();
+
+	if (cfg->idle_timeout_ms)
+		at = c->s.last_io_ms + cfg->idle_timeout_ms;
+	if (cfg->write_timeout_ms) {
+		uint64_t wt = (conn_pending(c) ? c->s.last_write_ms : now) + cfg->write_timeout_ms;
+		if (wt < at)
+			at = wt;
+	}
+	rb__timer_arm(&w->timers, &c->s.idle_timer, at);
+}
+
+static void timeouts_fire(struct rb_timer *t, void *arg)
+{
+	struct uconn *c = rb_container_of(t, struct uconn, s.idle_timer);
+	struct rb_worker *w = arg;
+	struct uring *u = w->model;
+	const struct rb_config *cfg = &w->srv->cfg;
+	uint64_t now = rb__now_ms();
+	bool pending = conn_pending(c);
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	if (c->flags & UC_CLOSING)
+		return;
+	if (cfg->write_timeout_ms && pending && now - c->s.last_write_ms >= cfg->write_timeout_ms) {
+		/* The peer stopped reading: what it holds back is dropped. A
+		 * send stuck in flight is ended by the reset (conn_close). */
+		for (unsigned i = 0; i < c->n_socks; i++)
+			if (c->s.sock[i].fd >= 0)
+				setsockopt(c->s.sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		conn_close_as(w, u, c, true, RB_CLOSE_WRITE_TIMEOUT);
+		return;
+	}
+	if (cfg->idle_timeout_ms && now - c->s.last_io_ms >= cfg->idle_timeout_ms) {
+		/* Nothing moved either way: a FIN, as after a flush (nothing is
+		 * pending unless it is stuck, and then a FIN would lie: RST). */
+		for (unsigned i = 0; i < c->n_socks; i++) {
+			if (c->s.sock[i].fd < 0)
+				continue;
+			if (pending)
+				setsockopt(c->s.sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+			else if (!(c->us[i].flags & US_CONNECTING))
+				shutdown(c->s.sock[i].fd, SHUT_WR);
+		}
+		conn_close_as(w, u, c, pending, RB_CLOSE_IDLE);
+		return;
+	}
+	timeouts_arm(w, c);
+}
+
 /* ---- sessions ---- */
 
 /* The model's records beside the session's: a socket's receive, a flow's queue. */
@@ -1288,6 +1549,113 @@ static void conn_wire(struct uring *u, struct uconn *c)
 	}
 }
 
+/* Start serving: a relay connects its upstream; the first advance (arms
+ * the receive). */
+static void conn_start(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	int err;
+
+	if (w->srv->upstream) {
+		/* Receiving from the client starts at once; its bytes wait in the
+		 * flow (up to the cap) until the upstream is connected. */
+		c->s.connect_start_us = rb__now_us();
+		c->s.up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
+		rb__timer_init(&c->s.timer, connect_timeout);
+		rb__timer_arm(&w->timers, &c->s.timer,
+		              rb__now_ms() + w->srv->cfg.connect_timeout_ms);
+		if (!upstream_try(w, u, c, &err)) {
+			upstream_failed(w, u, c, err);
+			return;
+		}
+	}
+	conn_advance(w, u, c);
+}
+
+static void impair_fire(struct rb_timer *t, void *arg)
+{
+	struct rb_session_impair *si = rb_container_of(t, struct rb_session_impair, timer);
+	struct uconn *c = imp_conn(si);
+	struct rb_worker *w = arg;
+	struct uring *u = w->model;
+
+	if (c->flags & UC_CLOSING)
+		return;
+	if (si->gate_ms) {
+		/* --accept-delay is over: serve it (unless we are stopping). */
+		si->gate_ms = 0;
+		if (w->stopping) {
+			conn_close_as(w, u, c, false, RB_CLOSE_SHUTDOWN);
+			return;
+		}
+		for (unsigned i = 0; i < c->n_flows; i++)
+			if (!(c->uf[i].imp && c->uf[i].imp->cut_done))
+				c->s.flow[i].flags &= ~FLOW_STALLED;
+		conn_start(w, u, c);
+		return;
+	}
+	if (si->reset_by) {
+		/* --reset-after: the RST once the kernel has delivered the N
+		 * bytes (looked at every millisecond, for at most a second). */
+		for (unsigned i = 0; i < c->n_flows; i++) {
+			const struct uflow *f = &c->uf[i];
+			if (f->imp && f->imp->cut_done && f->imp->cut == RB_CUT_RESET &&
+			    sock_unsent(f->sink->sk->fd) > 0 && w->now_ms < si->reset_by) {
+				impair_arm(w, c, w->now_ms + 1);
+				return;
+			}
+		}
+		impair_reset(w, u, c);
+		return;
+	}
+	conn_advance(w, u, c);
+}
+
+/*
+ * A new session draws its impairments (impair.c). Returns true if it is
+ * not to be started now: refused (reset at once; c is gone), or waiting for
+ * --accept-delay (the timer starts it).
+ */
+static bool impair_open(struct rb_worker *w, struct uring *u, struct uconn *c,
+                        const struct rb_impair_set *is)
+{
+	struct rb_session_impair *si;
+
+	/* The clock as it is now (it is kept per wake-up only while the
+	 * impairments are there, and they may just have been set). */
+	w->now_ms = rb__now_ms();
+	si = rb__impair_session_new(&is->cfg, w->id, c->s.id, c->s.n_flows,
+	                            c->s.kind == RB_SESSION_RELAY, w->now_ms);
+	if (!si)
+		return false;
+	c->s.imp = si;
+	si->owner = &c->s;
+	rb__timer_init(&si->timer, impair_fire);
+	RB_STAT_ADD(w, impaired_sessions, 1);
+	if (c->s.kind == RB_SESSION_ECHO || c->s.kind == RB_SESSION_RELAY)
+		for (unsigned i = 0; i < c->n_flows; i++) {
+			struct rb_flow_impair *fi = &si->flow[i];
+			if (c->uf[i].kind == UF_SEGS &&
+			    (fi->delay || fi->rate_bps || fi->slice_size || fi->cut != RB_CUT_NONE))
+				c->uf[i].imp = c->s.flow[i].imp = fi;
+		}
+	/* An impaired echo leaves the fast path: conn_advance's loops apply
+	 * them. (A gated one is not advanced before its gate opens.) */
+	if (c->uf[0].imp)
+		c->echo = false;
+	if (si->refuse) {
+		RB_STAT_ADD(w, impair_refused, 1);
+		impair_reset(w, u, c);
+		return true;
+	}
+	if (si->gate_ms) {
+		for (unsigned i = 0; i < c->n_flows; i++)
+			c->s.flow[i].flags |= FLOW_STALLED;
+		rb__timer_arm(&w->timers, &si->timer, si->gate_ms);
+		return true;
+	}
+	return false;
+}
+
 /* An accepted socket becomes a session: an echo, a relay, discard, chargen
  * or sockperf. */
 static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
@@ -1296,7 +1664,6 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	bool relay = w->srv->upstream != NULL;
 	unsigned n_flows = relay || cfg->service == RB_SERVICE_CHARGEN ? 2 : 1;
 	struct uconn *c = calloc(1, sizeof(*c) + n_flows * sizeof(struct uflow));
-	int err;
 
 	if (!c) {
 		rb__refuse(w, fd, -ENOMEM);
@@ -1325,20 +1692,19 @@ static void conn_new(struct rb_worker *w, struct uring *u, int fd, bool tcp)
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 	rb__session_opened(w, &c->s);
-	if (relay) {
-		/* Receiving from the client starts at once; its bytes wait in the
-		 * flow (up to the cap) until the upstream is connected. */
+	if (relay)
 		c->s.sock[1].tcp = !w->srv->upstream->is_unix;
-		c->s.connect_start_us = rb__now_us();
-		c->s.up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
-		rb__timer_init(&c->s.timer, connect_timeout);
-		rb__timer_arm(&w->timers, &c->s.timer, rb__now_ms() + cfg->connect_timeout_ms);
-		if (!upstream_try(w, u, c, &err)) {
-			upstream_failed(w, u, c, err);
-			return;
-		}
+	if (cfg->idle_timeout_ms || cfg->write_timeout_ms) {
+		rb__timer_init(&c->s.idle_timer, timeouts_fire);
+		timeouts_arm(w, c);
 	}
-	conn_advance(w, u, c);
+	if (w->srv->impair) {
+		/* One load: the set may be replaced while we run (SIGHUP). */
+		const struct rb_impair_set *is = __atomic_load_n(&w->srv->impair, __ATOMIC_ACQUIRE);
+		if (is && is->session && impair_open(w, u, c, is))
+			return; /* refused, or waiting for --accept-delay */
+	}
+	conn_start(w, u, c);
 }
 
 /* ---- listeners ---- */
@@ -1457,6 +1823,9 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 	for (it = u->conns.next; it != &u->conns; it = next) {
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
+		/* Not started yet (--accept-delay): closed when its gate opens. */
+		if (c->s.imp && c->s.imp->gate_ms)
+			continue;
 		for (unsigned i = 0; i < c->n_flows; i++)
 			c->s.flow[i].flags |= FLOW_RD_EOF | FLOW_DISCARD;
 		conn_advance(w, u, c);
@@ -1773,9 +2142,15 @@ static int uring_run(struct rb_worker *w)
 			return rc;
 		}
 		RB_STAT_ADD(w, wakeups, 1);
+		/* The clock, for the timers and for what the CQEs note (the
+		 * timeouts' last I/O, impairments' arrival times): read once per
+		 * wake-up, and only when something needs it. A session with a
+		 * timeout has its timer armed; impairments may come at run time. */
+		if (w->timers.root || __atomic_load_n(&w->srv->impair, __ATOMIC_RELAXED))
+			w->now_ms = rb__now_ms();
 		drain_cqes(w, u);
 		if (w->timers.root)
-			rb__timers_run(&w->timers, rb__now_ms(), w);
+			rb__timers_run(&w->timers, w->now_ms, w);
 		update_stats(w, u);
 	}
 	update_stats(w, u);

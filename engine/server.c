@@ -37,9 +37,7 @@ static int check_engine(const struct rb_engine_desc *eng, const struct rb_config
 		return -EINVAL;
 	}
 	if (rb_impair_any(&cfg->impair) && !(eng->caps & RB_CAP_IMPAIR)) {
-		snprintf(err, errlen,
-		         "%s is not supported by the %s engine (impairments need a "
-		         "readiness engine: epoll, poll or select)",
+		snprintf(err, errlen, "%s is not supported by the %s engine",
 		         rb__impair_first_flag(&cfg->impair), eng->name);
 		return -EINVAL;
 	}

@@ -203,6 +203,14 @@ Test(cli, bad_uring_flags)
 	            "rebound: invalid --uring-sqpoll 'soon': expected a whole number\n");
 	expect_fail(2, ARGS("--engine", "uring", "--copy", "splice"),
 	            "rebound: --copy splice is not supported by the uring engine\n");
+	/* uring impairs TCP flows; UDP answers only on the readiness engines. */
+	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
+		expect_fail(
+		        2,
+		        ARGS("--engine", "uring", "--listen", "udp://127.0.0.1:0", "--loss", "0.1"),
+		        "rebound: listen URL 'udp://127.0.0.1:0': --loss is not supported on UDP "
+		        "by "
+		        "the uring engine\n");
 }
 
 /* Built without liburing, or io_uring refused here: exit 3 naming the cause;
@@ -213,8 +221,10 @@ Test(cli, engine_uring_availability)
 
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-		/* It serves UDP, relays and serves discard, chargen, sockperf. */
-		cr_assert_not_null(strstr(out, "uring udp relay services\n"), "%s", out);
+		/* It serves UDP, relays, serves discard, chargen, sockperf, has the
+		 * timeouts and the TCP impairments. */
+		cr_assert_not_null(strstr(out, "uring udp relay services timeouts impair\n"), "%s",
+		                   out);
 		return;
 	}
 #if !RB_HAVE_URING
@@ -648,7 +658,9 @@ Test(cli, testbed_flags)
 	            "rebound: invalid --max-conns '-1': expected a whole number\n");
 	expect_fail(2, ARGS("--idle-timeout", "90000000"),
 	            "rebound: invalid --idle-timeout '90000000': must be between 0 and 86400000\n");
+	/* The uring engine checks the same range (and takes the flag). */
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
-		expect_fail(2, ARGS("--engine", "uring", "--idle-timeout", "1000"),
-		            "rebound: --idle-timeout is not supported by the uring engine\n");
+		expect_fail(2, ARGS("--engine", "uring", "--write-timeout", "90000000"),
+		            "rebound: invalid --write-timeout '90000000': must be between 0 and "
+		            "86400000\n");
 }

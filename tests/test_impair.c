@@ -26,29 +26,35 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "rb_config.h"
 
-/* ---- parameters: the readiness engines, both copies ---- */
+/* ---- parameters: every engine; io_uring with its features on, and off ---- */
 
-static size_t readiness_params(struct engine_param **out)
+static size_t tcp_params(struct engine_param **out)
 {
 	struct engine_param *all;
 	size_t n = th_engine_params(&all), k = 0;
 
 	for (size_t i = 0; i < n; i++)
-		if (all[i].engine != RB_ENGINE_URING)
+		if (all[i].engine != RB_ENGINE_URING || all[i].uring_off == 0 ||
+		    all[i].uring_off == (RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH))
 			all[k++] = all[i];
 	*out = all;
 	return k;
 }
 
-/* For timing: edge-triggered epoll with both copies, and one
- * level-triggered backend (held bytes must not make it spin). */
+/* For timing: edge-triggered epoll with both copies, one level-triggered
+ * backend (held bytes must not make it spin), and io_uring (held bytes
+ * wait for its timer: no send, no wake-up, meanwhile). */
 static size_t timing_params(struct engine_param **out)
 {
 	static const struct engine_param p[] = {
-	        {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
-	        {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE, 0},
-	        {RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV, 0},
+		{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+		{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE, 0},
+		{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV, 0},
+#if RB_HAVE_URING
+		{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+#endif
 	};
 	struct engine_param *all = cr_malloc(sizeof(p));
 
@@ -356,25 +362,25 @@ static void after_n(const struct engine_param *p, const char *flags, int quiet_m
 	th_server_stop(&ts);
 }
 
-IMPAIR_TEST(reset_after_n, readiness_params, 30)
+IMPAIR_TEST(reset_after_n, tcp_params, 30)
 {
 	after_n(p, "--reset-after 1000", 10000, ECONNRESET);
 }
 
-IMPAIR_TEST(close_after_n, readiness_params, 30)
+IMPAIR_TEST(close_after_n, tcp_params, 30)
 {
 	after_n(p, "--close-after 1000", 10000, 0);
 }
 
 /* Nothing after the N bytes: no FIN, no RST, for as long as we wait. */
-IMPAIR_TEST(stall_after_n, readiness_params, 30)
+IMPAIR_TEST(stall_after_n, tcp_params, 30)
 {
 	after_n(p, "--stall-after 1000", 300, -1);
 }
 
 /* In a relay each way has its own: the client's bytes reach the upstream
  * whole, and only the way back is cut. */
-IMPAIR_TEST(relay_down_close_after_n, readiness_params, 30)
+IMPAIR_TEST(relay_down_close_after_n, tcp_params, 30)
 {
 	unsigned char data[5000];
 	struct test_server up, relay;
@@ -453,6 +459,74 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 	          first[2]);
 }
 
+/* ---- a graceful stop with bytes held back, and with a session not started ---- */
+
+static bool took_in(const struct rb_stats *st, void *arg)
+{
+	return st->bytes_in == *(uint64_t *)arg;
+}
+
+/* Bytes a delay holds when the stop comes still go, at their time, then
+ * our FIN; the server's run ends once the peer has closed. */
+IMPAIR_TEST(stop_flushes_held_bytes, timing_params, 30)
+{
+	unsigned char data[1000], got[1000], b;
+	struct test_server ts;
+	struct rb_stats st;
+	double t0, dt;
+	int fd;
+
+	th_fill(data, sizeof(data), 16);
+	start(&ts, p, "--delay 200");
+	fd = th_connect(ts.port);
+	t0 = now_ms();
+	cr_assert_eq(send(fd, data, sizeof(data), MSG_NOSIGNAL), (ssize_t)sizeof(data));
+	th_wait_stats(&ts, took_in, &(uint64_t){sizeof(data)}, "the bytes to be read");
+	rb_server_stop(ts.srv);
+	recv_all(fd, got, sizeof(got));
+	dt = now_ms() - t0;
+	cr_assert_eq(memcmp(got, data, sizeof(data)), 0);
+	cr_assert_geq(dt, 199, "the held bytes came after %.3f ms", dt);
+	cr_assert_eq(recv(fd, &b, 1, 0), 0, "no FIN after the held bytes");
+	close(fd);
+	pthread_join(ts.thread, NULL);
+	cr_assert_eq(ts.run_result, 0);
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed, 1);
+	cr_assert_eq(st.closed_shutdown, 0);
+	cr_assert_eq(st.bytes_out, sizeof(data));
+	rb_server_destroy(ts.srv);
+}
+
+static bool impaired_one(const struct rb_stats *st, void *arg)
+{
+	(void)arg;
+	return st->impaired_sessions == 1;
+}
+
+/* A session still waiting for --accept-delay when the stop comes is never
+ * served: it is closed (counted as a stop) when its gate opens. */
+IMPAIR_TEST(stop_closes_a_gated_session, timing_params, 30)
+{
+	struct test_server ts;
+	struct rb_stats st;
+	int fd;
+
+	start(&ts, p, "--accept-delay 300");
+	fd = th_connect(ts.port);
+	cr_assert_eq(send(fd, "ping", 4, MSG_NOSIGNAL), 4);
+	th_wait_stats(&ts, impaired_one, NULL, "the session to open");
+	rb_server_stop(ts.srv);
+	pthread_join(ts.thread, NULL);
+	cr_assert_eq(ts.run_result, 0);
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed, 1);
+	cr_assert_eq(st.closed_shutdown, 1);
+	cr_assert_eq(st.bytes_out, 0);
+	rb_server_destroy(ts.srv);
+	close(fd);
+}
+
 /* ---- whatever is enabled, TCP bytes are never reordered or changed ---- */
 
 static void streams_intact(int port, size_t n, size_t len)
@@ -476,7 +550,7 @@ static void streams_intact(int port, size_t n, size_t len)
 	free(data);
 }
 
-IMPAIR_TEST(bytes_intact_with_everything, readiness_params, 120)
+IMPAIR_TEST(bytes_intact_with_everything, tcp_params, 120)
 {
 	struct test_server ts;
 	struct rb_stats st;
@@ -495,7 +569,7 @@ IMPAIR_TEST(bytes_intact_with_everything, readiness_params, 120)
 	th_server_stop(&ts);
 }
 
-IMPAIR_TEST(relay_bytes_intact_both_ways, readiness_params, 120)
+IMPAIR_TEST(relay_bytes_intact_both_ways, tcp_params, 120)
 {
 	struct test_server up, relay;
 
@@ -713,17 +787,20 @@ Test(impair, limits)
 	expect_invalid("--delay 5", false, RB_SERVICE_CHARGEN, "--service");
 }
 
-/* The uring engine says it does not impair, through the engine table. */
-Test(impair, uring_refuses)
+/* Every engine that serves impairs, the completion one too; the engine
+ * table says so, and `--engine uring --delay` is taken. */
+Test(impair, every_engine_impairs)
 {
+	static const enum rb_engine e[] = {RB_ENGINE_EPOLL, RB_ENGINE_POLL, RB_ENGINE_SELECT,
+	                                   RB_ENGINE_URING};
 	struct rb_server *srv;
 	struct rb_config cfg;
 	char err[256], feat[128];
 
-	rb_engine_features(RB_ENGINE_EPOLL, feat, sizeof(feat));
-	cr_assert_not_null(strstr(feat, "impair"), "%s", feat);
-	rb_engine_features(RB_ENGINE_URING, feat, sizeof(feat));
-	cr_assert_null(strstr(feat, "impair"), "%s", feat);
+	for (size_t i = 0; i < sizeof(e) / sizeof(e[0]); i++) {
+		rb_engine_features(e[i], feat, sizeof(feat));
+		cr_assert_not_null(strstr(feat, "impair"), "%s: %s", rb_engine_name(e[i]), feat);
+	}
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) != 0)
 		return;
 	rb_config_init(&cfg);
@@ -732,8 +809,8 @@ Test(impair, uring_refuses)
 	cfg.engine = RB_ENGINE_URING;
 	cfg.impair.down.delay_p = RB_PROB_ONE;
 	cfg.impair.down.delay_ms = 5;
-	cr_assert_eq(rb_server_create(&cfg, &srv, err, sizeof(err)), -EINVAL);
-	cr_assert_not_null(strstr(err, "--delay is not supported by the uring engine"), "%s", err);
+	cr_assert_eq(rb_server_create(&cfg, &srv, err, sizeof(err)), 0, "%s", err);
+	rb_server_destroy(srv);
 }
 
 /* ---- the daemon: the seed printed, SIGHUP re-reads --impair-file ---- */

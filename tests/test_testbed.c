@@ -68,6 +68,7 @@ static struct rb_config want;
 static void tweak(struct rb_config *cfg)
 {
 	cfg->max_conns = want.max_conns;
+	cfg->forward = want.forward;
 	cfg->idle_timeout_ms = want.idle_timeout_ms;
 	cfg->write_timeout_ms = want.write_timeout_ms;
 	cfg->log_connections = want.log_connections;
@@ -124,6 +125,35 @@ static bool closed_only(const struct rb_stats *st, void *arg)
 	}                                                                                          \
 	ParameterizedTest(struct engine_param *p, testbed, name, .timeout = (secs))
 
+/* The timeouts on each model: edge-triggered epoll and a level-triggered
+ * poller (the reactor), and io_uring with its features on and all off. */
+static size_t timeout_params(struct engine_param **out)
+{
+	static const struct engine_param p[] = {
+		{RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+		{RB_ENGINE_POLL, RB_TRIGGER_LEVEL, RB_COPY_WRITEV, 0},
+#if RB_HAVE_URING
+		{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0},
+		{RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV,
+		 RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
+#endif
+	};
+	struct engine_param *all = cr_malloc(sizeof(p));
+
+	memcpy(all, p, sizeof(p));
+	*out = all;
+	return sizeof(p) / sizeof(p[0]);
+}
+
+#define TIMEOUT_TEST(name, secs)                                                                   \
+	ParameterizedTestParameters(testbed, name)                                                 \
+	{                                                                                          \
+		struct engine_param *p;                                                            \
+		size_t n = timeout_params(&p);                                                     \
+		return cr_make_param_array(struct engine_param, p, n);                             \
+	}                                                                                          \
+	ParameterizedTest(struct engine_param *p, testbed, name, .timeout = (secs))
+
 /* Exactly the peer after the Nth is refused, with an RST; a freed slot is
  * taken again. Every engine. */
 ENGINE_TEST(max_conns_refuses_exactly_the_next, 60)
@@ -161,7 +191,7 @@ ENGINE_TEST(max_conns_refuses_exactly_the_next, 60)
 }
 
 /* A session idle for the timeout gets a FIN (EOF, not an RST), on time. */
-Test(testbed, idle_timeout_closes_with_a_fin, .timeout = 60)
+TIMEOUT_TEST(idle_timeout_closes_with_a_fin, 60)
 {
 	struct test_server ts;
 	struct rb_stats st;
@@ -170,7 +200,7 @@ Test(testbed, idle_timeout_closes_with_a_fin, .timeout = 60)
 	char b;
 
 	want = (struct rb_config){.idle_timeout_ms = 300};
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	fd = th_connect(ts.port);
 	echo_once(fd);
 	t0 = ms_now();
@@ -184,6 +214,40 @@ Test(testbed, idle_timeout_closes_with_a_fin, .timeout = 60)
 	cr_assert_eq(st.closed_idle, 1);
 	cr_assert_eq(st.resets, 0);
 	th_server_stop(&ts);
+}
+
+/* A relay session too: the client and the upstream each get a FIN. */
+TIMEOUT_TEST(relay_idle_timeout_closes_both_sides, 60)
+{
+	struct test_server up, ts;
+	struct rb_stats st;
+	char fwd[64];
+	uint64_t t0, dt;
+	int fd;
+	char b;
+
+	th_server_start(&up, NULL, NULL);
+	snprintf(fwd, sizeof(fwd), "tcp://127.0.0.1:%d", up.port);
+	want = (struct rb_config){.idle_timeout_ms = 300, .forward = fwd};
+	th_server_start(&ts, p, tweak);
+	fd = th_connect(ts.port);
+	echo_once(fd);
+	t0 = ms_now();
+	cr_assert_eq(recv(fd, &b, 1, 0), 0, "not a clean EOF: %s", strerror(errno));
+	dt = ms_now() - t0;
+	cr_assert_geq(dt, 250, "closed after %" PRIu64 " ms, before the 300 ms timeout", dt);
+	cr_assert_lt(dt, 3000, "closed only after %" PRIu64 " ms", dt);
+	close(fd);
+	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the relay session to close");
+	rb_server_stats(ts.srv, &st);
+	cr_assert_eq(st.closed_idle, 1);
+	cr_assert_eq(st.resets, 0);
+	/* The upstream heard the relay's FIN: its session ended cleanly. */
+	th_wait_stats(&up, closed_n, &(uint64_t){1}, "the upstream's session to close");
+	rb_server_stats(up.srv, &st);
+	cr_assert_eq(st.closed_eof, 1);
+	th_server_stop(&ts);
+	th_server_stop(&up);
 }
 
 static bool paused(const struct rb_stats *st, void *arg)
@@ -200,7 +264,7 @@ static bool write_timed_out(const struct rb_stats *st, void *arg)
 
 /* A peer that stops reading is reset once its output is stuck for the
  * write timeout (an idle timeout alone would never fire: it keeps sending). */
-Test(testbed, write_timeout_resets_a_stuck_reader, .timeout = 60)
+TIMEOUT_TEST(write_timeout_resets_a_stuck_reader, 60)
 {
 	const size_t len = 16u << 20;
 	unsigned char *data = malloc(len), buf[65536];
@@ -211,7 +275,7 @@ Test(testbed, write_timeout_resets_a_stuck_reader, .timeout = 60)
 
 	th_fill(data, len, 31);
 	want = (struct rb_config){.write_timeout_ms = 300};
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	fd = th_connect_bufs(ts.port, 65536, 65536);
 	th_set_nonblock(fd);
 	th_send_until(&ts, fd, data, len, paused, NULL, "the server to stop reading");
@@ -234,7 +298,7 @@ Test(testbed, write_timeout_resets_a_stuck_reader, .timeout = 60)
 }
 
 /* Each way a session ends is counted under its own reason. */
-Test(testbed, close_reasons_are_counted, .timeout = 60)
+TIMEOUT_TEST(close_reasons_are_counted, 60)
 {
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 	const size_t len = 16u << 20;
@@ -245,7 +309,7 @@ Test(testbed, close_reasons_are_counted, .timeout = 60)
 
 	th_fill(data, len, 32);
 	want = (struct rb_config){.shutdown_timeout_ms = 300};
-	th_server_start(&ts, NULL, tweak);
+	th_server_start(&ts, p, tweak);
 	/* eof */
 	fd = th_connect(ts.port);
 	echo_once(fd);
