@@ -395,8 +395,6 @@ void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_clos
 	}
 	if (w->srv->cfg.max_conns)
 		__atomic_sub_fetch(&w->srv->n_sessions, 1, __ATOMIC_RELAXED);
-	RB_STAT_SUB(w, active, 1);
-	RB_STAT_ADD(w, closed, 1);
 	switch (why) {
 	case RB_CLOSE_EOF:
 		RB_STAT_ADD(w, closed_eof, 1);
@@ -439,4 +437,8 @@ void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_clos
 		RB_STAT_ADD(w, session_bytes_under_64m, 1);
 	else
 		RB_STAT_ADD(w, session_bytes_over_64m, 1);
+	/* Last: a reader that sees it closed sees why (resets) and its sizes. */
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	RB_STAT_SUB(w, active, 1);
+	RB_STAT_ADD(w, closed, 1);
 }
