@@ -241,8 +241,8 @@ TIMEOUT_TEST(relay_idle_timeout_closes_both_sides, 60)
 	th_wait_stats(&ts, closed_n, &(uint64_t){1}, "the relay session to close");
 	rb_server_stats(ts.srv, &st);
 	cr_assert_eq(st.closed_idle, 1,
-	             "engine %d: closed_idle %" PRIu64 ", eof %" PRIu64 ", error %" PRIu64, p->engine,
-	             st.closed_idle, st.closed_eof, st.closed_error);
+	             "engine %d: closed_idle %" PRIu64 ", eof %" PRIu64 ", error %" PRIu64,
+	             p->engine, st.closed_idle, st.closed_eof, st.closed_error);
 	cr_assert_eq(st.resets, 0);
 	/* The upstream heard the relay's FIN: its session ended cleanly. */
 	th_wait_stats(&up, closed_n, &(uint64_t){1}, "the upstream's session to close");
