@@ -44,18 +44,26 @@ static int uring_unbuilt(char *why, size_t whylen)
 #define URING_MODEL NULL
 #endif
 
+#if RB_HAVE_SOCKMAP
+#include "sockmap.h"
+#define SOCKMAP_PROBE rb__sockmap_probe
+#define SOCKMAP_MODEL (&rb__sockmap_model)
+#else
 static int sockmap_unbuilt(char *why, size_t whylen)
 {
 	if (why && whylen)
 		snprintf(why, whylen, "engine 'sockmap' is not available: built without libbpf");
 	return -ENOTSUP;
 }
+#define SOCKMAP_PROBE sockmap_unbuilt
+#define SOCKMAP_MODEL NULL
+#endif
 
 static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_EPOLL,
                 .name = "epoll",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
+                .caps = RB_CAP_UDP | RB_CAP_UNIX | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
                         RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
                         RB_CAP_LEVEL,
                 .probe = epoll_probe,
@@ -65,7 +73,7 @@ static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_POLL,
                 .name = "poll",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
+                .caps = RB_CAP_UDP | RB_CAP_UNIX | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
                         RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
                         RB_CAP_LEVEL,
                 .probe = poll_probe,
@@ -75,7 +83,7 @@ static const struct rb_engine_desc engines[] = {
         {
                 .id = RB_ENGINE_SELECT,
                 .name = "select",
-                .caps = RB_CAP_UDP | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
+                .caps = RB_CAP_UDP | RB_CAP_UNIX | RB_CAP_SPLICE | RB_CAP_RELAY | RB_CAP_SERVICES |
                         RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR | RB_CAP_AUTO |
                         RB_CAP_LEVEL,
                 .probe = select_probe,
@@ -87,18 +95,21 @@ static const struct rb_engine_desc engines[] = {
                  * 1000-connection cells on this kernel. */
                 .id = RB_ENGINE_URING,
                 .name = "uring",
-                .caps = RB_CAP_UDP | RB_CAP_RELAY | RB_CAP_SERVICES | RB_CAP_TIMEOUTS |
-                        RB_CAP_IMPAIR,
+                .caps = RB_CAP_UDP | RB_CAP_UNIX | RB_CAP_RELAY | RB_CAP_SERVICES |
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR,
                 .probe = URING_PROBE,
                 .model = URING_MODEL,
         },
         {
-                /* Needs privileges (CAP_BPF, CAP_NET_ADMIN): never chosen by auto. */
+                /* Needs privileges (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): never
+                 * chosen by auto. TCP echo only: AF_UNIX moves one queued skb per
+                 * peer send, so bytes that came before the socket joined would
+                 * stall (docs/sockmap.md). */
                 .id = RB_ENGINE_SOCKMAP,
                 .name = "sockmap",
                 .caps = 0,
-                .probe = sockmap_unbuilt,
-                .model = NULL,
+                .probe = SOCKMAP_PROBE,
+                .model = SOCKMAP_MODEL,
         },
 };
 

@@ -14,7 +14,7 @@
 struct rb_worker;
 struct rb_poller_ops;
 
-/* What an engine can do beyond TCP and UNIX stream echo. */
+/* What an engine can do beyond TCP stream echo. */
 enum {
 	RB_CAP_UDP = 1u << 0,        /* UDP listeners */
 	RB_CAP_SPLICE = 1u << 1,     /* --copy splice */
@@ -25,6 +25,7 @@ enum {
 	RB_CAP_TIMEOUTS = 1u << 6,   /* --idle-timeout, --write-timeout */
 	RB_CAP_IMPAIR = 1u << 7,     /* impairments: --delay, --rate, --loss ... (impair.h) */
 	RB_CAP_UDP_IMPAIR = 1u << 8, /* ... on UDP listeners too: --loss, --duplicate ... */
+	RB_CAP_UNIX = 1u << 9,       /* UNIX stream listeners */
 };
 
 /*

@@ -258,6 +258,13 @@ int rb_server_create(const struct rb_config *cfg, struct rb_server **out, char *
 			rc = -EINVAL;
 			goto fail;
 		}
+		if (srv->ls.addrs[i].is_unix && !(srv->eng->caps & RB_CAP_UNIX)) {
+			snprintf(err, errlen,
+			         "listen URL '%s': the %s engine does not serve UNIX sockets",
+			         srv->ls.addrs[i].url, srv->eng->name);
+			rc = -EINVAL;
+			goto fail;
+		}
 		if (srv->ls.addrs[i].is_udp && cfg->forward) {
 			snprintf(err, errlen,
 			         "listen URL '%s': --forward relays TCP and UNIX stream listeners, "
