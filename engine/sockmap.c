@@ -60,6 +60,9 @@ enum { ST_TIME_WAIT = 6, ST_CLOSE_WAIT = 8, ST_LAST_ACK = 9, ST_CLOSING = 11 };
 #define READ_IOV 4
 /* The FIN wait re-checks after 1 ms, then backs off to this. */
 #define DRAIN_MAX_MS 64
+/* The kernel echoes while the worker sleeps: its counters are published at
+ * every wake-up and, while connections are open, this often. */
+#define PUBLISH_MS 100
 /* Sockhash and record slots per worker: RLIMIT_NOFILE, within these. */
 #define SLOTS_MIN 1024u
 #define SLOTS_MAX (256u << 10)
@@ -96,6 +99,7 @@ struct sm_worker {
 	struct rb_list grave;    /* closed in this batch, freed after it (rule 7) */
 	struct rb_timer drain_timer;
 	unsigned drain_ms;
+	struct rb_timer publish_timer;
 	unsigned ncpu;
 	struct rb_sm_stats *cpu; /* one per possible CPU: a per-CPU lookup's buffer */
 	uint64_t user_in, user_out, user_discarded; /* the user path's bytes */
@@ -300,6 +304,15 @@ static void sm_publish(struct rb_worker *w)
 		RB_STAT_ADD(w, resets, sm->resets);
 		sm->closes = sm->resets = 0;
 	}
+}
+
+static void publish_timer_fire(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+
+	/* sm_run publishes after the timers; this only keeps the tick going. */
+	if (!rb_list_empty(&w->conns))
+		rb__timer_arm(&w->timers, t, rb__now_ms() + PUBLISH_MS);
 }
 
 /* ---- connections ---- */
@@ -633,6 +646,8 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	}
 	rb_list_init(&c->all);
 	rb_list_add_tail(&w->conns, &c->all);
+	if (!rb__timer_armed(&sm->publish_timer))
+		rb__timer_arm(&w->timers, &sm->publish_timer, rb__now_ms() + PUBLISH_MS);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 	if (c->flags & SC_USER)
@@ -883,6 +898,7 @@ static int sm_worker_init(struct rb_worker *w)
 	rb_list_init(&sm->draining);
 	rb_list_init(&sm->grave);
 	rb__timer_init(&sm->drain_timer, drain_timer_fire);
+	rb__timer_init(&sm->publish_timer, publish_timer_fire);
 	err = libbpf_num_possible_cpus();
 	if (err < 0)
 		return err;

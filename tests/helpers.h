@@ -16,6 +16,7 @@ struct engine_param {
 	enum rb_trigger trigger;
 	enum rb_copy copy;
 	unsigned uring_off; /* uring: RB_URING_* features switched off */
+	size_t conn_buffer; /* --conn-buffer, 0 = the default */
 };
 
 /* Every engine configuration that is built, for parameterized tests. */

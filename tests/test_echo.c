@@ -169,6 +169,50 @@ static bool at_cap(const struct rb_stats *st, void *arg)
 	return st->buffered == cw->cap && st->pauses > 0;
 }
 
+static bool all_in(const struct rb_stats *st, void *arg)
+{
+	return st->bytes_in == *(uint64_t *)arg;
+}
+
+/*
+ * sockmap cannot pause a connection: no verdict leaves bytes queued, so the
+ * sender is never held back, and the kernel keeps the echo the peer does
+ * not read on the socket's psock. Within the cap (past it the connection
+ * is reset: test_sockmap.c), everything still comes back once the peer
+ * reads, and the psock never held more than the cap.
+ */
+static void slow_reader_within_cap(struct test_server *ts, const unsigned char *data,
+				   size_t len)
+{
+	uint64_t want = len;
+	struct rb_stats st;
+	size_t sent = 0;
+	int fd = th_connect_bufs(ts->port, 65536, 65536);
+
+	cr_assert_lt(len, ts->cfg.conn_buffer, "the test needs a cap above %zu", len);
+	th_set_nonblock(fd);
+	while (sent < len) {
+		ssize_t r = send(fd, data + sent, len - sent, MSG_NOSIGNAL);
+		if (r > 0) {
+			sent += (size_t)r;
+			continue;
+		}
+		cr_assert_eq(errno, EAGAIN, "send: %s", strerror(errno));
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		cr_assert_gt(poll(&pfd, 1, 20000), 0, "the server stopped taking input at %zu",
+			     sent);
+	}
+	th_wait_stats(ts, all_in, &want, "every byte to pass the verdict");
+	rb_server_stats(ts->srv, &st);
+	cr_assert_gt(st.peak_conn_buffered, 0, "the psock never held echo for the non-reader");
+	cr_assert_leq(st.peak_conn_buffered, ts->cfg.conn_buffer, "peak %lu over the cap %zu",
+		      (unsigned long)st.peak_conn_buffered, ts->cfg.conn_buffer);
+	cr_assert_eq(st.resets, 0);
+	th_send_rest_and_verify(fd, data, len, sent);
+	close(fd);
+	expect_totals(ts, 1, len);
+}
+
 /*
  * A client sends 8 MiB without reading: the server's buffer for it stops at
  * the cap, then everything comes back intact once it reads.
@@ -185,6 +229,12 @@ ECHO_TEST(slow_reader_bounded, 60)
 
 	th_fill(data, len, 99);
 	th_server_start(&ts, p, NULL);
+	if (p->engine == RB_ENGINE_SOCKMAP) {
+		slow_reader_within_cap(&ts, data, len);
+		th_server_stop(&ts);
+		free(data);
+		return;
+	}
 	cw.splice = p->copy == RB_COPY_SPLICE;
 	/* With splice the pipe is the buffer: 1 MiB where fs.pipe-max-size allows. */
 	cw.cap = cw.splice ? ts.cfg.pipe_size : ts.cfg.conn_buffer;
@@ -335,7 +385,9 @@ ECHO_TEST(fairness, 120)
 	cr_assert(fast_done_bytes[0] < fast_len && fast_done_bytes[1] < fast_len,
 	          "the fast streams finished before the slow client's 30 round trips");
 	rb_server_stats(ts.srv, &st);
-	cr_assert_gt(st.requeues, 0, "no connection was requeued by the read budget");
+	/* sockmap has no read budget: the kernel runs each socket's verdicts. */
+	if (p->engine != RB_ENGINE_SOCKMAP)
+		cr_assert_gt(st.requeues, 0, "no connection was requeued by the read budget");
 	for (int i = 0; i < 2; i++)
 		close(fast[i].fd);
 	close(slow);
@@ -405,6 +457,36 @@ static int connect_to(int family, const struct sockaddr *sa, socklen_t len)
 	return fd;
 }
 
+static void v6_only(struct rb_config *cfg)
+{
+	cfg->listen[0] = "tcp://[::1]:0";
+}
+
+/* sockmap serves TCP only: IPv6 echoes, a UNIX listener is refused clearly. */
+static void sockmap_v6_and_unix(const struct engine_param *p, const unsigned char *data,
+				size_t len)
+{
+	struct sockaddr_in6 s6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	struct test_server ts;
+	struct rb_server *srv;
+	struct rb_config cfg;
+	char err[256] = "";
+
+	th_server_start(&ts, p, v6_only);
+	rb_config_init(&cfg);
+	v6_and_unix(&cfg);
+	cfg.engine = p->engine;
+	cr_assert_eq(rb_server_create(&cfg, &srv, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "': the sockmap engine does not serve UNIX sockets"), "%s", err);
+	s6.sin6_port = htons((uint16_t)ts.port);
+	struct th_stream s = {.fd = connect_to(AF_INET6, (struct sockaddr *)&s6, sizeof(s6)),
+			      .data = data, .len = len, .rng = 1};
+	th_run_streams(&s, 1);
+	close(s.fd);
+	expect_totals(&ts, 1, len);
+	th_server_stop(&ts);
+}
+
 /* The IPv6 and UNIX-socket listeners echo like the IPv4 one. */
 ECHO_TEST(ipv6_and_unix_listeners, 60)
 {
@@ -417,6 +499,11 @@ ECHO_TEST(ipv6_and_unix_listeners, 60)
 	const char *name;
 
 	th_fill(data, len, 66);
+	if (p->engine == RB_ENGINE_SOCKMAP) {
+		sockmap_v6_and_unix(p, data, len);
+		free(data);
+		return;
+	}
 	th_server_start(&ts, p, v6_and_unix);
 	s6.sin6_port = htons((uint16_t)ts.port);
 	name = unix_url + 5; /* "@rebound-test-PID": abstract, leading NUL */

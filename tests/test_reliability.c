@@ -94,6 +94,9 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 
 	th_fill(data, len, 21);
 	th_server_start(&ts, p, NULL);
+	/* sockmap never holds a sender back (past its cap it resets): there each
+	 * peer pushes a set amount, the rest of the test is the same. */
+	size_t push = p->engine == RB_ENGINE_SOCKMAP ? 4u << 20 : len;
 	for (int i = 0; i < N; i++) {
 		fds[i] = th_connect_bufs(ts.port, 16384, 0);
 		th_set_nonblock(fds[i]);
@@ -104,7 +107,9 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 		for (int i = 0; i < N; i++) {
 			cr_assert_lt(sent[i], len, "the server took all %zu bytes without echoing",
 			             len);
-			ssize_t r = send(fds[i], data + sent[i], len - sent[i], MSG_NOSIGNAL);
+			if (sent[i] == push)
+				continue;
+			ssize_t r = send(fds[i], data + sent[i], push - sent[i], MSG_NOSIGNAL);
 			if (r > 0) {
 				sent[i] += (size_t)r;
 				progress = true;
@@ -114,7 +119,8 @@ REL_TEST(graceful_stop_delivers_every_echoed_byte, 120)
 			/* Wait (bounded) for a socket to take more; none: all full. */
 			struct pollfd pf[N];
 			for (int i = 0; i < N; i++)
-				pf[i] = (struct pollfd){.fd = fds[i], .events = POLLOUT};
+				pf[i] = (struct pollfd){.fd = sent[i] < push ? fds[i] : -1,
+				                        .events = POLLOUT};
 			progress = poll(pf, N, 200) > 0;
 		}
 	}
@@ -193,7 +199,8 @@ REL_TEST(hangup_while_waiting_for_memory, 60)
 	uint64_t waits;
 	int hog, victim;
 
-	if (p->engine == RB_ENGINE_URING || p->copy == RB_COPY_SPLICE)
+	if (p->engine == RB_ENGINE_URING || p->engine == RB_ENGINE_SOCKMAP ||
+	    p->copy == RB_COPY_SPLICE)
 		cr_skip_test(
 		        "the worker memory cap applies to the readiness engines' writev chains");
 	if (p->engine == RB_ENGINE_SELECT)

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "engines.h"
 #include "helpers.h"
 #include "rb_config.h"
 
@@ -33,6 +34,7 @@ static size_t udp_params(struct engine_param **out)
 
 	for (size_t i = 0; i < n; i++)
 		if (all[i].copy == RB_COPY_WRITEV &&
+		    (rb__engine_find(all[i].engine)->caps & RB_CAP_UDP) &&
 		    (all[i].engine != RB_ENGINE_URING || all[i].uring_off == 0 ||
 		     all[i].uring_off == (RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH)))
 			all[k++] = all[i];
