@@ -117,7 +117,8 @@ static struct sm_worker *sm_of(const struct rb_worker *w)
 
 /* ---- libbpf's messages go to our log, at debug level ---- */
 
-static int libbpf_log(enum libbpf_print_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static int libbpf_log(enum libbpf_print_level level,
+							     const char *fmt, va_list ap)
 {
 	char msg[512];
 	size_t n;
