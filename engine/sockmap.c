@@ -57,7 +57,7 @@
 enum { ST_TIME_WAIT = 6, ST_CLOSE_WAIT = 8, ST_LAST_ACK = 9, ST_CLOSING = 11 };
 
 #define EVENT_BATCH 256
-#define READ_IOV 4
+#define READ_IOV    4
 /* The FIN wait re-checks after 1 ms, then backs off to this. */
 #define DRAIN_MAX_MS 64
 /* The kernel echoes while the worker sleeps: its counters are published at
@@ -68,15 +68,15 @@ enum { ST_TIME_WAIT = 6, ST_CLOSE_WAIT = 8, ST_LAST_ACK = 9, ST_CLOSING = 11 };
 #define SLOTS_MAX (256u << 10)
 
 enum {
-	SC_MAPPED = 1u << 0,    /* in the sockhash: the kernel echoes */
-	SC_USER = 1u << 1,      /* echoed here: it could not join (peer half-closed) */
-	SC_PEER_FIN = 1u << 2,  /* the peer's FIN arrived */
-	SC_WR_SHUT = 1u << 3,   /* our FIN is sent */
-	SC_WAIT_OUT = 1u << 4,  /* on the drain list, EPOLLOUT registered */
-	SC_CLOSED = 1u << 5,    /* closed: events for it are stale */
-	SC_CAN_READ = 1u << 6,  /* user path: input may be waiting */
+	SC_MAPPED = 1u << 0,	/* in the sockhash: the kernel echoes */
+	SC_USER = 1u << 1,	/* echoed here: it could not join (peer half-closed) */
+	SC_PEER_FIN = 1u << 2,	/* the peer's FIN arrived */
+	SC_WR_SHUT = 1u << 3,	/* our FIN is sent */
+	SC_WAIT_OUT = 1u << 4,	/* on the drain list, EPOLLOUT registered */
+	SC_CLOSED = 1u << 5,	/* closed: events for it are stale */
+	SC_CAN_READ = 1u << 6,	/* user path: input may be waiting */
 	SC_CAN_WRITE = 1u << 7, /* user path: the socket may take output */
-	SC_EOF = 1u << 8,       /* user path: read returned 0 */
+	SC_EOF = 1u << 8,	/* user path: read returned 0 */
 };
 
 struct sm_conn {
@@ -84,8 +84,8 @@ struct sm_conn {
 	int fd;
 	unsigned flags;
 	uint64_t cookie;
-	struct rb_list all;   /* w->conns */
-	struct rb_list link;  /* the drain list, or the graveyard once closed */
+	struct rb_list all;    /* w->conns */
+	struct rb_list link;   /* the drain list, or the graveyard once closed */
 	struct rb_chain chain; /* user path only */
 };
 
@@ -96,7 +96,7 @@ struct sm_worker {
 	struct ring_buffer *ring;
 	struct rb_handle ring_h;
 	struct rb_list draining; /* FIN received (or stopping), echo still leaving */
-	struct rb_list grave;    /* closed in this batch, freed after it (rule 7) */
+	struct rb_list grave;	 /* closed in this batch, freed after it (rule 7) */
 	struct rb_timer drain_timer;
 	unsigned drain_ms;
 	struct rb_timer publish_timer;
@@ -118,7 +118,7 @@ static struct sm_worker *sm_of(const struct rb_worker *w)
 /* ---- libbpf's messages go to our log, at debug level ---- */
 
 __attribute__((format(printf, 2, 0))) static int libbpf_log(enum libbpf_print_level level,
-							     const char *fmt, va_list ap)
+							    const char *fmt, va_list ap)
 {
 	char msg[512];
 	size_t n;
@@ -164,7 +164,8 @@ static int eperm_reason(char *why, size_t whylen, const char *what)
 	static const struct {
 		int cap;
 		const char *name;
-	} need[] = {{CAP_BPF, "CAP_BPF"}, {CAP_NET_ADMIN, "CAP_NET_ADMIN"},
+	} need[] = {{CAP_BPF, "CAP_BPF"},
+		    {CAP_NET_ADMIN, "CAP_NET_ADMIN"},
 		    {CAP_PERFMON, "CAP_PERFMON"}};
 	char missing[64] = "";
 	bool admin = has_cap(CAP_SYS_ADMIN);

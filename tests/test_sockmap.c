@@ -119,8 +119,8 @@ enum jail { JAIL_NONE, JAIL_BPF_EPERM, JAIL_BPF_ENOSYS, JAIL_NO_CAPS };
 
 /* Run rebound with args, confined as asked; its exit status, stderr in err
  * and stdout in out. */
-static int run_jailed(enum jail how, const char *const *args, char *err, size_t errlen,
-		      char *out, size_t outlen)
+static int run_jailed(enum jail how, const char *const *args, char *err, size_t errlen, char *out,
+		      size_t outlen)
 {
 	const char *bin = getenv("REBOUND_BIN");
 	const char *argv[16];
@@ -195,9 +195,9 @@ Test(sockmap, unavailable_under_seccomp_eperm, .timeout = 30)
 
 	need_sockmap();
 	need_seccomp();
-	cr_assert_eq(run_jailed(JAIL_BPF_EPERM, ARGS("--engine", "sockmap", "--listen",
-						     "tcp://127.0.0.1:0"),
-				err, sizeof(err), out, sizeof(out)),
+	cr_assert_eq(run_jailed(JAIL_BPF_EPERM,
+				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+				sizeof(err), out, sizeof(out)),
 		     3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: creating a sockhash "
 			      "was refused (EPERM) with the capabilities it needs: BPF is "
@@ -210,9 +210,9 @@ Test(sockmap, unavailable_under_seccomp_enosys, .timeout = 30)
 
 	need_sockmap();
 	need_seccomp();
-	cr_assert_eq(run_jailed(JAIL_BPF_ENOSYS, ARGS("--engine", "sockmap", "--listen",
-						      "tcp://127.0.0.1:0"),
-				err, sizeof(err), out, sizeof(out)),
+	cr_assert_eq(run_jailed(JAIL_BPF_ENOSYS,
+				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+				sizeof(err), out, sizeof(out)),
 		     3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: the kernel has no "
 			      "bpf() system call (CONFIG_BPF_SYSCALL), or a seccomp filter "
@@ -226,9 +226,9 @@ Test(sockmap, unavailable_without_capabilities, .timeout = 30)
 	need_sockmap();
 	if (geteuid() != 0)
 		cr_skip_test("dropping capabilities from the bounding set needs root");
-	cr_assert_eq(run_jailed(JAIL_NO_CAPS, ARGS("--engine", "sockmap", "--listen",
-						   "tcp://127.0.0.1:0"),
-				err, sizeof(err), out, sizeof(out)),
+	cr_assert_eq(run_jailed(JAIL_NO_CAPS,
+				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+				sizeof(err), out, sizeof(out)),
 		     3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: creating a sockhash "
 			      "needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (missing: CAP_BPF, "
@@ -238,9 +238,9 @@ Test(sockmap, unavailable_without_capabilities, .timeout = 30)
 				sizeof(out)),
 		     0);
 	cr_assert_null(strstr(out, "sockmap"), "listed without its capabilities: %s", out);
-	cr_assert_eq(run_jailed(JAIL_NONE, ARGS("--list-engines"), err, sizeof(err), out,
-				sizeof(out)),
-		     0);
+	cr_assert_eq(
+		run_jailed(JAIL_NONE, ARGS("--list-engines"), err, sizeof(err), out, sizeof(out)),
+		0);
 	cr_assert_not_null(strstr(out, "sockmap\n"), "not listed: %s", out);
 }
 
@@ -251,9 +251,9 @@ Test(sockmap, unbuilt_says_so, .timeout = 30)
 
 	if (rb__engine_find(RB_ENGINE_SOCKMAP)->model)
 		cr_skip_test("built with libbpf: the unbuilt message cannot show here");
-	cr_assert_eq(run_jailed(JAIL_NONE, ARGS("--engine", "sockmap", "--listen",
-						"tcp://127.0.0.1:0"),
-				err, sizeof(err), out, sizeof(out)),
+	cr_assert_eq(run_jailed(JAIL_NONE,
+				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+				sizeof(err), out, sizeof(out)),
 		     3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' is not available: built without "
 			      "libbpf\n");
@@ -269,9 +269,9 @@ Test(sockmap, unix_and_udp_refused, .timeout = 30)
 		     2, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: listen URL 'unix:@rb-sm': the sockmap engine does not "
 			      "serve UNIX sockets\n");
-	cr_assert_eq(run_jailed(JAIL_NONE, ARGS("--engine", "sockmap", "--listen",
-						"udp://127.0.0.1:0"),
-				err, sizeof(err), out, sizeof(out)),
+	cr_assert_eq(run_jailed(JAIL_NONE,
+				ARGS("--engine", "sockmap", "--listen", "udp://127.0.0.1:0"), err,
+				sizeof(err), out, sizeof(out)),
 		     2, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: listen URL 'udp://127.0.0.1:0': the sockmap engine does "
 			      "not serve UDP\n");
@@ -330,8 +330,8 @@ Test(sockmap, ping_pong_without_the_worker, .timeout = 60)
 	cr_expect_eq(st.write_calls, 0);
 	/* The counters' tick is every 100 ms, and one wake-up may be in flight. */
 	cr_expect_leq(st.wakeups - before.wakeups, elapsed / 100 + 2,
-		      "%lu wake-ups in %lu ms of echo", (unsigned long)(st.wakeups - before.wakeups),
-		      (unsigned long)elapsed);
+		      "%lu wake-ups in %lu ms of echo",
+		      (unsigned long)(st.wakeups - before.wakeups), (unsigned long)elapsed);
 	close(fd);
 	th_wait_stats(&ts, all_closed, &(uint64_t){1}, "the connection to close");
 	rb_server_stats(ts.srv, &st);
@@ -482,7 +482,8 @@ Test(sockmap, non_reader_is_reset_at_the_cap, .timeout = 60)
 		}
 		if (errno != EAGAIN) {
 			/* The reset, reported here: recv will only see an EOF. */
-			cr_assert(errno == ECONNRESET || errno == EPIPE, "send: %s", strerror(errno));
+			cr_assert(errno == ECONNRESET || errno == EPIPE, "send: %s",
+				  strerror(errno));
 			reset_seen = true;
 			break;
 		}

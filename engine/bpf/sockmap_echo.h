@@ -12,8 +12,8 @@
 /* A connection, keyed by its socket cookie (SO_COOKIE) in the conns hash.
  * Written by the program (under the socket's lock), read by the worker. */
 struct rb_sm_conn {
-	__u64 in;   /* bytes that reached the verdict (echoed, dropped or discarded) */
-	__u64 out;  /* bytes redirected to the socket's egress */
+	__u64 in;  /* bytes that reached the verdict (echoed, dropped or discarded) */
+	__u64 out; /* bytes redirected to the socket's egress */
 	__u32 flags;
 	__u32 pad;
 };
@@ -25,13 +25,13 @@ struct rb_sm_conn {
 
 /* Counters, one slot per CPU (a per-CPU array of one element). */
 struct rb_sm_stats {
-	__u64 bytes_in;    /* echoed input: redirected, or dropped by an overflow */
+	__u64 bytes_in;	   /* echoed input: redirected, or dropped by an overflow */
 	__u64 bytes_out;   /* redirected to egress */
 	__u64 discarded;   /* input dropped while stopping */
 	__u64 overflowed;  /* input dropped after an overflow */
-	__u64 peak;        /* most unsent echo one connection had (a maximum) */
+	__u64 peak;	   /* most unsent echo one connection had (a maximum) */
 	__u64 lost_events; /* overflow notices the ring buffer had no room for */
-	__u64 strays;      /* input on a socket with no record (never expected) */
+	__u64 strays;	   /* input on a socket with no record (never expected) */
 };
 
 /* What the ring buffer carries: the cookie of a connection that overflowed. */
