@@ -68,26 +68,32 @@ enum { ST_TIME_WAIT = 6, ST_CLOSE_WAIT = 8, ST_LAST_ACK = 9, ST_CLOSING = 11 };
 #define SLOTS_MAX (256u << 10)
 
 enum {
-	SC_MAPPED = 1u << 0,	/* in the sockhash: the kernel echoes */
-	SC_USER = 1u << 1,	/* echoed here: it could not join (peer half-closed) */
-	SC_PEER_FIN = 1u << 2,	/* the peer's FIN arrived */
-	SC_WR_SHUT = 1u << 3,	/* our FIN is sent */
-	SC_WAIT_OUT = 1u << 4,	/* on the drain list, EPOLLOUT registered */
-	SC_CLOSED = 1u << 5,	/* closed: events for it are stale */
-	SC_CAN_READ = 1u << 6,	/* user path: input may be waiting */
+	SC_MAPPED = 1u << 0,    /* in the sockhash: the kernel echoes */
+	SC_USER = 1u << 1,      /* echoed here: it could not join (peer half-closed) */
+	SC_PEER_FIN = 1u << 2,  /* the peer's FIN arrived */
+	SC_WR_SHUT = 1u << 3,   /* our FIN is sent */
+	SC_WAIT_OUT = 1u << 4,  /* on the drain list, EPOLLOUT registered */
+	SC_CLOSED = 1u << 5,    /* closed: events for it are stale */
+	SC_CAN_READ = 1u << 6,  /* user path: input may be waiting */
 	SC_CAN_WRITE = 1u << 7, /* user path: the socket may take output */
-	SC_EOF = 1u << 8,	/* user path: read returned 0 */
+	SC_EOF = 1u << 8,       /* user path: read returned 0 */
 };
 
 struct sm_conn {
-	struct rb_handle h;
+	struct rb_handle h; /* RB_H_SOCK: what epoll reports */
 	int fd;
 	unsigned flags;
 	uint64_t cookie;
-	struct rb_list all;    /* w->conns */
-	struct rb_list link;   /* the drain list, or the graveyard once closed */
-	struct rb_chain chain; /* user path only */
+	struct rb_list all;  /* the worker's connections */
+	struct rb_list link; /* the drain list, or the graveyard once closed */
+	/* The shared session record: accounting and the connection log, and,
+	 * on the user path, its flow's chain. */
+	struct rb_session s;
+	enum rb_close_reason why;
 };
+
+/* The user path's buffer: the session's one flow. */
+#define CHAIN(c) (&(c)->s.flow[0].chain)
 
 struct sm_worker {
 	struct sockmap_echo *skel;
@@ -95,8 +101,10 @@ struct sm_worker {
 	int socks_fd, conns_fd, stats_fd;
 	struct ring_buffer *ring;
 	struct rb_handle ring_h;
+	struct rb_handle ctl_h;
+	struct rb_list conns;
 	struct rb_list draining; /* FIN received (or stopping), echo still leaving */
-	struct rb_list grave;	 /* closed in this batch, freed after it (rule 7) */
+	struct rb_list grave;    /* closed in this batch, freed after it (rule 7) */
 	struct rb_timer drain_timer;
 	unsigned drain_ms;
 	struct rb_timer publish_timer;
@@ -104,7 +112,6 @@ struct sm_worker {
 	struct rb_sm_stats *cpu; /* one per possible CPU: a per-CPU lookup's buffer */
 	uint64_t user_in, user_out, user_discarded; /* the user path's bytes */
 	uint64_t lost_seen;
-	unsigned closes, resets; /* published after the counters they follow */
 	uint32_t slots;
 	struct rb_ratelimit rl_overflow;
 	char detail[160];
@@ -112,13 +119,13 @@ struct sm_worker {
 
 static struct sm_worker *sm_of(const struct rb_worker *w)
 {
-	return w->sockmap;
+	return w->model;
 }
 
 /* ---- libbpf's messages go to our log, at debug level ---- */
 
 __attribute__((format(printf, 2, 0))) static int libbpf_log(enum libbpf_print_level level,
-							    const char *fmt, va_list ap)
+                                                            const char *fmt, va_list ap)
 {
 	char msg[512];
 	size_t n;
@@ -165,8 +172,8 @@ static int eperm_reason(char *why, size_t whylen, const char *what)
 		int cap;
 		const char *name;
 	} need[] = {{CAP_BPF, "CAP_BPF"},
-		    {CAP_NET_ADMIN, "CAP_NET_ADMIN"},
-		    {CAP_PERFMON, "CAP_PERFMON"}};
+	            {CAP_NET_ADMIN, "CAP_NET_ADMIN"},
+	            {CAP_PERFMON, "CAP_PERFMON"}};
 	char missing[64] = "";
 	bool admin = has_cap(CAP_SYS_ADMIN);
 
@@ -174,19 +181,19 @@ static int eperm_reason(char *why, size_t whylen, const char *what)
 		if (admin || has_cap(need[i].cap))
 			continue;
 		snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), "%s%s",
-			 *missing ? ", " : "", need[i].name);
+		         *missing ? ", " : "", need[i].name);
 	}
 	if (*missing)
 		snprintf(why, whylen,
-			 "engine 'sockmap' cannot run here: %s needs CAP_BPF, CAP_NET_ADMIN and "
-			 "CAP_PERFMON (missing: %s)",
-			 what, missing);
+		         "engine 'sockmap' cannot run here: %s needs CAP_BPF, CAP_NET_ADMIN and "
+		         "CAP_PERFMON (missing: %s)",
+		         what, missing);
 	else
 		snprintf(why, whylen,
-			 "engine 'sockmap' cannot run here: %s was refused (EPERM) with the "
-			 "capabilities it needs: BPF is disabled by a security policy or a "
-			 "seccomp filter",
-			 what);
+		         "engine 'sockmap' cannot run here: %s was refused (EPERM) with the "
+		         "capabilities it needs: BPF is disabled by a security policy or a "
+		         "seccomp filter",
+		         what);
 	return -EPERM;
 }
 
@@ -202,32 +209,32 @@ int rb__sockmap_probe(char *why, size_t whylen)
 	}
 	libbpf_setup();
 	fd = bpf_map_create(BPF_MAP_TYPE_SOCKHASH, NULL, sizeof(uint64_t), sizeof(uint64_t), 1,
-			    NULL);
+	                    NULL);
 	if (fd < 0) {
 		err = -fd;
 		if (err == ENOSYS) {
 			snprintf(why, whylen,
-				 "engine 'sockmap' cannot run here: the kernel has no bpf() system "
-				 "call (CONFIG_BPF_SYSCALL), or a seccomp filter hides it");
+			         "engine 'sockmap' cannot run here: the kernel has no bpf() system "
+			         "call (CONFIG_BPF_SYSCALL), or a seccomp filter hides it");
 			return -ENOSYS;
 		}
 		if (err == EPERM)
 			return eperm_reason(why, whylen, "creating a sockhash");
 		if (err == EINVAL) {
 			snprintf(why, whylen,
-				 "engine 'sockmap' cannot run here: the kernel has no sockhash "
-				 "(CONFIG_BPF_STREAM_PARSER)");
+			         "engine 'sockmap' cannot run here: the kernel has no sockhash "
+			         "(CONFIG_BPF_STREAM_PARSER)");
 			return -ENOTSUP;
 		}
 		snprintf(why, whylen, "engine 'sockmap' cannot run here: creating a sockhash: %s",
-			 strerror(err));
+		         strerror(err));
 		return -ENOTSUP;
 	}
 	close(fd);
 	if (access("/sys/kernel/btf/vmlinux", R_OK) < 0) {
 		snprintf(why, whylen,
-			 "engine 'sockmap' cannot run here: the kernel has no BTF "
-			 "(/sys/kernel/btf/vmlinux), which the program needs to read TCP state");
+		         "engine 'sockmap' cannot run here: the kernel has no BTF "
+		         "(/sys/kernel/btf/vmlinux), which the program needs to read TCP state");
 		return -ENOTSUP;
 	}
 	skel = sockmap_echo__open();
@@ -244,17 +251,17 @@ int rb__sockmap_probe(char *why, size_t whylen)
 	}
 	if (err < 0) {
 		snprintf(why, whylen, "engine 'sockmap' cannot run here: loading the program: %s",
-			 strerror(-err));
+		         strerror(-err));
 		sockmap_echo__destroy(skel);
 		return -ENOTSUP;
 	}
 	err = bpf_prog_attach(bpf_program__fd(skel->progs.rb_sm_verdict),
-			      bpf_map__fd(skel->maps.socks), BPF_SK_SKB_STREAM_VERDICT, 0);
+	                      bpf_map__fd(skel->maps.socks), BPF_SK_SKB_STREAM_VERDICT, 0);
 	sockmap_echo__destroy(skel);
 	if (err < 0) {
 		snprintf(why, whylen,
-			 "engine 'sockmap' cannot run here: attaching the verdict program: %s",
-			 strerror(-err));
+		         "engine 'sockmap' cannot run here: attaching the verdict program: %s",
+		         strerror(-err));
 		return -ENOTSUP;
 	}
 	return 0;
@@ -267,9 +274,7 @@ int rb__sockmap_probe(char *why, size_t whylen)
 static void scan_overflows(struct rb_worker *w);
 
 /*
- * Publish the program's counters (summed over CPUs) with the user path's,
- * then the closes of this batch: a reader that sees a connection closed
- * sees its bytes counted.
+ * Publish the program's counters (summed over CPUs) with the user path's.
  */
 static void sm_publish(struct rb_worker *w)
 {
@@ -299,21 +304,33 @@ static void sm_publish(struct rb_worker *w)
 		sm->lost_seen = sum.lost_events;
 		scan_overflows(w);
 	}
-	if (sm->closes) {
-		__atomic_thread_fence(__ATOMIC_RELEASE);
-		RB_STAT_SUB(w, active, sm->closes);
-		RB_STAT_ADD(w, closed, sm->closes);
-		RB_STAT_ADD(w, resets, sm->resets);
-		sm->closes = sm->resets = 0;
+}
+
+/*
+ * After sm_publish: the connections closed in this batch are accounted
+ * (closed, by reason, durations and sizes, the log) and freed. A reader
+ * that sees one closed sees its bytes counted.
+ */
+static void bury(struct rb_worker *w)
+{
+	struct sm_worker *sm = sm_of(w);
+
+	__atomic_thread_fence(__ATOMIC_RELEASE);
+	while (!rb_list_empty(&sm->grave)) {
+		struct sm_conn *c = rb_container_of(sm->grave.next, struct sm_conn, link);
+		rb_list_del(&c->link);
+		rb__session_closing(w, &c->s, c->why);
+		free(c);
 	}
 }
 
 static void publish_timer_fire(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
+	struct sm_worker *sm = sm_of(w);
 
 	/* sm_run publishes after the timers; this only keeps the tick going. */
-	if (!rb_list_empty(&w->conns))
+	if (!rb_list_empty(&sm->conns))
 		rb__timer_arm(&w->timers, t, rb__now_ms() + PUBLISH_MS);
 }
 
@@ -331,26 +348,31 @@ static void drain_unwait(struct rb_worker *w, struct sm_conn *c)
 		epoll_ctl(sm_of(w)->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
-static void conn_close(struct rb_worker *w, struct sm_conn *c, bool error)
+static void conn_close(struct rb_worker *w, struct sm_conn *c, enum rb_close_reason why)
 {
 	struct sm_worker *sm = sm_of(w);
+	struct rb_sm_conn rec;
 
 	if (c->flags & SC_CLOSED)
 		return;
 	drain_unwait(w, c);
 	/* close() takes it out of the sockhash and of epoll. */
 	close(c->fd);
-	if (c->flags & SC_MAPPED)
+	if (c->flags & SC_MAPPED) {
+		/* The session's bytes, for its size and the connection log. */
+		if (bpf_map_lookup_elem(sm->conns_fd, &c->cookie, &rec) == 0) {
+			c->s.bytes_in = rec.in;
+			c->s.bytes_out = rec.out;
+		}
 		bpf_map_delete_elem(sm->conns_fd, &c->cookie);
-	if (c->chain.bytes)
-		RB_STAT_SUB(w, buffered, c->chain.bytes);
-	rb_chain_release(&w->pool, &c->chain);
+	}
+	if (CHAIN(c)->bytes)
+		RB_STAT_SUB(w, buffered, CHAIN(c)->bytes);
+	rb_chain_release(&w->pool, CHAIN(c));
 	rb_list_del(&c->all);
 	c->flags = SC_CLOSED;
+	c->why = why;
 	rb_list_add_tail(&sm->grave, &c->link);
-	sm->closes++;
-	if (error)
-		sm->resets++;
 }
 
 /* Close with an RST: the peer must not take a cut stream for a whole one. */
@@ -359,7 +381,7 @@ static void conn_reset(struct rb_worker *w, struct sm_conn *c)
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
 	setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-	conn_close(w, c, true);
+	conn_close(w, c, RB_CLOSE_ERROR);
 }
 
 /* TCP_INFO's bytes received count the peer's FIN as one: 1 once it came. */
@@ -435,14 +457,14 @@ static void mapped_progress(struct rb_worker *w, struct sm_conn *c)
 		return;
 	if (c->flags & SC_WR_SHUT) {
 		if (c->flags & SC_PEER_FIN)
-			conn_close(w, c, false);
+			conn_close(w, c, RB_CLOSE_EOF);
 		return;
 	}
 	if (!(c->flags & SC_PEER_FIN) && !w->stopping)
 		return;
 	rc = mapped_settled(w, c, &pending);
 	if (rc < 0) {
-		conn_close(w, c, true);
+		conn_close(w, c, RB_CLOSE_ERROR);
 		return;
 	}
 	if (rc == 0) {
@@ -453,7 +475,7 @@ static void mapped_progress(struct rb_worker *w, struct sm_conn *c)
 	shutdown(c->fd, SHUT_WR);
 	c->flags |= SC_WR_SHUT;
 	if (c->flags & SC_PEER_FIN)
-		conn_close(w, c, false);
+		conn_close(w, c, RB_CLOSE_EOF);
 }
 
 static void drain_timer_fire(struct rb_timer *t, void *arg)
@@ -496,30 +518,31 @@ static void user_run(struct rb_worker *w, struct sm_conn *c)
 
 	while (progress && !(c->flags & SC_CLOSED)) {
 		progress = false;
-		while (c->chain.bytes > 0 && (c->flags & SC_CAN_WRITE)) {
-			int n = rb_chain_write_iov(&w->pool, &c->chain, w->iov, IOV_MAX);
+		while (CHAIN(c)->bytes > 0 && (c->flags & SC_CAN_WRITE)) {
+			int n = rb_chain_write_iov(&w->pool, CHAIN(c), w->iov, IOV_MAX);
 			struct msghdr mh = {.msg_iov = w->iov, .msg_iovlen = (size_t)n};
 			ssize_t r = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 
 			RB_STAT_ADD(w, write_calls, 1);
 			if (r > 0) {
-				rb_chain_consume(&w->pool, &c->chain, (size_t)r);
+				rb_chain_consume(&w->pool, CHAIN(c), (size_t)r);
 				sm->user_out += (uint64_t)r;
+				c->s.bytes_out += (uint64_t)r;
 				RB_STAT_SUB(w, buffered, (uint64_t)r);
 				progress = true;
 			} else if (r < 0 && errno == EAGAIN) {
 				c->flags &= ~SC_CAN_WRITE;
 			} else if (!(r < 0 && errno == EINTR)) {
-				conn_close(w, c, true);
+				conn_close(w, c, RB_CLOSE_ERROR);
 				return;
 			}
 		}
-		if ((c->flags & SC_EOF) && c->chain.bytes == 0) {
+		if ((c->flags & SC_EOF) && CHAIN(c)->bytes == 0) {
 			shutdown(c->fd, SHUT_WR);
-			conn_close(w, c, false);
+			conn_close(w, c, RB_CLOSE_EOF);
 			return;
 		}
-		if (!(c->flags & SC_CAN_READ) || (c->flags & SC_EOF) || c->chain.bytes >= cap)
+		if (!(c->flags & SC_CAN_READ) || (c->flags & SC_EOF) || CHAIN(c)->bytes >= cap)
 			continue;
 		ssize_t r;
 		if (w->stopping) {
@@ -529,22 +552,23 @@ static void user_run(struct rb_worker *w, struct sm_conn *c)
 			if (r > 0)
 				sm->user_discarded += (uint64_t)r;
 		} else {
-			int n = rb_chain_read_iov(&w->pool, &c->chain, iov, READ_IOV,
-						  cap - c->chain.bytes);
+			int n = rb_chain_read_iov(&w->pool, CHAIN(c), iov, READ_IOV,
+			                          cap - CHAIN(c)->bytes);
 			if (n < 0) {
 				/* No memory for it now: wait for our writes, else give up. */
-				if (c->chain.bytes == 0)
+				if (CHAIN(c)->bytes == 0)
 					conn_reset(w, c);
 				continue;
 			}
 			r = readv(c->fd, iov, n);
 			RB_STAT_ADD(w, read_calls, 1);
-			rb_chain_commit(&w->pool, &c->chain, r > 0 ? (size_t)r : 0);
+			rb_chain_commit(&w->pool, CHAIN(c), r > 0 ? (size_t)r : 0);
 			if (r > 0) {
 				sm->user_in += (uint64_t)r;
+				c->s.bytes_in += (uint64_t)r;
 				RB_STAT_ADD(w, buffered, (uint64_t)r);
 				RB_STAT_MAX(w, peak_buffered, w->st.buffered);
-				RB_STAT_MAX(w, peak_conn_buffered, c->chain.bytes);
+				RB_STAT_MAX(w, peak_conn_buffered, CHAIN(c)->bytes);
 			}
 		}
 		if (r > 0) {
@@ -555,7 +579,7 @@ static void user_run(struct rb_worker *w, struct sm_conn *c)
 		} else if (errno == EAGAIN) {
 			c->flags &= ~SC_CAN_READ;
 		} else if (errno != EINTR) {
-			conn_close(w, c, true);
+			conn_close(w, c, RB_CLOSE_ERROR);
 			return;
 		} else {
 			progress = true;
@@ -574,11 +598,11 @@ static void conn_event(struct rb_worker *w, struct sm_conn *c, uint32_t ev)
 		/* Shut both ways: an RST, or our FIN and the peer's while lingering. */
 		getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
 		if (err == 0 && (c->flags & SC_WR_SHUT)) {
-			conn_close(w, c, false);
+			conn_close(w, c, RB_CLOSE_EOF);
 			return;
 		}
 		if (err != 0 || !(c->flags & SC_USER)) {
-			conn_close(w, c, true);
+			conn_close(w, c, RB_CLOSE_ERROR);
 			return;
 		}
 	}
@@ -605,14 +629,17 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	uint64_t v = (uint64_t)fd;
 	int one = 1, err;
 
+	if (!rb__worker_admit(w, fd))
+		return; /* --max-conns: reset and counted */
 	c = calloc(1, sizeof(*c));
 	if (!c) {
+		rb__worker_unadmit(w);
 		rb__refuse(w, fd, -ENOMEM);
 		return;
 	}
-	c->h.kind = RB_H_CONN;
+	c->h.kind = RB_H_SOCK;
 	c->fd = fd;
-	rb_chain_init(&c->chain);
+	rb__session_init_echo(&c->s, fd, tcp, NULL);
 	rb_list_init(&c->link);
 	rb__tune_accepted(w, fd, tcp);
 	if (getsockopt(fd, SOL_SOCKET, SO_COOKIE, &c->cookie, &len) < 0) {
@@ -634,7 +661,7 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 		bpf_map_delete_elem(sm->conns_fd, &c->cookie);
 		c->flags = SC_USER | SC_CAN_READ | SC_CAN_WRITE;
 		ev = (struct epoll_event){.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
-					  .data.ptr = c};
+		                          .data.ptr = c};
 	} else {
 		/* The sockhash is full (E2BIG) or the kernel out of memory. */
 		bpf_map_delete_elem(sm->conns_fd, &c->cookie);
@@ -647,11 +674,12 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 		goto refuse;
 	}
 	rb_list_init(&c->all);
-	rb_list_add_tail(&w->conns, &c->all);
+	rb_list_add_tail(&sm->conns, &c->all);
 	if (!rb__timer_armed(&sm->publish_timer))
 		rb__timer_arm(&w->timers, &sm->publish_timer, rb__now_ms() + PUBLISH_MS);
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
+	rb__session_opened(w, &c->s);
 	if (c->flags & SC_USER)
 		user_run(w, c);
 	else if (w->stopping)
@@ -659,12 +687,15 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	return;
 refuse:
 	free(c);
+	rb__worker_unadmit(w);
 	rb__refuse(w, fd, err);
 }
 
 static struct sm_conn *find_cookie(struct rb_worker *w, uint64_t cookie)
 {
-	for (struct rb_list *it = w->conns.next; it != &w->conns; it = it->next) {
+	struct sm_worker *sm = sm_of(w);
+
+	for (struct rb_list *it = sm->conns.next; it != &sm->conns; it = it->next) {
 		struct sm_conn *c = rb_container_of(it, struct sm_conn, all);
 		if ((c->flags & SC_MAPPED) && c->cookie == cookie)
 			return c;
@@ -680,9 +711,9 @@ static void overflowed(struct rb_worker *w, struct sm_conn *c)
 
 	if (rb__ratelimit_ok(&sm->rl_overflow, &sup))
 		rb__log(RB_LOG_NOTICE,
-			"fd %d: more than %zu bytes of echo unsent (the peer is not reading): "
-			"reset (%u more suppressed)",
-			c->fd, w->srv->cfg.conn_buffer, sup);
+		        "fd %d: more than %zu bytes of echo unsent (the peer is not reading): "
+		        "reset (%u more suppressed)",
+		        c->fd, w->srv->cfg.conn_buffer, sup);
 	conn_reset(w, c);
 }
 
@@ -705,7 +736,7 @@ static void scan_overflows(struct rb_worker *w)
 	struct sm_worker *sm = sm_of(w);
 	struct rb_list *it, *next;
 
-	for (it = w->conns.next; it != &w->conns; it = next) {
+	for (it = sm->conns.next; it != &sm->conns; it = next) {
 		struct sm_conn *c = rb_container_of(it, struct sm_conn, all);
 		struct rb_sm_conn rec;
 
@@ -759,16 +790,17 @@ static void listener_retry(struct rb_timer *t, void *arg)
 static void stop_deadline(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
+	struct sm_worker *sm = sm_of(w);
 
 	(void)t;
-	while (!rb_list_empty(&w->conns)) {
-		struct sm_conn *c = rb_container_of(w->conns.next, struct sm_conn, all);
-		uint64_t pending = c->chain.bytes;
+	while (!rb_list_empty(&sm->conns)) {
+		struct sm_conn *c = rb_container_of(sm->conns.next, struct sm_conn, all);
+		uint64_t pending = CHAIN(c)->bytes;
 
 		if (c->flags & SC_MAPPED)
 			mapped_settled(w, c, &pending);
 		rb__stop_deadline_close(w, c->fd, pending);
-		conn_close(w, c, false);
+		conn_close(w, c, RB_CLOSE_SHUTDOWN);
 	}
 }
 
@@ -790,7 +822,7 @@ static void begin_stop(struct rb_worker *w)
 	/* From now on the program discards input; each connection sends its
 	 * FIN once its echo has left, then waits for the peer's. */
 	__atomic_store_n(&sm->skel->bss->stopping, 1, __ATOMIC_RELEASE);
-	for (it = w->conns.next; it != &w->conns; it = next) {
+	for (it = sm->conns.next; it != &sm->conns; it = next) {
 		struct sm_conn *c = rb_container_of(it, struct sm_conn, all);
 		next = it->next;
 		if (c->flags & SC_USER) {
@@ -799,15 +831,6 @@ static void begin_stop(struct rb_worker *w)
 		} else {
 			mapped_progress(w, c);
 		}
-	}
-}
-
-static void free_grave(struct sm_worker *sm)
-{
-	while (!rb_list_empty(&sm->grave)) {
-		struct sm_conn *c = rb_container_of(sm->grave.next, struct sm_conn, link);
-		rb_list_del(&c->link);
-		free(c);
 	}
 }
 
@@ -821,7 +844,7 @@ static int sm_run(struct rb_worker *w)
 	for (;;) {
 		if (__atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED))
 			begin_stop(w);
-		if (w->stopping && rb_list_empty(&w->conns))
+		if (w->stopping && rb_list_empty(&sm->conns))
 			break;
 		int timeout = w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1;
 		if (timeout != 0)
@@ -833,7 +856,11 @@ static int sm_run(struct rb_worker *w)
 			rb__log(RB_LOG_ERR, "epoll_wait: %s", strerror(errno));
 			return -errno;
 		}
+		w->now_ms = rb__now_ms();
 		RB_STAT_ADD(w, wakeups, 1);
+		/* Accepts and hang-ups: the worker never moves echo bytes itself
+		 * (but on the user path), so no event of its counts as idle. */
+		RB_STAT_ADD(w, events, (uint64_t)n);
 		for (int i = 0; i < n; i++) {
 			struct rb_handle *h = ev[i].data.ptr;
 			if (h == &sm->ring_h) {
@@ -841,7 +868,7 @@ static int sm_run(struct rb_worker *w)
 				continue;
 			}
 			switch (h->kind) {
-			case RB_H_CONN:
+			case RB_H_SOCK:
 				conn_event(w, (struct sm_conn *)(void *)h, ev[i].events);
 				break;
 			case RB_H_LISTENER: {
@@ -862,10 +889,10 @@ static int sm_run(struct rb_worker *w)
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_live, w->pool.live, __ATOMIC_RELAXED);
-		free_grave(sm);
+		bury(w);
 	}
 	sm_publish(w);
-	free_grave(sm);
+	bury(w);
 	return 0;
 }
 
@@ -894,8 +921,9 @@ static int sm_worker_init(struct rb_worker *w)
 	sm = calloc(1, sizeof(*sm));
 	if (!sm)
 		return -ENOMEM;
-	w->sockmap = sm;
+	w->model = sm;
 	sm->epfd = -1;
+	rb_list_init(&sm->conns);
 	sm->drain_ms = 1;
 	rb_list_init(&sm->draining);
 	rb_list_init(&sm->grave);
@@ -923,7 +951,7 @@ static int sm_worker_init(struct rb_worker *w)
 	sm->conns_fd = bpf_map__fd(sm->skel->maps.conns);
 	sm->stats_fd = bpf_map__fd(sm->skel->maps.stats);
 	err = bpf_prog_attach(bpf_program__fd(sm->skel->progs.rb_sm_verdict), sm->socks_fd,
-			      BPF_SK_SKB_STREAM_VERDICT, 0);
+	                      BPF_SK_SKB_STREAM_VERDICT, 0);
 	if (err < 0)
 		return err;
 	sm->ring = ring_buffer__new(bpf_map__fd(sm->skel->maps.events), ring_event, w, NULL);
@@ -936,8 +964,8 @@ static int sm_worker_init(struct rb_worker *w)
 	ev = (struct epoll_event){.events = EPOLLIN, .data.ptr = &sm->ring_h};
 	if (epoll_ctl(sm->epfd, EPOLL_CTL_ADD, bpf_map__fd(sm->skel->maps.events), &ev) < 0)
 		return -errno;
-	w->ctl_h.kind = RB_H_CONTROL;
-	ev = (struct epoll_event){.events = EPOLLIN, .data.ptr = &w->ctl_h};
+	sm->ctl_h.kind = RB_H_CONTROL;
+	ev = (struct epoll_event){.events = EPOLLIN, .data.ptr = &sm->ctl_h};
 	if (epoll_ctl(sm->epfd, EPOLL_CTL_ADD, w->ctl_fd, &ev) < 0)
 		return -errno;
 	for (size_t i = 0; i < w->n_listeners; i++) {
@@ -950,7 +978,7 @@ static int sm_worker_init(struct rb_worker *w)
 		l->active = true;
 	}
 	snprintf(sm->detail, sizeof(sm->detail), "in-kernel echo, %u sockhash slots, cap %zu",
-		 sm->slots, w->srv->cfg.conn_buffer);
+	         sm->slots, w->srv->cfg.conn_buffer);
 	return 0;
 }
 
@@ -960,9 +988,12 @@ static void sm_worker_fini(struct rb_worker *w)
 
 	if (!sm)
 		return;
-	while (!rb_list_empty(&w->conns))
-		conn_close(w, rb_container_of(w->conns.next, struct sm_conn, all), false);
-	free_grave(sm);
+	while (!rb_list_empty(&sm->conns))
+		conn_close(w, rb_container_of(sm->conns.next, struct sm_conn, all),
+		           RB_CLOSE_SHUTDOWN);
+	if (sm->skel)
+		sm_publish(w);
+	bury(w);
 	ring_buffer__free(sm->ring);
 	/* Detaches the program: its maps go with their last descriptor. */
 	sockmap_echo__destroy(sm->skel);
@@ -970,7 +1001,7 @@ static void sm_worker_fini(struct rb_worker *w)
 		close(sm->epfd);
 	free(sm->cpu);
 	free(sm);
-	w->sockmap = NULL;
+	w->model = NULL;
 }
 
 static const char *sm_detail(const struct rb_worker *w)
@@ -981,8 +1012,8 @@ static const char *sm_detail(const struct rb_worker *w)
 }
 
 const struct rb_model_ops rb__sockmap_model = {
-	.worker_init = sm_worker_init,
-	.run = sm_run,
-	.worker_fini = sm_worker_fini,
-	.detail = sm_detail,
+        .worker_init = sm_worker_init,
+        .run = sm_run,
+        .worker_fini = sm_worker_fini,
+        .detail = sm_detail,
 };

@@ -181,8 +181,7 @@ static bool all_in(const struct rb_stats *st, void *arg)
  * is reset: test_sockmap.c), everything still comes back once the peer
  * reads, and the psock never held more than the cap.
  */
-static void slow_reader_within_cap(struct test_server *ts, const unsigned char *data,
-				   size_t len)
+static void slow_reader_within_cap(struct test_server *ts, const unsigned char *data, size_t len)
 {
 	uint64_t want = len;
 	struct rb_stats st;
@@ -200,13 +199,13 @@ static void slow_reader_within_cap(struct test_server *ts, const unsigned char *
 		cr_assert_eq(errno, EAGAIN, "send: %s", strerror(errno));
 		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
 		cr_assert_gt(poll(&pfd, 1, 20000), 0, "the server stopped taking input at %zu",
-			     sent);
+		             sent);
 	}
 	th_wait_stats(ts, all_in, &want, "every byte to pass the verdict");
 	rb_server_stats(ts->srv, &st);
 	cr_assert_gt(st.peak_conn_buffered, 0, "the psock never held echo for the non-reader");
 	cr_assert_leq(st.peak_conn_buffered, ts->cfg.conn_buffer, "peak %lu over the cap %zu",
-		      (unsigned long)st.peak_conn_buffered, ts->cfg.conn_buffer);
+	              (unsigned long)st.peak_conn_buffered, ts->cfg.conn_buffer);
 	cr_assert_eq(st.resets, 0);
 	th_send_rest_and_verify(fd, data, len, sent);
 	close(fd);
@@ -463,8 +462,7 @@ static void v6_only(struct rb_config *cfg)
 }
 
 /* sockmap serves TCP only: IPv6 echoes, a UNIX listener is refused clearly. */
-static void sockmap_v6_and_unix(const struct engine_param *p, const unsigned char *data,
-				size_t len)
+static void sockmap_v6_and_unix(const struct engine_param *p, const unsigned char *data, size_t len)
 {
 	struct sockaddr_in6 s6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
 	struct test_server ts;
@@ -480,7 +478,9 @@ static void sockmap_v6_and_unix(const struct engine_param *p, const unsigned cha
 	cr_assert(strstr(err, "': the sockmap engine does not serve UNIX sockets"), "%s", err);
 	s6.sin6_port = htons((uint16_t)ts.port);
 	struct th_stream s = {.fd = connect_to(AF_INET6, (struct sockaddr *)&s6, sizeof(s6)),
-			      .data = data, .len = len, .rng = 1};
+	                      .data = data,
+	                      .len = len,
+	                      .rng = 1};
 	th_run_streams(&s, 1);
 	close(s.fd);
 	expect_totals(&ts, 1, len);

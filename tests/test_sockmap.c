@@ -42,7 +42,7 @@
 #endif
 
 static const struct engine_param sockmap_param = {RB_ENGINE_SOCKMAP, RB_TRIGGER_EDGE,
-						  RB_COPY_WRITEV};
+                                                  RB_COPY_WRITEV};
 
 /* Skip, saying why, only when this machine cannot run the engine at all. */
 static void need_sockmap(void)
@@ -75,7 +75,7 @@ static void raise_nofile(rlim_t want)
 		return;
 	if (rl.rlim_max < want)
 		cr_skip_test("RLIMIT_NOFILE hard limit %lu is below the %lu this test needs",
-			     (unsigned long)rl.rlim_max, (unsigned long)want);
+		             (unsigned long)rl.rlim_max, (unsigned long)want);
 	rl.rlim_cur = want;
 	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
 }
@@ -91,7 +91,7 @@ static void read_exact(int fd, const unsigned char *want, size_t len)
 		cr_assert_gt(poll(&pfd, 1, 20000), 0, "stalled after %zu of %zu bytes", n, len);
 		ssize_t r = recv(fd, got + n, len - n, 0);
 		cr_assert_gt(r, 0, "recv after %zu of %zu bytes: %s", n, len,
-			     r == 0 ? "EOF" : strerror(errno));
+		             r == 0 ? "EOF" : strerror(errno));
 		n += (size_t)r;
 	}
 	cr_assert(memcmp(got, want, len) == 0, "echoed bytes differ");
@@ -120,7 +120,7 @@ enum jail { JAIL_NONE, JAIL_BPF_EPERM, JAIL_BPF_ENOSYS, JAIL_NO_CAPS };
 /* Run rebound with args, confined as asked; its exit status, stderr in err
  * and stdout in out. */
 static int run_jailed(enum jail how, const char *const *args, char *err, size_t errlen, char *out,
-		      size_t outlen)
+                      size_t outlen)
 {
 	const char *bin = getenv("REBOUND_BIN");
 	const char *argv[16];
@@ -143,15 +143,15 @@ static int run_jailed(enum jail how, const char *const *args, char *err, size_t 
 #ifdef SECCOMP_ARCH
 			unsigned ret = SECCOMP_RET_ERRNO | (how == JAIL_BPF_EPERM ? EPERM : ENOSYS);
 			struct sock_filter f[] = {
-				BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-					 offsetof(struct seccomp_data, arch)),
-				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0),
-				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-				BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
-					 offsetof(struct seccomp_data, nr)),
-				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
-				BPF_STMT(BPF_RET | BPF_K, ret),
-				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+			        BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			                 offsetof(struct seccomp_data, arch)),
+			        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SECCOMP_ARCH, 1, 0),
+			        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+			        BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			                 offsetof(struct seccomp_data, nr)),
+			        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_bpf, 0, 1),
+			        BPF_STMT(BPF_RET | BPF_K, ret),
+			        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 			};
 			struct sock_fprog prog = {.len = sizeof(f) / sizeof(f[0]), .filter = f};
 			if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
@@ -161,7 +161,7 @@ static int run_jailed(enum jail how, const char *const *args, char *err, size_t 
 		} else if (how == JAIL_NO_CAPS) {
 			/* Out of the bounding set: root does not get them back at exec. */
 			static const int caps[] = {CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON,
-						   CAP_SYS_ADMIN};
+			                           CAP_SYS_ADMIN};
 			for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++)
 				if (prctl(PR_CAPBSET_DROP, caps[i], 0, 0, 0) < 0)
 					_exit(122);
@@ -196,12 +196,12 @@ Test(sockmap, unavailable_under_seccomp_eperm, .timeout = 30)
 	need_sockmap();
 	need_seccomp();
 	cr_assert_eq(run_jailed(JAIL_BPF_EPERM,
-				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
-				sizeof(err), out, sizeof(out)),
-		     3, "stderr: %s", err);
+	                        ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+	                        sizeof(err), out, sizeof(out)),
+	             3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: creating a sockhash "
-			      "was refused (EPERM) with the capabilities it needs: BPF is "
-			      "disabled by a security policy or a seccomp filter\n");
+	                      "was refused (EPERM) with the capabilities it needs: BPF is "
+	                      "disabled by a security policy or a seccomp filter\n");
 }
 
 Test(sockmap, unavailable_under_seccomp_enosys, .timeout = 30)
@@ -211,12 +211,12 @@ Test(sockmap, unavailable_under_seccomp_enosys, .timeout = 30)
 	need_sockmap();
 	need_seccomp();
 	cr_assert_eq(run_jailed(JAIL_BPF_ENOSYS,
-				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
-				sizeof(err), out, sizeof(out)),
-		     3, "stderr: %s", err);
+	                        ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+	                        sizeof(err), out, sizeof(out)),
+	             3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: the kernel has no "
-			      "bpf() system call (CONFIG_BPF_SYSCALL), or a seccomp filter "
-			      "hides it\n");
+	                      "bpf() system call (CONFIG_BPF_SYSCALL), or a seccomp filter "
+	                      "hides it\n");
 }
 
 Test(sockmap, unavailable_without_capabilities, .timeout = 30)
@@ -227,20 +227,20 @@ Test(sockmap, unavailable_without_capabilities, .timeout = 30)
 	if (geteuid() != 0)
 		cr_skip_test("dropping capabilities from the bounding set needs root");
 	cr_assert_eq(run_jailed(JAIL_NO_CAPS,
-				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
-				sizeof(err), out, sizeof(out)),
-		     3, "stderr: %s", err);
+	                        ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+	                        sizeof(err), out, sizeof(out)),
+	             3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' cannot run here: creating a sockhash "
-			      "needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (missing: CAP_BPF, "
-			      "CAP_NET_ADMIN, CAP_PERFMON)\n");
+	                      "needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (missing: CAP_BPF, "
+	                      "CAP_NET_ADMIN, CAP_PERFMON)\n");
 	/* --list-engines leaves it out there, and lists it here. */
 	cr_assert_eq(run_jailed(JAIL_NO_CAPS, ARGS("--list-engines"), err, sizeof(err), out,
-				sizeof(out)),
-		     0);
+	                        sizeof(out)),
+	             0);
 	cr_assert_null(strstr(out, "sockmap"), "listed without its capabilities: %s", out);
 	cr_assert_eq(
-		run_jailed(JAIL_NONE, ARGS("--list-engines"), err, sizeof(err), out, sizeof(out)),
-		0);
+	        run_jailed(JAIL_NONE, ARGS("--list-engines"), err, sizeof(err), out, sizeof(out)),
+	        0);
 	cr_assert_not_null(strstr(out, "sockmap\n"), "not listed: %s", out);
 }
 
@@ -252,11 +252,11 @@ Test(sockmap, unbuilt_says_so, .timeout = 30)
 	if (rb__engine_find(RB_ENGINE_SOCKMAP)->model)
 		cr_skip_test("built with libbpf: the unbuilt message cannot show here");
 	cr_assert_eq(run_jailed(JAIL_NONE,
-				ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
-				sizeof(err), out, sizeof(out)),
-		     3, "stderr: %s", err);
+	                        ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0"), err,
+	                        sizeof(err), out, sizeof(out)),
+	             3, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: engine 'sockmap' is not available: built without "
-			      "libbpf\n");
+	                      "libbpf\n");
 }
 
 Test(sockmap, unix_and_udp_refused, .timeout = 30)
@@ -265,16 +265,16 @@ Test(sockmap, unix_and_udp_refused, .timeout = 30)
 
 	need_sockmap();
 	cr_assert_eq(run_jailed(JAIL_NONE, ARGS("--engine", "sockmap", "--listen", "unix:@rb-sm"),
-				err, sizeof(err), out, sizeof(out)),
-		     2, "stderr: %s", err);
+	                        err, sizeof(err), out, sizeof(out)),
+	             2, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: listen URL 'unix:@rb-sm': the sockmap engine does not "
-			      "serve UNIX sockets\n");
+	                      "serve UNIX sockets\n");
 	cr_assert_eq(run_jailed(JAIL_NONE,
-				ARGS("--engine", "sockmap", "--listen", "udp://127.0.0.1:0"), err,
-				sizeof(err), out, sizeof(out)),
-		     2, "stderr: %s", err);
+	                        ARGS("--engine", "sockmap", "--listen", "udp://127.0.0.1:0"), err,
+	                        sizeof(err), out, sizeof(out)),
+	             2, "stderr: %s", err);
 	cr_assert_str_eq(err, "rebound: listen URL 'udp://127.0.0.1:0': the sockmap engine does "
-			      "not serve UDP\n");
+	                      "not serve UDP\n");
 }
 
 /* It needs privileges: auto never takes it, wherever it is in the table. */
@@ -330,8 +330,8 @@ Test(sockmap, ping_pong_without_the_worker, .timeout = 60)
 	cr_expect_eq(st.write_calls, 0);
 	/* The counters' tick is every 100 ms, and one wake-up may be in flight. */
 	cr_expect_leq(st.wakeups - before.wakeups, elapsed / 100 + 2,
-		      "%lu wake-ups in %lu ms of echo",
-		      (unsigned long)(st.wakeups - before.wakeups), (unsigned long)elapsed);
+	              "%lu wake-ups in %lu ms of echo",
+	              (unsigned long)(st.wakeups - before.wakeups), (unsigned long)elapsed);
 	close(fd);
 	th_wait_stats(&ts, all_closed, &(uint64_t){1}, "the connection to close");
 	rb_server_stats(ts.srv, &st);
@@ -483,7 +483,7 @@ Test(sockmap, non_reader_is_reset_at_the_cap, .timeout = 60)
 		if (errno != EAGAIN) {
 			/* The reset, reported here: recv will only see an EOF. */
 			cr_assert(errno == ECONNRESET || errno == EPIPE, "send: %s",
-				  strerror(errno));
+			          strerror(errno));
 			reset_seen = true;
 			break;
 		}
@@ -497,7 +497,7 @@ Test(sockmap, non_reader_is_reset_at_the_cap, .timeout = 60)
 	rb_server_stats(ts.srv, &st);
 	cr_assert_gt(st.peak_conn_buffered, 0);
 	cr_assert_leq(st.peak_conn_buffered, g_cap, "the psock held %lu, cap %zu",
-		      (unsigned long)st.peak_conn_buffered, g_cap);
+	              (unsigned long)st.peak_conn_buffered, g_cap);
 	cr_assert_lt(st.bytes_out, st.bytes_in, "nothing was dropped past the cap");
 	for (;;) {
 		struct pollfd pfd = {.fd = fd, .events = POLLIN};
@@ -505,7 +505,7 @@ Test(sockmap, non_reader_is_reset_at_the_cap, .timeout = 60)
 		ssize_t r = recv(fd, got + recvd, len - recvd, 0);
 		if (r <= 0) {
 			cr_assert((r < 0 && errno == ECONNRESET) || (r == 0 && reset_seen),
-				  "want a reset, got %s", r == 0 ? "EOF" : strerror(errno));
+			          "want a reset, got %s", r == 0 ? "EOF" : strerror(errno));
 			break;
 		}
 		recvd += (size_t)r;
@@ -563,7 +563,7 @@ Test(sockmap, stop_deadline_cuts_a_non_reader, .timeout = 60)
 	pthread_join(ts.thread, NULL);
 	cr_assert_eq(ts.run_result, 0);
 	cr_expect_lt(now_ms() - t0, 2000, "the stop took %lu ms (deadline 300)",
-		     (unsigned long)(now_ms() - t0));
+	             (unsigned long)(now_ms() - t0));
 	rb_server_stats(ts.srv, &st);
 	cr_expect_eq(st.stop_dropped_conns, 1);
 	cr_expect_gt(st.stop_dropped_bytes, 0);
@@ -573,7 +573,7 @@ Test(sockmap, stop_deadline_cuts_a_non_reader, .timeout = 60)
 		ssize_t r = recv(fd, got + recvd, len - recvd, 0);
 		if (r <= 0) {
 			cr_assert(r < 0 && errno == ECONNRESET, "want a reset, got %s",
-				  r == 0 ? "EOF" : strerror(errno));
+			          r == 0 ? "EOF" : strerror(errno));
 			break;
 		}
 		recvd += (size_t)r;
@@ -604,7 +604,7 @@ static const char *daemon_wait_line(struct daemon *d, const char *want)
 		if (hit && strchr(hit, '\n'))
 			return hit;
 		cr_assert_lt(now_ms(), deadline, "the daemon never said '%s'; it said: %s", want,
-			     d->buf);
+		             d->buf);
 		struct pollfd pfd = {.fd = d->err, .events = POLLIN};
 		cr_assert_geq(poll(&pfd, 1, 1000), 0);
 		if (!(pfd.revents & (POLLIN | POLLHUP)))

@@ -87,7 +87,7 @@ static __always_inline void count(__u64 *field, __u64 n)
  * (sockmap.c relies on that before it sends a FIN).
  */
 static __always_inline long decide(struct __sk_buff *skb, struct rb_sm_stats *st,
-				   struct rb_sm_conn *c, __u64 *key, __u64 len)
+                                   struct rb_sm_conn *c, __u64 *key, __u64 len)
 {
 	__u64 pending, sent;
 	long rc;

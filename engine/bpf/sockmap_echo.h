@@ -25,13 +25,13 @@ struct rb_sm_conn {
 
 /* Counters, one slot per CPU (a per-CPU array of one element). */
 struct rb_sm_stats {
-	__u64 bytes_in;	   /* echoed input: redirected, or dropped by an overflow */
+	__u64 bytes_in;    /* echoed input: redirected, or dropped by an overflow */
 	__u64 bytes_out;   /* redirected to egress */
 	__u64 discarded;   /* input dropped while stopping */
 	__u64 overflowed;  /* input dropped after an overflow */
-	__u64 peak;	   /* most unsent echo one connection had (a maximum) */
+	__u64 peak;        /* most unsent echo one connection had (a maximum) */
 	__u64 lost_events; /* overflow notices the ring buffer had no room for */
-	__u64 strays;	   /* input on a socket with no record (never expected) */
+	__u64 strays;      /* input on a socket with no record (never expected) */
 };
 
 /* What the ring buffer carries: the cookie of a connection that overflowed. */
