@@ -171,10 +171,10 @@ int rb_engine_features(enum rb_engine e, char *buf, size_t len)
 		unsigned cap;
 		const char *name;
 	} names[] = {
-	        {RB_CAP_UDP, "udp"},       {RB_CAP_SPLICE, "splice"},
-	        {RB_CAP_RELAY, "relay"},   {RB_CAP_SERVICES, "services"},
-	        {RB_CAP_LEVEL, "level"},   {RB_CAP_TIMEOUTS, "timeouts"},
-	        {RB_CAP_IMPAIR, "impair"},
+	        {RB_CAP_UNIX, "unix"},         {RB_CAP_UDP, "udp"},
+	        {RB_CAP_SPLICE, "splice"},     {RB_CAP_RELAY, "relay"},
+	        {RB_CAP_SERVICES, "services"}, {RB_CAP_LEVEL, "level"},
+	        {RB_CAP_TIMEOUTS, "timeouts"}, {RB_CAP_IMPAIR, "impair"},
 	};
 	const struct rb_engine_desc *d = rb__engine_find(e);
 	size_t off = 0;

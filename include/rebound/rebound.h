@@ -322,10 +322,11 @@ int rb_service_parse(const char *s, enum rb_service *out);
  * to max of them to out and returns how many there are. */
 size_t rb_engine_list(enum rb_engine *out, size_t max);
 
-/* What an engine does beyond TCP and UNIX stream echo, space-separated:
- * udp, splice, relay, services (discard, chargen, sockperf), level (--trigger
- * level), timeouts (--idle-timeout, --write-timeout), impair (impairments).
- * 0, or -EINVAL for an unknown engine. */
+/* What an engine does beyond TCP stream echo, space-separated: unix (UNIX
+ * stream listeners), udp, splice, relay, services (discard, chargen,
+ * sockperf), level (--trigger level), timeouts (--idle-timeout,
+ * --write-timeout), impair (impairments). 0, or -EINVAL for an unknown
+ * engine. */
 int rb_engine_features(enum rb_engine e, char *buf, size_t len);
 
 /* 0 if the engine is built and can run here, else -errno; why gets a reason. */
