@@ -221,10 +221,10 @@ Test(cli, engine_uring_availability)
 
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
-		/* It serves UDP, relays, serves discard, chargen, sockperf, has the
+		/* UNIX and UDP listeners, relays, discard, chargen, sockperf, the
 		 * timeouts and the TCP impairments. */
-		cr_assert_not_null(strstr(out, "uring udp relay services timeouts impair\n"), "%s",
-		                   out);
+		cr_assert_not_null(strstr(out, "uring unix udp relay services timeouts impair\n"),
+		                   "%s", out);
 		return;
 	}
 #if !RB_HAVE_URING
