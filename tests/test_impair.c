@@ -25,10 +25,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engines.h"
 #include "helpers.h"
 #include "rb_config.h"
 
-/* ---- parameters: every engine; io_uring with its features on, and off ---- */
+/* ---- parameters: every engine that impairs (not sockmap); io_uring with its
+ * features on, and off ---- */
 
 static size_t tcp_params(struct engine_param **out)
 {
@@ -36,8 +38,9 @@ static size_t tcp_params(struct engine_param **out)
 	size_t n = th_engine_params(&all), k = 0;
 
 	for (size_t i = 0; i < n; i++)
-		if (all[i].engine != RB_ENGINE_URING || all[i].uring_off == 0 ||
-		    all[i].uring_off == (RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH))
+		if ((rb__engine_find(all[i].engine)->caps & RB_CAP_IMPAIR) &&
+		    (all[i].engine != RB_ENGINE_URING || all[i].uring_off == 0 ||
+		     all[i].uring_off == (RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH)))
 			all[k++] = all[i];
 	*out = all;
 	return k;

@@ -277,6 +277,48 @@ Test(sockmap, unix_and_udp_refused, .timeout = 30)
 	                      "not serve UDP\n");
 }
 
+/*
+ * The kernel echoes: there is nothing in user space to relay, time, serve
+ * otherwise or impair. The engine table says so (caps 0), and every such
+ * option is refused at start, exit 2, naming the option and the engine.
+ */
+Test(sockmap, options_it_cannot_honour_are_refused, .timeout = 60)
+{
+	static const struct {
+		const char *opt, *val, *msg;
+	} cases[] = {
+	        {"--copy", "splice", "--copy splice is not supported by the sockmap engine"},
+	        {"--trigger", "level", "--trigger level is not supported by the sockmap engine"},
+	        {"--forward", "tcp://127.0.0.1:9",
+	         "--forward is not supported by the sockmap engine"},
+	        {"--service", "discard",
+	         "--service discard is not supported by the sockmap engine"},
+	        {"--idle-timeout", "1000", "--idle-timeout is not supported by the sockmap engine"},
+	        {"--write-timeout", "1000",
+	         "--write-timeout is not supported by the sockmap engine"},
+	        {"--delay", "5ms",
+	         "--delay is not supported by the sockmap engine (impairments need a readiness "
+	         "engine: epoll, poll or select)"},
+	        {"--reset-after", "100",
+	         "--reset-after is not supported by the sockmap engine (impairments need a "
+	         "readiness engine: epoll, poll or select)"},
+	};
+	char err[1024], out[1024], want[512], feat[128];
+
+	need_sockmap();
+	cr_assert_eq(rb_engine_features(RB_ENGINE_SOCKMAP, feat, sizeof(feat)), 0);
+	cr_assert_str_eq(feat, "");
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cr_assert_eq(run_jailed(JAIL_NONE,
+		                        ARGS("--engine", "sockmap", "--listen", "tcp://127.0.0.1:0",
+		                             cases[i].opt, cases[i].val),
+		                        err, sizeof(err), out, sizeof(out)),
+		             2, "%s %s: stderr: %s", cases[i].opt, cases[i].val, err);
+		snprintf(want, sizeof(want), "rebound: %s\n", cases[i].msg);
+		cr_assert_str_eq(err, want, "%s %s", cases[i].opt, cases[i].val);
+	}
+}
+
 /* It needs privileges: auto never takes it, wherever it is in the table. */
 Test(sockmap, auto_never_chooses_it)
 {
