@@ -458,7 +458,12 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 	}
 	th_server_stop(&ts);
 	qsort(first, 5, sizeof(first[0]), cmp_double);
-	cr_assert(first[2] >= 99 && first[2] <= 101, "first answer after %.3f ms (median)",
+	/*
+	 * At least the delay (less the connect's share of the clock); at most
+	 * a few ms more: the timers count whole ms, and the rest is the wake-up
+	 * of a loaded 2-CPU machine (ASan runs were seen at 101.2 to 103 ms).
+	 */
+	cr_assert(first[2] >= 99 && first[2] <= 105, "first answer after %.3f ms (median)",
 	          first[2]);
 }
 
