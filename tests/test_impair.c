@@ -154,6 +154,23 @@ static double pingpong_p50(int port, int n)
 	return rtt[n / 2];
 }
 
+/*
+ * How late a timed answer may come, in ms: the issue's 1 ms in the
+ * optimised builds. Under ASan+UBSan every step of the engine is several
+ * times slower and the same tests came 1.1 to 1.8 ms late, every time
+ * (not noise): there they get 3 ms. The lower bounds stay exact.
+ */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_UNDEFINED__)
+#define LATE_MS 3
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define LATE_MS 3
+#endif
+#endif
+#ifndef LATE_MS
+#define LATE_MS 1
+#endif
+
 /* ---- delay ---- */
 
 /* The round trip grows by the delay, within 1 ms (the issue's tolerance):
@@ -171,9 +188,9 @@ IMPAIR_TEST(delay_adds_to_round_trip, timing_params, 60)
 	set_impair(&ts, "--delay 50ms");
 	d50 = pingpong_p50(ts.port, 15);
 	th_server_stop(&ts);
-	cr_assert(d10 >= base + 10 - 1 && d10 <= base + 10 + 1,
+	cr_assert(d10 >= base + 10 - 1 && d10 <= base + 10 + LATE_MS,
 	          "10 ms delay: p50 %.3f ms, undelayed %.3f ms", d10, base);
-	cr_assert(d50 >= base + 50 - 1 && d50 <= base + 50 + 1,
+	cr_assert(d50 >= base + 50 - 1 && d50 <= base + 50 + LATE_MS,
 	          "50 ms delay: p50 %.3f ms, undelayed %.3f ms", d50, base);
 }
 
@@ -199,7 +216,7 @@ IMPAIR_TEST(delay_holds_the_fin, timing_params, 30)
 	}
 	th_server_stop(&ts);
 	qsort(dt, 7, sizeof(dt[0]), cmp_double);
-	cr_assert(dt[3] >= 29 && dt[3] <= 31, "FIN after %.3f ms (median)", dt[3]);
+	cr_assert(dt[3] >= 29 && dt[3] <= 30 + LATE_MS, "FIN after %.3f ms (median)", dt[3]);
 }
 
 /* ---- rate ---- */
@@ -458,13 +475,8 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 	}
 	th_server_stop(&ts);
 	qsort(first, 5, sizeof(first[0]), cmp_double);
-	/*
-	 * At least the delay (less the connect's share of the clock); at most
-	 * a few ms more: the timers count whole ms, and the rest is the wake-up
-	 * of a loaded 2-CPU machine (ASan runs were seen at 101.2 to 103 ms).
-	 */
-	cr_assert(first[2] >= 99 && first[2] <= 105, "first answer after %.3f ms (median)",
-	          first[2]);
+	cr_assert(first[2] >= 99 && first[2] <= 100 + LATE_MS,
+	          "first answer after %.3f ms (median)", first[2]);
 }
 
 /* ---- a graceful stop with bytes held back, and with a session not started ---- */
