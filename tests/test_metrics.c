@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -438,13 +439,14 @@ struct endpoint {
 	struct test_server ts;
 };
 
-static void endpoint_start(struct endpoint *ep, const char *url)
+static void endpoint_start_with(struct endpoint *ep, const char *url,
+                                void (*tweak)(struct rb_config *cfg))
 {
 	char err[512] = "";
 	const char *bound;
 
 	memset(ep, 0, sizeof(*ep));
-	th_server_start(&ep->ts, NULL, NULL);
+	th_server_start(&ep->ts, NULL, tweak);
 	cr_assert_eq(rb_metrics_start(ep->ts.srv, url, &ep->m, err, sizeof(err)), 0, "%s", err);
 	bound = rb_metrics_url(ep->m);
 	cr_assert_not_null(bound);
@@ -452,6 +454,11 @@ static void endpoint_start(struct endpoint *ep, const char *url)
 		snprintf(ep->path, sizeof(ep->path), "%s", bound + 5);
 	else
 		cr_assert_eq(sscanf(bound, "tcp://127.0.0.1:%d", &ep->port), 1, "%s", bound);
+}
+
+static void endpoint_start(struct endpoint *ep, const char *url)
+{
+	endpoint_start_with(ep, url, NULL);
 }
 
 static void endpoint_stop(struct endpoint *ep)
@@ -1200,6 +1207,36 @@ Test(metrics, stop_with_clients)
 
 /* ==== /impair: the impairments in force, replaced at run time ==== */
 
+/* What the server logged about /impair, a line each. */
+static pthread_mutex_t impair_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char impair_log[8192];
+
+static void impair_log_fn(void *ctx, enum rb_log_level level, const char *msg)
+{
+	(void)ctx;
+	if (strstr(msg, "impair") == NULL)
+		return;
+	pthread_mutex_lock(&impair_log_mu);
+	snprintf(impair_log + strlen(impair_log), sizeof(impair_log) - strlen(impair_log),
+	         "%d %s\n", (int)level, msg);
+	pthread_mutex_unlock(&impair_log_mu);
+}
+
+static void log_impair(struct rb_config *cfg)
+{
+	cfg->log_fn = impair_log_fn;
+	cfg->log_level = RB_LOG_INFO;
+}
+
+/* The lines logged since the last call, emptied. */
+static void expect_impair_log(const char *want)
+{
+	pthread_mutex_lock(&impair_log_mu);
+	cr_assert_str_eq(impair_log, want);
+	impair_log[0] = '\0';
+	pthread_mutex_unlock(&impair_log_mu);
+}
+
 /* POST /impair with body as it is (len bytes), Content-Length told. */
 static void post_impair(const struct endpoint *ep, const char *body, size_t len, struct response *r)
 {
@@ -1282,7 +1319,7 @@ Test(metrics, impair_post_applies_to_new_sessions, .timeout = 60)
 	char want[256];
 	int open_fd;
 
-	endpoint_start(&ep, "tcp://127.0.0.1:0");
+	endpoint_start_with(&ep, "tcp://127.0.0.1:0", log_impair);
 	rb_server_impair(ep.ts.srv, &imp);
 	snprintf(want, sizeof(want),
 	         "impairments: none --seed %" PRIu64 " (replay with --seed %" PRIu64 ")\n",
@@ -1301,6 +1338,8 @@ Test(metrics, impair_post_applies_to_new_sessions, .timeout = 60)
 	        "impairments for new sessions (open ones keep theirs): --close-after 4 --seed 42 "
 	        "(replay with --seed 42)\n");
 	expect_impair(&ep, "impairments: --close-after 4 --seed 42 (replay with --seed 42)\n");
+	expect_impair_log("6 impairments (POST /impair, new sessions): --close-after 4 --seed 42 "
+	                  "(replay with --seed 42)\n");
 	cr_assert_eq(echo_ten(ep.ts.port, back), 4, "a new session is not cut after 4 bytes");
 	send_all(open_fd, "0123456789", 10);
 	shutdown(open_fd, SHUT_WR);
@@ -1324,6 +1363,16 @@ Test(metrics, impair_post_applies_to_new_sessions, .timeout = 60)
 	post_impair(&ep, "--delay\0 5ms", 12, r);
 	expect_text(r, "HTTP/1.1 400 Bad Request", "the body has a NUL byte at offset 7\n");
 	expect_impair(&ep, "impairments: --close-after 4 --seed 42 (replay with --seed 42)\n");
+	expect_impair_log(
+	        "4 POST /impair refused, nothing changed: invalid --close-after '4x': "
+	        "expected a byte count (0, 1000, 64k), then [@P]\n"
+	        "4 POST /impair refused, nothing changed: invalid --delay '100000000ms': "
+	        "must be at most 600000 ms\n"
+	        "4 POST /impair refused, nothing changed: line 3: invalid --rate 'fast': "
+	        "expected bits/s with k, m or g (10m = 10 Mbit/s), then [@P]\n"
+	        "4 POST /impair refused, nothing changed: --no-such is not an impairment\n"
+	        "4 POST /impair refused, nothing changed: the body has a NUL byte at "
+	        "offset 7\n");
 	cr_assert_eq(echo_ten(ep.ts.port, back), 4, "a refused POST changed the set");
 
 	/* Another set without --seed keeps the seed; then an empty body clears. */
