@@ -5,11 +5,15 @@
  * public API: rb_server_stats() for a snapshot of the counters the workers
  * publish with relaxed stores, rb_server_stats_json() for /stats. Every
  * counter of RB_STATS appears in /metrics with its doc as # HELP, without a
- * line here.
+ * line here. GET /impair tells the impairments in force; POST /impair
+ * replaces them for new sessions (rb_impair_parse on the body, then
+ * rb_server_set_impair, the calls SIGHUP's --impair-file makes).
  *
  * One poll loop serves a few clients at once, each bounded in size (the
  * request head) and in time (one deadline from accept to close), so a slow
- * or garbage client holds one slot for a while, never the thread. A
+ * or garbage client holds one slot for a while, never the thread. A POST
+ * body (Content-Length only, at most METRICS_BODY_MAX) is read the same way,
+ * as it comes, within the same deadline. A
  * response ends with Connection: close and a lingering close (FIN, then
  * read and drop until the client's FIN), so unread request bytes cannot
  * turn the close into an RST that destroys the response in flight.
@@ -31,18 +35,38 @@
 
 #include "internal.h"
 
-#define METRICS_CLIENTS     16   /* served at once; the oldest makes room */
-#define METRICS_REQUEST_MAX 8192 /* request line and headers */
-#define METRICS_TIMEOUT_MS  5000 /* from accept to close, whatever the client does */
-#define METRICS_BACKOFF_MS  100  /* accept failed for want of descriptors or memory */
+#define METRICS_CLIENTS     16    /* served at once; the oldest makes room */
+#define METRICS_REQUEST_MAX 8192  /* request line and headers */
+#define METRICS_BODY_MAX    16384 /* POST /impair: the flags, as in an --impair-file */
+#define METRICS_TIMEOUT_MS  5000  /* from accept to close, whatever the client does */
+#define METRICS_BACKOFF_MS  100   /* accept failed for want of descriptors or memory */
 #define METRICS_BACKLOG     64
 #define METRICS_UNIX_MODE   0660u
 
 #define URL_HELP "expected tcp://HOST:PORT, tcp://[IPV6]:PORT or unix:PATH"
 
+enum route {
+	ROUTE_NONE = 0,
+	ROUTE_METRICS,
+	ROUTE_STATS,
+	ROUTE_IMPAIR,
+};
+
+struct request {
+	int status;           /* 0: the head is not complete yet; else the status to answer */
+	bool head;            /* HEAD: the headers only */
+	bool post;            /* POST (to /impair): a body of `length` bytes follows the head */
+	bool expect_continue; /* Expect: 100-continue */
+	enum route route;
+	size_t head_len; /* the head's bytes, its empty line included */
+	size_t length;   /* Content-Length */
+	char text[1536]; /* the body to answer with, if not the status's reason */
+};
+
 enum client_state {
 	CLIENT_FREE = 0,
 	CLIENT_READ,   /* reading the request head */
+	CLIENT_BODY,   /* reading a POST body of a known length */
 	CLIENT_WRITE,  /* sending the response */
 	CLIENT_LINGER, /* response sent and FIN too: dropping input until EOF */
 };
@@ -56,6 +80,9 @@ struct client {
 	size_t out_len, out_off;
 	size_t in_len;
 	char in[METRICS_REQUEST_MAX];
+	struct request rq; /* the request, once its head is complete */
+	char *body;        /* CLIENT_BODY: rq.length bytes (and a NUL) */
+	size_t body_len;
 };
 
 struct rb_metrics {
@@ -299,18 +326,6 @@ static void metrics_text(struct text *t, const struct rb_server *srv)
 
 /* ---- HTTP ---- */
 
-enum route {
-	ROUTE_NONE = 0,
-	ROUTE_METRICS,
-	ROUTE_STATS,
-};
-
-struct request {
-	int status; /* 0: the head is not complete yet; else the status to answer */
-	bool head;  /* HEAD: the headers only */
-	enum route route;
-};
-
 static const char *reason(int status)
 {
 	switch (status) {
@@ -324,6 +339,10 @@ static const char *reason(int status)
 		return "Method Not Allowed";
 	case 408:
 		return "Request Timeout";
+	case 411:
+		return "Length Required";
+	case 413:
+		return "Content Too Large";
 	case 431:
 		return "Request Header Fields Too Large";
 	case 505:
@@ -387,7 +406,33 @@ static enum route route_of(const char *target, size_t len)
 		return ROUTE_METRICS;
 	if (path_len == 6 && memcmp(target, "/stats", 6) == 0)
 		return ROUTE_STATS;
+	if (path_len == 7 && memcmp(target, "/impair", 7) == 0)
+		return ROUTE_IMPAIR;
 	return ROUTE_NONE;
+}
+
+/* POST /impair: a body of a known length, and a small one. The body is read
+ * (status 200 so far) only if both hold; chunked transfer coding is not read. */
+static void post_length(struct request *rq, bool chunked, bool has_length, size_t length)
+{
+	if (chunked || !has_length) {
+		rq->status = 411;
+		snprintf(rq->text, sizeof(rq->text), "POST /impair needs a Content-Length%s\n",
+		         chunked ? " (chunked bodies are not read)" : "");
+	} else if (length > METRICS_BODY_MAX) {
+		rq->status = 413;
+		if (length == SIZE_MAX)
+			snprintf(rq->text, sizeof(rq->text),
+			         "POST /impair takes a body of at most %d bytes\n",
+			         METRICS_BODY_MAX);
+		else
+			snprintf(rq->text, sizeof(rq->text),
+			         "POST /impair takes a body of at most %d bytes, not %zu\n",
+			         METRICS_BODY_MAX, length);
+	} else {
+		rq->length = length;
+		rq->status = 200;
+	}
 }
 
 /*
@@ -395,10 +440,40 @@ static enum route route_of(const char *target, size_t len)
  * complete line that breaks the grammar is answered at once (400), so
  * garbage does not wait for a blank line that never comes.
  */
+/* A field's value without its optional whitespace around it. */
+static const char *field_value(const char *line, size_t n, size_t name_len, size_t *len)
+{
+	const char *v = line + name_len + 1, *end = line + n;
+
+	while (v < end && (*v == ' ' || *v == '\t'))
+		v++;
+	while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	*len = (size_t)(end - v);
+	return v;
+}
+
+/* Content-Length = 1*DIGIT; past any limit of ours is as good as SIZE_MAX. */
+static bool parse_length(const char *v, size_t len, size_t *out)
+{
+	size_t x = 0;
+
+	if (len == 0)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		if (v[i] < '0' || v[i] > '9')
+			return false;
+		x = x > SIZE_MAX / 10 - 1 ? SIZE_MAX : x * 10 + (size_t)(v[i] - '0');
+	}
+	*out = x;
+	return true;
+}
+
 static void parse_request(const char *buf, size_t len, struct request *rq)
 {
 	const char *line, *method, *target;
-	size_t pos = 0, method_len, target_len, hosts = 0;
+	size_t pos = 0, method_len, target_len, hosts = 0, lengths = 0, length = 0;
+	bool chunked = false;
 	ssize_t n;
 	int minor;
 
@@ -454,14 +529,34 @@ static void parse_request(const char *buf, size_t len, struct request *rq)
 		}
 		if (name_len == 4 && strncasecmp(line, "host", 4) == 0)
 			hosts++;
+		if (name_len == 14 && strncasecmp(line, "content-length", 14) == 0) {
+			size_t vl, x;
+			const char *v = field_value(line, (size_t)n, name_len, &vl);
+			/* Repeated, it must say the same each time. */
+			if (!parse_length(v, vl, &x) || (lengths && x != length))
+				goto bad;
+			length = x;
+			lengths++;
+		}
+		if (name_len == 17 && strncasecmp(line, "transfer-encoding", 17) == 0)
+			chunked = true;
+		if (name_len == 6 && strncasecmp(line, "expect", 6) == 0) {
+			size_t vl;
+			const char *v = field_value(line, (size_t)n, name_len, &vl);
+			rq->expect_continue = vl == 12 && strncasecmp(v, "100-continue", 12) == 0;
+		}
 	}
 	/* HTTP/1.1 requires exactly one Host; HTTP/1.0 may have none. */
 	if (hosts > 1 || (minor >= 1 && hosts == 0))
 		goto bad;
+	rq->head_len = pos;
 	rq->route = route_of(target, target_len);
 	rq->head = method_len == 4 && memcmp(method, "HEAD", 4) == 0;
+	rq->post = method_len == 4 && memcmp(method, "POST", 4) == 0;
 	if (rq->route == ROUTE_NONE)
 		rq->status = 404;
+	else if (rq->post && rq->route == ROUTE_IMPAIR)
+		post_length(rq, chunked, lengths > 0, length);
 	else if (!rq->head && !(method_len == 3 && memcmp(method, "GET", 3) == 0))
 		rq->status = 405;
 	else
@@ -490,6 +585,55 @@ static void http_date(char *buf, size_t len)
 	         months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
+/* ---- /impair ---- */
+
+/* The impairments in force as the start-up line tells them. */
+static void impair_summary(const struct rb_server *srv, char *buf, size_t len)
+{
+	struct rb_impair imp;
+	char d[1024];
+
+	rb_server_impair(srv, &imp);
+	rb_impair_describe(&imp, d, sizeof(d));
+	snprintf(buf, len, "%s (replay with --seed %" PRIu64 ")", d, imp.seed);
+}
+
+/* POST /impair with its whole body: the new set for new sessions, or a
+ * 400 with the one-line reason and nothing changed. */
+static void impair_post(struct rb_metrics *m, struct request *rq, const char *body, size_t len)
+{
+	const char *nul = memchr(body, '\0', len);
+	struct rb_impair imp;
+	char err[512], now[1100];
+	bool ok = false;
+
+	if (nul) {
+		snprintf(err, sizeof(err), "the body has a NUL byte at offset %zu",
+		         (size_t)(nul - body));
+	} else if (rb_impair_parse(&imp, body, err, sizeof(err)) < 0) {
+		/* One line is told as the command line tells it; more keep the
+		 * line number, as --impair-file's do. */
+		size_t end = len;
+		while (end && strchr(" \t\r\n", body[end - 1]))
+			end--;
+		if (!memchr(body, '\n', end) && strncmp(err, "line 1: ", 8) == 0)
+			memmove(err, err + 8, strlen(err + 8) + 1);
+	} else {
+		ok = rb_server_set_impair(m->srv, &imp, err, sizeof(err)) == 0;
+	}
+	if (!ok) {
+		rb__log(RB_LOG_WARNING, "POST /impair refused, nothing changed: %s", err);
+		rq->status = 400;
+		snprintf(rq->text, sizeof(rq->text), "%s\n", err);
+		return;
+	}
+	impair_summary(m->srv, now, sizeof(now));
+	rb__log(RB_LOG_INFO, "impairments (POST /impair, new sessions): %s", now);
+	rq->status = 200;
+	snprintf(rq->text, sizeof(rq->text),
+	         "impairments for new sessions (open ones keep theirs): %s\n", now);
+}
+
 /* The whole response to rq, in t. */
 static void respond(const struct rb_metrics *m, const struct request *rq, struct text *t)
 {
@@ -498,7 +642,13 @@ static void respond(const struct rb_metrics *m, const struct request *rq, struct
 	char date[64];
 	int status = rq->status;
 
-	if (status == 200 && rq->route == ROUTE_METRICS) {
+	if (rq->text[0]) {
+		text_printf(&body, "%s", rq->text);
+	} else if (status == 200 && rq->route == ROUTE_IMPAIR) {
+		char now[1100];
+		impair_summary(m->srv, now, sizeof(now));
+		text_printf(&body, "impairments: %s\n", now);
+	} else if (status == 200 && rq->route == ROUTE_METRICS) {
 		metrics_text(&body, m->srv);
 		type = "text/plain; version=0.0.4; charset=utf-8";
 	} else if (status == 200 && rq->route == ROUTE_STATS) {
@@ -527,7 +677,9 @@ static void respond(const struct rb_metrics *m, const struct request *rq, struct
 	            "Connection: close\r\n"
 	            "\r\n",
 	            status, reason(status), date, RB_VERSION, type, body.len,
-	            status == 405 ? "Allow: GET, HEAD\r\n" : "");
+	            status != 405               ? ""
+	            : rq->route == ROUTE_IMPAIR ? "Allow: GET, HEAD, POST\r\n"
+	                                        : "Allow: GET, HEAD\r\n");
 	if (!rq->head && body.len)
 		text_append(t, body.p, body.len);
 	free(body.p);
@@ -540,6 +692,8 @@ static void client_close(struct client *c)
 	close(c->fd);
 	free(c->out);
 	c->out = NULL;
+	free(c->body);
+	c->body = NULL;
 	c->fd = -1;
 	c->state = CLIENT_FREE;
 }
@@ -582,11 +736,11 @@ static void client_write(struct client *c)
 	client_linger(c);
 }
 
-static void client_answer(struct rb_metrics *m, struct client *c, const struct request *rq)
+static void client_answer(struct rb_metrics *m, struct client *c)
 {
 	struct text t = {0};
 
-	respond(m, rq, &t);
+	respond(m, &c->rq, &t);
 	if (t.failed) {
 		free(t.p);
 		client_close(c);
@@ -599,9 +753,67 @@ static void client_answer(struct rb_metrics *m, struct client *c, const struct r
 	client_write(c);
 }
 
+/* The rest of a POST body, as it comes; then the answer. */
+static void client_read_body(struct rb_metrics *m, struct client *c)
+{
+	struct request *rq = &c->rq;
+
+	while (c->body_len < rq->length) {
+		ssize_t r = recv(c->fd, c->body + c->body_len, rq->length - c->body_len, 0);
+		if (r > 0) {
+			c->body_len += (size_t)r;
+			continue;
+		}
+		if (r == 0) {
+			rq->status = 400;
+			snprintf(rq->text, sizeof(rq->text),
+			         "the body ended after %zu of its %zu bytes (Content-Length); "
+			         "nothing "
+			         "changed\n",
+			         c->body_len, rq->length);
+			client_answer(m, c);
+			return;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			client_close(c);
+		return;
+	}
+	c->body[c->body_len] = '\0';
+	impair_post(m, rq, c->body, c->body_len);
+	free(c->body);
+	c->body = NULL;
+	client_answer(m, c);
+}
+
+/* The head of a POST is in: what came with it starts the body. */
+static void client_start_body(struct rb_metrics *m, struct client *c)
+{
+	static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+	struct request *rq = &c->rq;
+	size_t have = c->in_len - rq->head_len;
+
+	c->body = malloc(rq->length + 1);
+	if (!c->body) {
+		rq->status = 500;
+		client_answer(m, c);
+		return;
+	}
+	c->body_len = have < rq->length ? have : rq->length;
+	memcpy(c->body, c->in + rq->head_len, c->body_len);
+	c->state = CLIENT_BODY;
+	/* A client that waits to be told to go on; a short write only makes it
+	 * wait its own timeout, then send anyway. */
+	if (c->body_len < rq->length && rq->expect_continue &&
+	    send(c->fd, cont, sizeof(cont) - 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+		/* Best effort, as above. */
+	}
+	client_read_body(m, c);
+}
+
 static void client_read(struct rb_metrics *m, struct client *c)
 {
-	struct request rq;
 	bool eof = false;
 
 	while (c->in_len < sizeof(c->in)) {
@@ -621,9 +833,11 @@ static void client_read(struct rb_metrics *m, struct client *c)
 		client_close(c);
 		return;
 	}
-	parse_request(c->in, c->in_len, &rq);
-	if (rq.status)
-		client_answer(m, c, &rq);
+	parse_request(c->in, c->in_len, &c->rq);
+	if (c->rq.status == 200 && c->rq.post)
+		client_start_body(m, c); /* an EOF is read again there */
+	else if (c->rq.status)
+		client_answer(m, c);
 	else if (eof) /* gave up before its request was complete */
 		client_close(c);
 }
@@ -633,6 +847,9 @@ static void client_event(struct rb_metrics *m, struct client *c)
 	switch (c->state) {
 	case CLIENT_READ:
 		client_read(m, c);
+		break;
+	case CLIENT_BODY:
+		client_read_body(m, c);
 		break;
 	case CLIENT_WRITE:
 		client_write(c);
@@ -648,7 +865,7 @@ static void client_event(struct rb_metrics *m, struct client *c)
 /* Past its deadline: a client that sent part of a request hears why. */
 static void client_expire(struct client *c)
 {
-	if (c->state == CLIENT_READ && c->in_len) {
+	if ((c->state == CLIENT_READ && c->in_len) || c->state == CLIENT_BODY) {
 		static const char timeout[] = "HTTP/1.1 408 Request Timeout\r\n"
 		                              "Content-Length: 0\r\n"
 		                              "Connection: close\r\n\r\n";
@@ -698,6 +915,7 @@ static void *metrics_main(void *arg)
 	struct pollfd pfd[2 + METRICS_CLIENTS];
 	size_t slot[2 + METRICS_CLIENTS];
 
+	rb__log_bind(&m->srv->cfg); /* POST /impair logs what it did */
 	for (;;) {
 		uint64_t now = now_ms();
 		bool listening = now >= m->backoff_until;
@@ -739,6 +957,7 @@ static void *metrics_main(void *arg)
 		if (r > 0 && listening && pfd[1].revents)
 			accept_clients(m, now);
 	}
+	rb__log_unbind(&m->srv->cfg);
 	return NULL;
 }
 

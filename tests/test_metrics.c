@@ -8,10 +8,12 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -437,13 +439,14 @@ struct endpoint {
 	struct test_server ts;
 };
 
-static void endpoint_start(struct endpoint *ep, const char *url)
+static void endpoint_start_with(struct endpoint *ep, const char *url,
+                                void (*tweak)(struct rb_config *cfg))
 {
 	char err[512] = "";
 	const char *bound;
 
 	memset(ep, 0, sizeof(*ep));
-	th_server_start(&ep->ts, NULL, NULL);
+	th_server_start(&ep->ts, NULL, tweak);
 	cr_assert_eq(rb_metrics_start(ep->ts.srv, url, &ep->m, err, sizeof(err)), 0, "%s", err);
 	bound = rb_metrics_url(ep->m);
 	cr_assert_not_null(bound);
@@ -451,6 +454,11 @@ static void endpoint_start(struct endpoint *ep, const char *url)
 		snprintf(ep->path, sizeof(ep->path), "%s", bound + 5);
 	else
 		cr_assert_eq(sscanf(bound, "tcp://127.0.0.1:%d", &ep->port), 1, "%s", bound);
+}
+
+static void endpoint_start(struct endpoint *ep, const char *url)
+{
+	endpoint_start_with(ep, url, NULL);
 }
 
 static void endpoint_stop(struct endpoint *ep)
@@ -1195,4 +1203,351 @@ Test(metrics, stop_with_clients)
 		close(fds[i]);
 	}
 	close(fds[2]);
+}
+
+/* ==== /impair: the impairments in force, replaced at run time ==== */
+
+/* What the server logged about /impair, a line each. */
+static pthread_mutex_t impair_log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char impair_log[8192];
+
+static void impair_log_fn(void *ctx, enum rb_log_level level, const char *msg)
+{
+	(void)ctx;
+	if (strstr(msg, "impair") == NULL)
+		return;
+	pthread_mutex_lock(&impair_log_mu);
+	snprintf(impair_log + strlen(impair_log), sizeof(impair_log) - strlen(impair_log),
+	         "%d %s\n", (int)level, msg);
+	pthread_mutex_unlock(&impair_log_mu);
+}
+
+static void log_impair(struct rb_config *cfg)
+{
+	cfg->log_fn = impair_log_fn;
+	cfg->log_level = RB_LOG_INFO;
+}
+
+/* The lines logged since the last call, emptied. */
+static void expect_impair_log(const char *want)
+{
+	pthread_mutex_lock(&impair_log_mu);
+	cr_assert_str_eq(impair_log, want);
+	impair_log[0] = '\0';
+	pthread_mutex_unlock(&impair_log_mu);
+}
+
+/* POST /impair with body as it is (len bytes), Content-Length told. */
+static void post_impair(const struct endpoint *ep, const char *body, size_t len, struct response *r)
+{
+	char req[20000];
+	int n = snprintf(req, sizeof(req),
+	                 "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: %zu\r\n\r\n", len);
+
+	cr_assert_lt((size_t)n + len, sizeof(req));
+	memcpy(req + n, body, len);
+	exchange(ep, req, (size_t)n + len, r);
+}
+
+#define POST_IMPAIR(ep, text, r) post_impair(ep, text, strlen(text), r)
+
+/* The response is status, with exactly body as text/plain. */
+static void expect_text(const struct response *r, const char *status, const char *body)
+{
+	char v[128];
+
+	expect_response(r, status);
+	cr_assert_str_eq(header(r, "Content-Type", v, sizeof(v)), "text/plain; charset=utf-8");
+	cr_assert_str_eq(r->body, body, "%s", r->raw);
+}
+
+static void expect_impair(const struct endpoint *ep, const char *now)
+{
+	struct response *r = malloc(sizeof(*r));
+
+	request(ep, GET("/impair"), r);
+	expect_text(r, "HTTP/1.1 200 OK", now);
+	free(r);
+}
+
+/* Read fd until EOF (an RST is a test failure) within WAIT_MS; returns the bytes. */
+static size_t echoed_to_eof(int fd, unsigned char *buf, size_t cap)
+{
+	uint64_t deadline = now_ms() + WAIT_MS;
+	size_t n = 0;
+
+	for (;;) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		int left = (int)(deadline > now_ms() ? deadline - now_ms() : 0);
+		ssize_t r;
+		cr_assert_gt(poll(&pfd, 1, left), 0, "no EOF within %d ms (%zu bytes)", WAIT_MS, n);
+		r = recv(fd, buf + n, cap - n, 0);
+		cr_assert_geq(r, 0, "recv: %s", strerror(errno));
+		if (r == 0)
+			return n;
+		n += (size_t)r;
+		cr_assert_lt(n, cap, "more came back than was sent");
+	}
+}
+
+/* A session that sends 10 bytes, half-closes, and gets back what it gets. */
+static size_t echo_ten(int port, unsigned char *back)
+{
+	static const char ten[] = "0123456789";
+	int fd = th_connect(port);
+	size_t n;
+
+	send_all(fd, ten, 10);
+	shutdown(fd, SHUT_WR);
+	n = echoed_to_eof(fd, back, 64);
+	close(fd);
+	cr_assert(memcmp(back, ten, n) == 0, "the bytes that came back are not the ones sent");
+	return n;
+}
+
+/*
+ * POST /impair: the new set goes to new sessions (an open one keeps its
+ * own), the answer and GET /impair tell it exactly; a bad set is a 400 with
+ * the command line's error and the old set stays; an empty body clears.
+ */
+Test(metrics, impair_post_applies_to_new_sessions, .timeout = 60)
+{
+	struct response *r = malloc(sizeof(*r));
+	unsigned char back[64];
+	struct endpoint ep;
+	struct rb_impair imp;
+	char want[256];
+	int open_fd;
+
+	endpoint_start_with(&ep, "tcp://127.0.0.1:0", log_impair);
+	rb_server_impair(ep.ts.srv, &imp);
+	snprintf(want, sizeof(want),
+	         "impairments: none --seed %" PRIu64 " (replay with --seed %" PRIu64 ")\n",
+	         imp.seed, imp.seed);
+	expect_impair(&ep, want);
+	cr_assert_eq(echo_ten(ep.ts.port, back), 10);
+
+	/* A session open before the POST: a round trip proves it is accepted. */
+	open_fd = th_connect(ep.ts.port);
+	send_all(open_fd, "a", 1);
+	cr_assert_eq(recv(open_fd, back, 1, MSG_WAITALL), 1);
+
+	POST_IMPAIR(&ep, "--close-after 4 --seed 42", r);
+	expect_text(
+	        r, "HTTP/1.1 200 OK",
+	        "impairments for new sessions (open ones keep theirs): --close-after 4 --seed 42 "
+	        "(replay with --seed 42)\n");
+	expect_impair(&ep, "impairments: --close-after 4 --seed 42 (replay with --seed 42)\n");
+	expect_impair_log("6 impairments (POST /impair, new sessions): --close-after 4 --seed 42 "
+	                  "(replay with --seed 42)\n");
+	cr_assert_eq(echo_ten(ep.ts.port, back), 4, "a new session is not cut after 4 bytes");
+	send_all(open_fd, "0123456789", 10);
+	shutdown(open_fd, SHUT_WR);
+	cr_assert_eq(echoed_to_eof(open_fd, back, sizeof(back)), 10, "the open session was cut");
+	close(open_fd);
+
+	/* Refused: the command line's error, exactly, and nothing changes. */
+	POST_IMPAIR(&ep, "--close-after 4x", r);
+	expect_text(
+	        r, "HTTP/1.1 400 Bad Request",
+	        "invalid --close-after '4x': expected a byte count (0, 1000, 64k), then [@P]\n");
+	POST_IMPAIR(&ep, "--delay 100000000ms\n", r); /* parses, fails the check */
+	expect_text(r, "HTTP/1.1 400 Bad Request",
+	            "invalid --delay '100000000ms': must be at most 600000 ms\n");
+	POST_IMPAIR(&ep, "# slow\n--delay 10ms\n--rate fast\n", r); /* more lines: which one */
+	expect_text(r, "HTTP/1.1 400 Bad Request",
+	            "line 3: invalid --rate 'fast': expected bits/s with k, m or g (10m = 10 "
+	            "Mbit/s), then [@P]\n");
+	POST_IMPAIR(&ep, "--no-such 1", r);
+	expect_text(r, "HTTP/1.1 400 Bad Request", "--no-such is not an impairment\n");
+	post_impair(&ep, "--delay\0 5ms", 12, r);
+	expect_text(r, "HTTP/1.1 400 Bad Request", "the body has a NUL byte at offset 7\n");
+	expect_impair(&ep, "impairments: --close-after 4 --seed 42 (replay with --seed 42)\n");
+	expect_impair_log(
+	        "4 POST /impair refused, nothing changed: invalid --close-after '4x': "
+	        "expected a byte count (0, 1000, 64k), then [@P]\n"
+	        "4 POST /impair refused, nothing changed: invalid --delay '100000000ms': "
+	        "must be at most 600000 ms\n"
+	        "4 POST /impair refused, nothing changed: line 3: invalid --rate 'fast': "
+	        "expected bits/s with k, m or g (10m = 10 Mbit/s), then [@P]\n"
+	        "4 POST /impair refused, nothing changed: --no-such is not an impairment\n"
+	        "4 POST /impair refused, nothing changed: the body has a NUL byte at "
+	        "offset 7\n");
+	cr_assert_eq(echo_ten(ep.ts.port, back), 4, "a refused POST changed the set");
+
+	/* Another set without --seed keeps the seed; then an empty body clears. */
+	POST_IMPAIR(&ep, "--close-after 7\r\n", r);
+	expect_text(
+	        r, "HTTP/1.1 200 OK",
+	        "impairments for new sessions (open ones keep theirs): --close-after 7 --seed 42 "
+	        "(replay with --seed 42)\n");
+	cr_assert_eq(echo_ten(ep.ts.port, back), 7);
+	POST_IMPAIR(&ep, "", r);
+	expect_text(r, "HTTP/1.1 200 OK",
+	            "impairments for new sessions (open ones keep theirs): none --seed 42 (replay "
+	            "with --seed 42)\n");
+	expect_impair(&ep, "impairments: none --seed 42 (replay with --seed 42)\n");
+	cr_assert_eq(echo_ten(ep.ts.port, back), 10, "an empty body did not clear the set");
+	endpoint_stop(&ep);
+	free(r);
+}
+
+/* A delay POSTed: a new session's echo comes no sooner than it. */
+Test(metrics, impair_post_delay, .timeout = 60)
+{
+	struct response *r = malloc(sizeof(*r));
+	unsigned char back[64];
+	struct endpoint ep;
+	uint64_t t0, took;
+
+	endpoint_start(&ep, "tcp://127.0.0.1:0");
+	POST_IMPAIR(&ep, "--delay 300ms --seed 9", r);
+	expect_text(r, "HTTP/1.1 200 OK",
+	            "impairments for new sessions (open ones keep theirs): --delay 300ms --seed 9 "
+	            "(replay with --seed 9)\n");
+	t0 = now_ms();
+	cr_assert_eq(echo_ten(ep.ts.port, back), 10);
+	took = now_ms() - t0;
+	cr_assert_geq(took, 300, "the echo took %" PRIu64 " ms, under the 300 ms delay", took);
+	endpoint_stop(&ep);
+	free(r);
+}
+
+/* What /impair refuses, with the exact status line and text. */
+Test(metrics, impair_refusals)
+{
+	struct response *r = malloc(sizeof(*r));
+	struct endpoint ep;
+	char v[64], body[16385];
+
+	endpoint_start(&ep, "tcp://127.0.0.1:0");
+	POST_IMPAIR(&ep, "--close-after 4 --seed 1", r);
+	expect_response(r, "HTTP/1.1 200 OK");
+
+	request(&ep, "POST /impair HTTP/1.1\r\nHost: x\r\n\r\n--delay 5ms", r);
+	expect_text(r, "HTTP/1.1 411 Length Required", "POST /impair needs a Content-Length\n");
+	request(&ep,
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+	        "b\r\n--delay 5ms\r\n0\r\n\r\n",
+	        r);
+	expect_text(r, "HTTP/1.1 411 Length Required",
+	            "POST /impair needs a Content-Length (chunked bodies are not read)\n");
+	memset(body, ' ', sizeof(body));
+	post_impair(&ep, body, sizeof(body), r);
+	expect_text(r, "HTTP/1.1 413 Content Too Large",
+	            "POST /impair takes a body of at most 16384 bytes, not 16385\n");
+	request(&ep,
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: "
+	        "99999999999999999999999\r\n\r\n",
+	        r);
+	expect_text(r, "HTTP/1.1 413 Content Too Large",
+	            "POST /impair takes a body of at most 16384 bytes\n");
+	/* The largest body taken: blanks, then a flag. */
+	memcpy(body + sizeof(body) - 1 - 11, "--delay 5ms", 11);
+	post_impair(&ep, body, sizeof(body) - 1, r);
+	expect_text(r, "HTTP/1.1 200 OK",
+	            "impairments for new sessions (open ones keep theirs): --delay 5ms --seed 1 "
+	            "(replay with --seed 1)\n");
+	POST_IMPAIR(&ep, "--close-after 4", r);
+	expect_response(r, "HTTP/1.1 200 OK");
+
+	static const char *const malformed[] = {
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: 5x\r\n\r\n",
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n",
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n",
+	};
+	for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++) {
+		request(&ep, malformed[i], r);
+		expect_text(r, "HTTP/1.1 400 Bad Request", "400 Bad Request\n");
+	}
+	/* The same length twice is one length; spaces around it are allowed. */
+	request(&ep,
+	        "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length:  0 \r\nContent-Length: "
+	        "0\r\n\r\n",
+	        r);
+	expect_response(r, "HTTP/1.1 200 OK");
+	POST_IMPAIR(&ep, "--close-after 4", r);
+	expect_response(r, "HTTP/1.1 200 OK");
+
+	request(&ep, "PUT /impair HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", r);
+	expect_response(r, "HTTP/1.1 405 Method Not Allowed");
+	cr_assert_str_eq(header(r, "Allow", v, sizeof(v)), "GET, HEAD, POST");
+	request(&ep, "DELETE /impair HTTP/1.1\r\nHost: x\r\n\r\n", r);
+	expect_response(r, "HTTP/1.1 405 Method Not Allowed");
+	cr_assert_str_eq(header(r, "Allow", v, sizeof(v)), "GET, HEAD, POST");
+	request(&ep, "POST /impair/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", r);
+	expect_response(r, "HTTP/1.1 404 Not Found");
+
+	/* HEAD: GET's headers, no body. */
+	request(&ep, "HEAD /impair HTTP/1.1\r\nHost: x\r\n\r\n", r);
+	cr_assert_str_eq(r->status, "HTTP/1.1 200 OK");
+	cr_assert_eq(r->body_len, 0);
+	cr_assert_eq(strtoull(header(r, "Content-Length", v, sizeof(v)), NULL, 10),
+	             strlen("impairments: --close-after 4 --seed 1 (replay with --seed 1)\n"));
+	/* None of these changed anything. */
+	expect_impair(&ep, "impairments: --close-after 4 --seed 1 (replay with --seed 1)\n");
+	endpoint_stop(&ep);
+	free(r);
+}
+
+/*
+ * A body that comes in pieces is read as it comes (after a 100 Continue for a
+ * client that asks); one that ends early is a 400; one that stalls holds its
+ * slot, not the endpoint, until the deadline's 408. Nothing changes but for
+ * the whole body.
+ */
+Test(metrics, impair_body_in_pieces, .timeout = 60)
+{
+	static const char head[] = "POST /impair HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+	                           "Content-Length: 24\r\n\r\n";
+	static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+	static const char part[] = "POST /impair HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\n"
+	                           "--delay";
+	struct response *r = malloc(sizeof(*r));
+	struct endpoint ep;
+	char buf[4096];
+	int one = 1, fd, stalled;
+	size_t n;
+
+	endpoint_start(&ep, "tcp://127.0.0.1:0");
+	POST_IMPAIR(&ep, "--seed 3", r);
+	expect_response(r, "HTTP/1.1 200 OK");
+
+	/* Expect: 100-continue, then the body a few bytes at a time. */
+	fd = ep_connect(&ep);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	send_all(fd, head, sizeof(head) - 1);
+	cr_assert_eq(recv(fd, buf, sizeof(cont) - 1, MSG_WAITALL), (ssize_t)sizeof(cont) - 1);
+	cr_assert(memcmp(buf, cont, sizeof(cont) - 1) == 0, "%.*s", (int)sizeof(cont) - 1, buf);
+	for (const char *p = "--close-after 5\n--seed 3"; *p; p += 3)
+		send_all(fd, p, strlen(p) < 3 ? strlen(p) : 3);
+	n = read_to_eof(fd, buf, sizeof(buf));
+	close(fd);
+	cr_assert(strstr(buf, "\r\n\r\nimpairments for new sessions (open ones keep theirs): "
+	                      "--close-after 5 --seed 3 (replay with --seed 3)\n") != NULL,
+	          "%zu: %s", n, buf);
+
+	/* Ends early: told how much came, and nothing changes. */
+	fd = ep_connect(&ep);
+	send_all(fd, part, sizeof(part) - 1);
+	shutdown(fd, SHUT_WR);
+	n = read_to_eof(fd, buf, sizeof(buf));
+	close(fd);
+	cr_assert(strncmp(buf, "HTTP/1.1 400 Bad Request\r\n", 26) == 0, "%zu: %s", n, buf);
+	cr_assert(strstr(buf, "\r\n\r\nthe body ended after 7 of its 20 bytes (Content-Length); "
+	                      "nothing changed\n") != NULL,
+	          "%s", buf);
+
+	/* Stalls mid-body: the endpoint answers others meanwhile. */
+	stalled = ep_connect(&ep);
+	send_all(stalled, part, sizeof(part) - 1);
+	expect_impair(&ep, "impairments: --close-after 5 --seed 3 (replay with --seed 3)\n");
+	expect_held(stalled);
+	n = read_to_eof(stalled, buf, sizeof(buf));
+	cr_assert(strncmp(buf, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0, "%zu: %s", n, buf);
+	close(stalled);
+	expect_impair(&ep, "impairments: --close-after 5 --seed 3 (replay with --seed 3)\n");
+	endpoint_stop(&ep);
+	free(r);
 }
