@@ -145,8 +145,8 @@ static bool parse_prob(const char *s, const char *end, unsigned *out)
 	return true;
 }
 
-/* A byte count or size in [s, end): N with k, m or g (binary). */
-static bool parse_bytes(const char *s, const char *end, uint64_t *out)
+/* N in [s, end) with an optional k, m or g suffix: unit, unit^2, unit^3. */
+static bool parse_scaled(const char *s, const char *end, uint64_t unit, uint64_t *out)
 {
 	uint64_t v, mul = 1;
 	const char *p = s;
@@ -155,17 +155,17 @@ static bool parse_bytes(const char *s, const char *end, uint64_t *out)
 		return false;
 	if (end - p == 1) {
 		switch (*p) {
-		case 'k':
-		case 'K':
-			mul = 1ull << 10;
-			break;
-		case 'm':
-		case 'M':
-			mul = 1ull << 20;
-			break;
 		case 'g':
 		case 'G':
-			mul = 1ull << 30;
+			mul *= unit;
+			/* fall through */
+		case 'm':
+		case 'M':
+			mul *= unit;
+			/* fall through */
+		case 'k':
+		case 'K':
+			mul *= unit;
 			break;
 		default:
 			return false;
@@ -178,37 +178,16 @@ static bool parse_bytes(const char *s, const char *end, uint64_t *out)
 	return true;
 }
 
+/* A byte count or size in [s, end): N with k, m or g (binary). */
+static bool parse_bytes(const char *s, const char *end, uint64_t *out)
+{
+	return parse_scaled(s, end, 1024, out);
+}
+
 /* Bits per second in [s, end): N with k, m or g (decimal, as link speeds). */
 static bool parse_rate(const char *s, const char *end, uint64_t *out)
 {
-	uint64_t v, mul = 1;
-	const char *p = s;
-
-	if (!digits(&p, &v))
-		return false;
-	if (end - p == 1) {
-		switch (*p) {
-		case 'k':
-		case 'K':
-			mul = 1000;
-			break;
-		case 'm':
-		case 'M':
-			mul = 1000000;
-			break;
-		case 'g':
-		case 'G':
-			mul = 1000000000;
-			break;
-		default:
-			return false;
-		}
-		p++;
-	}
-	if (p != end || v > UINT64_MAX / mul)
-		return false;
-	*out = v * mul;
-	return true;
+	return parse_scaled(s, end, 1000, out);
 }
 
 static int bad(char *err, size_t errlen, const char *flag, const char *value, const char *why)
