@@ -36,6 +36,12 @@ void rb__log_unbind(const struct rb_config *cfg);
 /* An event: logged as text, or with --log-format json as an object made of
  * fields (comma-separated "name":value pairs, no braces). */
 void rb__log_event(enum rb_log_level level, const char *text, const char *fields);
+/* A report someone asked for (SIGUSR1's stats): an event at NOTICE, logged
+ * whatever the configured level. */
+void rb__log_report(const char *text, const char *fields);
+/* Room for rb_server_stats_json with every counter at its widest and
+ * RB_MAX_THREADS workers (about 4 KiB today). */
+#define RB_STATS_JSON_MAX 6144
 /* s as the inside of a JSON string, NUL-terminated in out; returns its length. */
 size_t rb__json_escape(char *out, size_t len, const char *s);
 
@@ -268,6 +274,9 @@ void rb__worker_unadmit(struct rb_worker *w);
  * reason, logged, and its place under --max-conns freed). */
 void rb__session_opened(struct rb_worker *w, struct rb_session *s);
 void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_close_reason why);
+/* A relay's upstream connected after `us` microseconds: counted (stats and
+ * the connect-time histogram). */
+void rb__upstream_connected(struct rb_worker *w, uint64_t us);
 /* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
 

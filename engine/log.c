@@ -15,8 +15,11 @@
 
 #include "internal.h"
 
-/* Longest message, the NUL included (room for the stats JSON). */
+/* Longest message, the NUL included. */
 #define RB_LOG_MAX 2048
+/* A whole line: an event (a stats line with every counter) may be longer
+ * than a message. */
+#define RB_LINE_MAX 8192
 
 /* What a thread outside any server (or an unbound one) logs with. */
 static const struct rb_config log_defaults = {.log_level = RB_LOG_INFO};
@@ -93,7 +96,7 @@ size_t rb__json_escape(char *out, size_t len, const char *s)
 static void log_stderr(enum rb_log_level level, bool timestamps, bool json, const char *msg,
                        const char *fields)
 {
-	char line[2 * RB_LOG_MAX + 128], stamp[40] = "";
+	char line[RB_LINE_MAX + 128], stamp[40] = "";
 	size_t off = 0;
 	int n;
 
@@ -157,16 +160,18 @@ vlog(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, va_l
 		log_stderr(level, cfg->log_timestamps, cfg->log_json, msg, NULL);
 }
 
-void rb__log_event(enum rb_log_level level, const char *text, const char *fields)
+/* An event at `level`; `force`: whatever the configured level (a report
+ * someone asked for). */
+static void log_event(enum rb_log_level level, bool force, const char *text, const char *fields)
 {
 	const struct rb_config *cfg = log_bound ? log_bound : &log_defaults;
 
-	if (level > cfg->log_level)
+	if (level > cfg->log_level && !force)
 		return;
 	if (cfg->log_fn) {
 		/* A sink gets the form its server asked for. */
 		if (cfg->log_json) {
-			char obj[2 * RB_LOG_MAX];
+			char obj[RB_LINE_MAX];
 			snprintf(obj, sizeof(obj), "{%s}", fields);
 			cfg->log_fn(cfg->log_ctx, level, obj);
 		} else {
@@ -175,6 +180,16 @@ void rb__log_event(enum rb_log_level level, const char *text, const char *fields
 		return;
 	}
 	log_stderr(level, cfg->log_timestamps, cfg->log_json, text, cfg->log_json ? fields : NULL);
+}
+
+void rb__log_event(enum rb_log_level level, const char *text, const char *fields)
+{
+	log_event(level, false, text, fields);
+}
+
+void rb__log_report(const char *text, const char *fields)
+{
+	log_event(RB_LOG_NOTICE, true, text, fields);
 }
 
 void rb_log(const struct rb_config *cfg, enum rb_log_level level, const char *fmt, ...)

@@ -189,16 +189,16 @@ static const char *const gauges[] = {"active", "buffered", "chunks_live", "chunk
  * Histograms, from bucket counters that each count one range [lo, hi): a
  * cumulative bucket le=X is the sum of the ranges up to X. The byte ranges
  * are of whole bytes, so "under 1 KiB" is exactly le=1023; the time ranges
- * are continuous, where < and <= differ by nothing measurable. There is no
- * _sum: the counters keep how many fell in each range, not their total, and
- * a sum made up from the ranges' midpoints would be a number nobody
- * measured. (A duration and a byte total per session, added to RB_STATS,
- * would give the real ones.)
+ * are continuous, where < and <= differ by nothing measurable. _sum is a
+ * counter of its own that adds up every observation (microseconds, shown
+ * in seconds, or bytes), so it is exact.
  */
 #define HIST_BUCKETS 8
 static const struct histogram {
 	const char *name;
 	const char *help;
+	size_t sum_off; /* the observations added up */
+	bool sum_us;    /* ... in microseconds, shown in seconds */
 	struct {
 		size_t off;
 		const char *le;
@@ -206,6 +206,8 @@ static const struct histogram {
 } histograms[] = {
         {"rebound_session_duration_seconds",
          "how long sessions lasted, open to close",
+         offsetof(struct rb_stats, duration_us),
+         true,
          {{offsetof(struct rb_stats, duration_under_1ms), "0.001"},
           {offsetof(struct rb_stats, duration_under_10ms), "0.01"},
           {offsetof(struct rb_stats, duration_under_100ms), "0.1"},
@@ -215,6 +217,8 @@ static const struct histogram {
           {offsetof(struct rb_stats, duration_over_100s), "+Inf"}}},
         {"rebound_session_bytes",
          "bytes a session moved, in + out",
+         offsetof(struct rb_stats, session_bytes),
+         false,
          {{offsetof(struct rb_stats, session_bytes_under_1k), "1023"},
           {offsetof(struct rb_stats, session_bytes_under_64k), "65535"},
           {offsetof(struct rb_stats, session_bytes_under_1m), "1048575"},
@@ -222,6 +226,8 @@ static const struct histogram {
           {offsetof(struct rb_stats, session_bytes_over_64m), "+Inf"}}},
         {"rebound_upstream_connect_seconds",
          "relay: how long upstream connects took",
+         offsetof(struct rb_stats, connect_us),
+         true,
          {{offsetof(struct rb_stats, connect_under_1ms), "0.001"},
           {offsetof(struct rb_stats, connect_under_10ms), "0.01"},
           {offsetof(struct rb_stats, connect_under_100ms), "0.1"},
@@ -239,15 +245,21 @@ static uint64_t value_at(const struct rb_stats *st, size_t off)
 	return v;
 }
 
-/* The histogram a field is a bucket of, and which bucket; NULL if none. */
+/* The histogram a field is part of, and which bucket (HIST_BUCKETS: its
+ * sum); NULL if none. */
 static const struct histogram *histogram_of(size_t off, size_t *bucket)
 {
-	for (size_t h = 0; h < N_ELEMS(histograms); h++)
+	for (size_t h = 0; h < N_ELEMS(histograms); h++) {
+		if (histograms[h].sum_off == off) {
+			*bucket = HIST_BUCKETS;
+			return &histograms[h];
+		}
 		for (size_t b = 0; b < HIST_BUCKETS && histograms[h].b[b].le; b++)
 			if (histograms[h].b[b].off == off) {
 				*bucket = b;
 				return &histograms[h];
 			}
+	}
 	return NULL;
 }
 
@@ -286,6 +298,12 @@ static void histogram_text(struct text *t, const struct histogram *h, const stru
 		sum += value_at(st, h->b[b].off);
 		text_printf(t, "%s_bucket{le=\"%s\"} %" PRIu64 "\n", h->name, h->b[b].le, sum);
 	}
+	uint64_t total = value_at(st, h->sum_off);
+	if (h->sum_us)
+		text_printf(t, "%s_sum %" PRIu64 ".%06" PRIu64 "\n", h->name, total / 1000000,
+		            total % 1000000);
+	else
+		text_printf(t, "%s_sum %" PRIu64 "\n", h->name, total);
 	text_printf(t, "%s_count %" PRIu64 "\n", h->name, sum);
 }
 

@@ -524,17 +524,7 @@ static void upstream_connected(struct rb_worker *w, struct rb_session *s)
 	rb__timer_cancel(&w->timers, &s->timer);
 	/* Later connections start from the address that worked. */
 	__atomic_store_n(&up->last_ok, (s->up_first + s->up_tried) % up->n, __ATOMIC_RELAXED);
-	RB_STAT_ADD(w, upstream_connects, 1);
-	if (us < 1000)
-		RB_STAT_ADD(w, connect_under_1ms, 1);
-	else if (us < 10000)
-		RB_STAT_ADD(w, connect_under_10ms, 1);
-	else if (us < 100000)
-		RB_STAT_ADD(w, connect_under_100ms, 1);
-	else if (us < 1000000)
-		RB_STAT_ADD(w, connect_under_1s, 1);
-	else
-		RB_STAT_ADD(w, connect_over_1s, 1);
+	rb__upstream_connected(w, us);
 	rb__tune_accepted(w, k->fd, !up->is_unix);
 }
 

@@ -27,7 +27,8 @@ static void stats_tick(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
 	uint64_t now = rb__now_ms(), dt = now - w->stats_prev_ms;
-	char json[4096], rates[256], text[4500], fields[4500];
+	char json[RB_STATS_JSON_MAX], rates[256], text[RB_STATS_JSON_MAX + 300],
+	        fields[RB_STATS_JSON_MAX + 300];
 	struct rb_stats st;
 
 	rb_server_stats_json(w->srv, json, sizeof(json));
@@ -162,9 +163,12 @@ bool rb__worker_control(struct rb_worker *w)
 	__atomic_store_n(&w->heartbeat_seen, __atomic_load_n(&w->srv->heartbeat, __ATOMIC_ACQUIRE),
 	                 __ATOMIC_RELEASE);
 	if (__atomic_exchange_n(&w->srv->stats_requested, 0, __ATOMIC_RELAXED)) {
-		char json[4096];
+		char json[RB_STATS_JSON_MAX], text[RB_STATS_JSON_MAX + 16],
+		        fields[RB_STATS_JSON_MAX + 32];
 		rb_server_stats_json(w->srv, json, sizeof(json));
-		rb__log(RB_LOG_ERR, "stats %s", json);
+		snprintf(text, sizeof(text), "stats %s", json);
+		snprintf(fields, sizeof(fields), "\"event\":\"stats\",\"stats\":%s", json);
+		rb__log_report(text, fields);
 	}
 	return __atomic_load_n(&w->srv->stop_requested, __ATOMIC_RELAXED);
 }
@@ -329,6 +333,22 @@ static const char *const reason_names[] = {
         [RB_CLOSE_SHUTDOWN] = "shutdown",
 };
 
+void rb__upstream_connected(struct rb_worker *w, uint64_t us)
+{
+	RB_STAT_ADD(w, upstream_connects, 1);
+	RB_STAT_ADD(w, connect_us, us);
+	if (us < 1000)
+		RB_STAT_ADD(w, connect_under_1ms, 1);
+	else if (us < 10000)
+		RB_STAT_ADD(w, connect_under_10ms, 1);
+	else if (us < 100000)
+		RB_STAT_ADD(w, connect_under_100ms, 1);
+	else if (us < 1000000)
+		RB_STAT_ADD(w, connect_under_1s, 1);
+	else
+		RB_STAT_ADD(w, connect_over_1s, 1);
+}
+
 /* The addresses, taken at open: at close the peer may be gone. */
 struct rb_session_addrs {
 	char peer[112], local[112];
@@ -413,6 +433,8 @@ void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_clos
 		RB_STAT_ADD(w, closed_shutdown, 1);
 		break;
 	}
+	RB_STAT_ADD(w, duration_us, dur);
+	RB_STAT_ADD(w, session_bytes, bytes);
 	if (dur < 1000)
 		RB_STAT_ADD(w, duration_under_1ms, 1);
 	else if (dur < 10000)

@@ -90,12 +90,14 @@ static unsigned sink_count(struct sink *s, const char *prefix)
 
 static struct sink *g_sink;
 static enum rb_log_level g_level;
+static bool g_json;
 
 static void to_sink(struct rb_config *cfg)
 {
 	cfg->log_fn = sink_fn;
 	cfg->log_ctx = g_sink;
 	cfg->log_level = g_level;
+	cfg->log_json = g_json;
 	cfg->copy = RB_COPY_SPLICE;
 	cfg->pipe_size = 1u << 30; /* above fs.pipe-max-size: an INFO message */
 }
@@ -133,7 +135,7 @@ Test(log, sink_gets_messages_at_their_levels)
 	/* Logged by a worker, in the server's thread. */
 	rb_server_request_stats(ts.srv);
 	i = sink_wait(&s, "stats {");
-	cr_assert_eq(s.level[i], RB_LOG_ERR);
+	cr_assert_eq(s.level[i], RB_LOG_NOTICE);
 	cr_assert_eq(s.msg[i][strlen(s.msg[i]) - 1], '}', "no newline, nothing after the JSON");
 	th_server_stop(&ts);
 }
@@ -189,6 +191,31 @@ Test(log, rb_log_formats_and_truncates)
 	big[sizeof(big) - 1] = '\0';
 	rb_log(&cfg, RB_LOG_ERR, "%s", big);
 	cr_assert_eq(strlen(s.msg[1]), 2047, "messages are cut at 2047 bytes");
+}
+
+/* SIGUSR1's stats: a report asked for, at NOTICE whatever the level; with
+ * JSON logs, an object of its own, not JSON inside a "msg" string. */
+Test(log, stats_report_is_an_event_at_notice)
+{
+	struct engine_param p = {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_SPLICE};
+	struct test_server ts;
+	struct sink s;
+	unsigned i;
+
+	sink_init(&s);
+	g_sink = &s;
+	g_level = RB_LOG_ERR;
+	g_json = true;
+	th_server_start(&ts, &p, to_sink);
+	rb_server_request_stats(ts.srv);
+	i = sink_wait(&s, "{\"event\":\"stats\",\"stats\":{\"accepted\":0,");
+	th_server_stop(&ts);
+	cr_assert_eq(s.n, 1, "only the report passed log_level ERR");
+	cr_assert_eq(s.level[i], RB_LOG_NOTICE);
+	const char *end = ",\"accepted_per_worker\":[0]}}";
+	size_t len = strlen(s.msg[i]);
+	cr_assert(len > strlen(end) && strcmp(s.msg[i] + len - strlen(end), end) == 0,
+	          "one object, the counters' object closed: %s", s.msg[i]);
 }
 
 /* Two servers in one process: each one's workers log to its own sink. */

@@ -343,7 +343,8 @@ static const char *parse_sample(struct expo *e, const char *p, const char *end, 
 }
 
 /* Per histogram: _bucket samples with only le, le increasing, counts
- * cumulative, the last le +Inf and equal to _count; nothing else but _sum. */
+ * cumulative, the last le +Inf and equal to _count, and a _sum; nothing
+ * else. */
 static const char *check_histograms(struct expo *e)
 {
 	unsigned lineno = 0;
@@ -352,6 +353,7 @@ static const char *check_histograms(struct expo *e)
 		const char *name = e->f[f].name;
 		size_t nl = strlen(name), buckets = 0;
 		double last_le = -INFINITY, last = 0, count = -1;
+		bool has_sum = false;
 		if (strcmp(e->f[f].type, "histogram") != 0)
 			continue;
 		for (size_t i = 0; i < e->ns; i++) {
@@ -363,8 +365,10 @@ static const char *check_histograms(struct expo *e)
 				count = s->value;
 				continue;
 			}
-			if (strcmp(s->name + nl, "_sum") == 0)
+			if (strcmp(s->name + nl, "_sum") == 0) {
+				has_sum = true;
 				continue;
+			}
 			if (strcmp(s->name + nl, "_bucket") != 0)
 				FAIL("histogram %s has a sample %s", name, s->name);
 			if (s->n_labels != 1 || !parse_value(s->le, strlen(s->le), &le) ||
@@ -382,6 +386,8 @@ static const char *check_histograms(struct expo *e)
 			FAIL("%s: the last bucket is not le=\"+Inf\"", name);
 		if (count != last)
 			FAIL("%s: _count %g is not the +Inf bucket %g", name, count, last);
+		if (!has_sum)
+			FAIL("%s: no _sum", name);
 	}
 	return NULL;
 }
@@ -631,6 +637,7 @@ Test(metrics, parser_refuses_what_the_format_does_not_allow)
 	         "h_bucket{le=\"+Inf\"} 1\nh_count 1\n"),
 	        "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_count 1\n",
 	        "# TYPE h histogram\nh_bucket{le=\"+Inf\",x=\"y\"} 1\nh_count 1\n",
+	        "# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n", /* no _sum */
 	};
 	struct expo *e = malloc(sizeof(*e));
 
@@ -680,6 +687,9 @@ static const struct {
         {"connect_under_100ms", "rebound_upstream_connect_seconds"},
         {"connect_under_1s", "rebound_upstream_connect_seconds"},
         {"connect_over_1s", "rebound_upstream_connect_seconds"},
+        {"duration_us", "rebound_session_duration_seconds"},
+        {"session_bytes", "rebound_session_bytes"},
+        {"connect_us", "rebound_upstream_connect_seconds"},
 };
 
 static const char *bucket_family(const char *field)
@@ -796,6 +806,13 @@ Test(metrics, exposition_after_known_traffic, .timeout = 120)
 	cr_expect_eq(expo_value(e, "rebound_session_duration_seconds_bucket", "le=\"100\""),
 	             (double)k);
 	cr_expect_eq(expo_value(e, "rebound_session_duration_seconds_count", ""), (double)k);
+	/* The sums: every byte each way, and the durations as measured. */
+	cr_expect_eq(expo_value(e, "rebound_session_bytes_sum", ""), (double)(2 * total));
+	cr_expect_eq(st.session_bytes, 2 * total);
+	cr_expect_gt(st.duration_us, 0);
+	cr_expect_eq(expo_value(e, "rebound_session_duration_seconds_sum", ""),
+	             (double)st.duration_us / 1e6);
+	cr_expect_eq(expo_value(e, "rebound_upstream_connect_seconds_sum", ""), 0.0);
 	snprintf(labels, sizeof(labels), "version=\"%s\",engine=\"%s\"", RB_VERSION,
 	         rb_engine_name(rb_server_engine(ep.ts.srv)));
 	cr_expect_eq(expo_value(e, "rebound_info", labels), 1.0);

@@ -105,6 +105,7 @@ static void expect_relayed(struct pair *pr, uint64_t conns, uint64_t bytes)
 	cr_expect_eq(r.connect_under_1ms + r.connect_under_10ms + r.connect_under_100ms +
 	                     r.connect_under_1s + r.connect_over_1s,
 	             conns);
+	cr_expect_gt(r.connect_us, 0, "the connects' times added up");
 	cr_expect_eq(u.accepted, conns);
 	cr_expect_eq(u.bytes_in, bytes);
 	cr_expect_eq(u.bytes_out, bytes);

@@ -214,6 +214,7 @@ struct rb_config {
 	X(connect_under_100ms, SUM, "relay: ... 10 to 100 ms")                                     \
 	X(connect_under_1s, SUM, "relay: ... 100 ms to 1 s")                                       \
 	X(connect_over_1s, SUM, "relay: ... 1 s or more")                                          \
+	X(connect_us, SUM, "relay: upstream connect times added up, in microseconds")              \
 	X(closed_eof, SUM, "sessions that ended cleanly (FIN, or all flows done)")                 \
 	X(closed_error, SUM, "sessions that ended by an error or RST")                             \
 	X(closed_idle, SUM, "sessions closed by --idle-timeout")                                   \
@@ -227,11 +228,13 @@ struct rb_config {
 	X(duration_under_10s, SUM, "... 1 to 10 s")                                                \
 	X(duration_under_100s, SUM, "... 10 to 100 s")                                             \
 	X(duration_over_100s, SUM, "... 100 s or more")                                            \
+	X(duration_us, SUM, "session durations added up, in microseconds")                         \
 	X(session_bytes_under_1k, SUM, "sessions that moved under 1 KiB (in + out)")               \
 	X(session_bytes_under_64k, SUM, "... 1 KiB to 64 KiB")                                     \
 	X(session_bytes_under_1m, SUM, "... 64 KiB to 1 MiB")                                      \
 	X(session_bytes_under_64m, SUM, "... 1 MiB to 64 MiB")                                     \
 	X(session_bytes_over_64m, SUM, "... 64 MiB or more")                                       \
+	X(session_bytes, SUM, "bytes the sessions moved, added up (in + out)")                     \
 	X(events, SUM, "readiness events or completions handled")                                  \
 	X(idle_events, SUM, "readiness events that moved no byte")                                 \
 	X(impaired_sessions, SUM, "impairments: sessions that got at least one")                   \
