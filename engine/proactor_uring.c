@@ -47,10 +47,10 @@ enum {
 	OP_UDP = 0, /* UDP's (uring_udp.c): the object says what it is */
 	OP_RECV = 1,
 	OP_SEND,
-	OP_CANCEL, /* a cancel aimed at a connection's operations */
+	OP_CANCEL, /* a cancel aimed at a connection's operations (NULL: the worker's) */
 	OP_ACCEPT,
 	OP_CTL,     /* poll on the control eventfd */
-	OP_WCANCEL, /* a cancel aimed at an accept or the control poll */
+	OP_ZC,      /* a zero-copy send: its result, then its notification */
 	OP_CONNECT, /* the relay's connect to its upstream */
 	OP_MASK = 7,
 };
@@ -73,6 +73,8 @@ struct rb_uring_test_counters {
 	uint64_t shared_bufs;   /* buffers that held bytes of more than one receive */
 	uint64_t shadow_miss;   /* CQEs whose buffer was not at the shadow's head */
 	uint64_t batched_waits; /* waits for more than one CQE (min-wait batching) */
+	uint64_t zc_sends;      /* zero-copy sends completed (their first CQE) */
+	uint64_t zc_notifs;     /* ... and their notifications */
 };
 struct rb_uring_test_counters rb__uring_test_counters;
 #define TEST_COUNT(field, n)                                                                       \
@@ -140,6 +142,24 @@ enum {
 	UF_SENT = 1u << 1, /* on the list of sends made since the last wait */
 };
 
+/*
+ * A zero-copy send (IORING_OP_SEND_ZC, or SENDMSG_ZC for several iovecs).
+ * Its first CQE is the send's result (with IORING_CQE_F_MORE when a
+ * notification follows); the flow goes on from there as after any send.
+ * The kernel may read the bytes until the notification (IORING_CQE_F_NOTIF:
+ * a TCP segment holds them until it is acknowledged), so the send holds a
+ * reference on each buffer its iovecs point into until then, and the
+ * buffers go back to the ring only after it. The notification may come
+ * after the flow has sent again, or after the session is gone: each send
+ * is its own object (and user_data), owned by the worker, not the session.
+ */
+struct uzc {
+	struct uflow *f;     /* until the send's first CQE, then NULL */
+	struct rb_list link; /* the worker's zc list */
+	uint32_t n;
+	uint16_t bid[]; /* a buffer per iovec (a buffer may appear twice) */
+};
+
 struct uflow {
 	struct uconn *c;
 	struct rb_flow *rf; /* the session's record: FLOW_* state, chain, stage */
@@ -154,6 +174,7 @@ struct uflow {
 	size_t bytes;               /* unsent bytes (UF_CHAIN: the chain's) */
 	size_t send_bytes;          /* bytes of the send in flight */
 	struct rb_flow_impair *imp; /* rf->imp, kept here: on_recv and on_send read it */
+	struct uzc *zc;             /* the send in flight, if zero-copy */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -214,6 +235,14 @@ struct uring {
 	bool inc;    /* the ring consumes buffers incrementally */
 	bool batch;  /* min-wait batching: one enter per wake-up */
 	unsigned batch_us;
+	/* Zero-copy sends (--uring-send-zc): from zc_min bytes (0: never); those
+	 * whose notification has not come. A stop waits for them until its
+	 * deadline, then at most ZC_GRACE_MS more (zc_timer). */
+	size_t zc_min;
+	struct rb_list zc;
+	unsigned n_zc;
+	bool zc_give_up;
+	struct rb_timer zc_timer;
 	/* Flows that sent since the last wait (see ring_wait). */
 	struct uflow **sent;
 	unsigned n_sent, sent_cap;
@@ -453,7 +482,7 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		struct uflow *f = &c->uf[i];
 		if (!(f->flags & UF_SEND))
 			continue;
-		cancel_op(u, c, tag(f, OP_SEND));
+		cancel_op(u, c, f->zc ? tag(f->zc, OP_ZC) : tag(f, OP_SEND));
 		/* A send the kernel could not finish without waiting (its poll
 		 * said writable, the send still found no room) may have been
 		 * handed to an io-wq worker, where it blocks on this blocking
@@ -586,31 +615,80 @@ static inline unsigned flow_iov(struct uflow *f, unsigned n)
 	return n <= f->iov_cap ? n : flow_iov_grow(f, n);
 }
 
+/*
+ * A zero-copy send of the flow's first n queued segments (the iovecs), or
+ * NULL (plain send): each of their buffers is held until the notification.
+ */
+static struct uzc *zc_begin(struct uring *u, struct uflow *f, unsigned n)
+{
+	struct uzc *z = malloc(sizeof(*z) + n * sizeof(z->bid[0]));
+	uint32_t seg = f->qhead;
+
+	if (!z)
+		return NULL;
+	z->f = f;
+	z->n = n;
+	for (unsigned i = 0; i < n; i++) {
+		z->bid[i] = u->seg[seg].bid;
+		u->meta[z->bid[i]].refs++;
+		seg = u->seg[seg].next;
+	}
+	rb_list_init(&z->link);
+	rb_list_add_tail(&u->zc, &z->link);
+	u->n_zc++;
+	return z;
+}
+
+/* The notification is in (or the ring is gone): the buffers may go back. */
+static void zc_end(struct uring *u, struct uzc *z)
+{
+	for (uint32_t i = 0; i < z->n; i++) {
+		u->meta[z->bid[i]].refs--;
+		buf_release(u, z->bid[i]);
+	}
+	rb_list_del(&z->link);
+	u->n_zc--;
+	free(z);
+}
+
 /* The one send in flight for the flow: f->iov[0..n) to its sink. */
 static inline __attribute__((always_inline)) void flow_submit_send(struct uring *u, struct uflow *f,
                                                                    unsigned n)
 {
 	struct usock *k = f->sink;
 	struct io_uring_sqe *sqe = get_sqe(u);
+	struct uzc *z = NULL;
 
+	f->send_bytes = 0;
+	for (unsigned i = 0; i < n; i++)
+		f->send_bytes += f->iov[i].iov_len;
+	/* Received buffers only: sockperf's chain and chargen's pattern are
+	 * small and sent by plain sends. */
+	if (u->zc_min && f->kind == UF_SEGS && f->send_bytes >= u->zc_min)
+		z = zc_begin(u, f, n);
 	if (n == 1) {
-		io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
-		                   MSG_NOSIGNAL);
+		if (z)
+			io_uring_prep_send_zc(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
+			                      MSG_NOSIGNAL, 0);
+		else
+			io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
+			                   MSG_NOSIGNAL);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
 		 * kernel may read them after io_uring_submit returns. */
 		memset(&f->msg, 0, sizeof(f->msg));
 		f->msg.msg_iov = f->iov;
 		f->msg.msg_iovlen = n;
-		io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
+		if (z)
+			io_uring_prep_sendmsg_zc(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
+		else
+			io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
 	}
 	sqe_fixed(sqe, k);
-	io_uring_sqe_set_data64(sqe, tag(f, OP_SEND));
+	io_uring_sqe_set_data64(sqe, z ? tag(z, OP_ZC) : tag(f, OP_SEND));
+	f->zc = z;
 	f->flags |= UF_SEND;
 	f->c->refs++;
-	f->send_bytes = 0;
-	for (unsigned i = 0; i < n; i++)
-		f->send_bytes += f->iov[i].iov_len;
 	if (u->batch && !(f->flags & UF_SENT)) {
 		if (u->n_sent == u->sent_cap) {
 			unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
@@ -1350,6 +1428,25 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 	conn_advance(w, u, c);
 }
 
+/* A zero-copy send's CQEs: first its result, then (with IORING_CQE_F_MORE
+ * on the first) its notification. */
+static void on_send_zc(struct rb_worker *w, struct uring *u, struct uzc *z, int res, unsigned flags)
+{
+	struct uflow *f = z->f;
+
+	if (flags & IORING_CQE_F_NOTIF) {
+		TEST_COUNT(zc_notifs, 1);
+		zc_end(u, z);
+		return;
+	}
+	TEST_COUNT(zc_sends, 1);
+	z->f = NULL;
+	f->zc = NULL;
+	if (!(flags & IORING_CQE_F_MORE))
+		zc_end(u, z); /* no notification will come */
+	on_send(w, u, f, res);
+}
+
 /* ---- the relay's upstream connect ---- */
 
 static void upstream_failed(struct rb_worker *w, struct uring *u, struct uconn *c, int err)
@@ -1767,19 +1864,37 @@ static void wcancel(struct uring *u, uint64_t target)
 	struct io_uring_sqe *sqe = get_sqe(u);
 
 	io_uring_prep_cancel64(sqe, target, 0);
-	io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+	io_uring_sqe_set_data64(sqe, tag(NULL, OP_CANCEL));
 	u->wops++;
 }
 
 static void close_all(struct rb_worker *w, struct uring *u);
 
+/* A stop waits this long past its deadline for zero-copy notifications. */
+#define ZC_GRACE_MS 1000
+
+static void zc_grace_over(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+	struct uring *u = w->model;
+
+	(void)t;
+	u->zc_give_up = true;
+}
+
 /* The stop deadline: what is still unsent is dropped (as the reactor does). */
 static void stop_deadline(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
+	struct uring *u = w->model;
 
 	(void)t;
-	close_all(w, w->model);
+	close_all(w, u);
+	/* The resets end the sessions' zero-copy sends at once; a socket
+	 * already closed with unacknowledged bytes (a peer that stopped
+	 * reading) may hold its buffers until TCP gives up on it. */
+	if (u->n_zc)
+		rb__timer_arm(&w->timers, &u->zc_timer, rb__now_ms() + ZC_GRACE_MS);
 }
 
 /* The accept back-off is over: accept again, unless stopping meanwhile. */
@@ -1865,8 +1980,15 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 	case OP_SEND:
 		on_send(w, u, p, res);
 		break;
+	case OP_ZC:
+		on_send_zc(w, u, p, res, flags);
+		break;
 	case OP_CANCEL: {
 		struct uconn *c = p;
+		if (!c) { /* the worker's: an accept's or the control poll's */
+			u->wops--;
+			break;
+		}
 		c->refs--;
 		conn_advance(w, u, c);
 		break;
@@ -1879,9 +2001,6 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 		break;
 	case OP_CTL:
 		on_ctl(w, u, res);
-		break;
-	case OP_WCANCEL:
-		u->wops--;
 		break;
 	case OP_UDP:
 		if (p && u->udp) {
@@ -1946,6 +2065,9 @@ static bool worker_done(struct rb_worker *w, struct uring *u)
 		return false;
 	listeners_check_released(w, u); /* UDP's last CQEs may have come in */
 	if (!rb_list_empty(&u->conns) || !u->listen_released)
+		return false;
+	/* The kernel may still read the buffers of zero-copy sends. */
+	if (u->n_zc && !u->zc_give_up)
 		return false;
 	if (u->ctl_armed && !u->ctl_cancelled) {
 		wcancel(u, tag(u, OP_CTL));
@@ -2074,7 +2196,7 @@ static void emergency_drain(struct rb_worker *w, struct uring *u)
 
 	if (sqe) {
 		io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-		io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+		io_uring_sqe_set_data64(sqe, tag(NULL, OP_CANCEL));
 		u->wops++;
 	}
 	close_all(w, u);
@@ -2224,7 +2346,7 @@ static const char *feature_state(bool used, bool kernel)
 
 static int uring_worker_init(struct rb_worker *w)
 {
-	char batch_state[32], napi_state[48] = "";
+	char batch_state[32], zc_state[40], napi_state[48] = "";
 	const struct rb_config *cfg = &w->srv->cfg;
 	size_t per_conn;
 	struct uring *u;
@@ -2242,6 +2364,8 @@ static int uring_worker_init(struct rb_worker *w)
 	rb_list_init(&u->conns);
 	rb_list_init(&u->ready);
 	rb_list_init(&u->bufwait);
+	rb_list_init(&u->zc);
+	rb__timer_init(&u->zc_timer, zc_grace_over);
 	u->bufsize = (uint32_t)cfg->chunk_size;
 	u->nbufs = cfg->uring_buffers;
 	u->mshot_limit = caps->mshot_limit && !rb__uring_test_single_recv;
@@ -2275,6 +2399,7 @@ static int uring_worker_init(struct rb_worker *w)
 	u->batch = caps->min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
 	           cfg->uring_batch_us > 0;
 	u->batch_us = cfg->uring_batch_us;
+	u->zc_min = caps->send_zc && !(cfg->uring_off & RB_URING_SEND_ZC) ? cfg->uring_send_zc : 0;
 	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0,
 	                                &u->br, &u->br_len);
 	if (rc < 0)
@@ -2312,15 +2437,17 @@ static int uring_worker_init(struct rb_worker *w)
 			        cfg->busy_poll_us);
 	}
 	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
+	snprintf(zc_state, sizeof(zc_state), "%zu", u->zc_min);
 	snprintf(u->detail, sizeof(u->detail),
 	         "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
-	         "incremental buffers: %s, batching: %s%s%s%s",
+	         "incremental buffers: %s, batching: %s, send zc: %s%s%s%s",
 	         u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
 	         u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
 	         u->mshot_limit ? "multishot+limit" : "single-shot",
 	         feature_state(u->bundle, caps->bundle), feature_state(u->inc, caps->inc),
 	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll),
-	         napi_state, u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
+	         u->zc_min ? zc_state : feature_state(false, caps->send_zc), napi_state,
+	         u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
 	return 0;
 }
 
@@ -2356,8 +2483,22 @@ static void uring_worker_fini(struct rb_worker *w)
 	rb__uring_udp_destroy(w, u->udp);
 	if (u->br)
 		munmap(u->br, u->br_len);
+	/* Zero-copy sends whose notification never came (a stop gave up on
+	 * them): the kernel may still read their buffers, which are therefore
+	 * neither reused nor freed. */
+	if (u->n_zc)
+		rb__log(RB_LOG_ERR,
+		        "uring: %u zero-copy sends still unconfirmed at exit; their buffers are "
+		        "left allocated",
+		        u->n_zc);
+	while (!rb_list_empty(&u->zc)) {
+		struct uzc *z = rb_container_of(u->zc.next, struct uzc, link);
+		rb_list_del(&z->link);
+		free(z);
+	}
 	for (unsigned i = 0; i < u->nalloc; i++)
-		rb_pool_put(&w->pool, u->chunk[i]);
+		if (!u->meta || !u->meta[i].refs)
+			rb_pool_put(&w->pool, u->chunk[i]);
 	free(u->chunk);
 	free(u->meta);
 	free(u->shadow);
