@@ -696,9 +696,12 @@ int main(int argc, char **argv)
 		case OPT_URING_SEND_ZC:
 			if (strcmp(optarg, "off") == 0)
 				cfg.uring_send_zc = 0;
-			else if ((rc = parse_size_flag("--uring-send-zc", optarg,
-			                               &cfg.uring_send_zc)))
-				return rc;
+			else if ((rc = rb_parse_size(optarg, &cfg.uring_send_zc)) < 0)
+				return bad_value(
+				        "--uring-send-zc", optarg,
+				        rc == -ERANGE
+				                ? "too large"
+				                : "expected a size such as 4096 or 16k, or off");
 			break;
 		case OPT_METRICS:
 			metrics_url = optarg;

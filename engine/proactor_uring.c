@@ -74,6 +74,7 @@ struct rb_uring_test_counters {
 	uint64_t shadow_miss;   /* CQEs whose buffer was not at the shadow's head */
 	uint64_t batched_waits; /* waits for more than one CQE (min-wait batching) */
 	uint64_t zc_sends;      /* zero-copy sends completed (their first CQE) */
+	uint64_t zc_more;       /* ... whose first CQE said a notification follows */
 	uint64_t zc_notifs;     /* ... and their notifications */
 };
 struct rb_uring_test_counters rb__uring_test_counters;
@@ -152,10 +153,17 @@ enum {
  * buffers go back to the ring only after it. The notification may come
  * after the flow has sent again, or after the session is gone: each send
  * is its own object (and user_data), owned by the worker, not the session.
+ *
+ * Until then its bytes still count against the flow's cap (and as
+ * buffered): the kernel does not charge zero-copy pages to the socket's
+ * send buffer, so a peer that does not read would otherwise let one
+ * connection take every buffer of the ring.
  */
 struct uzc {
-	struct uflow *f;     /* until the send's first CQE, then NULL */
+	struct uflow *f;     /* until the notification, or the session's end */
 	struct rb_list link; /* the worker's zc list */
+	uint32_t held;       /* bytes sent (from the first CQE), held until the notification */
+	bool waiting;        /* the first CQE said a notification follows (a session ref) */
 	uint32_t n;
 	uint16_t bid[]; /* a buffer per iovec (a buffer may appear twice) */
 };
@@ -175,6 +183,8 @@ struct uflow {
 	size_t send_bytes;          /* bytes of the send in flight */
 	struct rb_flow_impair *imp; /* rf->imp, kept here: on_recv and on_send read it */
 	struct uzc *zc;             /* the send in flight, if zero-copy */
+	size_t zc_held;             /* bytes sent zero-copy, not yet notified */
+	unsigned zc_pending;        /* zero-copy sends not yet notified */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -448,6 +458,21 @@ static void sock_abort(int fd)
 		shutdown(fd, SHUT_WR);
 }
 
+/*
+ * Zero-copy bytes the kernel still holds for the session (sent, not yet
+ * acknowledged) keep it, and its buffers, until their notifications: reset
+ * each socket that has them, which drops them and brings the
+ * notifications at once.
+ */
+static void conn_abort_zc(struct uconn *c)
+{
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		if (f->zc_pending && !(f->flags & UF_SEND) && f->sink->sk->fd >= 0)
+			sock_abort(f->sink->sk->fd);
+	}
+}
+
 /* The session's timers: the relay's connect, the timeouts, the impairments. */
 static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
 {
@@ -464,8 +489,11 @@ static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
 static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bool error)
 {
 	/* Already closing: an operation that failed meanwhile (a send ended
-	 * by our FIN, below) may have been the last one. */
+	 * by our FIN, below) may have been the last one. At the stop
+	 * deadline, zero-copy bytes that a peer does not take are dropped. */
 	if (c->flags & UC_CLOSING) {
+		if (u->closing_all)
+			conn_abort_zc(c);
 		conn_advance(w, u, c);
 		return;
 	}
@@ -478,6 +506,10 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		if (k->flags & US_CONNECTING)
 			cancel_op(u, c, tag(k, OP_CONNECT));
 	}
+	/* A clean close waits for the peer to take what was sent zero-copy
+	 * (the notifications); any other drops it. */
+	if (error || u->closing_all || (c->flags & UC_WHY))
+		conn_abort_zc(c);
 	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		if (!(f->flags & UF_SEND))
@@ -571,7 +603,18 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 					u->sent[j] = u->sent[--u->n_sent];
 		}
 		flow_free_segs(u, f);
-		RB_STAT_SUB(w, buffered, f->bytes);
+		RB_STAT_SUB(w, buffered, f->bytes + f->zc_held);
+		/* Zero-copy sends still held by the kernel outlive the session. */
+		if (f->zc_pending) {
+			struct rb_list *it;
+			for (it = u->zc.next; it != &u->zc; it = it->next) {
+				struct uzc *z = rb_container_of(it, struct uzc, link);
+				if (z->f == f) {
+					z->f = NULL;
+					z->held = 0; /* counted out above */
+				}
+			}
+		}
 		if (f->rf->copy)
 			f->rf->copy->release(w, f->rf);
 		if (f->iov != f->iov_inline)
@@ -627,6 +670,9 @@ static struct uzc *zc_begin(struct uring *u, struct uflow *f, unsigned n)
 	if (!z)
 		return NULL;
 	z->f = f;
+	z->held = 0;
+	z->waiting = false;
+	f->zc_pending++;
 	z->n = n;
 	for (unsigned i = 0; i < n; i++) {
 		z->bid[i] = u->seg[seg].bid;
@@ -642,6 +688,10 @@ static struct uzc *zc_begin(struct uring *u, struct uflow *f, unsigned n)
 /* The notification is in (or the ring is gone): the buffers may go back. */
 static void zc_end(struct uring *u, struct uzc *z)
 {
+	if (z->f) {
+		z->f->zc_held -= z->held;
+		z->f->zc_pending--;
+	}
 	for (uint32_t i = 0; i < z->n; i++) {
 		u->meta[z->bid[i]].refs--;
 		buf_release(u, z->bid[i]);
@@ -793,9 +843,9 @@ static size_t flow_room(const struct rb_worker *w, const struct uflow *f)
 {
 	size_t cap = conn_cap(w), room;
 
-	if (f->bytes >= cap || f->qbufs >= f->bufcap)
+	if (f->bytes + f->zc_held >= cap || f->qbufs >= f->bufcap)
 		return 0;
-	room = cap - f->bytes;
+	room = cap - f->bytes - f->zc_held;
 	/* sockperf: what is received is staged until framed. */
 	if (f->kind == UF_CHAIN && RB_SOCKPERF_MAX_MSG - f->rf->stage_len < room)
 		room = RB_SOCKPERF_MAX_MSG - f->rf->stage_len;
@@ -806,7 +856,7 @@ static size_t flow_room(const struct rb_worker *w, const struct uflow *f)
  * every small send. */
 static bool flow_resumable(const struct rb_worker *w, const struct uflow *f)
 {
-	if (f->bytes > conn_cap(w) / 2 || f->qbufs > f->bufcap / 2)
+	if (f->bytes + f->zc_held > conn_cap(w) / 2 || f->qbufs > f->bufcap / 2)
 		return false;
 	return f->kind != UF_CHAIN || f->rf->stage_len < RB_SOCKPERF_MAX_MSG;
 }
@@ -1436,14 +1486,32 @@ static void on_send_zc(struct rb_worker *w, struct uring *u, struct uzc *z, int 
 
 	if (flags & IORING_CQE_F_NOTIF) {
 		TEST_COUNT(zc_notifs, 1);
+		RB_STAT_SUB(w, buffered, z->held);
 		zc_end(u, z);
+		/* The session waited for it (its reference); below the cap
+		 * again, a paused flow may read on. */
+		if (f) {
+			f->c->refs--;
+			conn_advance(w, u, f->c);
+		}
 		return;
 	}
 	TEST_COUNT(zc_sends, 1);
-	z->f = NULL;
 	f->zc = NULL;
-	if (!(flags & IORING_CQE_F_MORE))
+	if (!(flags & IORING_CQE_F_MORE)) {
 		zc_end(u, z); /* no notification will come */
+	} else {
+		TEST_COUNT(zc_more, 1);
+		z->waiting = true;
+		f->c->refs++; /* the session waits for the notification */
+		if (res > 0) {
+			/* Sent, but held until the notification (on_send
+			 * counts them out of the buffered bytes: back in). */
+			z->held = (uint32_t)res;
+			f->zc_held += (size_t)res;
+			RB_STAT_ADD(w, buffered, (uint64_t)res);
+		}
+	}
 	on_send(w, u, f, res);
 }
 
@@ -1878,8 +1946,28 @@ static void zc_grace_over(struct rb_timer *t, void *arg)
 	struct rb_worker *w = arg;
 	struct uring *u = w->model;
 
+	struct rb_list *it, *next;
+
 	(void)t;
 	u->zc_give_up = true;
+	/* Sessions whose sockets would not reset: let them go; the kernel may
+	 * still read the buffers, which stay held (and are left allocated at
+	 * exit). */
+	for (it = u->zc.next; it != &u->zc; it = it->next) {
+		struct uzc *z = rb_container_of(it, struct uzc, link);
+		if (!z->f || !z->waiting)
+			continue;
+		z->f->zc_held -= z->held;
+		z->f->zc_pending--;
+		z->f->c->refs--;
+		RB_STAT_SUB(w, buffered, z->held);
+		z->held = 0;
+		z->f = NULL;
+	}
+	for (it = u->conns.next; it != &u->conns; it = next) {
+		next = it->next;
+		conn_advance(w, u, rb_container_of(it, struct uconn, s.all));
+	}
 }
 
 /* The stop deadline: what is still unsent is dropped (as the reactor does). */
