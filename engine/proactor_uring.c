@@ -116,6 +116,7 @@ enum {
 	US_QUEUED = 1u << 5,     /* used its read budget; on the ready list */
 	US_CONNECTING = 1u << 6, /* the relay's upstream: its connect is in flight */
 	US_UPSTREAM = 1u << 7,   /* the relay's upstream (its bytes are counted apart) */
+	US_NOZC = 1u << 8,       /* refused a zero-copy send: plain sends only */
 };
 
 /* A socket: its registered slot and its receive. */
@@ -712,9 +713,10 @@ static inline __attribute__((always_inline)) void flow_submit_send(struct uring 
 	f->send_bytes = 0;
 	for (unsigned i = 0; i < n; i++)
 		f->send_bytes += f->iov[i].iov_len;
-	/* Received buffers only: sockperf's chain and chargen's pattern are
-	 * small and sent by plain sends. */
-	if (u->zc_min && f->kind == UF_SEGS && f->send_bytes >= u->zc_min)
+	/* Received buffers to TCP only (UNIX sockets refuse it with
+	 * EOPNOTSUPP): sockperf's chain and chargen's pattern are plain sends. */
+	if (u->zc_min && f->kind == UF_SEGS && f->send_bytes >= u->zc_min && k->sk->tcp &&
+	    !(k->flags & US_NOZC))
 		z = zc_begin(u, f, n);
 	if (n == 1) {
 		if (z)
@@ -1498,6 +1500,12 @@ static void on_send_zc(struct rb_worker *w, struct uring *u, struct uzc *z, int 
 	}
 	TEST_COUNT(zc_sends, 1);
 	f->zc = NULL;
+	/* A socket that cannot send zero-copy (TCP can; this is in case):
+	 * send the same bytes again, plainly. */
+	if (res == -EOPNOTSUPP) {
+		f->sink->flags |= US_NOZC;
+		res = -EAGAIN;
+	}
 	if (!(flags & IORING_CQE_F_MORE)) {
 		zc_end(u, z); /* no notification will come */
 	} else {
