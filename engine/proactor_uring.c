@@ -469,7 +469,7 @@ static void conn_abort_zc(struct uconn *c)
 {
 	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
-		if (f->zc_pending && !(f->flags & UF_SEND) && f->sink->sk->fd >= 0)
+		if (f->zc_pending && f->sink->sk->fd >= 0)
 			sock_abort(f->sink->sk->fd);
 	}
 }
