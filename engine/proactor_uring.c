@@ -474,6 +474,33 @@ static void conn_abort_zc(struct uconn *c)
 	}
 }
 
+/*
+ * The stop deadline: a session no longer waits for its zero-copy
+ * notifications. The bytes are still the kernel's to deliver (a clean EOF
+ * after them, as for a plain send's bytes): the buffers stay held until the
+ * notifications, or are left allocated, never reused, at exit.
+ */
+static void zc_detach(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	struct rb_list *it;
+
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		if (!c->uf[i].zc_pending)
+			continue;
+		for (it = u->zc.next; it != &u->zc; it = it->next) {
+			struct uzc *z = rb_container_of(it, struct uzc, link);
+			if (z->f != &c->uf[i] || !z->waiting)
+				continue;
+			z->f->zc_held -= z->held;
+			z->f->zc_pending--;
+			c->refs--;
+			RB_STAT_SUB(w, buffered, z->held);
+			z->held = 0;
+			z->f = NULL;
+		}
+	}
+}
+
 /* The session's timers: the relay's connect, the timeouts, the impairments. */
 static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
 {
@@ -490,11 +517,8 @@ static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
 static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bool error)
 {
 	/* Already closing: an operation that failed meanwhile (a send ended
-	 * by our FIN, below) may have been the last one. At the stop
-	 * deadline, zero-copy bytes that a peer does not take are dropped. */
+	 * by our FIN, below) may have been the last one. */
 	if (c->flags & UC_CLOSING) {
-		if (u->closing_all)
-			conn_abort_zc(c);
 		conn_advance(w, u, c);
 		return;
 	}
@@ -507,9 +531,10 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		if (k->flags & US_CONNECTING)
 			cancel_op(u, c, tag(k, OP_CONNECT));
 	}
-	/* A clean close waits for the peer to take what was sent zero-copy
-	 * (the notifications); any other drops it. */
-	if (error || u->closing_all || (c->flags & UC_WHY))
+	/* What was sent zero-copy is, like a plain send's bytes, the
+	 * kernel's to deliver: a close waits for it (the notifications), but
+	 * an error or a write timeout (a peer that stopped reading) drops it. */
+	if (error || ((c->flags & UC_WHY) && c->why == RB_CLOSE_WRITE_TIMEOUT))
 		conn_abort_zc(c);
 	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
@@ -1512,13 +1537,15 @@ static void on_send_zc(struct rb_worker *w, struct uring *u, struct uzc *z, int 
 		TEST_COUNT(zc_more, 1);
 		z->waiting = true;
 		f->c->refs++; /* the session waits for the notification */
-		if (res > 0) {
+		if (res > 0 && !u->closing_all) {
 			/* Sent, but held until the notification (on_send
 			 * counts them out of the buffered bytes: back in). */
 			z->held = (uint32_t)res;
 			f->zc_held += (size_t)res;
 			RB_STAT_ADD(w, buffered, (uint64_t)res);
 		}
+		if (u->closing_all) /* past the stop deadline: no more waiting */
+			zc_detach(w, u, f->c);
 	}
 	on_send(w, u, f, res);
 }
@@ -1986,9 +2013,9 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 
 	(void)t;
 	close_all(w, u);
-	/* The resets end the sessions' zero-copy sends at once; a socket
-	 * already closed with unacknowledged bytes (a peer that stopped
-	 * reading) may hold its buffers until TCP gives up on it. */
+	/* Sessions no longer wait for zero-copy notifications (zc_detach);
+	 * the worker waits ZC_GRACE_MS more for them, then leaves their
+	 * buffers allocated (the kernel may still read them). */
 	if (u->n_zc)
 		rb__timer_arm(&w->timers, &u->zc_timer, rb__now_ms() + ZC_GRACE_MS);
 }
@@ -2059,6 +2086,7 @@ static void close_all(struct rb_worker *w, struct uring *u)
 			if (k->sk->fd >= 0)
 				rb__stop_deadline_close(w, k->sk->fd, k->out ? k->out->bytes : 0);
 		}
+		zc_detach(w, u, c);
 		conn_close(w, u, c, false);
 	}
 }
