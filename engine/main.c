@@ -107,6 +107,8 @@ static void usage(FILE *f)
 	        "                           inc, batch (default: use all the kernel has)\n"
 	        "      --uring-batch-us N   uring: one enter per wake-up, with a min-wait window\n"
 	        "                           of N us, up to 60000000 (default 0: off)\n"
+	        "      --uring-send-zc SIZE uring: zero-copy sends (IORING_OP_SEND_ZC) of at\n"
+	        "                           least SIZE bytes, e.g. 16k (default off; 0 or off)\n"
 	        "      --metrics URL        serve GET /metrics (Prometheus text format) and GET\n"
 	        "                           /stats (JSON) over HTTP on tcp://HOST:PORT or\n"
 	        "                           unix:PATH, from a thread of its own; GET /impair\n"
@@ -434,7 +436,8 @@ int main(int argc, char **argv)
 		OPT_URING_BUFFERS,
 		OPT_URING_SQPOLL,
 		OPT_URING_OFF,
-		OPT_URING_BATCH
+		OPT_URING_BATCH,
+		OPT_URING_SEND_ZC
 	};
 	enum { OPT_METRICS = 400, OPT_PIDFILE, OPT_DAEMON, OPT_LOGFILE };
 	enum {
@@ -480,6 +483,7 @@ int main(int argc, char **argv)
 	        {"uring-sqpoll", required_argument, NULL, OPT_URING_SQPOLL},
 	        {"uring-off", required_argument, NULL, OPT_URING_OFF},
 	        {"uring-batch-us", required_argument, NULL, OPT_URING_BATCH},
+	        {"uring-send-zc", required_argument, NULL, OPT_URING_SEND_ZC},
 	        {"pipe-size", required_argument, NULL, OPT_PIPE},
 	        {"list-engines", no_argument, NULL, OPT_LIST},
 	        {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
@@ -688,6 +692,16 @@ int main(int argc, char **argv)
 		case OPT_URING_BATCH:
 			if ((rc = parse_uint_flag("--uring-batch-us", optarg, &cfg.uring_batch_us)))
 				return rc;
+			break;
+		case OPT_URING_SEND_ZC:
+			if (strcmp(optarg, "off") == 0)
+				cfg.uring_send_zc = 0;
+			else if ((rc = rb_parse_size(optarg, &cfg.uring_send_zc)) < 0)
+				return bad_value(
+				        "--uring-send-zc", optarg,
+				        rc == -ERANGE
+				                ? "too large"
+				                : "expected a size such as 4096 or 16k, or off");
 			break;
 		case OPT_METRICS:
 			metrics_url = optarg;

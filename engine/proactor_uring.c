@@ -47,10 +47,10 @@ enum {
 	OP_UDP = 0, /* UDP's (uring_udp.c): the object says what it is */
 	OP_RECV = 1,
 	OP_SEND,
-	OP_CANCEL, /* a cancel aimed at a connection's operations */
+	OP_CANCEL, /* a cancel aimed at a connection's operations (NULL: the worker's) */
 	OP_ACCEPT,
 	OP_CTL,     /* poll on the control eventfd */
-	OP_WCANCEL, /* a cancel aimed at an accept or the control poll */
+	OP_ZC,      /* a zero-copy send: its result, then its notification */
 	OP_CONNECT, /* the relay's connect to its upstream */
 	OP_MASK = 7,
 };
@@ -73,6 +73,9 @@ struct rb_uring_test_counters {
 	uint64_t shared_bufs;   /* buffers that held bytes of more than one receive */
 	uint64_t shadow_miss;   /* CQEs whose buffer was not at the shadow's head */
 	uint64_t batched_waits; /* waits for more than one CQE (min-wait batching) */
+	uint64_t zc_sends;      /* zero-copy sends completed (their first CQE) */
+	uint64_t zc_more;       /* ... whose first CQE said a notification follows */
+	uint64_t zc_notifs;     /* ... and their notifications */
 };
 struct rb_uring_test_counters rb__uring_test_counters;
 #define TEST_COUNT(field, n)                                                                       \
@@ -113,6 +116,7 @@ enum {
 	US_QUEUED = 1u << 5,     /* used its read budget; on the ready list */
 	US_CONNECTING = 1u << 6, /* the relay's upstream: its connect is in flight */
 	US_UPSTREAM = 1u << 7,   /* the relay's upstream (its bytes are counted apart) */
+	US_NOZC = 1u << 8,       /* refused a zero-copy send: plain sends only */
 };
 
 /* A socket: its registered slot and its receive. */
@@ -140,6 +144,31 @@ enum {
 	UF_SENT = 1u << 1, /* on the list of sends made since the last wait */
 };
 
+/*
+ * A zero-copy send (IORING_OP_SEND_ZC, or SENDMSG_ZC for several iovecs).
+ * Its first CQE is the send's result (with IORING_CQE_F_MORE when a
+ * notification follows); the flow goes on from there as after any send.
+ * The kernel may read the bytes until the notification (IORING_CQE_F_NOTIF:
+ * a TCP segment holds them until it is acknowledged), so the send holds a
+ * reference on each buffer its iovecs point into until then, and the
+ * buffers go back to the ring only after it. The notification may come
+ * after the flow has sent again, or after the session is gone: each send
+ * is its own object (and user_data), owned by the worker, not the session.
+ *
+ * Until then its bytes still count against the flow's cap (and as
+ * buffered): the kernel does not charge zero-copy pages to the socket's
+ * send buffer, so a peer that does not read would otherwise let one
+ * connection take every buffer of the ring.
+ */
+struct uzc {
+	struct uflow *f;     /* until the notification, or the session's end */
+	struct rb_list link; /* the worker's zc list */
+	uint32_t held;       /* bytes sent (from the first CQE), held until the notification */
+	bool waiting;        /* the first CQE said a notification follows (a session ref) */
+	uint32_t n;
+	uint16_t bid[]; /* a buffer per iovec (a buffer may appear twice) */
+};
+
 struct uflow {
 	struct uconn *c;
 	struct rb_flow *rf; /* the session's record: FLOW_* state, chain, stage */
@@ -154,6 +183,9 @@ struct uflow {
 	size_t bytes;               /* unsent bytes (UF_CHAIN: the chain's) */
 	size_t send_bytes;          /* bytes of the send in flight */
 	struct rb_flow_impair *imp; /* rf->imp, kept here: on_recv and on_send read it */
+	struct uzc *zc;             /* the send in flight, if zero-copy */
+	size_t zc_held;             /* bytes sent zero-copy, not yet notified */
+	unsigned zc_pending;        /* zero-copy sends not yet notified */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -214,6 +246,14 @@ struct uring {
 	bool inc;    /* the ring consumes buffers incrementally */
 	bool batch;  /* min-wait batching: one enter per wake-up */
 	unsigned batch_us;
+	/* Zero-copy sends (--uring-send-zc): from zc_min bytes (0: never); those
+	 * whose notification has not come. A stop waits for them until its
+	 * deadline, then at most ZC_GRACE_MS more (zc_timer). */
+	size_t zc_min;
+	struct rb_list zc;
+	unsigned n_zc;
+	bool zc_give_up;
+	struct rb_timer zc_timer;
 	/* Flows that sent since the last wait (see ring_wait). */
 	struct uflow **sent;
 	unsigned n_sent, sent_cap;
@@ -419,6 +459,48 @@ static void sock_abort(int fd)
 		shutdown(fd, SHUT_WR);
 }
 
+/*
+ * Zero-copy bytes the kernel still holds for the session (sent, not yet
+ * acknowledged) keep it, and its buffers, until their notifications: reset
+ * each socket that has them, which drops them and brings the
+ * notifications at once.
+ */
+static void conn_abort_zc(struct uconn *c)
+{
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		struct uflow *f = &c->uf[i];
+		if (f->zc_pending && f->sink->sk->fd >= 0)
+			sock_abort(f->sink->sk->fd);
+	}
+}
+
+/*
+ * The stop deadline: a session no longer waits for its zero-copy
+ * notifications. The bytes are still the kernel's to deliver (a clean EOF
+ * after them, as for a plain send's bytes): the buffers stay held until the
+ * notifications, or are left allocated, never reused, at exit.
+ */
+static void zc_detach(struct rb_worker *w, struct uring *u, struct uconn *c)
+{
+	struct rb_list *it;
+
+	for (unsigned i = 0; i < c->n_flows; i++) {
+		if (!c->uf[i].zc_pending)
+			continue;
+		for (it = u->zc.next; it != &u->zc; it = it->next) {
+			struct uzc *z = rb_container_of(it, struct uzc, link);
+			if (z->f != &c->uf[i] || !z->waiting)
+				continue;
+			z->f->zc_held -= z->held;
+			z->f->zc_pending--;
+			c->refs--;
+			RB_STAT_SUB(w, buffered, z->held);
+			z->held = 0;
+			z->f = NULL;
+		}
+	}
+}
+
 /* The session's timers: the relay's connect, the timeouts, the impairments. */
 static void conn_timers_cancel(struct rb_worker *w, struct uconn *c)
 {
@@ -449,11 +531,16 @@ static void conn_close(struct rb_worker *w, struct uring *u, struct uconn *c, bo
 		if (k->flags & US_CONNECTING)
 			cancel_op(u, c, tag(k, OP_CONNECT));
 	}
+	/* What was sent zero-copy is, like a plain send's bytes, the
+	 * kernel's to deliver: a close waits for it (the notifications), but
+	 * an error or a write timeout (a peer that stopped reading) drops it. */
+	if (error || ((c->flags & UC_WHY) && c->why == RB_CLOSE_WRITE_TIMEOUT))
+		conn_abort_zc(c);
 	for (unsigned i = 0; i < c->n_flows; i++) {
 		struct uflow *f = &c->uf[i];
 		if (!(f->flags & UF_SEND))
 			continue;
-		cancel_op(u, c, tag(f, OP_SEND));
+		cancel_op(u, c, f->zc ? tag(f->zc, OP_ZC) : tag(f, OP_SEND));
 		/* A send the kernel could not finish without waiting (its poll
 		 * said writable, the send still found no room) may have been
 		 * handed to an io-wq worker, where it blocks on this blocking
@@ -542,7 +629,18 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 					u->sent[j] = u->sent[--u->n_sent];
 		}
 		flow_free_segs(u, f);
-		RB_STAT_SUB(w, buffered, f->bytes);
+		RB_STAT_SUB(w, buffered, f->bytes + f->zc_held);
+		/* Zero-copy sends still held by the kernel outlive the session. */
+		if (f->zc_pending) {
+			struct rb_list *it;
+			for (it = u->zc.next; it != &u->zc; it = it->next) {
+				struct uzc *z = rb_container_of(it, struct uzc, link);
+				if (z->f == f) {
+					z->f = NULL;
+					z->held = 0; /* counted out above */
+				}
+			}
+		}
 		if (f->rf->copy)
 			f->rf->copy->release(w, f->rf);
 		if (f->iov != f->iov_inline)
@@ -586,31 +684,88 @@ static inline unsigned flow_iov(struct uflow *f, unsigned n)
 	return n <= f->iov_cap ? n : flow_iov_grow(f, n);
 }
 
+/*
+ * A zero-copy send of the flow's first n queued segments (the iovecs), or
+ * NULL (plain send): each of their buffers is held until the notification.
+ */
+static struct uzc *zc_begin(struct uring *u, struct uflow *f, unsigned n)
+{
+	struct uzc *z = malloc(sizeof(*z) + n * sizeof(z->bid[0]));
+	uint32_t seg = f->qhead;
+
+	if (!z)
+		return NULL;
+	z->f = f;
+	z->held = 0;
+	z->waiting = false;
+	f->zc_pending++;
+	z->n = n;
+	for (unsigned i = 0; i < n; i++) {
+		z->bid[i] = u->seg[seg].bid;
+		u->meta[z->bid[i]].refs++;
+		seg = u->seg[seg].next;
+	}
+	rb_list_init(&z->link);
+	rb_list_add_tail(&u->zc, &z->link);
+	u->n_zc++;
+	return z;
+}
+
+/* The notification is in (or the ring is gone): the buffers may go back. */
+static void zc_end(struct uring *u, struct uzc *z)
+{
+	if (z->f) {
+		z->f->zc_held -= z->held;
+		z->f->zc_pending--;
+	}
+	for (uint32_t i = 0; i < z->n; i++) {
+		u->meta[z->bid[i]].refs--;
+		buf_release(u, z->bid[i]);
+	}
+	rb_list_del(&z->link);
+	u->n_zc--;
+	free(z);
+}
+
 /* The one send in flight for the flow: f->iov[0..n) to its sink. */
 static inline __attribute__((always_inline)) void flow_submit_send(struct uring *u, struct uflow *f,
                                                                    unsigned n)
 {
 	struct usock *k = f->sink;
 	struct io_uring_sqe *sqe = get_sqe(u);
+	struct uzc *z = NULL;
 
+	f->send_bytes = 0;
+	for (unsigned i = 0; i < n; i++)
+		f->send_bytes += f->iov[i].iov_len;
+	/* Received buffers to TCP only (UNIX sockets refuse it with
+	 * EOPNOTSUPP): sockperf's chain and chargen's pattern are plain sends. */
+	if (u->zc_min && f->kind == UF_SEGS && f->send_bytes >= u->zc_min && k->sk->tcp &&
+	    !(k->flags & US_NOZC))
+		z = zc_begin(u, f, n);
 	if (n == 1) {
-		io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
-		                   MSG_NOSIGNAL);
+		if (z)
+			io_uring_prep_send_zc(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
+			                      MSG_NOSIGNAL, 0);
+		else
+			io_uring_prep_send(sqe, sqe_fd(k), f->iov[0].iov_base, f->iov[0].iov_len,
+			                   MSG_NOSIGNAL);
 	} else {
 		/* The msghdr and iovecs stay untouched until the CQE: with SQPOLL the
 		 * kernel may read them after io_uring_submit returns. */
 		memset(&f->msg, 0, sizeof(f->msg));
 		f->msg.msg_iov = f->iov;
 		f->msg.msg_iovlen = n;
-		io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
+		if (z)
+			io_uring_prep_sendmsg_zc(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
+		else
+			io_uring_prep_sendmsg(sqe, sqe_fd(k), &f->msg, MSG_NOSIGNAL);
 	}
 	sqe_fixed(sqe, k);
-	io_uring_sqe_set_data64(sqe, tag(f, OP_SEND));
+	io_uring_sqe_set_data64(sqe, z ? tag(z, OP_ZC) : tag(f, OP_SEND));
+	f->zc = z;
 	f->flags |= UF_SEND;
 	f->c->refs++;
-	f->send_bytes = 0;
-	for (unsigned i = 0; i < n; i++)
-		f->send_bytes += f->iov[i].iov_len;
 	if (u->batch && !(f->flags & UF_SENT)) {
 		if (u->n_sent == u->sent_cap) {
 			unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
@@ -715,9 +870,9 @@ static size_t flow_room(const struct rb_worker *w, const struct uflow *f)
 {
 	size_t cap = conn_cap(w), room;
 
-	if (f->bytes >= cap || f->qbufs >= f->bufcap)
+	if (f->bytes + f->zc_held >= cap || f->qbufs >= f->bufcap)
 		return 0;
-	room = cap - f->bytes;
+	room = cap - f->bytes - f->zc_held;
 	/* sockperf: what is received is staged until framed. */
 	if (f->kind == UF_CHAIN && RB_SOCKPERF_MAX_MSG - f->rf->stage_len < room)
 		room = RB_SOCKPERF_MAX_MSG - f->rf->stage_len;
@@ -728,7 +883,7 @@ static size_t flow_room(const struct rb_worker *w, const struct uflow *f)
  * every small send. */
 static bool flow_resumable(const struct rb_worker *w, const struct uflow *f)
 {
-	if (f->bytes > conn_cap(w) / 2 || f->qbufs > f->bufcap / 2)
+	if (f->bytes + f->zc_held > conn_cap(w) / 2 || f->qbufs > f->bufcap / 2)
 		return false;
 	return f->kind != UF_CHAIN || f->rf->stage_len < RB_SOCKPERF_MAX_MSG;
 }
@@ -1350,6 +1505,51 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 	conn_advance(w, u, c);
 }
 
+/* A zero-copy send's CQEs: first its result, then (with IORING_CQE_F_MORE
+ * on the first) its notification. */
+static void on_send_zc(struct rb_worker *w, struct uring *u, struct uzc *z, int res, unsigned flags)
+{
+	struct uflow *f = z->f;
+
+	if (flags & IORING_CQE_F_NOTIF) {
+		TEST_COUNT(zc_notifs, 1);
+		RB_STAT_SUB(w, buffered, z->held);
+		zc_end(u, z);
+		/* The session waited for it (its reference); below the cap
+		 * again, a paused flow may read on. */
+		if (f) {
+			f->c->refs--;
+			conn_advance(w, u, f->c);
+		}
+		return;
+	}
+	TEST_COUNT(zc_sends, 1);
+	f->zc = NULL;
+	/* A socket that cannot send zero-copy (TCP can; this is in case):
+	 * send the same bytes again, plainly. */
+	if (res == -EOPNOTSUPP) {
+		f->sink->flags |= US_NOZC;
+		res = -EAGAIN;
+	}
+	if (!(flags & IORING_CQE_F_MORE)) {
+		zc_end(u, z); /* no notification will come */
+	} else {
+		TEST_COUNT(zc_more, 1);
+		z->waiting = true;
+		f->c->refs++; /* the session waits for the notification */
+		if (res > 0 && !u->closing_all) {
+			/* Sent, but held until the notification (on_send
+			 * counts them out of the buffered bytes: back in). */
+			z->held = (uint32_t)res;
+			f->zc_held += (size_t)res;
+			RB_STAT_ADD(w, buffered, (uint64_t)res);
+		}
+		if (u->closing_all) /* past the stop deadline: no more waiting */
+			zc_detach(w, u, f->c);
+	}
+	on_send(w, u, f, res);
+}
+
 /* ---- the relay's upstream connect ---- */
 
 static void upstream_failed(struct rb_worker *w, struct uring *u, struct uconn *c, int err)
@@ -1767,19 +1967,57 @@ static void wcancel(struct uring *u, uint64_t target)
 	struct io_uring_sqe *sqe = get_sqe(u);
 
 	io_uring_prep_cancel64(sqe, target, 0);
-	io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+	io_uring_sqe_set_data64(sqe, tag(NULL, OP_CANCEL));
 	u->wops++;
 }
 
 static void close_all(struct rb_worker *w, struct uring *u);
 
+/* A stop waits this long past its deadline for zero-copy notifications. */
+#define ZC_GRACE_MS 1000
+
+static void zc_grace_over(struct rb_timer *t, void *arg)
+{
+	struct rb_worker *w = arg;
+	struct uring *u = w->model;
+
+	struct rb_list *it, *next;
+
+	(void)t;
+	u->zc_give_up = true;
+	/* Sessions whose sockets would not reset: let them go; the kernel may
+	 * still read the buffers, which stay held (and are left allocated at
+	 * exit). */
+	for (it = u->zc.next; it != &u->zc; it = it->next) {
+		struct uzc *z = rb_container_of(it, struct uzc, link);
+		if (!z->f || !z->waiting)
+			continue;
+		z->f->zc_held -= z->held;
+		z->f->zc_pending--;
+		z->f->c->refs--;
+		RB_STAT_SUB(w, buffered, z->held);
+		z->held = 0;
+		z->f = NULL;
+	}
+	for (it = u->conns.next; it != &u->conns; it = next) {
+		next = it->next;
+		conn_advance(w, u, rb_container_of(it, struct uconn, s.all));
+	}
+}
+
 /* The stop deadline: what is still unsent is dropped (as the reactor does). */
 static void stop_deadline(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
+	struct uring *u = w->model;
 
 	(void)t;
-	close_all(w, w->model);
+	close_all(w, u);
+	/* Sessions no longer wait for zero-copy notifications (zc_detach);
+	 * the worker waits ZC_GRACE_MS more for them, then leaves their
+	 * buffers allocated (the kernel may still read them). */
+	if (u->n_zc)
+		rb__timer_arm(&w->timers, &u->zc_timer, rb__now_ms() + ZC_GRACE_MS);
 }
 
 /* The accept back-off is over: accept again, unless stopping meanwhile. */
@@ -1848,6 +2086,7 @@ static void close_all(struct rb_worker *w, struct uring *u)
 			if (k->sk->fd >= 0)
 				rb__stop_deadline_close(w, k->sk->fd, k->out ? k->out->bytes : 0);
 		}
+		zc_detach(w, u, c);
 		conn_close(w, u, c, false);
 	}
 }
@@ -1865,8 +2104,15 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 	case OP_SEND:
 		on_send(w, u, p, res);
 		break;
+	case OP_ZC:
+		on_send_zc(w, u, p, res, flags);
+		break;
 	case OP_CANCEL: {
 		struct uconn *c = p;
+		if (!c) { /* the worker's: an accept's or the control poll's */
+			u->wops--;
+			break;
+		}
 		c->refs--;
 		conn_advance(w, u, c);
 		break;
@@ -1879,9 +2125,6 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 		break;
 	case OP_CTL:
 		on_ctl(w, u, res);
-		break;
-	case OP_WCANCEL:
-		u->wops--;
 		break;
 	case OP_UDP:
 		if (p && u->udp) {
@@ -1946,6 +2189,9 @@ static bool worker_done(struct rb_worker *w, struct uring *u)
 		return false;
 	listeners_check_released(w, u); /* UDP's last CQEs may have come in */
 	if (!rb_list_empty(&u->conns) || !u->listen_released)
+		return false;
+	/* The kernel may still read the buffers of zero-copy sends. */
+	if (u->n_zc && !u->zc_give_up)
 		return false;
 	if (u->ctl_armed && !u->ctl_cancelled) {
 		wcancel(u, tag(u, OP_CTL));
@@ -2074,7 +2320,7 @@ static void emergency_drain(struct rb_worker *w, struct uring *u)
 
 	if (sqe) {
 		io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-		io_uring_sqe_set_data64(sqe, tag(u, OP_WCANCEL));
+		io_uring_sqe_set_data64(sqe, tag(NULL, OP_CANCEL));
 		u->wops++;
 	}
 	close_all(w, u);
@@ -2224,7 +2470,7 @@ static const char *feature_state(bool used, bool kernel)
 
 static int uring_worker_init(struct rb_worker *w)
 {
-	char batch_state[32], napi_state[48] = "";
+	char batch_state[32], zc_state[40], napi_state[48] = "";
 	const struct rb_config *cfg = &w->srv->cfg;
 	size_t per_conn;
 	struct uring *u;
@@ -2242,6 +2488,8 @@ static int uring_worker_init(struct rb_worker *w)
 	rb_list_init(&u->conns);
 	rb_list_init(&u->ready);
 	rb_list_init(&u->bufwait);
+	rb_list_init(&u->zc);
+	rb__timer_init(&u->zc_timer, zc_grace_over);
 	u->bufsize = (uint32_t)cfg->chunk_size;
 	u->nbufs = cfg->uring_buffers;
 	u->mshot_limit = caps->mshot_limit && !rb__uring_test_single_recv;
@@ -2275,6 +2523,7 @@ static int uring_worker_init(struct rb_worker *w)
 	u->batch = caps->min_wait && !(cfg->uring_off & RB_URING_BATCH) && !u->sqpoll &&
 	           cfg->uring_batch_us > 0;
 	u->batch_us = cfg->uring_batch_us;
+	u->zc_min = caps->send_zc && !(cfg->uring_off & RB_URING_SEND_ZC) ? cfg->uring_send_zc : 0;
 	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0,
 	                                &u->br, &u->br_len);
 	if (rc < 0)
@@ -2312,15 +2561,17 @@ static int uring_worker_init(struct rb_worker *w)
 			        cfg->busy_poll_us);
 	}
 	snprintf(batch_state, sizeof(batch_state), "min-wait %u us", u->batch_us);
+	snprintf(zc_state, sizeof(zc_state), "%zu", u->zc_min);
 	snprintf(u->detail, sizeof(u->detail),
 	         "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
-	         "incremental buffers: %s, batching: %s%s%s%s",
+	         "incremental buffers: %s, batching: %s, send zc: %s%s%s%s",
 	         u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
 	         u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
 	         u->mshot_limit ? "multishot+limit" : "single-shot",
 	         feature_state(u->bundle, caps->bundle), feature_state(u->inc, caps->inc),
 	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll),
-	         napi_state, u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
+	         u->zc_min ? zc_state : feature_state(false, caps->send_zc), napi_state,
+	         u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
 	return 0;
 }
 
@@ -2356,8 +2607,22 @@ static void uring_worker_fini(struct rb_worker *w)
 	rb__uring_udp_destroy(w, u->udp);
 	if (u->br)
 		munmap(u->br, u->br_len);
+	/* Zero-copy sends whose notification never came (a stop gave up on
+	 * them): the kernel may still read their buffers, which are therefore
+	 * neither reused nor freed. */
+	if (u->n_zc)
+		rb__log(RB_LOG_ERR,
+		        "uring: %u zero-copy sends still unconfirmed at exit; their buffers are "
+		        "left allocated",
+		        u->n_zc);
+	while (!rb_list_empty(&u->zc)) {
+		struct uzc *z = rb_container_of(u->zc.next, struct uzc, link);
+		rb_list_del(&z->link);
+		free(z);
+	}
 	for (unsigned i = 0; i < u->nalloc; i++)
-		rb_pool_put(&w->pool, u->chunk[i]);
+		if (!u->meta || !u->meta[i].refs)
+			rb_pool_put(&w->pool, u->chunk[i]);
 	free(u->chunk);
 	free(u->meta);
 	free(u->shadow);

@@ -229,6 +229,10 @@ static void caps_detect(void)
 			break;
 		}
 	}
+	/* Zero-copy sends: in the opcode table, both the plain and the msghdr one. */
+	caps.send_zc = probe && io_uring_opcode_supported(probe, IORING_OP_SEND_ZC) &&
+	               io_uring_opcode_supported(probe, IORING_OP_SENDMSG_ZC) &&
+	               !(rb__uring_test_unsupported & RB_URING_SEND_ZC);
 	if (probe)
 		io_uring_free_probe(probe);
 	if (!caps.err) {

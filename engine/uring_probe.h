@@ -19,6 +19,7 @@ struct rb_uring_caps {
 	bool bundle;      /* receive bundles: IORING_FEAT_RECVSEND_BUNDLE (6.10) */
 	bool inc;         /* incremental buffer rings: IOU_PBUF_RING_INC (6.12) */
 	bool min_wait;    /* min-wait in io_uring_enter: IORING_FEAT_MIN_TIMEOUT (6.12) */
+	bool send_zc;     /* IORING_OP_SEND_ZC (6.0) and IORING_OP_SENDMSG_ZC (6.1) */
 };
 
 /* 0 if the uring engine can run here, else -errno with a reason in why. */

@@ -46,6 +46,13 @@
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
 
+/* cqe->flags: the notification of a zero-copy send (IORING_OP_SEND_ZC,
+ * IORING_OP_SENDMSG_ZC): the kernel no longer reads the send's memory. The
+ * send's own CQE carries IORING_CQE_F_MORE when one follows. 6.0. */
+#ifndef IORING_CQE_F_NOTIF
+#define IORING_CQE_F_NOTIF (1U << 3)
+#endif
+
 /* io_uring_register opcode: NAPI busy poll for the ring's sockets. 6.9. */
 #ifndef IORING_REGISTER_NAPI
 #define IORING_REGISTER_NAPI 27

@@ -17,6 +17,7 @@ struct engine_param {
 	enum rb_copy copy;
 	unsigned uring_off; /* uring: RB_URING_* features switched off */
 	size_t conn_buffer; /* --conn-buffer, 0 = the default */
+	size_t send_zc;     /* uring: --uring-send-zc (0: off) */
 };
 
 /* Every engine configuration that is built, for parameterized tests. */

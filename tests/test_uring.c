@@ -557,16 +557,19 @@ Test(uring, detail_line)
 extern unsigned rb__uring_test_unsupported;
 struct rb_uring_test_counters {
 	uint64_t bundle_cqes, bufs_consumed, shared_bufs, shadow_miss, batched_waits;
+	uint64_t zc_sends, zc_more, zc_notifs;
 };
 extern struct rb_uring_test_counters rb__uring_test_counters;
 
 static unsigned test_off;
 static unsigned test_batch_us;
+static size_t test_send_zc;
 
 static void features(struct rb_config *cfg)
 {
 	cfg->uring_off = test_off;
 	cfg->uring_batch_us = test_batch_us;
+	cfg->uring_send_zc = test_send_zc;
 }
 
 /* Skip, saying why, when the kernel lacks a feature the test is about. */
@@ -760,13 +763,15 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	const char *d;
 
 	/* Before anything probes: the probe runs once per process. */
-	rb__uring_test_unsupported = RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH;
+	rb__uring_test_unsupported =
+	        RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH | RB_URING_SEND_ZC;
 	need_uring();
 	test_batch_us = 50; /* asked for, and absent */
+	test_send_zc = 1;   /* the same: plain sends */
 	th_server_start(&ts, &uring_param, features);
 	d = rb_server_engine_detail(ts.srv);
 	cr_expect_not_null(strstr(d, "bundles: no (kernel), incremental buffers: no (kernel), "
-	                             "batching: no (kernel)"),
+	                             "batching: no (kernel), send zc: no (kernel)"),
 	                   "%s", d);
 	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
 	run_many(&ts, 20, 100000, 40000, 0, &total);
@@ -778,6 +783,7 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	cr_expect_eq(rb__uring_test_counters.shared_bufs, 0);
 	cr_expect_eq(rb__uring_test_counters.batched_waits, 0);
 	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
+	cr_expect_eq(rb__uring_test_counters.zc_sends, 0);
 }
 
 /* --uring-off switches a feature off and the start-up line says so. */
@@ -1089,6 +1095,260 @@ Test(uring, unavailable_auto_falls_back, .timeout = 60)
 	        strstr(out, "epoll unix udp splice relay services level timeouts impair\n"), "%s",
 	        out);
 	cr_assert_null(strstr(out, "uring"), "%s", out);
+}
+
+/* ---- issue 14: zero-copy sends (--uring-send-zc) ---- */
+
+static uint64_t zc_counter(const uint64_t *field)
+{
+	return __atomic_load_n(field, __ATOMIC_RELAXED);
+}
+
+/* Every notification of a zero-copy send has come in. */
+static void expect_zc_settled(void)
+{
+	uint64_t more = zc_counter(&rb__uring_test_counters.zc_more);
+	uint64_t notifs = zc_counter(&rb__uring_test_counters.zc_notifs);
+
+	cr_expect_eq(notifs, more, "%lu notifications for %lu zero-copy sends that announced one",
+	             (unsigned long)notifs, (unsigned long)more);
+}
+
+static void zc_server(struct test_server *ts, size_t from, void (*tweak)(struct rb_config *cfg))
+{
+	char want[64];
+	const char *d;
+
+	test_off = 0;
+	test_batch_us = 0;
+	test_send_zc = from;
+	th_server_start(ts, &uring_param, tweak);
+	d = rb_server_engine_detail(ts->srv);
+	snprintf(want, sizeof(want), "send zc: %zu", from);
+	cr_assert_not_null(strstr(d, want), "%s", d);
+	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
+}
+
+/* Every send zero-copy (from 1 byte): streams of many sizes, in pieces of
+ * every size, and one of 16 MiB, come back exact; every notification is in
+ * when the worker exits. */
+Test(uring, send_zc_streams_exact, .timeout = 180)
+{
+	const size_t len = 16u << 20;
+	unsigned char *data = malloc(len);
+	struct test_server ts;
+	struct th_stream st;
+	uint64_t total = len;
+
+	need_feature("send zc");
+	zc_server(&ts, 1, features);
+	th_fill(data, len, 41);
+	st = (struct th_stream){.fd = th_connect(ts.port),
+	                        .data = data,
+	                        .len = len,
+	                        .max_piece = 1u << 20,
+	                        .rng = 5};
+	th_run_streams(&st, 1);
+	close(st.fd);
+	run_many(&ts, 40, 1, 37777, 0, &total);
+	ping_pong(ts.port, 200, 64);
+	total += 200 * 64;
+	expect_clean(&ts, 42, total);
+	th_server_stop(&ts);
+	cr_expect_gt(rb__uring_test_counters.zc_sends, 200);
+	cr_expect_gt(rb__uring_test_counters.zc_more, 0);
+	expect_zc_settled();
+	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
+	free(data);
+}
+
+/* Below the threshold sends stay plain: 512-byte ping-pong makes none; a
+ * slow reader's backlog (sent as one send of everything queued) does. */
+Test(uring, send_zc_from_threshold, .timeout = 120)
+{
+	struct test_server ts;
+
+	need_feature("send zc");
+	zc_server(&ts, 65536, features);
+	ping_pong(ts.port, 200, 512);
+	cr_expect_eq(zc_counter(&rb__uring_test_counters.zc_sends), 0);
+	slow_reader(&ts, 4u << 20);
+	expect_clean(&ts, 2, 200 * 512 + (4u << 20));
+	th_server_stop(&ts);
+	cr_expect_gt(rb__uring_test_counters.zc_sends, 0);
+	expect_zc_settled();
+}
+
+struct zc_wait {
+	uint64_t buffered;
+};
+
+/* n connections at their cap, with zero-copy sends whose bytes the kernel
+ * still holds (their peers do not read). */
+static bool zc_stuck(const struct rb_stats *st, void *arg)
+{
+	uint64_t more = zc_counter(&rb__uring_test_counters.zc_more);
+	uint64_t notifs = zc_counter(&rb__uring_test_counters.zc_notifs);
+
+	return st->buffered == ((struct zc_wait *)arg)->buffered && more > notifs;
+}
+
+/* Every session gone, nothing buffered, every notification in. */
+static bool zc_all_back(const struct rb_stats *st, void *arg)
+{
+	(void)arg;
+	return st->active == 0 && st->buffered == 0 &&
+	       zc_counter(&rb__uring_test_counters.zc_notifs) ==
+	               zc_counter(&rb__uring_test_counters.zc_more);
+}
+
+/* Fill n connections (never reading) until each is at its cap with
+ * zero-copy bytes held by the kernel. */
+static void zc_fill(struct test_server *ts, int *fd, size_t n)
+{
+	const size_t len = 1u << 20;
+	unsigned char *data = calloc(1, len);
+	struct zc_wait zw = {.buffered = n * ts->cfg.conn_buffer};
+	struct rb_stats st;
+
+	for (size_t i = 0; i < n; i++) {
+		fd[i] = th_connect_bufs(ts->port, 8192, 8192);
+		th_set_nonblock(fd[i]);
+	}
+	/* Keep every socket full until the server holds n caps (bounded: the
+	 * test's timeout). */
+	for (;;) {
+		struct pollfd pfd[16];
+		for (size_t i = 0; i < n; i++) {
+			while (send(fd[i], data, len, MSG_NOSIGNAL) > 0)
+				;
+			pfd[i] = (struct pollfd){.fd = fd[i], .events = POLLOUT};
+		}
+		rb_server_stats(ts->srv, &st);
+		if (zc_stuck(&st, &zw))
+			break;
+		poll(pfd, n, 10);
+	}
+	free(data);
+}
+
+/*
+ * Sessions closed (their peers reset) while zero-copy sends of theirs are
+ * in flight and their bytes still queued in the kernel: each is freed, and
+ * every buffer comes back, only after its notification (ASan and UBSan in
+ * the sanitized build check that nothing is touched after it is freed).
+ */
+Test(uring, send_zc_reset_in_flight_frees_everything, .timeout = 120)
+{
+	int fd[8];
+	uint64_t n = 8;
+	struct test_server ts;
+	struct rb_stats st;
+
+	need_feature("send zc");
+	zc_server(&ts, 1, features);
+	zc_fill(&ts, fd, n);
+	for (size_t i = 0; i < n; i++) {
+		setsockopt(fd[i], SOL_SOCKET, SO_LINGER, &(struct linger){.l_onoff = 1},
+		           sizeof(struct linger));
+		close(fd[i]);
+	}
+	th_wait_stats(&ts, all_closed, &n, "every session to close");
+	th_wait_stats(&ts, zc_all_back, NULL, "every buffer and notification to come back");
+	rb_server_stats(ts.srv, &st);
+	cr_expect_eq(st.resets, n);
+	th_server_stop(&ts);
+	cr_expect_gt(rb__uring_test_counters.zc_more, 0);
+	expect_zc_settled();
+}
+
+static void zc_short_deadline(struct rb_config *cfg)
+{
+	features(cfg);
+	cfg->shutdown_timeout_ms = 100;
+}
+
+/* A stop whose deadline finds zero-copy bytes held for peers that do not
+ * read: the worker exits cleanly (rb_server_run returns 0) without
+ * resetting them, and what it sent still arrives, then a clean EOF (the
+ * buffers the kernel still reads are left allocated, not reused). */
+Test(uring, send_zc_stop_deadline, .timeout = 60)
+{
+	unsigned char buf[65536];
+	int fd[4];
+
+	need_feature("send zc");
+	{
+		struct test_server ts;
+		zc_server(&ts, 1, zc_short_deadline);
+		zc_fill(&ts, fd, 4);
+		th_server_stop(&ts); /* asserts rb_server_run returned 0 */
+	}
+	for (size_t i = 0; i < 4; i++) {
+		size_t got = 0;
+		ssize_t r;
+		th_set_nonblock(fd[i]);
+		fcntl(fd[i], F_SETFL, fcntl(fd[i], F_GETFL) & ~O_NONBLOCK);
+		while ((r = recv(fd[i], buf, sizeof(buf), 0)) > 0) {
+			for (ssize_t j = 0; j < r; j++)
+				cr_assert_eq(buf[j], 0, "byte %zu of connection %zu",
+				             got + (size_t)j, i);
+			got += (size_t)r;
+		}
+		cr_expect_eq(r, 0, "connection %zu: %s after %zu bytes (want a clean EOF)", i,
+		             strerror(errno), got);
+		cr_expect_gt(got, 0);
+		close(fd[i]);
+	}
+}
+
+/* Bad values: one line naming the value, exit 2. */
+Test(uring, send_zc_bad_values)
+{
+	static const struct {
+		const char *value, *why;
+	} bad[] = {
+	        {"abc", "expected a size such as 4096 or 16k, or off"},
+	        {"-1", "expected a size such as 4096 or 16k, or off"},
+	        {"16x", "expected a size such as 4096 or 16k, or off"},
+	        {"", "expected a size such as 4096 or 16k, or off"},
+	        {"Off", "expected a size such as 4096 or 16k, or off"},
+	        {"99999999999999999999", "too large"},
+	};
+	char err[512], want[256];
+	struct child ch;
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		spawn_filtered(&ch, 0,
+		               (const char *const[]){"--engine", "uring", "--uring-send-zc",
+		                                     bad[i].value, NULL});
+		cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 2, "%s", bad[i].value);
+		snprintf(want, sizeof(want), "rebound: invalid --uring-send-zc '%s': %s\n",
+		         bad[i].value, bad[i].why);
+		cr_expect_str_eq(err, want);
+	}
+}
+
+/* 0, off and a k suffix are taken; the start-up line says what was chosen. */
+Test(uring, send_zc_startup_line, .timeout = 60)
+{
+	static const struct {
+		const char *value, *says;
+	} ok[] = {{"0", "send zc: off"}, {"off", "send zc: off"}, {"16k", "send zc: 16384"}};
+	char line[512], err[4096];
+	struct child ch;
+
+	need_feature("send zc");
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		spawn_filtered(&ch, 0,
+		               (const char *const[]){"--engine", "uring", "--listen",
+		                                     "tcp://127.0.0.1:0", "--uring-send-zc",
+		                                     ok[i].value, NULL});
+		read_startup(&ch, line, sizeof(line));
+		cr_expect_not_null(strstr(line, ok[i].says), "%s: %s", ok[i].value, line);
+		cr_assert_eq(kill(ch.pid, SIGTERM), 0);
+		cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 0, "stderr: %s", err);
+	}
 }
 
 #else /* !RB_HAVE_URING */
