@@ -976,7 +976,10 @@ static void flow_send_queued(struct uring *u, struct uflow *f)
 	}
 	if ((f->flags & UF_SEND) || !f->qbufs)
 		return;
-	if (u->send_bundle) {
+	/* TCP only: on a UNIX socket a bundle send was seen (6.18) to end
+	 * inside an entry with no error while its peer was still reading, and
+	 * the rest of that entry is then lost to the ring (docs/uring.md). */
+	if (u->send_bundle && f->sink->sk->tcp) {
 		f->sg = sg_get(u);
 		if (f->sg) {
 			f->sg_segs = 0;
