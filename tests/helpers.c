@@ -35,6 +35,8 @@ static struct engine_param all_params[] = {
          RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
         /* Every feature on and every send zero-copy (from 1 byte). */
         {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0, .send_zc = 1},
+        /* Every feature on and bundle sends from per-flow send groups. */
+        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0, .send_bundle = true},
 #endif
         /* Always listed: skipped, with the probe's reason, where it cannot run
          * (built without libbpf, or no CAP_BPF here). It cannot pause a sender:
@@ -67,7 +69,7 @@ size_t th_udp_engine_params(struct engine_param **out)
 		char feat[128] = "";
 		rb_engine_features(all[i].engine, feat, sizeof(feat));
 		if (strncmp(feat, "udp", 3) == 0 && all[i].copy == RB_COPY_WRITEV &&
-		    all[i].uring_off == 0 && all[i].send_zc == 0)
+		    all[i].uring_off == 0 && all[i].send_zc == 0 && !all[i].send_bundle)
 			all[k++] = all[i];
 	}
 	*out = all;
@@ -76,11 +78,12 @@ size_t th_udp_engine_params(struct engine_param **out)
 
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/%s/%s%s%s%s%s", rb_engine_name(p->engine),
+	snprintf(buf, len, "%s/%s/%s%s%s%s%s%s", rb_engine_name(p->engine),
 	         rb_trigger_name(p->trigger), rb_copy_name(p->copy),
 	         p->uring_off & RB_URING_BUNDLE ? "/no-bundle" : "",
 	         p->uring_off & RB_URING_INC ? "/no-inc" : "",
-	         p->uring_off & RB_URING_BATCH ? "/no-batch" : "", p->send_zc ? "/send-zc" : "");
+	         p->uring_off & RB_URING_BATCH ? "/no-batch" : "", p->send_zc ? "/send-zc" : "",
+	         p->send_bundle ? "/send-bundle" : "");
 }
 
 static uint64_t now_ms(void)
@@ -124,6 +127,7 @@ void th_server_create(struct test_server *ts, const struct engine_param *p,
 		/* Batching is opt-in: the suite runs with it where not off. */
 		ts->cfg.uring_batch_us = p->uring_off & RB_URING_BATCH ? 0 : 50;
 		ts->cfg.uring_send_zc = p->send_zc;
+		ts->cfg.uring_send = p->send_bundle ? RB_URING_SEND_BUNDLE : RB_URING_SEND_SINGLE;
 	}
 	if (tweak)
 		tweak(&ts->cfg);
