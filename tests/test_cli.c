@@ -269,7 +269,7 @@ Test(cli, engine_uring_availability)
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
 		/* UNIX and UDP listeners, relays, discard, chargen, sockperf, the
-		 * timeouts and the TCP impairments. */
+		 * timeouts and the impairments (TCP and UDP). */
 		cr_assert_not_null(strstr(out, "uring unix udp relay services timeouts impair\n"),
 		                   "%s", out);
 		return;
