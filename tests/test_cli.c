@@ -205,9 +205,20 @@ Test(cli, bad_uring_flags)
 	            "rebound: --copy splice is not supported by the uring engine\n");
 }
 
+/* The daemon of a test that failed half-way: not left running. */
+static pid_t failed_daemon;
+
+static void kill_failed_daemon(void)
+{
+	if (failed_daemon > 0) {
+		kill(failed_daemon, SIGKILL);
+		waitpid(failed_daemon, NULL, 0);
+	}
+}
+
 /* uring impairs UDP answers too: the flags are taken, printed with the
  * seed, and act (every answer twice, one bit flipped in each). */
-Test(cli, uring_udp_impairments, .timeout = 60)
+Test(cli, uring_udp_impairments, .timeout = 60, .fini = kill_failed_daemon)
 {
 	const char *const *args =
 	        ARGS("--engine", "uring", "--listen", "udp://127.0.0.1:0", "--loss", "0",
@@ -222,6 +233,7 @@ Test(cli, uring_udp_impairments, .timeout = 60)
 	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) != 0)
 		cr_skip_test("io_uring cannot run here");
 	spawn(&p, args);
+	failed_daemon = p.pid;
 	for (;;) {
 		cr_assert_eq(read(p.err, line + len, 1), 1, "daemon exited: %.*s", (int)len, line);
 		if (line[len] != '\n') {
@@ -256,6 +268,7 @@ Test(cli, uring_udp_impairments, .timeout = 60)
 	close(fd);
 	cr_assert_eq(kill(p.pid, SIGTERM), 0);
 	th_slurp(p.err, err, sizeof(err));
+	failed_daemon = 0;
 	cr_assert_eq(wait_exit(p.pid), 0, "daemon exit status (stderr: %s)", err);
 	close(p.out);
 }

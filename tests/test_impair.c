@@ -1187,9 +1187,27 @@ Test(impair, sighup_rereads_the_file, .timeout = 60)
 	unlink(path);
 }
 
+/* The daemon of a test that failed half-way: not left running. */
+static pid_t failed_daemon;
+
+static void kill_failed_daemon(void)
+{
+	if (failed_daemon > 0) {
+		kill(failed_daemon, SIGKILL);
+		waitpid(failed_daemon, NULL, 0);
+	}
+}
+
 /* SIGHUP re-reads --impair-file for UDP answers too, on every engine that
  * serves UDP: the datagrams after it get the new set. */
-UDP_TEST(sighup_rereads_the_file_udp, 60)
+ParameterizedTestParameters(impair, sighup_rereads_the_file_udp)
+{
+	struct engine_param *p;
+	size_t n = th_udp_engine_params(&p);
+	return cr_make_param_array(struct engine_param, p, n);
+}
+ParameterizedTest(struct engine_param *p, impair, sighup_rereads_the_file_udp, .timeout = 60,
+                  .fini = kill_failed_daemon)
 {
 	char path[] = "/tmp/rebound-impair-XXXXXX", line[1024], why[256];
 	const char *bin = getenv("REBOUND_BIN");
@@ -1222,6 +1240,7 @@ UDP_TEST(sighup_rereads_the_file_udp, 60)
 	posix_spawn_file_actions_adddup2(&fa, e[1], 2);
 	cr_assert_eq(posix_spawn(&pid, bin, &fa, NULL, (char *const *)argv, th_child_env(NULL)), 0);
 	posix_spawn_file_actions_destroy(&fa);
+	failed_daemon = pid;
 	close(e[1]);
 	daemon_line(e[0], line, sizeof(line), "rebound: listening on ");
 	cr_assert_eq(sscanf(line, "rebound: listening on udp://127.0.0.1:%d", &port), 1);
@@ -1253,6 +1272,7 @@ UDP_TEST(sighup_rereads_the_file_udp, 60)
 	cr_assert_eq(memcmp(b, "pong", 4), 0, "a second copy of the corrupted answer came");
 	close(fd);
 	kill(pid, SIGTERM);
+	failed_daemon = 0;
 	cr_assert_eq(waitpid(pid, &st, 0), pid);
 	cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
 	close(e[0]);
