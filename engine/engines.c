@@ -96,7 +96,7 @@ static const struct rb_engine_desc engines[] = {
                 .id = RB_ENGINE_URING,
                 .name = "uring",
                 .caps = RB_CAP_UDP | RB_CAP_UNIX | RB_CAP_RELAY | RB_CAP_SERVICES |
-                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR,
+                        RB_CAP_TIMEOUTS | RB_CAP_IMPAIR | RB_CAP_UDP_IMPAIR,
                 .probe = URING_PROBE,
                 .model = URING_MODEL,
         },

@@ -35,6 +35,7 @@
 #define RB_LIMIT_IMPAIR_RATE_MAX  100000000000ull /* ... 100 Gbit/s */
 #define RB_LIMIT_IMPAIR_SLICE_MAX (1u << 30)      /* --slice SIZE, from 1 byte */
 #define RB_LIMIT_IMPAIR_MARKS     64u             /* delay marks per flow (impair.c) */
+#define RB_LIMIT_IMPAIR_UDP_HELD  4096u /* delayed UDP answers per socket (udp_impair.c) */
 /* The chunk pool's own bounds (iopool.c; tests use tiny chunks). */
 #define RB_POOL_CHUNK_MIN 64u
 #define RB_POOL_CHUNK_MAX RB_LIMIT_CHUNK_MAX

@@ -15,12 +15,13 @@
  * at most --udp-rate datagrams a second (a token bucket; a loop that gets
  * through is broken by the first drop). Both are counted.
  *
- * Impairments (impair.h, issue 13): each answer may be lost, corrupted (one
- * bit flipped), duplicated (sent twice in the batch) or delayed (copied to
- * a queue ordered by due time and sent by the socket's timer: with jitter,
- * datagrams may be reordered, as on a real network), each choice drawn
- * from the socket's generator, seeded from --seed and the worker (not the
- * port, which may be chosen by the kernel: a run must replay).
+ * Impairments (udp_impair.h, issue 13, shared with uring_udp.c): each
+ * answer may be lost, corrupted (one bit flipped), duplicated (sent twice
+ * in the batch) or delayed (copied to a queue ordered by due time and sent
+ * by the socket's timer with sendmsg: with jitter, datagrams may be
+ * reordered, as on a real network), each choice drawn from the socket's
+ * generator, seeded from --seed and the worker (not the port, which may be
+ * chosen by the kernel: a run must replay).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -30,20 +31,10 @@
 #include <sys/socket.h>
 
 #include "internal.h"
+#include "udp_impair.h"
 
 /* Larger than any UDP payload (65,507 over IPv4, 65,527 over IPv6). */
 #define SLOT_SIZE 65536u
-
-/* Delayed answers held at most per socket; beyond, they are dropped. */
-#define DELAY_MAX 4096
-
-struct dgram {
-	uint64_t due, seq; /* sent in (due, seq) order */
-	socklen_t alen;
-	size_t len;
-	struct sockaddr_storage addr;
-	unsigned char data[];
-};
 
 /* Token buckets per source address: a fixed table, a slot per address hash;
  * a colliding address takes the slot over (it starts with a full bucket). */
@@ -70,17 +61,11 @@ struct rb_udp {
 	struct mmsghdr msgs[2 * RB_UDP_BATCH];
 	struct iovec iov[2 * RB_UDP_BATCH];
 	struct sockaddr_storage addr[2 * RB_UDP_BATCH];
-	unsigned gen_line; /* chargen: the line the next answer starts with */
-	/* Impairments: the set last seen, its generator, delayed answers. */
-	const struct rb_impair_set *imp_seen;
-	uint64_t rng;
-	struct dgram **dq; /* a min-heap on (due, seq) */
-	unsigned dq_n;
-	uint64_t dq_seq;
-	struct rb_timer dq_timer;
+	unsigned gen_line;     /* chargen: the line the next answer starts with */
+	struct rb_udp_imp imp; /* impairments: the generator, delayed answers */
 };
 
-static void delay_fire(struct rb_timer *t, void *arg);
+static rb_udp_imp_send_fn delay_send;
 
 struct rb_udp *rb__udp_create(int fd, int port)
 {
@@ -98,7 +83,7 @@ struct rb_udp *rb__udp_create(int fd, int port)
 		        .msg_iov = &u->iov[i],
 		        .msg_iovlen = 1,
 		};
-	rb__timer_init(&u->dq_timer, delay_fire);
+	rb__udp_imp_init(&u->imp, delay_send);
 	return u;
 }
 
@@ -112,12 +97,7 @@ void rb__udp_destroy(struct rb_worker *w, struct rb_udp *u)
 			bytes += u->iov[i].iov_len;
 		RB_STAT_SUB(w, buffered, bytes);
 	}
-	rb__timer_cancel(&w->timers, &u->dq_timer);
-	for (unsigned i = 0; i < u->dq_n; i++) {
-		RB_STAT_SUB(w, buffered, u->dq[i]->len);
-		free(u->dq[i]);
-	}
-	free(u->dq);
+	rb__udp_imp_fini(w, &u->imp);
 	free(u->slots);
 	rb__udp_guard_fini(&u->guard);
 	free(u);
@@ -246,141 +226,26 @@ void rb__udp_guard_fini(struct rb_udp_guard *g)
 	g->rl = NULL;
 }
 
-/* ---- delayed answers ---- */
-
-static bool dg_before(const struct dgram *a, const struct dgram *b)
+/* A delayed answer is due (udp_impair.c's timer): sent at once. */
+static int delay_send(struct rb_worker *w, struct rb_udp_imp *ui, struct rb_dgram *d)
 {
-	return a->due < b->due || (a->due == b->due && a->seq < b->seq);
-}
+	struct rb_udp *u = rb_container_of(ui, struct rb_udp, imp);
+	ssize_t r;
 
-static void dq_push(struct rb_udp *u, struct dgram *d)
-{
-	unsigned i = u->dq_n++;
-
-	while (i > 0 && dg_before(d, u->dq[(i - 1) / 2])) {
-		u->dq[i] = u->dq[(i - 1) / 2];
-		i = (i - 1) / 2;
-	}
-	u->dq[i] = d;
-}
-
-static struct dgram *dq_pop(struct rb_udp *u)
-{
-	struct dgram *top = u->dq[0], *last = u->dq[--u->dq_n];
-	unsigned i = 0;
-
-	for (;;) {
-		unsigned c = 2 * i + 1;
-		if (c >= u->dq_n)
-			break;
-		if (c + 1 < u->dq_n && dg_before(u->dq[c + 1], u->dq[c]))
-			c++;
-		if (!dg_before(u->dq[c], last))
-			break;
-		u->dq[i] = u->dq[c];
-		i = c;
-	}
-	if (u->dq_n)
-		u->dq[i] = last;
-	return top;
-}
-
-static void dq_arm(struct rb_worker *w, struct rb_udp *u)
-{
-	if (u->dq_n && (!rb__timer_armed(&u->dq_timer) || u->dq_timer.when > u->dq[0]->due))
-		rb__timer_arm(&w->timers, &u->dq_timer, u->dq[0]->due);
-}
-
-/* Hold answer k (its bytes and address) until `due`; false if it cannot be held. */
-static bool delay_answer(struct rb_worker *w, struct rb_udp *u, unsigned k, uint64_t due)
-{
-	size_t len = u->iov[k].iov_len;
-	struct dgram *d;
-
-	if (!u->dq && !(u->dq = malloc(DELAY_MAX * sizeof(*u->dq))))
-		return false;
-	if (u->dq_n == DELAY_MAX || !(d = malloc(sizeof(*d) + len)))
-		return false;
-	d->due = due;
-	d->seq = u->dq_seq++;
-	d->alen = u->msgs[k].msg_hdr.msg_namelen;
-	d->len = len;
-	memcpy(&d->addr, &u->addr[k], sizeof(d->addr));
-	memcpy(d->data, u->iov[k].iov_base, len);
-	dq_push(u, d);
-	RB_STAT_ADD(w, buffered, len);
-	RB_STAT_ADD(w, datagrams_delayed, 1);
-	dq_arm(w, u);
-	return true;
-}
-
-static void delay_fire(struct rb_timer *t, void *arg)
-{
-	struct rb_udp *u = rb_container_of(t, struct rb_udp, dq_timer);
-	struct rb_worker *w = arg;
-	uint64_t now = w->now_ms;
-
-	while (u->dq_n && u->dq[0]->due <= now) {
-		struct dgram *d = u->dq[0];
-		ssize_t r = sendto(u->fd, d->data, d->len, MSG_DONTWAIT,
-		                   (const struct sockaddr *)&d->addr, d->alen);
+	do {
+		r = sendmsg(u->fd, &d->msg, MSG_DONTWAIT);
 		RB_STAT_ADD(w, write_calls, 1);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
-			/* The socket is full: try again in a millisecond. */
-			rb__timer_arm(&w->timers, t, now + 1);
-			return;
-		}
-		if (r < 0) {
-			RB_STAT_ADD(w, datagram_drops, 1);
-		} else {
-			RB_STAT_ADD(w, bytes_out, d->len);
-			RB_STAT_ADD(w, datagrams_out, 1);
-		}
-		RB_STAT_SUB(w, buffered, d->len);
-		free(dq_pop(u));
+	} while (r < 0 && errno == EINTR);
+	if (r < 0 && (errno == EAGAIN || errno == ENOBUFS))
+		return -EAGAIN;
+	if (r < 0) {
+		RB_STAT_ADD(w, datagram_drops, 1);
+	} else {
+		RB_STAT_ADD(w, bytes_out, d->len);
+		RB_STAT_ADD(w, datagrams_out, 1);
 	}
-	dq_arm(w, u);
-}
-
-/*
- * Impairments for answer k (just made): lost, corrupted, duplicated,
- * delayed. Returns how many copies stay in the batch (0, 1 or 2).
- */
-static unsigned impair_answer(struct rb_worker *w, struct rb_udp *u, const struct rb_impair *c,
-                              unsigned k, bool in_slot, uint64_t now)
-{
-	unsigned copies = 1, stay = 0;
-	size_t len = u->iov[k].iov_len;
-
-	if (rb__rng_chance(&u->rng, c->loss_p)) {
-		RB_STAT_ADD(w, datagrams_lost, 1);
-		return 0;
-	}
-	/* Only bytes of our own (not chargen's shared stream) are flipped. */
-	if (rb__rng_chance(&u->rng, c->corrupt_p) && in_slot && len > 0) {
-		unsigned bit = rb__rng_upto(&u->rng, (unsigned)(len * 8 - 1));
-		((unsigned char *)u->iov[k].iov_base)[bit / 8] ^= (unsigned char)(1u << (bit % 8));
-		RB_STAT_ADD(w, datagrams_corrupted, 1);
-	}
-	if (rb__rng_chance(&u->rng, c->duplicate_p)) {
-		copies = 2;
-		RB_STAT_ADD(w, datagrams_duplicated, 1);
-	}
-	for (unsigned i = 0; i < copies; i++) {
-		const struct rb_impair_flow *f = &c->down;
-		if (f->delay_p && (f->delay_ms || f->jitter_ms) &&
-		    rb__rng_chance(&u->rng, f->delay_p)) {
-			uint64_t due = now + f->delay_ms +
-			               (f->jitter_ms ? rb__rng_upto(&u->rng, f->jitter_ms) : 0);
-			if (!delay_answer(w, u, k, due))
-				RB_STAT_ADD(w, datagram_drops, 1);
-			continue;
-		}
-		stay++;
-	}
-	return stay;
+	rb__udp_imp_done(w, ui, d);
+	return 0;
 }
 
 /* Receive one batch; returns the count, 0 if none is waiting, -1 on memory. */
@@ -418,19 +283,9 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 	enum rb_service sv = w->srv->cfg.service;
 	uint64_t bytes = 0, out = 0, now = rb__now_ms();
 	unsigned keep = 0, extra = 0;
-	const struct rb_impair_set *is = NULL;
+	const struct rb_impair *imp = w->srv->impair ? rb__udp_imp_set(w, &u->imp) : NULL;
 	bool twice[RB_UDP_BATCH];
 
-	if (w->srv->impair) {
-		is = __atomic_load_n(&w->srv->impair, __ATOMIC_ACQUIRE);
-		if (is && !is->udp)
-			is = NULL;
-		if (is && is != u->imp_seen) {
-			/* A new set (SIGHUP): its own stream of choices. */
-			u->imp_seen = is;
-			u->rng = rb__rng_seed(is->cfg.seed, w->id, 1ull << 63);
-		}
-	}
 	/* A short batch means the receive queue is drained (as a short read). */
 	if ((unsigned)r < RB_UDP_BATCH)
 		u->can_read = false;
@@ -472,9 +327,11 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		} else {
 			u->iov[keep].iov_len = u->msgs[keep].msg_len;
 		}
-		if (is) {
-			unsigned stay =
-			        impair_answer(w, u, &is->cfg, keep, sv != RB_SERVICE_CHARGEN, now);
+		if (imp) {
+			unsigned stay = rb__udp_imp_answer(
+			        w, &u->imp, imp, &u->addr[keep], u->msgs[keep].msg_hdr.msg_namelen,
+			        u->iov[keep].iov_base, u->iov[keep].iov_len,
+			        sv != RB_SERVICE_CHARGEN, now);
 			if (stay == 0)
 				continue; /* its slot is kept: the next answer swaps it */
 			twice[keep] = stay == 2;

@@ -25,6 +25,14 @@
  * (datagram_drops), never queued: memory stays bounded whatever the peers
  * do. Sockets are non-blocking, so a send that finds no room waits on a
  * poll inside the ring, where a cancel ends it.
+ *
+ * Impairments (udp_impair.h, issue 13): the fate of each answer is drawn
+ * by the code udp.c uses, in the same order from the same generator, so a
+ * seed makes the same choices on both. A duplicate is a second sendmsg
+ * from the same buffer (the buffer goes back when both are done); a
+ * delayed answer is copied out (bounded, counted in buffered) and its
+ * buffer goes back at once; the socket's timer submits its sendmsg, from
+ * the copy, when it is due. A stop sends no delayed answer any more.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -36,6 +44,7 @@
 
 #include "internal.h"
 #include "uring_probe.h"
+#include "udp_impair.h"
 #include "uring_udp.h"
 
 struct rb_uring_udp_test rb__uring_udp_test;
@@ -47,7 +56,7 @@ struct rb_uring_udp_test rb__uring_udp_test;
 /* An unexpected receive error: try again after this long, never spin. */
 #define RETRY_MS 10
 
-enum { UK_SOCK = 1, UK_SEND, UK_CANCEL };
+enum { UK_SOCK = 1, UK_SEND, UK_CANCEL, UK_DSEND };
 
 /* What a user_data points at: every tagged object starts with its kind. */
 struct ukind {
@@ -78,6 +87,8 @@ struct usock_udp {
 	uint16_t *free_slot;
 	struct usend *send;
 	struct rb_timer retry;
+	struct rb_udp_imp imp; /* impairments: the generator, delayed answers */
+	struct rb_list dsend;  /* delayed answers whose send is in flight */
 };
 
 struct rb_uudp {
@@ -89,6 +100,7 @@ struct rb_uudp {
 	uint32_t room;
 	size_t bufsize;
 	unsigned char **buf;
+	uint8_t *bref; /* sends in flight from each buffer (a duplicate: two) */
 	bool want_grow;
 	unsigned sends_max;
 	unsigned ops; /* receives, sends and cancels in flight */
@@ -158,7 +170,9 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 	enum rb_service sv = w->srv->cfg.service;
 	struct sockaddr *from;
 	unsigned char *payload;
+	void *base;
 	uint32_t len;
+	unsigned copies = 1;
 	struct usend *m;
 
 	RB_STAT_ADD(w, read_calls, 1);
@@ -188,40 +202,57 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 		return;
 	}
 	RB_STAT_ADD(w, bytes_in, len);
-	if (s->n_free == 0) {
-		/* The bound: drop rather than queue without limit. */
-		RB_STAT_ADD(w, datagram_drops, 1);
-		buf_give(x, bid);
-		return;
-	}
-	m = &s->send[s->free_slot[--s->n_free]];
-	m->bid = bid;
 	if (sv == RB_SERVICE_CHARGEN) {
 		/* The next lines of the stream, whatever arrived. */
-		m->iov.iov_base =
-		        (void *)(rb__chargen_pattern() + (size_t)s->gen_line * RB_CHARGEN_LINE);
-		m->iov.iov_len = RB_CHARGEN_UDP_LINES * RB_CHARGEN_LINE;
+		base = (void *)(rb__chargen_pattern() + (size_t)s->gen_line * RB_CHARGEN_LINE);
+		len = RB_CHARGEN_UDP_LINES * RB_CHARGEN_LINE;
 		s->gen_line = (s->gen_line + RB_CHARGEN_UDP_LINES) % RB_CHARGEN_LINES;
 	} else {
-		m->iov.iov_base = payload;
-		m->iov.iov_len = len;
+		base = payload;
 	}
-	m->len = (uint32_t)m->iov.iov_len;
-	m->msg = (struct msghdr){
-	        .msg_name = from,
-	        .msg_namelen = o->namelen,
-	        .msg_iov = &m->iov,
-	        .msg_iovlen = 1,
-	};
-	struct io_uring_sqe *sqe = x->h.get_sqe(x->h.ctx);
-	io_uring_prep_sendmsg(sqe, s->fd, &m->msg, 0);
-	io_uring_sqe_set_data64(sqe, utag(x, m));
-	x->ops++;
-	s->n_send++;
-	if (s->n_send > __atomic_load_n(&rb__uring_udp_test.peak_sends, __ATOMIC_RELAXED))
-		__atomic_store_n(&rb__uring_udp_test.peak_sends, s->n_send, __ATOMIC_RELAXED);
-	RB_STAT_ADD(w, buffered, m->len);
+	if (w->srv->impair) {
+		const struct rb_impair_set *was = s->imp.seen;
+		const struct rb_impair *imp = rb__udp_imp_set(w, &s->imp);
+		if (imp) {
+			/* A set published since the wake-up: the clock may not
+			 * have been read then. */
+			if (s->imp.seen != was)
+				w->now_ms = rb__now_ms();
+			copies = rb__udp_imp_answer(w, &s->imp, imp, from, o->namelen, base, len,
+			                            sv != RB_SERVICE_CHARGEN, w->now_ms);
+		}
+	}
+	for (unsigned i = 0; i < copies; i++) {
+		if (s->n_free == 0) {
+			/* The bound: drop rather than queue without limit. */
+			RB_STAT_ADD(w, datagram_drops, 1);
+			continue;
+		}
+		m = &s->send[s->free_slot[--s->n_free]];
+		m->bid = bid;
+		m->iov.iov_base = base;
+		m->iov.iov_len = len;
+		m->len = len;
+		m->msg = (struct msghdr){
+		        .msg_name = from,
+		        .msg_namelen = o->namelen,
+		        .msg_iov = &m->iov,
+		        .msg_iovlen = 1,
+		};
+		struct io_uring_sqe *sqe = x->h.get_sqe(x->h.ctx);
+		io_uring_prep_sendmsg(sqe, s->fd, &m->msg, 0);
+		io_uring_sqe_set_data64(sqe, utag(x, m));
+		x->ops++;
+		x->bref[bid]++;
+		s->n_send++;
+		if (s->n_send > __atomic_load_n(&rb__uring_udp_test.peak_sends, __ATOMIC_RELAXED))
+			__atomic_store_n(&rb__uring_udp_test.peak_sends, s->n_send,
+			                 __ATOMIC_RELAXED);
+		RB_STAT_ADD(w, buffered, m->len);
+	}
 	RB_STAT_MAX(w, peak_buffered, w->st.buffered);
+	if (!x->bref[bid])
+		buf_give(x, bid); /* lost, delayed or dropped: nothing sends from it */
 }
 
 static void on_recv(struct rb_worker *w, struct rb_uudp *x, struct usock_udp *s, int res,
@@ -275,8 +306,42 @@ static void on_send(struct rb_worker *w, struct rb_uudp *x, struct usend *m, int
 		RB_STAT_ADD(w, datagram_drops, 1);
 	}
 	RB_STAT_SUB(w, buffered, m->len);
-	buf_give(x, m->bid);
+	if (--x->bref[m->bid] == 0)
+		buf_give(x, m->bid);
 	s->free_slot[s->n_free++] = (uint16_t)(m - s->send);
+}
+
+/* A delayed answer is due (udp_impair.c's timer): its sendmsg, from the copy. */
+static int delay_send(struct rb_worker *w, struct rb_udp_imp *ui, struct rb_dgram *d)
+{
+	struct usock_udp *s = rb_container_of(ui, struct usock_udp, imp);
+	struct rb_uudp *x = s->x;
+	struct io_uring_sqe *sqe = x->h.get_sqe(x->h.ctx);
+
+	(void)w;
+	d->kind = UK_DSEND;
+	d->owner = s;
+	rb_list_add_tail(&s->dsend, &d->link);
+	io_uring_prep_sendmsg(sqe, s->fd, &d->msg, 0);
+	io_uring_sqe_set_data64(sqe, utag(x, d));
+	x->ops++;
+	return 0;
+}
+
+static void on_dsend(struct rb_worker *w, struct rb_uudp *x, struct rb_dgram *d, int res)
+{
+	struct usock_udp *s = d->owner;
+
+	x->ops--;
+	RB_STAT_ADD(w, write_calls, 1);
+	if (res >= 0) {
+		RB_STAT_ADD(w, bytes_out, d->len);
+		RB_STAT_ADD(w, datagrams_out, 1);
+	} else {
+		RB_STAT_ADD(w, datagram_drops, 1);
+	}
+	rb_list_del(&d->link);
+	rb__udp_imp_done(w, &s->imp, d);
 }
 
 void rb__uring_udp_cqe(struct rb_worker *w, struct rb_uudp *x, void *p, int res, unsigned flags)
@@ -290,6 +355,9 @@ void rb__uring_udp_cqe(struct rb_worker *w, struct rb_uudp *x, void *p, int res,
 		break;
 	case UK_CANCEL:
 		x->ops--;
+		break;
+	case UK_DSEND:
+		on_dsend(w, x, p, res);
 		break;
 	default:
 		break;
@@ -338,8 +406,9 @@ int rb__uring_udp_create(struct rb_worker *w, const struct rb_uudp_host *h, stru
 	x->bufsize = sizeof(struct io_uring_recvmsg_out) + NAME_ROOM + x->room;
 	x->sends_max = rb__uring_udp_test.sends ? rb__uring_udp_test.sends : RB_UURING_UDP_SENDS;
 	x->buf = calloc(x->nbufs, sizeof(*x->buf));
+	x->bref = calloc(x->nbufs, sizeof(*x->bref));
 	x->socks = calloc(n, sizeof(*x->socks));
-	if (!x->buf || !x->socks) {
+	if (!x->buf || !x->bref || !x->socks) {
 		rc = -ENOMEM;
 		goto err;
 	}
@@ -349,6 +418,8 @@ int rb__uring_udp_create(struct rb_worker *w, const struct rb_uudp_host *h, stru
 		if (!l->is_udp)
 			continue;
 		s = &x->socks[x->n_socks++];
+		rb__udp_imp_init(&s->imp, delay_send);
+		rb_list_init(&s->dsend);
 		s->k.kind = UK_SOCK;
 		s->x = x;
 		s->fd = l->fd;
@@ -405,13 +476,14 @@ void rb__uring_udp_stop(struct rb_worker *w, struct rb_uudp *x, bool hard)
 		s->stopped = true;
 		s->waiting = false;
 		rb__timer_cancel(&w->timers, &s->retry);
+		rb__udp_imp_stop(w, &s->imp);
 		if (s->armed && !s->cancelled) {
 			struct io_uring_sqe *sqe = x->h.get_sqe(x->h.ctx);
 			io_uring_prep_cancel64(sqe, utag(x, s), 0);
 			cancel(x, sqe);
 			s->cancelled = true;
 		}
-		if (hard && s->n_send) {
+		if (hard && (s->n_send || !rb_list_empty(&s->dsend))) {
 			struct io_uring_sqe *sqe = x->h.get_sqe(x->h.ctx);
 			io_uring_prep_cancel_fd(sqe, s->fd, IORING_ASYNC_CANCEL_ALL);
 			cancel(x, sqe);
@@ -436,6 +508,10 @@ void rb__uring_udp_destroy(struct rb_worker *w, struct rb_uudp *x)
 	for (unsigned i = 0; i < x->n_socks; i++) {
 		struct usock_udp *s = &x->socks[i];
 		rb__timer_cancel(&w->timers, &s->retry);
+		rb__udp_imp_fini(w, &s->imp);
+		/* Only when the ring is gone: their CQEs will not come. */
+		for (struct rb_list *it; (it = rb_list_pop(&s->dsend));)
+			rb__udp_imp_done(w, &s->imp, rb_container_of(it, struct rb_dgram, link));
 		rb__udp_guard_fini(&s->guard);
 		free(s->send);
 		free(s->free_slot);
@@ -445,6 +521,7 @@ void rb__uring_udp_destroy(struct rb_worker *w, struct rb_uudp *x)
 	for (unsigned i = 0; i < x->nalloc; i++)
 		free(x->buf[i]);
 	free(x->buf);
+	free(x->bref);
 	free(x->socks);
 	free(x);
 }

@@ -203,14 +203,74 @@ Test(cli, bad_uring_flags)
 	            "rebound: invalid --uring-sqpoll 'soon': expected a whole number\n");
 	expect_fail(2, ARGS("--engine", "uring", "--copy", "splice"),
 	            "rebound: --copy splice is not supported by the uring engine\n");
-	/* uring impairs TCP flows; UDP answers only on the readiness engines. */
-	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) == 0)
-		expect_fail(
-		        2,
-		        ARGS("--engine", "uring", "--listen", "udp://127.0.0.1:0", "--loss", "0.1"),
-		        "rebound: listen URL 'udp://127.0.0.1:0': --loss is not supported on UDP "
-		        "by "
-		        "the uring engine\n");
+}
+
+/* The daemon of a test that failed half-way: not left running. */
+static pid_t failed_daemon;
+
+static void kill_failed_daemon(void)
+{
+	if (failed_daemon > 0) {
+		kill(failed_daemon, SIGKILL);
+		waitpid(failed_daemon, NULL, 0);
+	}
+}
+
+/* uring impairs UDP answers too: the flags are taken, printed with the
+ * seed, and act (every answer twice, one bit flipped in each). */
+Test(cli, uring_udp_impairments, .timeout = 60, .fini = kill_failed_daemon)
+{
+	const char *const *args =
+	        ARGS("--engine", "uring", "--listen", "udp://127.0.0.1:0", "--loss", "0",
+	             "--duplicate", "1", "--corrupt", "100%", "--delay", "5~5@0.5", "--seed", "11");
+	struct sockaddr_in sin = {.sin_family = AF_INET};
+	char line[512], err[4096];
+	unsigned char got[64];
+	size_t len = 0;
+	int port = -1, fd;
+	struct proc p;
+
+	if (rb_engine_available(RB_ENGINE_URING, NULL, 0) != 0)
+		cr_skip_test("io_uring cannot run here");
+	spawn(&p, args);
+	failed_daemon = p.pid;
+	for (;;) {
+		cr_assert_eq(read(p.err, line + len, 1), 1, "daemon exited: %.*s", (int)len, line);
+		if (line[len] != '\n') {
+			len++;
+			cr_assert_lt(len, sizeof(line) - 1);
+			continue;
+		}
+		line[len] = '\0';
+		len = 0;
+		/* The last start-up line. */
+		if (strncmp(line, "rebound: impairments: ", 22) == 0) {
+			cr_assert_str_eq(line,
+			                 "rebound: impairments: --delay 5ms~5ms@0.5 --duplicate 1 "
+			                 "--corrupt 1 --seed 11 (replay with --seed 11)");
+			break;
+		}
+		sscanf(line, "rebound: listening on udp://127.0.0.1:%d", &port);
+	}
+	cr_assert_gt(port, 0);
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	sin.sin_port = htons((uint16_t)port);
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	cr_assert_eq(send(fd, "0123456789", 10, 0), 10);
+	for (int i = 0; i < 2; i++) {
+		int bits = 0;
+		cr_assert_eq(recv(fd, got, sizeof(got), 0), 10);
+		for (int k = 0; k < 10; k++)
+			bits += __builtin_popcount((unsigned)(got[k] ^ (unsigned char)('0' + k)));
+		cr_assert_eq(bits, 1, "answer %d: %d bits flipped", i, bits);
+	}
+	close(fd);
+	cr_assert_eq(kill(p.pid, SIGTERM), 0);
+	th_slurp(p.err, err, sizeof(err));
+	failed_daemon = 0;
+	cr_assert_eq(wait_exit(p.pid), 0, "daemon exit status (stderr: %s)", err);
+	close(p.out);
 }
 
 /* Built without liburing, or io_uring refused here: exit 3 naming the cause;
@@ -222,7 +282,7 @@ Test(cli, engine_uring_availability)
 	if (rb_engine_available(RB_ENGINE_URING, why, sizeof(why)) == 0) {
 		cr_assert_eq(run(ARGS("--list-engines"), out, sizeof(out), err, sizeof(err)), 0);
 		/* UNIX and UDP listeners, relays, discard, chargen, sockperf, the
-		 * timeouts and the TCP impairments. */
+		 * timeouts and the impairments (TCP and UDP). */
 		cr_assert_not_null(strstr(out, "uring unix udp relay services timeouts impair\n"),
 		                   "%s", out);
 		return;
