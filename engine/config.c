@@ -198,17 +198,6 @@ int rb_config_check(const struct rb_config *cfg, char *err, size_t errlen)
 	}
 	RANGE("--uring-sqpoll", cfg->uring_sqpoll_ms, 0, RB_LIMIT_URING_SQPOLL_MS_MAX, "");
 	RANGE("--uring-batch-us", cfg->uring_batch_us, 0, RB_LIMIT_URING_BATCH_US_MAX, "");
-	if ((unsigned)cfg->uring_send > RB_URING_SEND_BUNDLE) {
-		snprintf(err, errlen, "invalid --uring-send %u", (unsigned)cfg->uring_send);
-		return -EINVAL;
-	}
-	if (cfg->uring_send == RB_URING_SEND_BUNDLE && cfg->uring_send_zc) {
-		snprintf(err, errlen,
-		         "--uring-send bundle cannot be combined with --uring-send-zc %zu: a "
-		         "zero-copy send takes no provided buffers",
-		         cfg->uring_send_zc);
-		return -EINVAL;
-	}
 	RANGE("--user-timeout", cfg->user_timeout_ms, 0, RB_LIMIT_USER_TIMEOUT_MS_MAX, "");
 	RANGE("--udp-rate", cfg->udp_rate, 0, RB_LIMIT_UDP_RATE_MAX, "");
 	RANGE("--connect-timeout", cfg->connect_timeout_ms, 1, RB_LIMIT_CONNECT_TIMEOUT_MS_MAX, "");

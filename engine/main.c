@@ -109,10 +109,6 @@ static void usage(FILE *f)
 	        "                           of N us, up to 60000000 (default 0: off)\n"
 	        "      --uring-send-zc SIZE uring: zero-copy sends (IORING_OP_SEND_ZC) of at\n"
 	        "                           least SIZE bytes, e.g. 16k (default off; 0 or off)\n"
-	        "      --uring-send MODE    uring: single (one send in flight per flow) or\n"
-	        "                           bundle (bundle sends from a provided-buffer group\n"
-	        "                           per flow, Linux 6.10; not with --uring-send-zc)\n"
-	        "                           (default single)\n"
 	        "      --metrics URL        serve GET /metrics (Prometheus text format) and GET\n"
 	        "                           /stats (JSON) over HTTP on tcp://HOST:PORT or\n"
 	        "                           unix:PATH, from a thread of its own; GET /impair\n"
@@ -441,8 +437,7 @@ int main(int argc, char **argv)
 		OPT_URING_SQPOLL,
 		OPT_URING_OFF,
 		OPT_URING_BATCH,
-		OPT_URING_SEND_ZC,
-		OPT_URING_SEND
+		OPT_URING_SEND_ZC
 	};
 	enum { OPT_METRICS = 400, OPT_PIDFILE, OPT_DAEMON, OPT_LOGFILE };
 	enum {
@@ -489,7 +484,6 @@ int main(int argc, char **argv)
 	        {"uring-off", required_argument, NULL, OPT_URING_OFF},
 	        {"uring-batch-us", required_argument, NULL, OPT_URING_BATCH},
 	        {"uring-send-zc", required_argument, NULL, OPT_URING_SEND_ZC},
-	        {"uring-send", required_argument, NULL, OPT_URING_SEND},
 	        {"pipe-size", required_argument, NULL, OPT_PIPE},
 	        {"list-engines", no_argument, NULL, OPT_LIST},
 	        {"keepalive", required_argument, NULL, OPT_KEEPALIVE},
@@ -708,15 +702,6 @@ int main(int argc, char **argv)
 				        rc == -ERANGE
 				                ? "too large"
 				                : "expected a size such as 4096 or 16k, or off");
-			break;
-		case OPT_URING_SEND:
-			if (strcmp(optarg, "single") == 0)
-				cfg.uring_send = RB_URING_SEND_SINGLE;
-			else if (strcmp(optarg, "bundle") == 0)
-				cfg.uring_send = RB_URING_SEND_BUNDLE;
-			else
-				return bad_value("--uring-send", optarg,
-				                 "expected single or bundle");
 			break;
 		case OPT_METRICS:
 			metrics_url = optarg;

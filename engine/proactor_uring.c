@@ -57,13 +57,6 @@ enum {
 
 #define BGID     0
 #define BGID_UDP 1
-/* Send groups (--uring-send bundle) are BGID_SEND + their index. */
-#define BGID_SEND 2
-/* Entries of a send group's ring: one page of struct io_uring_buf. */
-#define SG_ENTRIES 256
-/* Send groups a worker may register (each pins a page), unless the test
- * hook says otherwise. */
-#define SG_MAX 256
 /* Provided buffers a worker starts with: an idle server holds almost nothing. */
 #define INITIAL_BUFS 4
 #define CQE_BATCH    256
@@ -73,9 +66,6 @@ enum {
 /* Test hook: when set before a server is created, use single-shot receives
  * only, as on kernels without multishot byte limits. */
 int rb__uring_test_single_recv;
-/* Test hook: when non-zero before a server is created, the send groups a
- * worker may have (--uring-send bundle) instead of SG_MAX. */
-unsigned rb__uring_test_send_groups;
 /* Test counters, summed over every worker of the process. */
 struct rb_uring_test_counters {
 	uint64_t bundle_cqes;   /* receive CQEs that covered more than one buffer */
@@ -86,10 +76,6 @@ struct rb_uring_test_counters {
 	uint64_t zc_sends;      /* zero-copy sends completed (their first CQE) */
 	uint64_t zc_more;       /* ... whose first CQE said a notification follows */
 	uint64_t zc_notifs;     /* ... and their notifications */
-	uint64_t sb_cqes;       /* bundle send CQEs (--uring-send bundle) */
-	uint64_t sb_late;       /* segments added to a group while its bundle send was in flight */
-	uint64_t sb_fallback;   /* sends made singly because no send group was free */
-	uint64_t sb_reset;      /* send groups reset (closed with entries still in them) */
 };
 struct rb_uring_test_counters rb__uring_test_counters;
 #define TEST_COUNT(field, n)                                                                       \
@@ -154,24 +140,8 @@ enum uflow_kind {
 };
 
 enum {
-	UF_SEND = 1u << 0,   /* a send is in flight */
-	UF_SENT = 1u << 1,   /* on the list of sends made since the last wait */
-	UF_BUNDLE = 1u << 2, /* ... and it is a bundle send from the flow's group */
-};
-
-/*
- * A send group (--uring-send bundle): a provided-buffer ring that a bundle
- * send (IORING_OP_SEND, IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE) takes
- * its bytes from, in ring order. Each entry points at a queued segment of
- * one flow. A flow holds a group while it has bytes in it or a bundle send
- * in flight; at most one bundle send per group is ever in flight (two would
- * reorder the stream after a short send: docs/uring.md, "Sends").
- */
-struct usgrp {
-	struct io_uring_buf_ring *br; /* NULL: not registered (yet) */
-	size_t br_len;
-	uint16_t bgid;
-	uint16_t tail; /* entries ever added: the ring's tail */
+	UF_SEND = 1u << 0, /* a send is in flight */
+	UF_SENT = 1u << 1, /* on the list of sends made since the last wait */
 };
 
 /*
@@ -214,15 +184,8 @@ struct uflow {
 	size_t send_bytes;          /* bytes of the send in flight */
 	struct rb_flow_impair *imp; /* rf->imp, kept here: on_recv and on_send read it */
 	struct uzc *zc;             /* the send in flight, if zero-copy */
-	/* --uring-send bundle: the flow's send group, if it holds one; the
-	 * segments and bytes in it (a prefix of the queue, from qhead) that no
-	 * CQE has reported sent; the first queued segment not in it. */
-	struct usgrp *sg;
-	unsigned sg_segs;
-	size_t sg_bytes;
-	uint32_t sg_next;
-	size_t zc_held;      /* bytes sent zero-copy, not yet notified */
-	unsigned zc_pending; /* zero-copy sends not yet notified */
+	size_t zc_held;             /* bytes sent zero-copy, not yet notified */
+	unsigned zc_pending;        /* zero-copy sends not yet notified */
 	struct msghdr msg;
 	struct iovec *iov;
 	unsigned iov_cap;
@@ -314,12 +277,6 @@ struct uring {
 	bool listen_released;
 	bool closing_all;
 	struct rb_uudp *udp; /* the UDP listeners (uring_udp.c), or NULL */
-	/* --uring-send bundle: send groups (registered as needed), and a stack
-	 * of the indices of those no flow holds. */
-	bool send_bundle;
-	struct usgrp *sg;
-	uint16_t *sg_free;
-	unsigned sg_max, n_sg_free;
 	char detail[400];
 };
 
@@ -455,7 +412,6 @@ static size_t conn_cap(const struct rb_worker *w)
 }
 
 static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c);
-static void flow_sg_release(struct uring *u, struct uflow *f);
 
 static void sock_unlist(struct usock *k)
 {
@@ -673,8 +629,6 @@ static void conn_free(struct rb_worker *w, struct uring *u, struct uconn *c)
 					u->sent[j] = u->sent[--u->n_sent];
 		}
 		flow_free_segs(u, f);
-		if (f->sg)
-			flow_sg_release(u, f);
 		RB_STAT_SUB(w, buffered, f->bytes + f->zc_held);
 		/* Zero-copy sends still held by the kernel outlive the session. */
 		if (f->zc_pending) {
@@ -773,23 +727,6 @@ static void zc_end(struct uring *u, struct uzc *z)
 	free(z);
 }
 
-/* Batching: list the flow among those that sent since the last wait. */
-static void flow_note_sent(struct uring *u, struct uflow *f)
-{
-	if (f->flags & UF_SENT)
-		return;
-	if (u->n_sent == u->sent_cap) {
-		unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
-		struct uflow **v = realloc(u->sent, cap * sizeof(*v));
-		if (!v)
-			return; /* not listed: counted as a send someone waits for */
-		u->sent = v;
-		u->sent_cap = cap;
-	}
-	u->sent[u->n_sent++] = f;
-	f->flags |= UF_SENT;
-}
-
 /* The one send in flight for the flow: f->iov[0..n) to its sink. */
 static inline __attribute__((always_inline)) void flow_submit_send(struct uring *u, struct uflow *f,
                                                                    unsigned n)
@@ -829,8 +766,18 @@ static inline __attribute__((always_inline)) void flow_submit_send(struct uring 
 	f->zc = z;
 	f->flags |= UF_SEND;
 	f->c->refs++;
-	if (u->batch)
-		flow_note_sent(u, f);
+	if (u->batch && !(f->flags & UF_SENT)) {
+		if (u->n_sent == u->sent_cap) {
+			unsigned cap = u->sent_cap ? 2 * u->sent_cap : 64;
+			struct uflow **v = realloc(u->sent, cap * sizeof(*v));
+			if (!v)
+				return; /* not listed: counted as a send someone waits for */
+			u->sent = v;
+			u->sent_cap = cap;
+		}
+		u->sent[u->n_sent++] = f;
+		f->flags |= UF_SENT;
+	}
 }
 
 /* One send covering every queued segment (at most IOV_MAX). */
@@ -865,132 +812,6 @@ static void flow_send_segs_upto(struct uring *u, struct uflow *f, size_t limit)
 		seg = g->next;
 	}
 	flow_submit_send(u, f, i);
-}
-
-/* ---- send groups (--uring-send bundle) ---- */
-
-/* A send group no flow holds, registered now if it never was; NULL if none
- * is left (the flow then sends singly). */
-static struct usgrp *sg_get(struct uring *u)
-{
-	struct usgrp *g;
-
-	if (!u->n_sg_free)
-		return NULL;
-	g = &u->sg[u->sg_free[--u->n_sg_free]];
-	if (!g->br) {
-		/* Refused (memory): this one is not tried again. */
-		if (rb__uring_bufring_register(&u->ring, SG_ENTRIES, g->bgid, 0, &g->br,
-		                               &g->br_len) < 0) {
-			g->br = NULL;
-			return NULL;
-		}
-		g->tail = 0;
-	}
-	return g;
-}
-
-/*
- * The flow lets its group go: nothing is in flight from it. A group that
- * still has entries (the flow closed before they were sent) is
- * unregistered: the kernel's head is not where the next flow's bytes would
- * start, so it is registered afresh when next needed.
- */
-static void flow_sg_release(struct uring *u, struct uflow *f)
-{
-	struct usgrp *g = f->sg;
-
-	if (f->sg_segs) {
-		io_uring_unregister_buf_ring(&u->ring, g->bgid);
-		munmap(g->br, g->br_len);
-		g->br = NULL;
-		TEST_COUNT(sb_reset, 1);
-	}
-	u->sg_free[u->n_sg_free++] = (uint16_t)(g - u->sg);
-	f->sg = NULL;
-	f->sg_segs = 0;
-	f->sg_bytes = 0;
-	f->sg_next = SEG_NIL;
-}
-
-/*
- * Put the flow's queued segments that are not in its group yet into it (as
- * many as it has free entries), then submit a bundle send unless one is in
- * flight. A bundle send takes what the group holds when the kernel issues
- * it (at the next enter, or when a full socket has room again), so bytes
- * received meanwhile go with it; bytes added after it has taken its entries
- * wait for its CQE and go in the next one. One bundle send in flight per
- * group: the group is a prefix of the queue, taken in ring order.
- */
-static void flow_bundle_push(struct uring *u, struct uflow *f)
-{
-	struct usgrp *g = f->sg;
-	struct usock *k = f->sink;
-	struct io_uring_sqe *sqe;
-	unsigned added = 0;
-
-	while (f->sg_next != SEG_NIL && f->sg_segs < SG_ENTRIES) {
-		const struct useg *sgm = &u->seg[f->sg_next];
-		uint32_t skip = f->sg_next == f->qhead ? f->qoff : 0;
-		io_uring_buf_ring_add(g->br, u->chunk[sgm->bid]->data + sgm->off + skip,
-		                      sgm->len - skip, g->tail, SG_ENTRIES - 1, (int)added);
-		g->tail++;
-		added++;
-		f->sg_segs++;
-		f->sg_bytes += sgm->len - skip;
-		f->sg_next = sgm->next;
-	}
-	if (added) {
-		io_uring_buf_ring_advance(g->br, (int)added);
-		if (f->flags & UF_SEND)
-			TEST_COUNT(sb_late, added);
-	}
-	f->send_bytes = f->sg_bytes;
-	if ((f->flags & UF_SEND) || !f->sg_segs)
-		return;
-	sqe = get_sqe(u);
-	io_uring_prep_send(sqe, sqe_fd(k), NULL, 0, MSG_NOSIGNAL);
-	sqe_fixed(sqe, k);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = g->bgid;
-	sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-	io_uring_sqe_set_data64(sqe, tag(f, OP_SEND));
-	f->flags |= UF_SEND | UF_BUNDLE;
-	f->c->refs++;
-	if (u->batch)
-		flow_note_sent(u, f);
-}
-
-/*
- * Send what a flow of received buffers (not impaired) holds: single, one
- * send in flight covering the queue; bundle, through the flow's send group
- * (taken from the worker's when it has none and nothing is in flight; a
- * flow that finds none free sends singly this time).
- */
-static void flow_send_queued(struct uring *u, struct uflow *f)
-{
-	if (f->sg) {
-		if (f->sg_next != SEG_NIL || (!(f->flags & UF_SEND) && f->sg_segs))
-			flow_bundle_push(u, f);
-		return;
-	}
-	if ((f->flags & UF_SEND) || !f->qbufs)
-		return;
-	/* TCP only: on a UNIX socket a bundle send was seen (6.18) to end
-	 * inside an entry with no error while its peer was still reading, and
-	 * the rest of that entry is then lost to the ring (docs/uring.md). */
-	if (u->send_bundle && f->sink->sk->tcp) {
-		f->sg = sg_get(u);
-		if (f->sg) {
-			f->sg_segs = 0;
-			f->sg_bytes = 0;
-			f->sg_next = f->qhead;
-			flow_bundle_push(u, f);
-			return;
-		}
-		TEST_COUNT(sb_fallback, 1);
-	}
-	flow_send_segs(u, f);
 }
 
 /* sockperf: one send covering the answers queued in the chain. */
@@ -1326,8 +1147,8 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 	 * below decide for it, without them. The hot path of the echo. */
 	if (c->echo && !(c->uf[0].rf->flags & (FLOW_RD_EOF | FLOW_PAUSED))) {
 		struct uflow *f = &c->uf[0];
-		if (f->qbufs && (f->sg || !(f->flags & UF_SEND)))
-			flow_send_queued(u, f);
+		if (f->qbufs && !(f->flags & UF_SEND))
+			flow_send_segs(u, f);
 		if (!(c->us[0].flags & (US_RECV | US_BUFWAIT | US_QUEUED)))
 			sock_arm_recv(w, u, &c->us[0]);
 		return;
@@ -1336,16 +1157,14 @@ static void conn_advance(struct rb_worker *w, struct uring *u, struct uconn *c)
 		struct uflow *f = &c->uf[i];
 		uint32_t ff = f->rf->flags;
 
-		/* (A flow holding a send group adds to it with a send in flight.) */
-		if ((f->sg || !(f->flags & UF_SEND)) && f->sink &&
-		    !(f->sink->flags & US_CONNECTING)) {
+		if (!(f->flags & UF_SEND) && f->sink && !(f->sink->flags & US_CONNECTING)) {
 			if (f->kind == UF_SEGS) {
 				if (f->imp) {
 					if (flow_send_impaired(w, u, f) < 0)
 						return;
 					ff = f->rf->flags; /* a cut may have ended it */
 				} else if (f->qbufs) {
-					flow_send_queued(u, f);
+					flow_send_segs(u, f);
 				}
 			} else if (f->kind == UF_CHAIN) {
 				if (f->bytes)
@@ -1389,9 +1208,7 @@ static int flow_enqueue(struct uring *u, struct uflow *f, uint16_t bid, uint32_t
 {
 	uint32_t i;
 
-	/* (Not a tail segment already in the flow's send group: the kernel
-	 * has its length.) */
-	if (f->qbufs && !(f->sg && f->sg_next == SEG_NIL)) {
+	if (f->qbufs) {
 		struct useg *t = &u->seg[f->qtail];
 		if (t->bid == bid && t->off + t->len == off) {
 			t->len += len;
@@ -1413,8 +1230,6 @@ static int flow_enqueue(struct uring *u, struct uflow *f, uint16_t bid, uint32_t
 	f->qtail = i;
 	f->qbufs++;
 	f->bytes += len;
-	if (f->sg && f->sg_next == SEG_NIL)
-		f->sg_next = i;
 	return 0;
 }
 
@@ -1687,52 +1502,6 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 		conn_close(w, u, c, true);
 		return;
 	}
-	conn_advance(w, u, c);
-}
-
-/*
- * A bundle send's CQE: res bytes from the flow's group, in ring order from
- * the head of its queue. IORING_CQE_F_MORE: the request goes on with more of
- * the group's entries.
- */
-static void on_send_bundle(struct rb_worker *w, struct uring *u, struct uflow *f, int res,
-                           unsigned flags)
-{
-	struct uconn *c = f->c;
-	unsigned before = f->qbufs;
-
-	RB_STAT_ADD(w, write_calls, 1);
-	TEST_COUNT(sb_cqes, 1);
-	if (!(flags & IORING_CQE_F_MORE)) {
-		f->flags &= ~(UF_SEND | UF_BUNDLE);
-		c->refs--;
-	}
-	/* No bytes (an error, a cancel): the kernel may have taken entries it
-	 * did not send (a send run by io-wq takes them at once), so the
-	 * stream cannot go on. */
-	if (res <= 0 || (size_t)res > f->sg_bytes) {
-		conn_close(w, u, c, true);
-		return;
-	}
-	RB_STAT_ADD(w, bytes_out, (uint64_t)res);
-	if (f->sink->flags & US_UPSTREAM)
-		RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)res);
-	else
-		c->s.bytes_out += (uint64_t)res;
-	c->s.last_io_ms = c->s.last_write_ms = w->now_ms;
-	RB_STAT_SUB(w, buffered, (uint64_t)res);
-	flow_consume(u, f, (size_t)res);
-	f->sg_bytes -= (size_t)res;
-	f->sg_segs -= before - f->qbufs;
-	/* A bundle send stops inside an entry only when the socket failed (it
-	 * waits for room until it has sent all it took): the kernel has taken
-	 * that whole entry, so the rest of it can never go. */
-	if (f->qoff && f->sg_segs) {
-		conn_close(w, u, c, true);
-		return;
-	}
-	if (!(f->flags & UF_SEND) && !f->sg_segs)
-		flow_sg_release(u, f);
 	conn_advance(w, u, c);
 }
 
@@ -2333,10 +2102,7 @@ static void handle_cqe(struct rb_worker *w, struct uring *u, uint64_t ud, int re
 		on_recv(w, u, p, res, flags);
 		break;
 	case OP_SEND:
-		if (((struct uflow *)p)->flags & UF_BUNDLE)
-			on_send_bundle(w, u, p, res, flags);
-		else
-			on_send(w, u, p, res);
+		on_send(w, u, p, res);
 		break;
 	case OP_ZC:
 		on_send_zc(w, u, p, res, flags);
@@ -2705,7 +2471,6 @@ static const char *feature_state(bool used, bool kernel)
 static int uring_worker_init(struct rb_worker *w)
 {
 	char batch_state[32], zc_state[40], napi_state[48] = "";
-	const char *send_state;
 	const struct rb_config *cfg = &w->srv->cfg;
 	size_t per_conn;
 	struct uring *u;
@@ -2759,25 +2524,6 @@ static int uring_worker_init(struct rb_worker *w)
 	           cfg->uring_batch_us > 0;
 	u->batch_us = cfg->uring_batch_us;
 	u->zc_min = caps->send_zc && !(cfg->uring_off & RB_URING_SEND_ZC) ? cfg->uring_send_zc : 0;
-	/* (rb_config_check refuses bundle sends with zero-copy ones.) */
-	u->send_bundle = cfg->uring_send == RB_URING_SEND_BUNDLE && caps->send_bundle &&
-	                 !(cfg->uring_off & RB_URING_BUNDLE_SEND);
-	if (u->send_bundle) {
-		u->sg_max = rb__uring_test_send_groups ? rb__uring_test_send_groups : SG_MAX;
-		u->sg = calloc(u->sg_max, sizeof(*u->sg));
-		u->sg_free = calloc(u->sg_max, sizeof(*u->sg_free));
-		if (!u->sg || !u->sg_free)
-			return -ENOMEM;
-		/* Registered when first needed; the lowest index first. */
-		for (unsigned i = 0; i < u->sg_max; i++) {
-			u->sg[i].bgid = (uint16_t)(BGID_SEND + i);
-			u->sg_free[i] = (uint16_t)(u->sg_max - 1 - i);
-		}
-		u->n_sg_free = u->sg_max;
-	}
-	send_state = u->send_bundle                            ? "bundle"
-	             : cfg->uring_send == RB_URING_SEND_BUNDLE ? "single (bundle: no (kernel))"
-	                                                       : "single";
 	rc = rb__uring_bufring_register(&u->ring, u->nbufs, BGID, u->inc ? IOU_PBUF_RING_INC : 0,
 	                                &u->br, &u->br_len);
 	if (rc < 0)
@@ -2818,13 +2564,13 @@ static int uring_worker_init(struct rb_worker *w)
 	snprintf(zc_state, sizeof(zc_state), "%zu", u->zc_min);
 	snprintf(u->detail, sizeof(u->detail),
 	         "%s, %u entries, %s%s, %u buffers of %u, recv %s, bundles: %s, "
-	         "incremental buffers: %s, batching: %s, send zc: %s, sends: %s%s%s%s",
+	         "incremental buffers: %s, batching: %s, send zc: %s%s%s%s",
 	         u->mode, cfg->uring_entries, caps->reg_ring ? "registered ring fd" : "ring fd",
 	         u->n_slots ? ", fixed files" : "", u->nbufs, u->bufsize,
 	         u->mshot_limit ? "multishot+limit" : "single-shot",
 	         feature_state(u->bundle, caps->bundle), feature_state(u->inc, caps->inc),
 	         u->batch ? batch_state : feature_state(false, caps->min_wait && !u->sqpoll),
-	         u->zc_min ? zc_state : feature_state(false, caps->send_zc), send_state, napi_state,
+	         u->zc_min ? zc_state : feature_state(false, caps->send_zc), napi_state,
 	         u->udp ? ", " : "", rb__uring_udp_detail(u->udp));
 	return 0;
 }
@@ -2861,11 +2607,6 @@ static void uring_worker_fini(struct rb_worker *w)
 	rb__uring_udp_destroy(w, u->udp);
 	if (u->br)
 		munmap(u->br, u->br_len);
-	for (unsigned i = 0; u->sg && i < u->sg_max; i++)
-		if (u->sg[i].br)
-			munmap(u->sg[i].br, u->sg[i].br_len);
-	free(u->sg);
-	free(u->sg_free);
 	/* Zero-copy sends whose notification never came (a stop gave up on
 	 * them): the kernel may still read their buffers, which are therefore
 	 * neither reused nor freed. */

@@ -160,50 +160,6 @@ static bool caps_probe_inc(struct io_uring *ring)
 	return true;
 }
 
-/*
- * A bundle send (IORING_RECVSEND_BUNDLE on IORING_OP_SEND with buffer select,
- * Linux 6.10) of two provided buffers on a socketpair: a kernel that has it
- * sends both in one request and names the first buffer; an older one refuses
- * the flag (EINVAL) or sends only one buffer.
- */
-static bool caps_probe_send_bundle(struct io_uring *ring)
-{
-	static char bytes[3] = {'a', 'b', 'c'};
-	struct io_uring_buf_ring *br;
-	struct io_uring_sqe *sqe;
-	struct io_uring_cqe *cqe;
-	char got[4];
-	size_t brlen;
-	bool ok = false;
-	int sv[2];
-
-	if (rb__uring_bufring_register(ring, 8, 9, 0, &br, &brlen) < 0)
-		return false;
-	io_uring_buf_ring_add(br, bytes, 2, 0, 7, 0);
-	io_uring_buf_ring_add(br, bytes + 2, 1, 1, 7, 1);
-	io_uring_buf_ring_advance(br, 2);
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		goto out;
-	sqe = io_uring_get_sqe(ring);
-	io_uring_prep_send(sqe, sv[0], NULL, 0, MSG_NOSIGNAL);
-	sqe->flags |= IOSQE_BUFFER_SELECT;
-	sqe->buf_group = 9;
-	sqe->ioprio |= IORING_RECVSEND_BUNDLE;
-	sqe->user_data = 3;
-	if (io_uring_submit(ring) == 1 && wait_one(ring, &cqe) == 0) {
-		ok = cqe->res == 3 && (cqe->flags & IORING_CQE_F_BUFFER) &&
-		     (cqe->flags >> IORING_CQE_BUFFER_SHIFT) == 0 &&
-		     read(sv[1], got, sizeof(got)) == 3 && memcmp(got, bytes, 3) == 0;
-		io_uring_cqe_seen(ring, cqe);
-	}
-	close(sv[0]);
-	close(sv[1]);
-out:
-	io_uring_unregister_buf_ring(ring, 9);
-	munmap(br, brlen);
-	return ok;
-}
-
 static int read_disabled_sysctl(void)
 {
 	char b[16] = "";
@@ -289,9 +245,6 @@ static void caps_detect(void)
 		caps.min_wait = (ring.features & IORING_FEAT_MIN_TIMEOUT) != 0 &&
 		                !(rb__uring_test_unsupported & RB_URING_BATCH);
 		caps.inc = caps_probe_inc(&ring) && !(rb__uring_test_unsupported & RB_URING_INC);
-		caps.send_bundle = (ring.features & IORING_FEAT_RECVSEND_BUNDLE) != 0 &&
-		                   caps_probe_send_bundle(&ring) &&
-		                   !(rb__uring_test_unsupported & RB_URING_BUNDLE_SEND);
 	}
 	io_uring_queue_exit(&ring);
 }

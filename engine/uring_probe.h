@@ -20,7 +20,6 @@ struct rb_uring_caps {
 	bool inc;         /* incremental buffer rings: IOU_PBUF_RING_INC (6.12) */
 	bool min_wait;    /* min-wait in io_uring_enter: IORING_FEAT_MIN_TIMEOUT (6.12) */
 	bool send_zc;     /* IORING_OP_SEND_ZC (6.0) and IORING_OP_SENDMSG_ZC (6.1) */
-	bool send_bundle; /* bundle sends from a provided-buffer group (6.10), tried for real */
 };
 
 /* 0 if the uring engine can run here, else -errno with a reason in why. */

@@ -36,8 +36,6 @@ static struct engine_param all_params[] = {
          RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH},
         /* Every feature on and every send zero-copy (from 1 byte). */
         {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0, .send_zc = 1},
-        /* Every feature on and bundle sends from per-flow send groups. */
-        {RB_ENGINE_URING, RB_TRIGGER_EDGE, RB_COPY_WRITEV, 0, .send_bundle = true},
 #endif
         /* Always listed: skipped, with the probe's reason, where it cannot run
          * (built without libbpf, or no CAP_BPF here). It cannot pause a sender:
@@ -68,8 +66,7 @@ size_t th_udp_engine_params(struct engine_param **out)
 
 	for (size_t i = 0; i < n; i++) {
 		if ((rb__engine_find(all[i].engine)->caps & RB_CAP_UDP) &&
-		    all[i].copy == RB_COPY_WRITEV && all[i].uring_off == 0 && all[i].send_zc == 0 &&
-		    !all[i].send_bundle)
+		    all[i].copy == RB_COPY_WRITEV && all[i].uring_off == 0 && all[i].send_zc == 0)
 			all[k++] = all[i];
 	}
 	/* epoll always serves UDP: none means this filter is wrong, and
@@ -84,12 +81,11 @@ size_t th_udp_engine_params(struct engine_param **out)
 
 void th_engine_param_describe(const struct engine_param *p, char *buf, size_t len)
 {
-	snprintf(buf, len, "%s/%s/%s%s%s%s%s%s", rb_engine_name(p->engine),
+	snprintf(buf, len, "%s/%s/%s%s%s%s%s", rb_engine_name(p->engine),
 	         rb_trigger_name(p->trigger), rb_copy_name(p->copy),
 	         p->uring_off & RB_URING_BUNDLE ? "/no-bundle" : "",
 	         p->uring_off & RB_URING_INC ? "/no-inc" : "",
-	         p->uring_off & RB_URING_BATCH ? "/no-batch" : "", p->send_zc ? "/send-zc" : "",
-	         p->send_bundle ? "/send-bundle" : "");
+	         p->uring_off & RB_URING_BATCH ? "/no-batch" : "", p->send_zc ? "/send-zc" : "");
 }
 
 static uint64_t now_ms(void)
@@ -133,7 +129,6 @@ void th_server_create(struct test_server *ts, const struct engine_param *p,
 		/* Batching is opt-in: the suite runs with it where not off. */
 		ts->cfg.uring_batch_us = p->uring_off & RB_URING_BATCH ? 0 : 50;
 		ts->cfg.uring_send_zc = p->send_zc;
-		ts->cfg.uring_send = p->send_bundle ? RB_URING_SEND_BUNDLE : RB_URING_SEND_SINGLE;
 	}
 	if (tweak)
 		tweak(&ts->cfg);

@@ -18,7 +18,6 @@ struct engine_param {
 	unsigned uring_off; /* uring: RB_URING_* features switched off */
 	size_t conn_buffer; /* --conn-buffer, 0 = the default */
 	size_t send_zc;     /* uring: --uring-send-zc (0: off) */
-	bool send_bundle;   /* uring: --uring-send bundle */
 };
 
 /* Every engine configuration that is built, for parameterized tests. */

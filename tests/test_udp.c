@@ -33,7 +33,7 @@ static size_t udp_params(struct engine_param **out)
 	size_t n = th_engine_params(&all), k = 0;
 
 	for (size_t i = 0; i < n; i++)
-		if (all[i].copy == RB_COPY_WRITEV && all[i].send_zc == 0 && !all[i].send_bundle &&
+		if (all[i].copy == RB_COPY_WRITEV && all[i].send_zc == 0 &&
 		    (rb__engine_find(all[i].engine)->caps & RB_CAP_UDP) &&
 		    (all[i].engine != RB_ENGINE_URING || all[i].uring_off == 0 ||
 		     all[i].uring_off == (RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH)))

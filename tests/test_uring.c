@@ -558,21 +558,18 @@ extern unsigned rb__uring_test_unsupported;
 struct rb_uring_test_counters {
 	uint64_t bundle_cqes, bufs_consumed, shared_bufs, shadow_miss, batched_waits;
 	uint64_t zc_sends, zc_more, zc_notifs;
-	uint64_t sb_cqes, sb_late, sb_fallback, sb_reset;
 };
 extern struct rb_uring_test_counters rb__uring_test_counters;
 
 static unsigned test_off;
 static unsigned test_batch_us;
 static size_t test_send_zc;
-static enum rb_uring_send test_send;
 
 static void features(struct rb_config *cfg)
 {
 	cfg->uring_off = test_off;
 	cfg->uring_batch_us = test_batch_us;
 	cfg->uring_send_zc = test_send_zc;
-	cfg->uring_send = test_send;
 }
 
 /* Skip, saying why, when the kernel lacks a feature the test is about. */
@@ -766,24 +763,16 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	const char *d;
 
 	/* Before anything probes: the probe runs once per process. */
-	rb__uring_test_unsupported = RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH |
-	                             RB_URING_SEND_ZC | RB_URING_BUNDLE_SEND;
+	rb__uring_test_unsupported =
+	        RB_URING_BUNDLE | RB_URING_INC | RB_URING_BATCH | RB_URING_SEND_ZC;
 	need_uring();
 	test_batch_us = 50; /* asked for, and absent */
 	test_send_zc = 1;   /* the same: plain sends */
 	th_server_start(&ts, &uring_param, features);
 	d = rb_server_engine_detail(ts.srv);
 	cr_expect_not_null(strstr(d, "bundles: no (kernel), incremental buffers: no (kernel), "
-	                             "batching: no (kernel), send zc: no (kernel), sends: single"),
+	                             "batching: no (kernel), send zc: no (kernel)"),
 	                   "%s", d);
-	th_server_stop(&ts);
-	/* Bundle sends asked for (without zero-copy, which they exclude). */
-	test_send_zc = 0;
-	test_send = RB_URING_SEND_BUNDLE;
-	th_server_start(&ts, &uring_param, features);
-	test_send = RB_URING_SEND_SINGLE;
-	d = rb_server_engine_detail(ts.srv);
-	cr_expect_not_null(strstr(d, "sends: single (bundle: no (kernel))"), "%s", d);
 	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
 	run_many(&ts, 20, 100000, 40000, 0, &total);
 	ping_pong(ts.port, 100, 64);
@@ -795,7 +784,6 @@ Test(uring, probe_falls_back_when_absent, .timeout = 120)
 	cr_expect_eq(rb__uring_test_counters.batched_waits, 0);
 	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
 	cr_expect_eq(rb__uring_test_counters.zc_sends, 0);
-	cr_expect_eq(rb__uring_test_counters.sb_cqes, 0);
 }
 
 /* --uring-off switches a feature off and the start-up line says so. */
@@ -1356,256 +1344,6 @@ Test(uring, send_zc_startup_line, .timeout = 60)
 		               (const char *const[]){"--engine", "uring", "--listen",
 		                                     "tcp://127.0.0.1:0", "--uring-send-zc",
 		                                     ok[i].value, NULL});
-		read_startup(&ch, line, sizeof(line));
-		cr_expect_not_null(strstr(line, ok[i].says), "%s: %s", ok[i].value, line);
-		cr_assert_eq(kill(ch.pid, SIGTERM), 0);
-		cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 0, "stderr: %s", err);
-	}
-}
-
-/* ---- issue 14: bundle sends from per-flow send groups (--uring-send bundle) ---- */
-
-/* Skip, saying why, where the kernel cannot send bundles. */
-static void need_send_bundle(void)
-{
-	struct test_server ts;
-
-	need_uring();
-	test_send = RB_URING_SEND_BUNDLE;
-	th_server_start(&ts, &uring_param, features);
-	test_send = RB_URING_SEND_SINGLE;
-	if (strstr(rb_server_engine_detail(ts.srv), "bundle: no (kernel)")) {
-		th_server_stop(&ts);
-		cr_skip_test("this kernel has no bundle sends");
-	}
-	th_server_stop(&ts);
-}
-
-static void (*bundle_extra)(struct rb_config *cfg);
-
-static void bundle_tweak(struct rb_config *cfg)
-{
-	features(cfg);
-	if (bundle_extra)
-		bundle_extra(cfg);
-}
-
-/* A server with bundle sends and every other feature on (no batching);
- * tweak may change more. */
-static void bundle_server(struct test_server *ts, void (*tweak)(struct rb_config *cfg))
-{
-	const char *d;
-
-	test_off = 0;
-	test_batch_us = 0;
-	test_send_zc = 0;
-	test_send = RB_URING_SEND_BUNDLE;
-	bundle_extra = tweak;
-	th_server_start(ts, &uring_param, bundle_tweak);
-	test_send = RB_URING_SEND_SINGLE;
-	d = rb_server_engine_detail(ts->srv);
-	cr_assert_not_null(strstr(d, "sends: bundle"), "%s", d);
-	memset(&rb__uring_test_counters, 0, sizeof(rb__uring_test_counters));
-}
-
-static uint64_t sb_counter(const uint64_t *field)
-{
-	return __atomic_load_n(field, __ATOMIC_RELAXED);
-}
-
-/*
- * Streams exact through bundle sends: 16 MiB in pieces up to 1 MiB (sends
- * that wait for room while more bytes arrive), 40 streams sent 1 to 7 bytes
- * at a time, 40 of every size, 200 small ping-pongs. Bytes received while a
- * bundle send was in flight went into its group (sb_late), and every send
- * was a bundle (no group ran out).
- */
-Test(uring, send_bundle_streams_exact, .timeout = 180)
-{
-	const size_t len = 16u << 20;
-	unsigned char *data = malloc(len);
-	struct test_server ts;
-	struct th_stream st;
-	uint64_t total = len;
-
-	need_send_bundle();
-	bundle_server(&ts, NULL);
-	th_fill(data, len, 43);
-	st = (struct th_stream){.fd = th_connect(ts.port),
-	                        .data = data,
-	                        .len = len,
-	                        .max_piece = 1u << 20,
-	                        .rng = 9};
-	th_run_streams(&st, 1);
-	close(st.fd);
-	run_many(&ts, 40, 20000, 7919, 7, &total);
-	run_many(&ts, 40, 1, 37777, 0, &total);
-	ping_pong(ts.port, 200, 64);
-	total += 200 * 64;
-	expect_clean(&ts, 82, total);
-	th_server_stop(&ts);
-	cr_expect_gt(rb__uring_test_counters.sb_cqes, 200);
-	cr_expect_gt(rb__uring_test_counters.sb_late, 0, "no bytes joined a send in flight");
-	cr_expect_eq(rb__uring_test_counters.sb_fallback, 0);
-	cr_expect_eq(rb__uring_test_counters.shadow_miss, 0);
-	free(data);
-}
-
-/* The cap stays exact (an odd one, 100,000 bytes), and a relay's two flows
- * each send through a group of their own. */
-Test(uring, send_bundle_exact_cap, .timeout = 120)
-{
-	struct test_server ts;
-
-	need_send_bundle();
-	bundle_server(&ts, odd_cap);
-	slow_reader(&ts, 32u << 20);
-	expect_clean(&ts, 1, 32u << 20);
-	th_server_stop(&ts);
-	cr_expect_gt(rb__uring_test_counters.sb_cqes, 0);
-}
-
-extern unsigned rb__uring_test_send_groups;
-
-/* Two groups for 50 streams: flows that find none free send singly, and
- * a flow switches between the two only with nothing in flight. */
-Test(uring, send_bundle_groups_run_out, .timeout = 180)
-{
-	struct test_server ts;
-	uint64_t total = 0;
-
-	need_send_bundle();
-	rb__uring_test_send_groups = 2;
-	bundle_server(&ts, NULL);
-	rb__uring_test_send_groups = 0;
-	run_many(&ts, 50, 3000, 40009, 0, &total);
-	run_many(&ts, 20, 5000, 3001, 3, &total);
-	expect_clean(&ts, 70, total);
-	th_server_stop(&ts);
-	cr_expect_gt(rb__uring_test_counters.sb_fallback, 0);
-	cr_expect_gt(rb__uring_test_counters.sb_cqes, 0);
-}
-
-/* Peers that never read at a stop: the deadline cancels the bundle sends
- * waiting for room, and each group closed with entries still in it is
- * registered afresh before another flow uses it; then a new server's
- * streams are exact. */
-Test(uring, send_bundle_stop_deadline, .timeout = 60)
-{
-	const size_t len = 8u << 20;
-	unsigned char *data = calloc(1, len);
-	struct cap_wait cw;
-	struct test_server ts;
-	int fd[4];
-
-	need_send_bundle();
-	bundle_server(&ts, short_deadline);
-	cw.cap = 4 * ts.cfg.conn_buffer;
-	for (int i = 0; i < 4; i++) {
-		fd[i] = th_connect_bufs(ts.port, 8192, 8192);
-		th_set_nonblock(fd[i]);
-	}
-	for (;;) {
-		struct rb_stats st;
-		struct pollfd pfd[4];
-		for (int i = 0; i < 4; i++) {
-			while (send(fd[i], data, len, MSG_NOSIGNAL) > 0)
-				;
-			pfd[i] = (struct pollfd){.fd = fd[i], .events = POLLOUT};
-		}
-		rb_server_stats(ts.srv, &st);
-		if (st.buffered == cw.cap)
-			break;
-		poll(pfd, 4, 10);
-	}
-	th_server_stop(&ts); /* asserts rb_server_run returned 0 */
-	for (int i = 0; i < 4; i++)
-		close(fd[i]);
-	cr_expect_eq(sb_counter(&rb__uring_test_counters.sb_reset), 4);
-	free(data);
-}
-
-/* A reset while bundle sends wait for room: the session goes, its group
- * is registered afresh, and the next sessions reuse the groups. */
-Test(uring, send_bundle_reset_in_flight, .timeout = 120)
-{
-	const size_t len = 1u << 20;
-	unsigned char *data = calloc(1, len);
-	struct test_server ts;
-	uint64_t total = 0;
-	struct cap_wait cw;
-	int fd;
-
-	need_send_bundle();
-	rb__uring_test_send_groups = 1;
-	bundle_server(&ts, NULL);
-	rb__uring_test_send_groups = 0;
-	cw.cap = ts.cfg.conn_buffer;
-	fd = th_connect_bufs(ts.port, 8192, 8192);
-	th_set_nonblock(fd);
-	for (;;) {
-		struct rb_stats st;
-		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
-		while (send(fd, data, len, MSG_NOSIGNAL) > 0)
-			;
-		rb_server_stats(ts.srv, &st);
-		if (at_cap(&st, &cw))
-			break;
-		poll(&pfd, 1, 10);
-	}
-	setsockopt(fd, SOL_SOCKET, SO_LINGER, &(struct linger){.l_onoff = 1, .l_linger = 0},
-	           sizeof(struct linger));
-	close(fd);
-	th_wait_stats(&ts, all_closed, &(uint64_t){1}, "the reset session to go");
-	run_many(&ts, 10, 3000, 40009, 0, &total);
-	th_server_stop(&ts);
-	cr_expect_eq(sb_counter(&rb__uring_test_counters.sb_reset), 1);
-	cr_expect_gt(rb__uring_test_counters.sb_cqes, 10);
-	free(data);
-}
-
-/* Bad values: one line naming the value, exit 2; bundle sends exclude
- * zero-copy ones. */
-Test(uring, send_bundle_bad_values)
-{
-	char err[512];
-	struct child ch;
-
-	spawn_filtered(&ch, 0,
-	               (const char *const[]){"--engine", "uring", "--uring-send", "bundles", NULL});
-	cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 2);
-	cr_expect_str_eq(err, "rebound: invalid --uring-send 'bundles': expected single or "
-	                      "bundle\n");
-	spawn_filtered(&ch, 0,
-	               (const char *const[]){"--engine", "uring", "--uring-send", "", NULL});
-	cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 2);
-	cr_expect_str_eq(err, "rebound: invalid --uring-send '': expected single or bundle\n");
-	spawn_filtered(&ch, 0,
-	               (const char *const[]){"--engine", "uring", "--listen", "tcp://127.0.0.1:0",
-	                                     "--uring-send", "bundle", "--uring-send-zc", "16k",
-	                                     NULL});
-	cr_expect_eq(child_exit(&ch, err, sizeof(err), NULL, 0), 2);
-	cr_expect_str_eq(err, "rebound: --uring-send bundle cannot be combined with "
-	                      "--uring-send-zc 16384: a zero-copy send takes no provided "
-	                      "buffers\n");
-}
-
-/* The start-up line says which: single by default, bundle when asked. */
-Test(uring, send_bundle_startup_line, .timeout = 60)
-{
-	static const struct {
-		const char *value, *says;
-	} ok[] = {
-	        {NULL, "sends: single"}, {"single", "sends: single"}, {"bundle", "sends: bundle"}};
-	char line[512], err[4096];
-	struct child ch;
-
-	need_send_bundle();
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		spawn_filtered(&ch, 0,
-		               (const char *const[]){
-		                       "--engine", "uring", "--listen", "tcp://127.0.0.1:0",
-		                       ok[i].value ? "--uring-send" : NULL, ok[i].value, NULL});
 		read_startup(&ch, line, sizeof(line));
 		cr_expect_not_null(strstr(line, ok[i].says), "%s: %s", ok[i].value, line);
 		cr_assert_eq(kill(ch.pid, SIGTERM), 0);

@@ -69,18 +69,10 @@ typedef void rb_log_fn(void *ctx, enum rb_log_level level, const char *msg);
 
 /* io_uring features that can be switched off (rb_config.uring_off). */
 enum {
-	RB_URING_BUNDLE = 1u << 0,      /* receive bundles (Linux 6.10) */
-	RB_URING_INC = 1u << 1,         /* incremental buffer consumption (6.12) */
-	RB_URING_BATCH = 1u << 2,       /* one enter per wake-up: min-wait batching (6.12) */
-	RB_URING_SEND_ZC = 1u << 3,     /* zero-copy sends (6.0; on with rb_config.uring_send_zc) */
-	RB_URING_BUNDLE_SEND = 1u << 4, /* send bundles from provided buffers (6.10; on with
-	                                 * rb_config.uring_send = RB_URING_SEND_BUNDLE) */
-};
-
-/* How the uring engine sends a flow's received bytes (rb_config.uring_send). */
-enum rb_uring_send {
-	RB_URING_SEND_SINGLE = 0, /* one send (or sendmsg) in flight, covering what is queued */
-	RB_URING_SEND_BUNDLE = 1, /* bundle sends from a per-flow provided-buffer group */
+	RB_URING_BUNDLE = 1u << 0,  /* receive bundles (Linux 6.10) */
+	RB_URING_INC = 1u << 1,     /* incremental buffer consumption (6.12) */
+	RB_URING_BATCH = 1u << 2,   /* one enter per wake-up: min-wait batching (6.12) */
+	RB_URING_SEND_ZC = 1u << 3, /* zero-copy sends (6.0; on with rb_config.uring_send_zc) */
 };
 
 /*
@@ -142,7 +134,6 @@ struct rb_config {
 	unsigned uring_off;      /* uring: RB_URING_* features not to use, 0 = all the kernel has */
 	unsigned uring_batch_us; /* uring: min-wait batching window in us, 0 = no batching */
 	size_t uring_send_zc;    /* uring: zero-copy sends of at least this many bytes, 0 = off */
-	enum rb_uring_send uring_send; /* uring: how received bytes are sent back */
 	int backlog;
 	unsigned unix_mode;         /* mode of unix:PATH socket files (default 0660) */
 	unsigned udp_rate;          /* UDP datagrams/s answered per source address, 0 = no limit */
