@@ -196,7 +196,7 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 		buf_give(x, bid);
 		return;
 	}
-	if (!rb__udp_guard_ok(w, &s->guard, from, w->srv->cfg.udp_rate ? rb__now_ms() : 0) ||
+	if (!rb__udp_guard_ok(w, &s->guard, from, w->srv->cfg.udp_rate ? rb__now_us() : 0) ||
 	    (sv == RB_SERVICE_SOCKPERF && !rb__sockperf_answer(payload, len))) {
 		buf_give(x, bid);
 		return;
@@ -217,9 +217,9 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 			/* A set published since the wake-up: the clock may not
 			 * have been read then. */
 			if (s->imp.seen != was)
-				w->now_ms = rb__now_ms();
+				w->now_us = rb__now_us();
 			copies = rb__udp_imp_answer(w, &s->imp, imp, from, o->namelen, base, len,
-			                            sv != RB_SERVICE_CHARGEN, w->now_ms);
+			                            sv != RB_SERVICE_CHARGEN, w->now_us);
 		}
 	}
 	for (unsigned i = 0; i < copies; i++) {
@@ -281,7 +281,7 @@ static void on_recv(struct rb_worker *w, struct rb_uudp *x, struct usock_udp *s,
 	}
 	if (res < 0) {
 		rb__log(RB_LOG_DEBUG, "uring udp recvmsg: %s", strerror(-res));
-		rb__timer_arm(&w->timers, &s->retry, rb__now_ms() + RETRY_MS);
+		rb__timer_arm(&w->timers, &s->retry, rb__now_us() + rb__ms_to_us(RETRY_MS));
 		return;
 	}
 	TEST_ADD(rearms, 1);
