@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -158,13 +159,13 @@ static double pingpong_p50(int port, int n)
 }
 
 /*
- * How late a timed answer may come, in ms. The issue asks for 1 ms; this
- * machine gives 1.1 to 1.8 ms, every run, in every build, when it is idle
- * (it passed 1 ms while busy): the engine's timers count whole ms, and a
- * halted virtual CPU takes its time to wake. 3 ms until the timers count
- * microseconds; the lower bounds stay exact.
+ * How late a timed answer may come, in ms: the issue's 1 ms. The engine's
+ * deadlines are in microseconds and its waits end on them to the
+ * microsecond (epoll_pwait2, ppoll, pselect, an io_uring timespec), so
+ * what is left is the wake-up itself: 0.1 to 0.5 ms on this VM, idle or
+ * loaded by a build. Nothing comes early: the lower bounds are exact.
  */
-#define LATE_MS 3
+#define LATE_MS 1
 
 /* ---- delay ---- */
 
@@ -211,7 +212,104 @@ IMPAIR_TEST(delay_holds_the_fin, timing_params, 30)
 	}
 	th_server_stop(&ts);
 	qsort(dt, 7, sizeof(dt[0]), cmp_double);
-	cr_assert(dt[3] >= 29 && dt[3] <= 30 + LATE_MS, "FIN after %.3f ms (median)", dt[3]);
+	cr_assert(dt[3] >= 30 - 0.001 && dt[3] <= 30 + LATE_MS, "FIN after %.3f ms (median)",
+	          dt[3]);
+}
+
+/*
+ * Messages paced PACED_GAP_MS apart, each echoed back: how long after its
+ * send each came back (ms). Several arrive within one millisecond, so a
+ * server that rounds its clock or its deadlines to whole ms releases some
+ * of them early (with the ones due in the same millisecond) or late.
+ */
+#define PACED_N      40
+#define PACED_GAP_MS 0.25
+
+static void paced_echoes(int fd, bool dgram, double *lat)
+{
+	double sent[PACED_N], next_send = now_ms();
+	bool got[PACED_N] = {false};
+	unsigned char in[8 * PACED_N];
+	size_t have = 0;
+	uint32_t next = 0, n_got = 0;
+
+	while (n_got < PACED_N) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		double t = now_ms(), wait = next < PACED_N ? next_send - t : 5000;
+		struct timespec ts;
+		int r;
+
+		if (next < PACED_N && wait <= 0) {
+			uint32_t msg[2] = {next, ~next};
+			sent[next] = now_ms();
+			cr_assert_eq(send(fd, msg, sizeof(msg), MSG_NOSIGNAL),
+			             (ssize_t)sizeof(msg));
+			next++;
+			next_send += PACED_GAP_MS;
+			continue;
+		}
+		ts.tv_sec = (time_t)(wait / 1000);
+		ts.tv_nsec = (long)((wait - (double)ts.tv_sec * 1000) * 1e6);
+		r = ppoll(&pfd, 1, &ts, NULL);
+		cr_assert_geq(r, 0, "ppoll: %s", strerror(errno));
+		cr_assert(r > 0 || next < PACED_N, "%u of %d echoes in 5 s", n_got, PACED_N);
+		if (r == 0)
+			continue;
+		ssize_t k =
+		        recv(fd, in + have, dgram ? sizeof(in) - have : 8 - have % 8, MSG_DONTWAIT);
+		t = now_ms();
+		if (k < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		cr_assert_gt(k, 0, "recv: %s", k < 0 ? strerror(errno) : "EOF");
+		if (dgram)
+			cr_assert_eq(k, 8, "a datagram of %zd bytes", k);
+		have += (size_t)k;
+		if (have % 8)
+			continue; /* a message in pieces: it is back with its last byte */
+		uint32_t msg[2];
+		memcpy(msg, in + have - 8, sizeof(msg));
+		cr_assert(msg[0] < next && msg[1] == ~msg[0] && !got[msg[0]],
+		          "echo %u of %u: %08x %08x", n_got, next, msg[0], msg[1]);
+		got[msg[0]] = true;
+		lat[msg[0]] = t - sent[msg[0]];
+		n_got++;
+		if (dgram)
+			have = 0;
+	}
+}
+
+/* No byte is released before its delay is over, to the microsecond (a
+ * clock read after it was sent, plus D, is later than its send plus D),
+ * even when several are due within one millisecond; and the first is
+ * late by no more than LATE_MS. (Only the first: the burst lasts 15 ms,
+ * and on a loaded machine one slow wake-up of the client's makes every
+ * answer it finds waiting look late.) */
+static void assert_never_early(const double *lat, double d_ms, const char *what)
+{
+	int first = 0;
+
+	for (int i = 1; i < PACED_N; i++)
+		if (lat[i] < lat[first])
+			first = i;
+	cr_assert_geq(lat[first], d_ms - 0.001, "%s: message %d back after %.3f ms, before %.0f ms",
+	              what, first, lat[first], d_ms);
+	cr_assert_leq(lat[first], d_ms + LATE_MS, "%s: the earliest back after %.3f ms", what,
+	              lat[first]);
+}
+
+IMPAIR_TEST(delay_is_never_early, timing_params, 30)
+{
+	struct test_server ts;
+	double lat[PACED_N];
+	int fd, one = 1;
+
+	start(&ts, p, "--delay 5");
+	fd = th_connect(ts.port);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	paced_echoes(fd, false, lat);
+	close(fd);
+	th_server_stop(&ts);
+	assert_never_early(lat, 5, "tcp");
 }
 
 /* ---- rate ---- */
@@ -465,13 +563,14 @@ IMPAIR_TEST(refuse_resets_new_sessions, timing_params, 30)
 	th_server_stop(&ts);
 }
 
-/* The first answer comes 100 ms after the connect, within 1 ms (the
- * median of five sessions). */
+/* The first answer comes 100 ms after the connect, as late as an ordinary
+ * answer plus at most LATE_MS (the medians of five sessions: the second
+ * exchange of each is the ordinary one). */
 IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 {
 	struct test_server ts;
 	unsigned char b[4];
-	double first[5], t0;
+	double first[5], then[5], t0;
 	int fd;
 
 	start(&ts, p, "--accept-delay 100");
@@ -485,13 +584,15 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 		t0 = now_ms();
 		cr_assert_eq(send(fd, "pong", 4, MSG_NOSIGNAL), 4);
 		recv_all(fd, b, 4);
-		cr_assert_lt(now_ms() - t0, 50);
+		then[i] = now_ms() - t0;
+		cr_assert_lt(then[i], 50);
 		close(fd);
 	}
 	th_server_stop(&ts);
 	qsort(first, 5, sizeof(first[0]), cmp_double);
-	cr_assert(first[2] >= 99 && first[2] <= 100 + LATE_MS,
-	          "first answer after %.3f ms (median)", first[2]);
+	qsort(then, 5, sizeof(then[0]), cmp_double);
+	cr_assert(first[2] >= 99 && first[2] <= 100 + then[2] + LATE_MS,
+	          "first answer after %.3f ms (median), the next after %.3f ms", first[2], then[2]);
 }
 
 /* ---- a graceful stop with bytes held back, and with a session not started ---- */
@@ -830,7 +931,22 @@ UDP_TEST(udp_delay, 30)
 	close(fd);
 	th_server_stop(&ts);
 	qsort(rtt, 9, sizeof(rtt[0]), cmp_double);
-	cr_assert(rtt[4] >= 39.5 && rtt[4] <= 40 + LATE_MS, "p50 %.3f ms", rtt[4]);
+	cr_assert(rtt[4] >= 40 - 0.001 && rtt[4] <= 40 + LATE_MS, "p50 %.3f ms", rtt[4]);
+}
+
+/* Datagrams 250 us apart, each answered 5 ms after it came, none sooner. */
+UDP_TEST(udp_delay_is_never_early, 30)
+{
+	struct test_server ts;
+	double lat[PACED_N];
+	int fd;
+
+	start_udp(&ts, p, "--delay 5");
+	fd = udp_client(ts.port);
+	paced_echoes(fd, true, lat);
+	close(fd);
+	th_server_stop(&ts);
+	assert_never_early(lat, 5, "udp");
 }
 
 static bool udp_in(const struct rb_stats *st, void *arg)
