@@ -187,6 +187,18 @@ static void refill(struct rb_flow_impair *fi, uint64_t now)
 	fi->fill_us = now;
 }
 
+/* What the bucket must hold before `n` bytes may go: half of it (so a
+ * late wake-up still finds room to fill), or all n if fewer; a byte at
+ * least. */
+static uint64_t rate_need(const struct rb_flow_impair *fi, uint64_t n)
+{
+	uint64_t need = fi->depth_u / 2;
+
+	if (n * BYTE_U < need)
+		need = n * BYTE_U;
+	return need < BYTE_U ? BYTE_U : need;
+}
+
 size_t rb__impair_allow(struct rb_flow_impair *fi, size_t pending, uint64_t now)
 {
 	uint64_t allow = pending;
@@ -201,16 +213,22 @@ size_t rb__impair_allow(struct rb_flow_impair *fi, size_t pending, uint64_t now)
 		if (fi->released - fi->out < allow)
 			allow = fi->released - fi->out;
 	}
-	if (fi->rate_bps) {
-		refill(fi, now);
-		if (fi->tokens_u / BYTE_U < allow)
-			allow = fi->tokens_u / BYTE_U;
-	}
 	if (fi->slice_size) {
 		if (now < fi->slice_next_us)
 			allow = 0;
 		else if (fi->slice_size < allow)
 			allow = fi->slice_size;
+	}
+	if (fi->rate_bps && allow > 0) {
+		/* Nothing until the bucket holds what rb__impair_wake waits
+		 * for: else, on a clock finer than a send takes, each send
+		 * would find a few bytes' worth and the flow would trickle
+		 * out in pieces, a wake-up each (io_uring: its completion). */
+		refill(fi, now);
+		if (fi->tokens_u < rate_need(fi, allow))
+			allow = 0;
+		else if (fi->tokens_u / BYTE_U < allow)
+			allow = fi->tokens_u / BYTE_U;
 	}
 	return (size_t)allow;
 }
@@ -230,13 +248,16 @@ uint64_t rb__impair_wake(const struct rb_flow_impair *fi, size_t pending, uint64
 	if (fi->slice_size && fi->slice_next_us > at)
 		at = fi->slice_next_us;
 	if (fi->rate_bps) {
-		/* Wake when half the bucket (or what is pending) is there, so
-		 * a late wake-up still finds room to fill. */
-		uint64_t need = fi->depth_u / 2, t;
-		if ((uint64_t)pending * BYTE_U < need)
-			need = (uint64_t)pending * BYTE_U;
-		if (need < BYTE_U)
-			need = BYTE_U;
+		/* What the other limits let go (as rb__impair_allow sees it),
+		 * for which the bucket must fill up to rate_need. */
+		uint64_t n = pending, need, t;
+		if (fi->cut != RB_CUT_NONE && fi->cut_after - fi->out < n)
+			n = fi->cut_after - fi->out;
+		if (fi->delay && fi->released > fi->out && fi->released - fi->out < n)
+			n = fi->released - fi->out;
+		if (fi->slice_size && fi->slice_size < n)
+			n = fi->slice_size;
+		need = rate_need(fi, n);
 		if (fi->tokens_u < need) {
 			t = fi->fill_us + (need - fi->tokens_u + fi->rate_bps - 1) / fi->rate_bps;
 			if (t > at)
