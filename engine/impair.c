@@ -125,6 +125,39 @@ struct rb_session_impair *rb__impair_session_new(const struct rb_impair *cfg, un
 	return si;
 }
 
+/*
+ * No room for a mark due at `due`: two neighbours become one, at the
+ * later's due: the pair that makes the earliest bytes in it wait the least
+ * longer (about 2 D / 64 at most when reads come steadily). True if that
+ * is the last mark with the new bytes (the caller moves the last mark's
+ * due); else a slot was freed.
+ */
+static bool marks_merge(struct rb_flow_impair *fi, uint64_t due)
+{
+	const unsigned n = RB_LIMIT_IMPAIR_MARKS;
+	unsigned best = n - 1;
+	uint64_t cost = due - fi->mark[(fi->m_first + n - 1) % n].first;
+
+	for (unsigned k = 0; k + 1 < n; k++) {
+		const struct rb_impair_mark *a = &fi->mark[(fi->m_first + k) % n];
+		uint64_t c = fi->mark[(fi->m_first + k + 1) % n].due - a->first;
+		if (c < cost) {
+			cost = c;
+			best = k;
+		}
+	}
+	if (best == n - 1)
+		return true;
+	/* Mark best goes: its bytes are the next one's (offsets are ends).
+	 * The marks before it move up a slot. */
+	fi->mark[(fi->m_first + best + 1) % n].first = fi->mark[(fi->m_first + best) % n].first;
+	for (unsigned k = best; k > 0; k--)
+		fi->mark[(fi->m_first + k) % n] = fi->mark[(fi->m_first + k - 1) % n];
+	fi->m_first = (fi->m_first + 1) % n;
+	fi->m_n--;
+	return false;
+}
+
 void rb__impair_arrived(struct rb_flow_impair *fi, uint64_t *rng, size_t n, uint64_t now)
 {
 	struct rb_impair_mark *last;
@@ -138,15 +171,17 @@ void rb__impair_arrived(struct rb_flow_impair *fi, uint64_t *rng, size_t n, uint
 		due = fi->last_due; /* never before the bytes ahead of these */
 	fi->last_due = due;
 	last = fi->m_n ? &fi->mark[(fi->m_first + fi->m_n - 1) % RB_LIMIT_IMPAIR_MARKS] : NULL;
-	if (last && (last->due == due || fi->m_n == RB_LIMIT_IMPAIR_MARKS)) {
-		/* The same moment, or no room: the last mark covers these too
-		 * (with no room, the bytes before wait a little longer). */
-		last->due = due;
+	if (last && last->due == due) {
+		last->end = fi->in; /* the same moment: one mark */
+		return;
+	}
+	if (fi->m_n == RB_LIMIT_IMPAIR_MARKS && marks_merge(fi, due)) {
+		last->due = due; /* the new bytes' due was the closest: theirs */
 		last->end = fi->in;
 		return;
 	}
 	fi->mark[(fi->m_first + fi->m_n) % RB_LIMIT_IMPAIR_MARKS] =
-	        (struct rb_impair_mark){.due = due, .end = fi->in};
+	        (struct rb_impair_mark){.due = due, .end = fi->in, .first = due};
 	fi->m_n++;
 }
 

@@ -36,8 +36,9 @@ struct rb_impair_set {
 enum rb_impair_cut { RB_CUT_NONE, RB_CUT_RESET, RB_CUT_CLOSE, RB_CUT_STALL };
 
 struct rb_impair_mark {
-	uint64_t due; /* us */
-	uint64_t end; /* the flow's input offset up to which bytes are due then */
+	uint64_t due;   /* us */
+	uint64_t end;   /* the flow's input offset up to which bytes are due then */
+	uint64_t first; /* the due of its earliest bytes (marks merge when full) */
 };
 
 struct rb_flow_impair {

@@ -1194,6 +1194,51 @@ Test(impair, rate_bucket_sends_no_trickle)
 	free(si);
 }
 
+/*
+ * A steady stream through --delay 20: a read every 100 us, 200 in flight,
+ * more than the 64 marks a flow keeps. Stepping the clock 10 us at a time,
+ * every byte goes at D after it came or later, and never much later: the
+ * marks that merge are the closest in time (stretching the last one over
+ * every read that found no room held bytes up to 13.6 ms longer).
+ */
+Test(impair, delay_marks_merge_closest_when_full)
+{
+	enum { READS = 600, GAP = 100, D = 20000, STEP = 10 };
+	struct rb_impair imp = {0};
+	struct rb_session_impair *si;
+	struct rb_flow_impair *fi;
+	static uint64_t gone[READS];
+	uint64_t t0 = 5000000, worst = 0;
+	unsigned next = 0;
+	size_t out = 0;
+	char err[256];
+
+	cr_assert_eq(rb_impair_parse(&imp, "--delay 20", err, sizeof(err)), 0, "%s", err);
+	si = rb__impair_session_new(&imp, 0, 1, 1, false, t0);
+	cr_assert_not_null(si);
+	fi = &si->flow[0];
+	for (uint64_t now = t0; out < 10u * READS; now += STEP) {
+		size_t n;
+		if (next < READS && now >= t0 + (uint64_t)next * GAP)
+			rb__impair_arrived(fi, &si->rng, 10, now), next++;
+		n = rb__impair_allow(fi, 10u * next - out, now);
+		for (size_t b = out; b < out + n; b++)
+			gone[b / 10] = now;
+		out += n;
+		rb__impair_sent(fi, n, now);
+		cr_assert_leq(fi->m_n, RB_LIMIT_IMPAIR_MARKS);
+	}
+	for (unsigned i = 0; i < READS; i++) {
+		uint64_t due = t0 + (uint64_t)i * GAP + D;
+		cr_assert_geq(gone[i], due, "read %u went %" PRIu64 " us early", i, due - gone[i]);
+		if (gone[i] - due > worst)
+			worst = gone[i] - due;
+	}
+	cr_assert_leq(worst, 2 * D / RB_LIMIT_IMPAIR_MARKS, "a read went %" PRIu64 " us late",
+	              worst);
+	free(si);
+}
+
 Test(impair, flag_syntax)
 {
 	struct rb_impair imp = {0}, again;
