@@ -1404,8 +1404,11 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			if (f->kind == UF_SEGS) {
 				RB_STAT_ADD(w, buffered, (uint64_t)kept);
 				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+				/* The clock now, not the wake-up's: completions
+				 * posted since (a submit runs task work) came later. */
 				if (f->imp)
-					rb__impair_arrived(f->imp, &c->s.imp->rng, kept, w->now_us);
+					rb__impair_arrived(f->imp, &c->s.imp->rng, kept,
+					                   rb__now_us());
 			}
 			if (kept < (uint32_t)res) {
 				/* Out of memory for the queue: the stream cannot go on. */
@@ -1426,7 +1429,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 	} else if (res == 0) {
 		f->rf->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 		if (f->imp && !(ff & FLOW_RD_EOF))
-			rb__impair_eof(f->imp, &c->s.imp->rng, w->now_us);
+			rb__impair_eof(f->imp, &c->s.imp->rng, rb__now_us());
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
@@ -1485,7 +1488,7 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			flow_consume(u, f, (size_t)res);
 			if (f->imp)
-				rb__impair_sent(f->imp, (size_t)res, w->now_us);
+				rb__impair_sent(f->imp, (size_t)res, rb__now_us());
 		} else if (f->kind == UF_CHAIN) {
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			rb_chain_consume(&w->pool, &f->rf->chain, (size_t)res);

@@ -317,9 +317,12 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			 * strategy that keeps only part (sockperf's answers). */
 			RB_STAT_ADD(w, bytes_in, (uint64_t)n);
 			RB_STAT_ADD(w, buffered, (uint64_t)(rb__flow_pending(f) - pending));
+			/* Arrived by now: the clock read after the read, not the
+			 * wake-up's (the thread may have waited for the CPU since,
+			 * and the bytes have come meanwhile: due that much early). */
 			if (f->imp)
 				rb__impair_arrived(f->imp, &s->imp->rng,
-				                   rb__flow_pending(f) - pending, w->now_us);
+				                   rb__flow_pending(f) - pending, rb__now_us());
 			if (src->upstream)
 				RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)n);
 			else
@@ -345,7 +348,7 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			f->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 			src->flags &= ~SOCK_CAN_READ;
 			if (f->imp)
-				rb__impair_eof(f->imp, &s->imp->rng, w->now_us);
+				rb__impair_eof(f->imp, &s->imp->rng, rb__now_us());
 			return 0;
 		case -EINTR:
 			continue;
@@ -819,7 +822,8 @@ static int flow_flush_impaired(struct rb_worker *w, struct rb_flow *f)
 		n = f->copy->flush_upto(w, f, sink->fd, allow, &full);
 		if (n >= 0) {
 			flow_sent(w, f, n, full);
-			rb__impair_sent(fi, (size_t)n, w->now_us);
+			/* The next slice: D after this write, not the wake-up. */
+			rb__impair_sent(fi, (size_t)n, rb__now_us());
 			progress |= n > 0;
 			continue;
 		}

@@ -211,16 +211,12 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 		base = payload;
 	}
 	if (w->srv->impair) {
-		const struct rb_impair_set *was = s->imp.seen;
 		const struct rb_impair *imp = rb__udp_imp_set(w, &s->imp);
-		if (imp) {
-			/* A set published since the wake-up: the clock may not
-			 * have been read then. */
-			if (s->imp.seen != was)
-				w->now_us = rb__now_us();
+		/* The clock now: the wake-up's may be older than the datagram
+		 * (completions posted since, a set published since). */
+		if (imp)
 			copies = rb__udp_imp_answer(w, &s->imp, imp, from, o->namelen, base, len,
-			                            sv != RB_SERVICE_CHARGEN, w->now_us);
-		}
+			                            sv != RB_SERVICE_CHARGEN, rb__now_us());
 	}
 	for (unsigned i = 0; i < copies; i++) {
 		if (s->n_free == 0) {
