@@ -565,8 +565,11 @@ IMPAIR_TEST(refuse_resets_new_sessions, timing_params, 30)
 }
 
 /* The first answer comes 100 ms after the connect, as late as an ordinary
- * answer plus at most LATE_MS (the medians of five sessions: the second
- * exchange of each is the ordinary one). */
+ * answer plus at most 2 LATE_MS (the medians of five sessions: the second
+ * exchange of each is the ordinary one). Two wake-ups, each late on its
+ * own: the accept's, from which the 100 ms count (the client's connect
+ * returns before it), and the timer's (under load, 1.04 and 1.20 ms over
+ * together in 2 of 14 runs of this suite). */
 IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 {
 	struct test_server ts;
@@ -592,7 +595,7 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 	th_server_stop(&ts);
 	qsort(first, 5, sizeof(first[0]), cmp_double);
 	qsort(then, 5, sizeof(then[0]), cmp_double);
-	cr_assert(first[2] >= 99 && first[2] <= 100 + then[2] + LATE_MS,
+	cr_assert(first[2] >= 99 && first[2] <= 100 + then[2] + 2 * LATE_MS,
 	          "first answer after %.3f ms (median), the next after %.3f ms", first[2], then[2]);
 }
 
