@@ -10,6 +10,10 @@
 
 #include "impair.h"
 
+/* A byte in the token bucket's unit: its 8 bits times the 1,000,000 us of
+ * the second the rate is per (a us of a b bit/s rate adds b units). */
+#define BYTE_U 8000000ull
+
 uint64_t rb__rng_next(uint64_t *state)
 {
 	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
@@ -34,6 +38,15 @@ unsigned rb__rng_upto(uint64_t *state, unsigned n)
 	return (unsigned)(((rb__rng_next(state) >> 32) * ((uint64_t)n + 1)) >> 32);
 }
 
+uint64_t rb__rng_delay_us(uint64_t *state, unsigned delay_ms, unsigned jitter_ms)
+{
+	uint64_t us = rb__ms_to_us(delay_ms);
+
+	if (jitter_ms)
+		us += rb__rng_upto(state, jitter_ms * RB_US_PER_MS);
+	return us;
+}
+
 uint64_t rb__rng_seed(uint64_t seed, unsigned worker, uint64_t n)
 {
 	uint64_t s = seed ^ ((uint64_t)worker << 48) ^ (n * 0xd1b54a32d192ed03ull);
@@ -52,22 +65,22 @@ static bool flow_init(struct rb_flow_impair *fi, const struct rb_impair_flow *c,
 	memset(fi, 0, sizeof(*fi));
 	if (rb__rng_chance(rng, c->delay_p) && (c->delay_ms || c->jitter_ms)) {
 		fi->delay = true;
-		fi->delay_ms = c->delay_ms;
-		fi->jitter_ms = c->jitter_ms;
+		fi->delay_us = rb__ms_to_us(c->delay_ms);
+		fi->jitter_us = rb__ms_to_us(c->jitter_ms);
 		any = true;
 	}
 	if (rb__rng_chance(rng, c->rate_p)) {
 		/* 20 ms of the rate, at least a byte; it starts full. */
 		uint64_t depth = c->rate_bps / 400;
 		fi->rate_bps = c->rate_bps;
-		fi->depth_u = (depth ? depth : 1) * 8000;
+		fi->depth_u = (depth ? depth : 1) * BYTE_U;
 		fi->tokens_u = fi->depth_u;
-		fi->fill_ms = now;
+		fi->fill_us = now;
 		any = true;
 	}
 	if (rb__rng_chance(rng, c->slice_p)) {
 		fi->slice_size = c->slice_size;
-		fi->slice_ms = c->slice_ms;
+		fi->slice_us = rb__ms_to_us(c->slice_ms);
 		any = true;
 	}
 	/* Of the cuts that apply, the one after the fewest bytes. */
@@ -101,15 +114,48 @@ struct rb_session_impair *rb__impair_session_new(const struct rb_impair *cfg, un
 	si->rng = rb__rng_seed(cfg->seed, worker, id);
 	si->refuse = rb__rng_chance(&si->rng, cfg->refuse_p);
 	if (rb__rng_chance(&si->rng, cfg->accept_delay_p) && cfg->accept_delay_ms)
-		si->gate_ms = now + cfg->accept_delay_ms;
+		si->gate_us = now + rb__ms_to_us(cfg->accept_delay_ms);
 	for (unsigned i = 0; i < n_flows && i < 2; i++)
 		any |= flow_init(&si->flow[i], relay && i == 0 ? &cfg->up : &cfg->down, &si->rng,
 		                 now);
-	if (!any && !si->refuse && !si->gate_ms) {
+	if (!any && !si->refuse && !si->gate_us) {
 		free(si);
 		return NULL;
 	}
 	return si;
+}
+
+/*
+ * No room for a mark due at `due`: two neighbours become one, at the
+ * later's due: the pair that makes the earliest bytes in it wait the least
+ * longer (about 2 D / 64 at most when reads come steadily). True if that
+ * is the last mark with the new bytes (the caller moves the last mark's
+ * due); else a slot was freed.
+ */
+static bool marks_merge(struct rb_flow_impair *fi, uint64_t due)
+{
+	const unsigned n = RB_LIMIT_IMPAIR_MARKS;
+	unsigned best = n - 1;
+	uint64_t cost = due - fi->mark[(fi->m_first + n - 1) % n].first;
+
+	for (unsigned k = 0; k + 1 < n; k++) {
+		const struct rb_impair_mark *a = &fi->mark[(fi->m_first + k) % n];
+		uint64_t c = fi->mark[(fi->m_first + k + 1) % n].due - a->first;
+		if (c < cost) {
+			cost = c;
+			best = k;
+		}
+	}
+	if (best == n - 1)
+		return true;
+	/* Mark best goes: its bytes are the next one's (offsets are ends).
+	 * The marks before it move up a slot. */
+	fi->mark[(fi->m_first + best + 1) % n].first = fi->mark[(fi->m_first + best) % n].first;
+	for (unsigned k = best; k > 0; k--)
+		fi->mark[(fi->m_first + k) % n] = fi->mark[(fi->m_first + k - 1) % n];
+	fi->m_first = (fi->m_first + 1) % n;
+	fi->m_n--;
+	return false;
 }
 
 void rb__impair_arrived(struct rb_flow_impair *fi, uint64_t *rng, size_t n, uint64_t now)
@@ -120,20 +166,22 @@ void rb__impair_arrived(struct rb_flow_impair *fi, uint64_t *rng, size_t n, uint
 	fi->in += n;
 	if (!fi->delay)
 		return;
-	due = now + fi->delay_ms + (fi->jitter_ms ? rb__rng_upto(rng, fi->jitter_ms) : 0);
+	due = now + fi->delay_us + (fi->jitter_us ? rb__rng_upto(rng, (unsigned)fi->jitter_us) : 0);
 	if (due < fi->last_due)
 		due = fi->last_due; /* never before the bytes ahead of these */
 	fi->last_due = due;
 	last = fi->m_n ? &fi->mark[(fi->m_first + fi->m_n - 1) % RB_LIMIT_IMPAIR_MARKS] : NULL;
-	if (last && (last->due == due || fi->m_n == RB_LIMIT_IMPAIR_MARKS)) {
-		/* The same moment, or no room: the last mark covers these too
-		 * (with no room, the bytes before wait a little longer). */
-		last->due = due;
+	if (last && last->due == due) {
+		last->end = fi->in; /* the same moment: one mark */
+		return;
+	}
+	if (fi->m_n == RB_LIMIT_IMPAIR_MARKS && marks_merge(fi, due)) {
+		last->due = due; /* the new bytes' due was the closest: theirs */
 		last->end = fi->in;
 		return;
 	}
 	fi->mark[(fi->m_first + fi->m_n) % RB_LIMIT_IMPAIR_MARKS] =
-	        (struct rb_impair_mark){.due = due, .end = fi->in};
+	        (struct rb_impair_mark){.due = due, .end = fi->in, .first = due};
 	fi->m_n++;
 }
 
@@ -143,7 +191,7 @@ void rb__impair_eof(struct rb_flow_impair *fi, uint64_t *rng, uint64_t now)
 
 	if (!fi->delay || fi->eof_due)
 		return;
-	due = now + fi->delay_ms + (fi->jitter_ms ? rb__rng_upto(rng, fi->jitter_ms) : 0);
+	due = now + fi->delay_us + (fi->jitter_us ? rb__rng_upto(rng, (unsigned)fi->jitter_us) : 0);
 	fi->eof_due = due > fi->last_due ? due : fi->last_due;
 }
 
@@ -164,14 +212,26 @@ static void release_due(struct rb_flow_impair *fi, uint64_t now)
 
 static void refill(struct rb_flow_impair *fi, uint64_t now)
 {
-	uint64_t dt = now > fi->fill_ms ? now - fi->fill_ms : 0;
+	uint64_t dt = now > fi->fill_us ? now - fi->fill_us : 0;
 
-	if (dt > 1000)
-		dt = 1000; /* more than fills any bucket; keeps the product small */
+	if (dt > 1000000)
+		dt = 1000000; /* more than fills any bucket; keeps the product small */
 	fi->tokens_u += dt * fi->rate_bps;
 	if (fi->tokens_u > fi->depth_u)
 		fi->tokens_u = fi->depth_u;
-	fi->fill_ms = now;
+	fi->fill_us = now;
+}
+
+/* What the bucket must hold before `n` bytes may go: half of it (so a
+ * late wake-up still finds room to fill), or all n if fewer; a byte at
+ * least. */
+static uint64_t rate_need(const struct rb_flow_impair *fi, uint64_t n)
+{
+	uint64_t need = fi->depth_u / 2;
+
+	if (n * BYTE_U < need)
+		need = n * BYTE_U;
+	return need < BYTE_U ? BYTE_U : need;
 }
 
 size_t rb__impair_allow(struct rb_flow_impair *fi, size_t pending, uint64_t now)
@@ -188,16 +248,22 @@ size_t rb__impair_allow(struct rb_flow_impair *fi, size_t pending, uint64_t now)
 		if (fi->released - fi->out < allow)
 			allow = fi->released - fi->out;
 	}
-	if (fi->rate_bps) {
-		refill(fi, now);
-		if (fi->tokens_u / 8000 < allow)
-			allow = fi->tokens_u / 8000;
-	}
 	if (fi->slice_size) {
-		if (now < fi->slice_next_ms)
+		if (now < fi->slice_next_us)
 			allow = 0;
 		else if (fi->slice_size < allow)
 			allow = fi->slice_size;
+	}
+	if (fi->rate_bps && allow > 0) {
+		/* Nothing until the bucket holds what rb__impair_wake waits
+		 * for: else, on a clock finer than a send takes, each send
+		 * would find a few bytes' worth and the flow would trickle
+		 * out in pieces, a wake-up each (io_uring: its completion). */
+		refill(fi, now);
+		if (fi->tokens_u < rate_need(fi, allow))
+			allow = 0;
+		else if (fi->tokens_u / BYTE_U < allow)
+			allow = fi->tokens_u / BYTE_U;
 	}
 	return (size_t)allow;
 }
@@ -214,34 +280,39 @@ uint64_t rb__impair_wake(const struct rb_flow_impair *fi, size_t pending, uint64
 		if (fi->mark[fi->m_first].due > at)
 			at = fi->mark[fi->m_first].due;
 	}
-	if (fi->slice_size && fi->slice_next_ms > at)
-		at = fi->slice_next_ms;
+	if (fi->slice_size && fi->slice_next_us > at)
+		at = fi->slice_next_us;
 	if (fi->rate_bps) {
-		/* Wake when half the bucket (or what is pending) is there, so
-		 * a late wake-up still finds room to fill. */
-		uint64_t need = fi->depth_u / 2, t;
-		if ((uint64_t)pending * 8000 < need)
-			need = (uint64_t)pending * 8000;
-		if (need < 8000)
-			need = 8000;
+		/* What the other limits let go (as rb__impair_allow sees it),
+		 * for which the bucket must fill up to rate_need. */
+		uint64_t n = pending, need, t;
+		if (fi->cut != RB_CUT_NONE && fi->cut_after - fi->out < n)
+			n = fi->cut_after - fi->out;
+		if (fi->delay && fi->released > fi->out && fi->released - fi->out < n)
+			n = fi->released - fi->out;
+		if (fi->slice_size && fi->slice_size < n)
+			n = fi->slice_size;
+		need = rate_need(fi, n);
 		if (fi->tokens_u < need) {
-			t = fi->fill_ms + (need - fi->tokens_u + fi->rate_bps - 1) / fi->rate_bps;
+			t = fi->fill_us + (need - fi->tokens_u + fi->rate_bps - 1) / fi->rate_bps;
 			if (t > at)
 				at = t;
 		}
 	}
-	return at > now ? at : now + 1;
+	/* Nothing to wait for but the caller found nothing to send: look
+	 * again in a millisecond rather than at once. */
+	return at > now ? at : now + RB_US_PER_MS;
 }
 
 void rb__impair_sent(struct rb_flow_impair *fi, size_t n, uint64_t now)
 {
 	fi->out += n;
 	if (fi->rate_bps) {
-		uint64_t u = (uint64_t)n * 8000;
+		uint64_t u = (uint64_t)n * BYTE_U;
 		fi->tokens_u = fi->tokens_u > u ? fi->tokens_u - u : 0;
 	}
-	if (fi->slice_size && fi->slice_ms && n > 0)
-		fi->slice_next_ms = now + fi->slice_ms;
+	if (fi->slice_size && fi->slice_us && n > 0)
+		fi->slice_next_us = now + fi->slice_us;
 }
 
 void rb__impair_dropped(struct rb_flow_impair *fi)

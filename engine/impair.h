@@ -36,20 +36,22 @@ struct rb_impair_set {
 enum rb_impair_cut { RB_CUT_NONE, RB_CUT_RESET, RB_CUT_CLOSE, RB_CUT_STALL };
 
 struct rb_impair_mark {
-	uint64_t due; /* ms */
-	uint64_t end; /* the flow's input offset up to which bytes are due then */
+	uint64_t due;   /* us */
+	uint64_t end;   /* the flow's input offset up to which bytes are due then */
+	uint64_t first; /* the due of its earliest bytes (marks merge when full) */
 };
 
 struct rb_flow_impair {
-	/* What this flow got, drawn when the session opened. */
-	unsigned delay_ms, jitter_ms;
+	/* What this flow got, drawn when the session opened. Times in us
+	 * (the configured ones are whole ms). */
+	uint64_t delay_us, jitter_us;
 	bool delay;
 	uint64_t rate_bps;          /* 0: no bucket */
-	uint64_t depth_u, tokens_u; /* the bucket, in 1/8000 bytes */
-	uint64_t fill_ms;           /* when tokens were last added */
+	uint64_t depth_u, tokens_u; /* the bucket, in bits x us/s: 8,000,000 a byte */
+	uint64_t fill_us;           /* when tokens were last added */
 	unsigned slice_size;        /* 0: no slicing */
-	unsigned slice_ms;
-	uint64_t slice_next_ms; /* no write before */
+	uint64_t slice_us;
+	uint64_t slice_next_us; /* no write before */
 	enum rb_impair_cut cut;
 	uint64_t cut_after;
 	/* Progress: bytes taken in, sent, and released by the delay. */
@@ -68,7 +70,7 @@ struct rb_session_impair {
 	struct rb_session *owner;
 	uint64_t rng;
 	struct rb_timer timer;
-	uint64_t gate_ms; /* --accept-delay: not served before (0: open) */
+	uint64_t gate_us; /* --accept-delay: not served before (0: open) */
 	bool refuse;
 	uint64_t reset_by; /* a reset-after waits for the sink's queue to empty, until then */
 	struct rb_flow_impair flow[2];
@@ -80,12 +82,15 @@ uint64_t rb__rng_next(uint64_t *state);
 bool rb__rng_chance(uint64_t *state, unsigned p);
 /* Uniform in [0, n]. */
 unsigned rb__rng_upto(uint64_t *state, unsigned n);
+/* A delay of delay_ms plus jitter uniform in [0, jitter_ms], in us (one draw,
+ * none without jitter). */
+uint64_t rb__rng_delay_us(uint64_t *state, unsigned delay_ms, unsigned jitter_ms);
 /* A stream's seed from the run's seed, a worker and a number. */
 uint64_t rb__rng_seed(uint64_t seed, unsigned worker, uint64_t n);
 
 /* What a session of n_flows flows (flow 0 up for a relay, else down)
  * gets; NULL if nothing applies to it (or no memory: then it is served
- * unimpaired). */
+ * unimpaired). Every `now` here is the worker's clock in us. */
 struct rb_session_impair *rb__impair_session_new(const struct rb_impair *cfg, unsigned worker,
                                                  uint64_t id, unsigned n_flows, bool relay,
                                                  uint64_t now);

@@ -52,7 +52,7 @@ struct rb_ratelimit {
 };
 bool rb__ratelimit_ok(struct rb_ratelimit *rl, unsigned *suppressed);
 
-uint64_t rb__now_ms(void);
+/* CLOCK_MONOTONIC in microseconds: the timers' clock (timer.h). */
 uint64_t rb__now_us(void);
 
 /* ---- listeners ---- */
@@ -185,10 +185,10 @@ struct rb_worker {
 	int result;
 	unsigned heartbeat_seen;     /* the server's heartbeat round this worker last saw */
 	uint64_t session_seq;        /* sessions opened: the next one's number */
-	uint64_t now_ms;             /* the clock when the last wait returned */
+	uint64_t now_us;             /* the clock (rb__now_us) when the last wait returned */
 	struct rb_timer stats_timer; /* worker 0: --stats-interval */
 	struct rb_stats stats_prev;  /* ... the last line's counters */
-	uint64_t stats_prev_ms;
+	uint64_t stats_prev_us;
 };
 
 struct rb_server {
@@ -227,7 +227,7 @@ struct rb_udp_guard {
 	struct rb_udp_rl *rl;
 };
 /* May `from` be answered now? Counts datagrams_refused or datagrams_limited
- * when not; `now` (ms) is read only when --udp-rate is set. */
+ * when not; `now` (us) is read only when --udp-rate is set. */
 bool rb__udp_guard_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct sockaddr *from,
                       uint64_t now);
 void rb__udp_guard_fini(struct rb_udp_guard *g);

@@ -218,17 +218,9 @@ uint64_t rb__now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-uint64_t rb__now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 bool rb__ratelimit_ok(struct rb_ratelimit *rl, unsigned *suppressed)
 {
-	time_t now = (time_t)(rb__now_ms() / 1000u);
+	time_t now = (time_t)(rb__now_us() / 1000000u);
 
 	if (rl->last && now == rl->last) {
 		rl->suppressed++;

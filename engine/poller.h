@@ -40,8 +40,9 @@ struct rb_poller_ops {
 	int (*mod)(struct rb_poller *p, int fd, void *ptr, uint32_t events);
 	/* Stop watching fd (before close). 0 or -errno. */
 	int (*del)(struct rb_poller *p, int fd, void *ptr);
-	/* Wait up to timeout_ms (-1 forever); number of events, or -errno (-EINTR too). */
-	int (*wait)(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms);
+	/* Wait up to timeout_us (-1 forever), never returning before it for
+	 * want of events; number of events, or -errno (-EINTR too). */
+	int (*wait)(struct rb_poller *p, struct rb_event *ev, int max, int64_t timeout_us);
 	/* True if interest never needs changing (edge-triggered: register once). */
 	bool (*is_edge)(const struct rb_poller *p);
 	/* Busy-poll the sockets it watches for up to usec before sleeping
@@ -52,6 +53,13 @@ struct rb_poller_ops {
 };
 
 extern const struct rb_poller_ops rb__poller_epoll;
+
+/* epoll_wait with a timeout in us (-1 forever): epoll_pwait2 (Linux 5.11),
+ * or, where the kernel lacks it (ENOSYS, remembered in *no_pwait2),
+ * epoll_wait with the timeout rounded up to whole ms. Events or -errno. */
+struct epoll_event;
+int rb__epoll_wait_us(int epfd, struct epoll_event *evs, int max, int64_t timeout_us,
+                      bool *no_pwait2);
 extern const struct rb_poller_ops rb__poller_poll;
 extern const struct rb_poller_ops rb__poller_select;
 

@@ -1,18 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /* epoll backend, edge-triggered (the main engine) or level-triggered. */
 #include <errno.h>
+#include <linux/time_types.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "poller.h"
+#include "timer.h"
 
 #define EPOLL_BATCH 256
 
 struct rb_poller {
 	int epfd;
 	bool edge;
+	bool no_pwait2; /* the kernel lacks epoll_pwait2: epoll_wait, whole ms */
 	struct epoll_event evs[EPOLL_BATCH];
 };
 
@@ -89,15 +93,53 @@ static int ep_del(struct rb_poller *p, int fd, void *ptr)
 	return epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL) < 0 ? -errno : 0;
 }
 
-static int ep_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms)
+/* epoll_pwait2 (Linux 5.11): glibc 2.35 wraps it; older ones, the system call. */
+static int pwait2(int epfd, struct epoll_event *evs, int max, int64_t timeout_us)
+{
+#if defined(__GLIBC_PREREQ) && __GLIBC_PREREQ(2, 35)
+	struct timespec ts = rb__timeout_ts(timeout_us);
+
+	return epoll_pwait2(epfd, evs, max, timeout_us < 0 ? NULL : &ts, NULL);
+#elif defined(__NR_epoll_pwait2)
+	struct timespec t = rb__timeout_ts(timeout_us);
+	struct __kernel_timespec ts = {.tv_sec = t.tv_sec, .tv_nsec = t.tv_nsec};
+
+	return (int)syscall(__NR_epoll_pwait2, epfd, evs, max, timeout_us < 0 ? NULL : &ts, NULL,
+	                    (size_t)0);
+#else
+	(void)epfd, (void)evs, (void)max, (void)timeout_us;
+	errno = ENOSYS;
+	return -1;
+#endif
+}
+
+int rb__epoll_wait_us(int epfd, struct epoll_event *evs, int max, int64_t timeout_us,
+                      bool *no_pwait2)
+{
+	int n;
+
+	/* Without a timeout (or with none left) the two are the same call. */
+	if (timeout_us <= 0 || *no_pwait2) {
+		n = epoll_wait(epfd, evs, max, rb__timeout_ms_up(timeout_us));
+		return n < 0 ? -errno : n;
+	}
+	n = pwait2(epfd, evs, max, timeout_us);
+	if (n < 0 && errno == ENOSYS) {
+		*no_pwait2 = true;
+		n = epoll_wait(epfd, evs, max, rb__timeout_ms_up(timeout_us));
+	}
+	return n < 0 ? -errno : n;
+}
+
+static int ep_wait(struct rb_poller *p, struct rb_event *ev, int max, int64_t timeout_us)
 {
 	int n;
 
 	if (max > EPOLL_BATCH)
 		max = EPOLL_BATCH;
-	n = epoll_wait(p->epfd, p->evs, max, timeout_ms);
+	n = rb__epoll_wait_us(p->epfd, p->evs, max, timeout_us, &p->no_pwait2);
 	if (n < 0)
-		return -errno;
+		return n;
 	for (int i = 0; i < n; i++) {
 		uint32_t e = p->evs[i].events, r = 0;
 		if (e & EPOLLIN)

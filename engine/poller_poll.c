@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "poller.h"
+#include "timer.h"
 
 struct rb_poller {
 	struct pollfd *fds;
@@ -134,9 +135,10 @@ static int pl_del(struct rb_poller *p, int fd, void *ptr)
 	return 0;
 }
 
-static int pl_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms)
+static int pl_wait(struct rb_poller *p, struct rb_event *ev, int max, int64_t timeout_us)
 {
-	int ready = poll(p->fds, (nfds_t)p->n, timeout_ms), out = 0;
+	struct timespec ts = rb__timeout_ts(timeout_us);
+	int ready = ppoll(p->fds, (nfds_t)p->n, timeout_us < 0 ? NULL : &ts, NULL), out = 0;
 
 	if (ready < 0)
 		return -errno;

@@ -12,6 +12,7 @@
 #include <sys/select.h>
 
 #include "poller.h"
+#include "timer.h"
 
 struct rb_poller {
 	fd_set rd, wr;          /* interest */
@@ -93,18 +94,13 @@ static int sl_del(struct rb_poller *p, int fd, void *ptr)
 	return 0;
 }
 
-static int sl_wait(struct rb_poller *p, struct rb_event *ev, int max, int timeout_ms)
+static int sl_wait(struct rb_poller *p, struct rb_event *ev, int max, int64_t timeout_us)
 {
 	fd_set rd = p->rd, wr = p->wr;
-	struct timeval tv, *tvp = NULL;
+	struct timespec ts = rb__timeout_ts(timeout_us);
 	int ready, out = 0, n = p->maxfd + 1;
 
-	if (timeout_ms >= 0) {
-		tv.tv_sec = timeout_ms / 1000;
-		tv.tv_usec = (timeout_ms % 1000) * 1000;
-		tvp = &tv;
-	}
-	ready = select(n, &rd, &wr, NULL, tvp);
+	ready = pselect(n, &rd, &wr, NULL, timeout_us < 0 ? NULL : &ts, NULL);
 	if (ready < 0)
 		return -errno;
 	if (p->cursor >= n)

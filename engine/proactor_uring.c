@@ -1068,8 +1068,8 @@ static int impair_cut(struct rb_worker *w, struct uring *u, struct uflow *f)
 			impair_reset(w, u, c);
 			return -1;
 		}
-		c->s.imp->reset_by = w->now_ms + 1000;
-		impair_arm(w, c, w->now_ms + 1);
+		c->s.imp->reset_by = w->now_us + rb__ms_to_us(1000);
+		impair_arm(w, c, w->now_us + RB_US_PER_MS);
 		break;
 	case RB_CUT_CLOSE:
 		f->rf->flags |= FLOW_RD_EOF | FLOW_DISCARD;
@@ -1103,11 +1103,11 @@ static int flow_send_impaired(struct rb_worker *w, struct uring *u, struct uflow
 		return impair_cut(w, u, f);
 	if (!f->qbufs)
 		return 0;
-	allow = rb__impair_allow(fi, f->bytes, w->now_ms);
+	allow = rb__impair_allow(fi, f->bytes, w->now_us);
 	if (allow == 0) {
 		fi->held = true;
 		RB_STAT_ADD(w, impair_holds, 1);
-		impair_arm(w, f->c, rb__impair_wake(fi, f->bytes, w->now_ms));
+		impair_arm(w, f->c, rb__impair_wake(fi, f->bytes, w->now_us));
 		return 0;
 	}
 	fi->held = false;
@@ -1121,7 +1121,7 @@ static bool impair_eof_ready(struct rb_worker *w, struct uflow *f)
 {
 	struct rb_flow_impair *fi = f->imp;
 
-	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_ms))
+	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_us))
 		return true;
 	impair_arm(w, f->c, fi->eof_due);
 	return false;
@@ -1367,7 +1367,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 	RB_STAT_ADD(w, read_calls, 1);
 	/* Nothing pending yet: --write-timeout counts from now. */
 	if (!f->bytes && (c->n_flows == 1 || !conn_pending(c)))
-		c->s.last_write_ms = w->now_ms;
+		c->s.last_write_us = w->now_us;
 	if (keep && f->kind == UF_CHAIN && !f->rf->stage &&
 	    !(f->rf->stage = malloc(RB_SOCKPERF_MAX_MSG)))
 		keep = false; /* cannot be kept: the stream cannot go on (below) */
@@ -1386,7 +1386,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		if (!(k->flags & US_UPSTREAM))
 			c->s.bytes_in += (uint64_t)res;
-		c->s.last_io_ms = w->now_ms;
+		c->s.last_io_us = w->now_us;
 	} else if (res > 0) {
 		RB_STAT_ADD(w, bytes_in, (uint64_t)res);
 		/* The session's own count is the client's side (as the reactor's). */
@@ -1394,9 +1394,9 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)res);
 		else
 			c->s.bytes_in += (uint64_t)res;
-		/* For the timeouts: bytes moved (w->now_ms is kept up to date
+		/* For the timeouts: bytes moved (w->now_us is kept up to date
 		 * only when they need it). */
-		c->s.last_io_ms = w->now_ms;
+		c->s.last_io_us = w->now_us;
 		if (!(c->flags & UC_CLOSING) && f->kind != UF_DROP) {
 			k->arm_bytes += (size_t)res;
 			/* Queued bytes count as buffered until sent or freed (a
@@ -1404,8 +1404,11 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 			if (f->kind == UF_SEGS) {
 				RB_STAT_ADD(w, buffered, (uint64_t)kept);
 				RB_STAT_MAX(w, peak_conn_buffered, f->bytes);
+				/* The clock now, not the wake-up's: completions
+				 * posted since (a submit runs task work) came later. */
 				if (f->imp)
-					rb__impair_arrived(f->imp, &c->s.imp->rng, kept, w->now_ms);
+					rb__impair_arrived(f->imp, &c->s.imp->rng, kept,
+					                   rb__now_us());
 			}
 			if (kept < (uint32_t)res) {
 				/* Out of memory for the queue: the stream cannot go on. */
@@ -1426,7 +1429,7 @@ static void on_recv(struct rb_worker *w, struct uring *u, struct usock *k, int r
 	} else if (res == 0) {
 		f->rf->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 		if (f->imp && !(ff & FLOW_RD_EOF))
-			rb__impair_eof(f->imp, &c->s.imp->rng, w->now_ms);
+			rb__impair_eof(f->imp, &c->s.imp->rng, rb__now_us());
 	} else if (res == -ENOBUFS) {
 		/* The ring ran dry: wait for buffers, not an error; and grow it. */
 		u->want_grow = true;
@@ -1480,12 +1483,12 @@ static void on_send(struct rb_worker *w, struct uring *u, struct uflow *f, int r
 			RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)res);
 		else
 			c->s.bytes_out += (uint64_t)res;
-		c->s.last_io_ms = c->s.last_write_ms = w->now_ms;
+		c->s.last_io_us = c->s.last_write_us = w->now_us;
 		if (f->kind == UF_SEGS) {
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			flow_consume(u, f, (size_t)res);
 			if (f->imp)
-				rb__impair_sent(f->imp, (size_t)res, w->now_ms);
+				rb__impair_sent(f->imp, (size_t)res, rb__now_us());
 		} else if (f->kind == UF_CHAIN) {
 			RB_STAT_SUB(w, buffered, (uint64_t)res);
 			rb_chain_consume(&w->pool, &f->rf->chain, (size_t)res);
@@ -1650,12 +1653,13 @@ static void connect_timeout(struct rb_timer *t, void *arg)
 static void timeouts_arm(struct rb_worker *w, struct uconn *c)
 {
 	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t at = UINT64_MAX, now = rb__now_ms();
+	uint64_t at = UINT64_MAX, now = rb__now_us();
 
 	if (cfg->idle_timeout_ms)
-		at = c->s.last_io_ms + cfg->idle_timeout_ms;
+		at = c->s.last_io_us + rb__ms_to_us(cfg->idle_timeout_ms);
 	if (cfg->write_timeout_ms) {
-		uint64_t wt = (conn_pending(c) ? c->s.last_write_ms : now) + cfg->write_timeout_ms;
+		uint64_t wt = (conn_pending(c) ? c->s.last_write_us : now) +
+		              rb__ms_to_us(cfg->write_timeout_ms);
 		if (wt < at)
 			at = wt;
 	}
@@ -1668,13 +1672,14 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 	struct rb_worker *w = arg;
 	struct uring *u = w->model;
 	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t now = rb__now_ms();
+	uint64_t now = rb__now_us();
 	bool pending = conn_pending(c);
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
 	if (c->flags & UC_CLOSING)
 		return;
-	if (cfg->write_timeout_ms && pending && now - c->s.last_write_ms >= cfg->write_timeout_ms) {
+	if (cfg->write_timeout_ms && pending &&
+	    now - c->s.last_write_us >= rb__ms_to_us(cfg->write_timeout_ms)) {
 		/* The peer stopped reading: what it holds back is dropped. A
 		 * send stuck in flight is ended by the reset (conn_close). */
 		for (unsigned i = 0; i < c->n_socks; i++)
@@ -1683,7 +1688,7 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 		conn_close_as(w, u, c, true, RB_CLOSE_WRITE_TIMEOUT);
 		return;
 	}
-	if (cfg->idle_timeout_ms && now - c->s.last_io_ms >= cfg->idle_timeout_ms) {
+	if (cfg->idle_timeout_ms && now - c->s.last_io_us >= rb__ms_to_us(cfg->idle_timeout_ms)) {
 		/* Nothing moved either way: a FIN, as after a flush (nothing is
 		 * pending unless it is stuck, and then a FIN would lie: RST). */
 		for (unsigned i = 0; i < c->n_socks; i++) {
@@ -1752,7 +1757,7 @@ static void conn_start(struct rb_worker *w, struct uring *u, struct uconn *c)
 		c->s.up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
 		rb__timer_init(&c->s.timer, connect_timeout);
 		rb__timer_arm(&w->timers, &c->s.timer,
-		              rb__now_ms() + w->srv->cfg.connect_timeout_ms);
+		              c->s.connect_start_us + rb__ms_to_us(w->srv->cfg.connect_timeout_ms));
 		if (!upstream_try(w, u, c, &err)) {
 			upstream_failed(w, u, c, err);
 			return;
@@ -1770,9 +1775,9 @@ static void impair_fire(struct rb_timer *t, void *arg)
 
 	if (c->flags & UC_CLOSING)
 		return;
-	if (si->gate_ms) {
+	if (si->gate_us) {
 		/* --accept-delay is over: serve it (unless we are stopping). */
-		si->gate_ms = 0;
+		si->gate_us = 0;
 		if (w->stopping) {
 			conn_close_as(w, u, c, false, RB_CLOSE_SHUTDOWN);
 			return;
@@ -1789,8 +1794,8 @@ static void impair_fire(struct rb_timer *t, void *arg)
 		for (unsigned i = 0; i < c->n_flows; i++) {
 			const struct uflow *f = &c->uf[i];
 			if (f->imp && f->imp->cut_done && f->imp->cut == RB_CUT_RESET &&
-			    sock_unsent(f->sink->sk->fd) > 0 && w->now_ms < si->reset_by) {
-				impair_arm(w, c, w->now_ms + 1);
+			    sock_unsent(f->sink->sk->fd) > 0 && w->now_us < si->reset_by) {
+				impair_arm(w, c, w->now_us + RB_US_PER_MS);
 				return;
 			}
 		}
@@ -1812,9 +1817,9 @@ static bool impair_open(struct rb_worker *w, struct uring *u, struct uconn *c,
 
 	/* The clock as it is now (it is kept per wake-up only while the
 	 * impairments are there, and they may just have been set). */
-	w->now_ms = rb__now_ms();
+	w->now_us = rb__now_us();
 	si = rb__impair_session_new(&is->cfg, w->id, c->s.id, c->s.n_flows,
-	                            c->s.kind == RB_SESSION_RELAY, w->now_ms);
+	                            c->s.kind == RB_SESSION_RELAY, w->now_us);
 	if (!si)
 		return false;
 	c->s.imp = si;
@@ -1837,10 +1842,10 @@ static bool impair_open(struct rb_worker *w, struct uring *u, struct uconn *c,
 		impair_reset(w, u, c);
 		return true;
 	}
-	if (si->gate_ms) {
+	if (si->gate_us) {
 		for (unsigned i = 0; i < c->n_flows; i++)
 			c->s.flow[i].flags |= FLOW_STALLED;
-		rb__timer_arm(&w->timers, &si->timer, si->gate_ms);
+		rb__timer_arm(&w->timers, &si->timer, si->gate_us);
 		return true;
 	}
 	return false;
@@ -1940,7 +1945,8 @@ static void on_accept(struct rb_worker *w, struct uring *u, struct ulisten *l, i
 			conn_new(w, u, res, l->tcp);
 		}
 	} else if (rb__accept_error(w, l->fd, -res) == RB_ACCEPT_BACKOFF) {
-		rb__timer_arm(&w->timers, &l->retry, rb__now_ms() + RB_ACCEPT_BACKOFF_MS);
+		rb__timer_arm(&w->timers, &l->retry,
+		              rb__now_us() + rb__ms_to_us(RB_ACCEPT_BACKOFF_MS));
 	}
 	if (l->armed)
 		return;
@@ -2017,7 +2023,7 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 	 * the worker waits ZC_GRACE_MS more for them, then leaves their
 	 * buffers allocated (the kernel may still read them). */
 	if (u->n_zc)
-		rb__timer_arm(&w->timers, &u->zc_timer, rb__now_ms() + ZC_GRACE_MS);
+		rb__timer_arm(&w->timers, &u->zc_timer, rb__now_us() + rb__ms_to_us(ZC_GRACE_MS));
 }
 
 /* The accept back-off is over: accept again, unless stopping meanwhile. */
@@ -2052,7 +2058,7 @@ static void worker_begin_stop(struct rb_worker *w, struct uring *u)
 		struct uconn *c = rb_container_of(it, struct uconn, s.all);
 		next = it->next;
 		/* Not started yet (--accept-delay): closed when its gate opens. */
-		if (c->s.imp && c->s.imp->gate_ms)
+		if (c->s.imp && c->s.imp->gate_us)
 			continue;
 		for (unsigned i = 0; i < c->n_flows; i++)
 			c->s.flow[i].flags |= FLOW_RD_EOF | FLOW_DISCARD;
@@ -2223,7 +2229,7 @@ static unsigned sq_publish(struct io_uring *ring)
  * (Linux 6.12) returns with whatever is there after batch_us, and a send
  * whose CQE someone waits for is never light.
  */
-static int ring_wait_batch(struct uring *u, unsigned light, int timeout_ms)
+static int ring_wait_batch(struct uring *u, unsigned light, int64_t timeout_us)
 {
 	/* min_wait_usec needs a timeout, and is cut short by it: nothing to
 	 * time, so one long enough never to matter. */
@@ -2236,9 +2242,9 @@ static int ring_wait_batch(struct uring *u, unsigned light, int timeout_ms)
 	int fd = u->ring.ring_fd;
 	long rc;
 
-	if (timeout_ms >= 0) {
-		ts.tv_sec = timeout_ms / 1000;
-		ts.tv_nsec = (long long)(timeout_ms % 1000) * 1000000;
+	if (timeout_us >= 0) {
+		ts.tv_sec = timeout_us / 1000000;
+		ts.tv_nsec = (long long)(timeout_us % 1000000) * 1000;
 	}
 	if (u->reg_ring) {
 		fd = u->ring.enter_ring_fd;
@@ -2254,18 +2260,19 @@ static int ring_wait_batch(struct uring *u, unsigned light, int timeout_ms)
 	return rc < 0 ? (int)rc : 0;
 }
 
-static int ring_wait(struct uring *u, int timeout_ms)
+/* Wait for a completion, or timeout_us (-1: none; exact, in a timespec). */
+static int ring_wait(struct uring *u, int64_t timeout_us)
 {
 	struct io_uring_cqe *cqe;
 	int rc;
 
 	if (u->batch)
-		return ring_wait_batch(u, light_sends(u), timeout_ms);
-	if (timeout_ms < 0) {
+		return ring_wait_batch(u, light_sends(u), timeout_us);
+	if (timeout_us < 0) {
 		rc = io_uring_submit_and_wait(&u->ring, 1);
 	} else {
-		struct __kernel_timespec ts = {.tv_sec = timeout_ms / 1000,
-		                               .tv_nsec = (long long)(timeout_ms % 1000) * 1000000};
+		struct __kernel_timespec ts = {.tv_sec = timeout_us / 1000000,
+		                               .tv_nsec = (long long)(timeout_us % 1000000) * 1000};
 		rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
 	}
 	/* A timeout or a signal just means: look at the clock and the CQ ring. */
@@ -2316,7 +2323,7 @@ static void update_stats(struct rb_worker *w, struct uring *u)
 static void emergency_drain(struct rb_worker *w, struct uring *u)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
-	uint64_t until = rb__now_ms() + 1000;
+	uint64_t until = rb__now_us() + rb__ms_to_us(1000);
 
 	if (sqe) {
 		io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
@@ -2325,8 +2332,8 @@ static void emergency_drain(struct rb_worker *w, struct uring *u)
 	}
 	close_all(w, u);
 	while ((!rb_list_empty(&u->conns) || u->wops || !rb__uring_udp_idle(u->udp)) &&
-	       rb__now_ms() < until) {
-		if (ring_wait(u, 100) < 0)
+	       rb__now_us() < until) {
+		if (ring_wait(u, (int64_t)rb__ms_to_us(100)) < 0)
 			break;
 		drain_cqes(w, u);
 	}
@@ -2371,7 +2378,7 @@ static int uring_run(struct rb_worker *w)
 		/* The timers' next deadline is the wait's timeout (an io_uring
 		 * timeout); the common case reads no clock. */
 		rc = ring_wait(u,
-		               w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1);
+		               w->timers.root ? rb__timers_timeout(&w->timers, rb__now_us()) : -1);
 		if (rc < 0) {
 			rb__log(RB_LOG_ERR, "uring wait: %s", strerror(-rc));
 			emergency_drain(w, u);
@@ -2383,10 +2390,10 @@ static int uring_run(struct rb_worker *w)
 		 * wake-up, and only when something needs it. A session with a
 		 * timeout has its timer armed; impairments may come at run time. */
 		if (w->timers.root || __atomic_load_n(&w->srv->impair, __ATOMIC_RELAXED))
-			w->now_ms = rb__now_ms();
+			w->now_us = rb__now_us();
 		drain_cqes(w, u);
 		if (w->timers.root)
-			rb__timers_run(&w->timers, w->now_ms, w);
+			rb__timers_run(&w->timers, w->now_us, w);
 		update_stats(w, u);
 	}
 	update_stats(w, u);

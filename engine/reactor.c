@@ -174,7 +174,7 @@ static inline void flow_sent(struct rb_worker *w, struct rb_flow *f, ssize_t n, 
 		RB_STAT_ADD(w, upstream_bytes_out, (uint64_t)n);
 	else
 		sink->s->bytes_out += (uint64_t)n;
-	sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
+	sink->s->last_io_us = sink->s->last_write_us = w->now_us;
 	if (full || n == 0)
 		sink->flags &= ~SOCK_CAN_WRITE;
 }
@@ -256,7 +256,7 @@ static int flow_drop(struct rb_worker *w, struct rb_flow *f)
 				RB_STAT_ADD(w, bytes_in, (uint64_t)n);
 			if (!src->upstream)
 				src->s->bytes_in += (uint64_t)n;
-			src->s->last_io_ms = w->now_ms;
+			src->s->last_io_us = w->now_us;
 			budget = (size_t)n < budget ? budget - (size_t)n : 0;
 			continue;
 		}
@@ -317,17 +317,20 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			 * strategy that keeps only part (sockperf's answers). */
 			RB_STAT_ADD(w, bytes_in, (uint64_t)n);
 			RB_STAT_ADD(w, buffered, (uint64_t)(rb__flow_pending(f) - pending));
+			/* Arrived by now: the clock read after the read, not the
+			 * wake-up's (the thread may have waited for the CPU since,
+			 * and the bytes have come meanwhile: due that much early). */
 			if (f->imp)
 				rb__impair_arrived(f->imp, &s->imp->rng,
-				                   rb__flow_pending(f) - pending, w->now_ms);
+				                   rb__flow_pending(f) - pending, rb__now_us());
 			if (src->upstream)
 				RB_STAT_ADD(w, upstream_bytes_in, (uint64_t)n);
 			else
 				s->bytes_in += (uint64_t)n;
 			/* Output pending from now: the write timeout counts from here. */
 			if (pending == 0)
-				s->last_write_ms = w->now_ms;
-			s->last_io_ms = w->now_ms;
+				s->last_write_us = w->now_us;
+			s->last_io_us = w->now_us;
 			RB_STAT_MAX(w, peak_buffered, w->st.buffered);
 			RB_STAT_MAX(w, peak_conn_buffered, rb__flow_pending(f));
 			budget -= (size_t)n;
@@ -345,7 +348,7 @@ static int flow_read(struct rb_worker *w, struct rb_flow *f)
 			f->flags |= FLOW_RD_EOF | FLOW_SRC_EOF;
 			src->flags &= ~SOCK_CAN_READ;
 			if (f->imp)
-				rb__impair_eof(f->imp, &s->imp->rng, w->now_ms);
+				rb__impair_eof(f->imp, &s->imp->rng, rb__now_us());
 			return 0;
 		case -EINTR:
 			continue;
@@ -407,7 +410,7 @@ static int gen_flush(struct rb_worker *w, struct rb_flow *f)
 		if (n > 0) {
 			RB_STAT_ADD(w, bytes_out, (uint64_t)n);
 			sink->s->bytes_out += (uint64_t)n;
-			sink->s->last_io_ms = sink->s->last_write_ms = w->now_ms;
+			sink->s->last_io_us = sink->s->last_write_us = w->now_us;
 			f->gen_off = (f->gen_off + (size_t)n) % RB_CHARGEN_PERIOD;
 			budget = (size_t)n < budget ? budget - (size_t)n : 0;
 			if ((size_t)n < want)
@@ -664,12 +667,13 @@ static bool session_pending(const struct rb_session *s)
 static void timeouts_arm(struct rb_worker *w, struct rb_session *s)
 {
 	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t at = UINT64_MAX, now = rb__now_ms();
+	uint64_t at = UINT64_MAX, now = rb__now_us();
 
 	if (cfg->idle_timeout_ms)
-		at = s->last_io_ms + cfg->idle_timeout_ms;
+		at = s->last_io_us + rb__ms_to_us(cfg->idle_timeout_ms);
 	if (cfg->write_timeout_ms) {
-		uint64_t wt = (session_pending(s) ? s->last_write_ms : now) + cfg->write_timeout_ms;
+		uint64_t wt = (session_pending(s) ? s->last_write_us : now) +
+		              rb__ms_to_us(cfg->write_timeout_ms);
 		if (wt < at)
 			at = wt;
 	}
@@ -681,11 +685,12 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 	struct rb_session *s = rb_container_of(t, struct rb_session, idle_timer);
 	struct rb_worker *w = arg;
 	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t now = rb__now_ms();
+	uint64_t now = rb__now_us();
 	bool pending = session_pending(s);
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
-	if (cfg->write_timeout_ms && pending && now - s->last_write_ms >= cfg->write_timeout_ms) {
+	if (cfg->write_timeout_ms && pending &&
+	    now - s->last_write_us >= rb__ms_to_us(cfg->write_timeout_ms)) {
 		/* The peer stopped reading: what it holds back is dropped. */
 		for (unsigned i = 0; i < s->n_socks; i++)
 			if (s->sock[i].fd >= 0)
@@ -693,7 +698,7 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 		session_close(w, s, RB_CLOSE_WRITE_TIMEOUT);
 		return;
 	}
-	if (cfg->idle_timeout_ms && now - s->last_io_ms >= cfg->idle_timeout_ms) {
+	if (cfg->idle_timeout_ms && now - s->last_io_us >= rb__ms_to_us(cfg->idle_timeout_ms)) {
 		/* Nothing moved either way: a FIN, as after a flush (nothing is
 		 * pending unless it is stuck, and then a FIN would lie: RST). */
 		for (unsigned i = 0; i < s->n_socks; i++) {
@@ -765,8 +770,8 @@ static int impair_cut(struct rb_worker *w, struct rb_flow *f)
 			impair_reset(w, s);
 			return -1;
 		}
-		s->imp->reset_by = w->now_ms + 1000;
-		impair_arm(w, s, w->now_ms + 1);
+		s->imp->reset_by = w->now_us + rb__ms_to_us(1000);
+		impair_arm(w, s, w->now_us + RB_US_PER_MS);
 		return 0;
 	case RB_CUT_CLOSE:
 		f->flags |= FLOW_RD_EOF | FLOW_DISCARD;
@@ -807,17 +812,18 @@ static int flow_flush_impaired(struct rb_worker *w, struct rb_flow *f)
 		}
 		if (pending == 0 || !(sink->flags & SOCK_CAN_WRITE))
 			break;
-		allow = rb__impair_allow(fi, pending, w->now_ms);
+		allow = rb__impair_allow(fi, pending, w->now_us);
 		if (allow == 0) {
 			fi->held = true;
 			RB_STAT_ADD(w, impair_holds, 1);
-			impair_arm(w, sink->s, rb__impair_wake(fi, pending, w->now_ms));
+			impair_arm(w, sink->s, rb__impair_wake(fi, pending, w->now_us));
 			break;
 		}
 		n = f->copy->flush_upto(w, f, sink->fd, allow, &full);
 		if (n >= 0) {
 			flow_sent(w, f, n, full);
-			rb__impair_sent(fi, (size_t)n, w->now_ms);
+			/* The next slice: D after this write, not the wake-up. */
+			rb__impair_sent(fi, (size_t)n, rb__now_us());
 			progress |= n > 0;
 			continue;
 		}
@@ -840,7 +846,7 @@ static bool impair_eof_ready(struct rb_worker *w, struct rb_flow *f)
 {
 	struct rb_flow_impair *fi = f->imp;
 
-	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_ms))
+	if (fi->cut_done || rb__impair_eof_ok(fi, w->now_us))
 		return true;
 	impair_arm(w, f->sink->s, fi->eof_due);
 	return false;
@@ -856,9 +862,9 @@ static void impair_fire(struct rb_timer *t, void *arg)
 
 	if (s->closed)
 		return;
-	if (si->gate_ms) {
+	if (si->gate_us) {
 		/* --accept-delay is over: serve it (unless we are stopping). */
-		si->gate_ms = 0;
+		si->gate_us = 0;
 		if (w->stopping) {
 			session_close(w, s, RB_CLOSE_SHUTDOWN);
 			return;
@@ -873,8 +879,8 @@ static void impair_fire(struct rb_timer *t, void *arg)
 		for (unsigned i = 0; i < s->n_flows; i++) {
 			struct rb_flow *f = &s->flow[i];
 			if (f->imp && f->imp->cut_done && f->imp->cut == RB_CUT_RESET &&
-			    sock_unsent(f->sink->fd) > 0 && w->now_ms < si->reset_by) {
-				impair_arm(w, s, w->now_ms + 1);
+			    sock_unsent(f->sink->fd) > 0 && w->now_us < si->reset_by) {
+				impair_arm(w, s, w->now_us + RB_US_PER_MS);
 				return;
 			}
 		}
@@ -892,7 +898,7 @@ static void impair_fire(struct rb_timer *t, void *arg)
 static bool impair_open(struct rb_worker *w, struct rb_session *s, const struct rb_impair_set *is)
 {
 	struct rb_session_impair *si = rb__impair_session_new(
-	        &is->cfg, w->id, s->id, s->n_flows, s->kind == RB_SESSION_RELAY, w->now_ms);
+	        &is->cfg, w->id, s->id, s->n_flows, s->kind == RB_SESSION_RELAY, w->now_us);
 
 	if (!si)
 		return false;
@@ -911,10 +917,10 @@ static bool impair_open(struct rb_worker *w, struct rb_session *s, const struct 
 		impair_reset(w, s);
 		return true;
 	}
-	if (si->gate_ms) {
+	if (si->gate_us) {
 		for (unsigned i = 0; i < s->n_flows; i++)
 			s->flow[i].flags |= FLOW_STALLED;
-		rb__timer_arm(&w->timers, &si->timer, si->gate_ms);
+		rb__timer_arm(&w->timers, &si->timer, si->gate_us);
 		return true;
 	}
 	return false;
@@ -933,7 +939,8 @@ static void session_start(struct rb_worker *w, struct rb_session *s)
 		s->connect_start_us = rb__now_us();
 		s->up_first = __atomic_load_n(&w->srv->upstream->last_ok, __ATOMIC_RELAXED);
 		rb__timer_init(&s->timer, connect_timeout);
-		rb__timer_arm(&w->timers, &s->timer, rb__now_ms() + w->srv->cfg.connect_timeout_ms);
+		rb__timer_arm(&w->timers, &s->timer,
+		              s->connect_start_us + rb__ms_to_us(w->srv->cfg.connect_timeout_ms));
 		if (!upstream_try(w, s, &err)) {
 			upstream_failed(w, s, err);
 			return;
@@ -1018,7 +1025,8 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 			return;
 		case RB_ACCEPT_BACKOFF:
 			/* Not pending: nothing runs it before its timer. */
-			rb__timer_arm(&w->timers, &l->retry, rb__now_ms() + RB_ACCEPT_BACKOFF_MS);
+			rb__timer_arm(&w->timers, &l->retry,
+			              rb__now_us() + rb__ms_to_us(RB_ACCEPT_BACKOFF_MS));
 			return;
 		}
 	}
@@ -1145,7 +1153,7 @@ static void memwait_wake(struct rb_worker *w)
 }
 
 /* Work left without waiting for the poller: 0; else the next timer's. */
-static int next_timeout(struct rb_worker *w)
+static int64_t next_timeout(struct rb_worker *w)
 {
 	if (!rb_list_empty(&R(w)->ready))
 		return 0;
@@ -1157,7 +1165,7 @@ static int next_timeout(struct rb_worker *w)
 	/* The common case reads no clock. */
 	if (!w->timers.root)
 		return -1;
-	return rb__timers_timeout(&w->timers, rb__now_ms());
+	return rb__timers_timeout(&w->timers, rb__now_us());
 }
 
 static void dispatch(struct rb_worker *w, const struct rb_event *ev)
@@ -1194,7 +1202,7 @@ static int reactor_run(struct rb_worker *w)
 			worker_begin_stop(w);
 		if (w->stopping && rb_list_empty(&r->sessions))
 			break;
-		int timeout = next_timeout(w);
+		int64_t timeout = next_timeout(w);
 		/* About to sleep: give what the pool freed back to the system. */
 		if (timeout != 0)
 			rb_pool_trim(&w->pool);
@@ -1206,7 +1214,7 @@ static int reactor_run(struct rb_worker *w)
 			return n;
 		}
 		RB_STAT_ADD(w, wakeups, 1);
-		w->now_ms = rb__now_ms();
+		w->now_us = rb__now_us();
 		RB_STAT_ADD(w, events, (uint64_t)n);
 		for (int i = 0; i < n; i++)
 			dispatch(w, &ev[i]);
@@ -1226,7 +1234,7 @@ static int reactor_run(struct rb_worker *w)
 				listener_accept(w, l);
 		}
 		if (w->timers.root)
-			rb__timers_run(&w->timers, w->now_ms, w);
+			rb__timers_run(&w->timers, w->now_us, w);
 		memwait_wake(w);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);

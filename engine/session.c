@@ -43,7 +43,7 @@ static void session_init(struct rb_session *s, enum rb_session_kind kind, unsign
 	s->id = 0;
 	s->open_us = 0;
 	s->bytes_in = s->bytes_out = 0;
-	s->last_io_ms = s->last_write_ms = 0;
+	s->last_io_us = s->last_write_us = 0;
 	rb__timer_init(&s->idle_timer, NULL);
 	s->addrs = NULL;
 	s->imp = NULL;

@@ -125,8 +125,8 @@ struct rb_session {
 	uint64_t id;      /* per worker, from 1: the connection log's number */
 	uint64_t open_us; /* when it was accepted */
 	uint64_t bytes_in, bytes_out;
-	uint64_t last_io_ms;            /* bytes last moved, either way (--idle-timeout) */
-	uint64_t last_write_ms;         /* output last made progress (--write-timeout) */
+	uint64_t last_io_us;            /* bytes last moved, either way (--idle-timeout) */
+	uint64_t last_write_us;         /* output last made progress (--write-timeout) */
 	struct rb_timer idle_timer;     /* the earlier of the two deadlines */
 	struct rb_session_addrs *addrs; /* --log-connections: its addresses */
 	struct rb_session_impair *imp;  /* impairments (impair.h), NULL: none */

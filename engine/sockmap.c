@@ -98,6 +98,7 @@ struct sm_conn {
 struct sm_worker {
 	struct sockmap_echo *skel;
 	int epfd;
+	bool no_pwait2; /* the kernel lacks epoll_pwait2 (poller.h) */
 	int socks_fd, conns_fd, stats_fd;
 	struct ring_buffer *ring;
 	struct rb_handle ring_h;
@@ -331,7 +332,7 @@ static void publish_timer_fire(struct rb_timer *t, void *arg)
 
 	/* sm_run publishes after the timers; this only keeps the tick going. */
 	if (!rb_list_empty(&sm->conns))
-		rb__timer_arm(&w->timers, t, rb__now_ms() + PUBLISH_MS);
+		rb__timer_arm(&w->timers, t, rb__now_us() + rb__ms_to_us(PUBLISH_MS));
 }
 
 /* ---- connections ---- */
@@ -440,7 +441,8 @@ static void drain_wait(struct rb_worker *w, struct sm_conn *c)
 		epoll_ctl(sm->epfd, EPOLL_CTL_MOD, c->fd, &ev);
 	}
 	if (!rb__timer_armed(&sm->drain_timer))
-		rb__timer_arm(&w->timers, &sm->drain_timer, rb__now_ms() + sm->drain_ms);
+		rb__timer_arm(&w->timers, &sm->drain_timer,
+		              rb__now_us() + rb__ms_to_us(sm->drain_ms));
 }
 
 /*
@@ -501,7 +503,7 @@ static void drain_timer_fire(struct rb_timer *t, void *arg)
 	 * for the last bytes, which may leave the psock after the last edge. */
 	if (sm->drain_ms < DRAIN_MAX_MS)
 		sm->drain_ms *= 2;
-	rb__timer_arm(&w->timers, &sm->drain_timer, rb__now_ms() + sm->drain_ms);
+	rb__timer_arm(&w->timers, &sm->drain_timer, rb__now_us() + rb__ms_to_us(sm->drain_ms));
 }
 
 /*
@@ -676,7 +678,8 @@ static void conn_new(struct rb_worker *w, int fd, bool tcp)
 	rb_list_init(&c->all);
 	rb_list_add_tail(&sm->conns, &c->all);
 	if (!rb__timer_armed(&sm->publish_timer))
-		rb__timer_arm(&w->timers, &sm->publish_timer, rb__now_ms() + PUBLISH_MS);
+		rb__timer_arm(&w->timers, &sm->publish_timer,
+		              rb__now_us() + rb__ms_to_us(PUBLISH_MS));
 	RB_STAT_ADD(w, accepted, 1);
 	RB_STAT_ADD(w, active, 1);
 	rb__session_opened(w, &c->s);
@@ -768,7 +771,8 @@ static void listener_accept(struct rb_worker *w, struct rb_listener *l)
 		case RB_ACCEPT_BACKOFF:
 			/* Level-triggered: out of epoll until the timer puts it back. */
 			epoll_ctl(sm_of(w)->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-			rb__timer_arm(&w->timers, &l->retry, rb__now_ms() + RB_ACCEPT_BACKOFF_MS);
+			rb__timer_arm(&w->timers, &l->retry,
+			              rb__now_us() + rb__ms_to_us(RB_ACCEPT_BACKOFF_MS));
 			return;
 		}
 	}
@@ -846,17 +850,18 @@ static int sm_run(struct rb_worker *w)
 			begin_stop(w);
 		if (w->stopping && rb_list_empty(&sm->conns))
 			break;
-		int timeout = w->timers.root ? rb__timers_timeout(&w->timers, rb__now_ms()) : -1;
+		int64_t timeout =
+		        w->timers.root ? rb__timers_timeout(&w->timers, rb__now_us()) : -1;
 		if (timeout != 0)
 			rb_pool_trim(&w->pool);
-		int n = epoll_wait(sm->epfd, ev, EVENT_BATCH, timeout);
+		int n = rb__epoll_wait_us(sm->epfd, ev, EVENT_BATCH, timeout, &sm->no_pwait2);
 		if (n < 0) {
-			if (errno == EINTR)
+			if (n == -EINTR)
 				continue;
-			rb__log(RB_LOG_ERR, "epoll_wait: %s", strerror(errno));
-			return -errno;
+			rb__log(RB_LOG_ERR, "epoll_wait: %s", strerror(-n));
+			return n;
 		}
-		w->now_ms = rb__now_ms();
+		w->now_us = rb__now_us();
 		RB_STAT_ADD(w, wakeups, 1);
 		/* Accepts and hang-ups: the worker never moves echo bytes itself
 		 * (but on the user path), so no event of its counts as idle. */
@@ -884,7 +889,7 @@ static int sm_run(struct rb_worker *w)
 			}
 		}
 		if (w->timers.root)
-			rb__timers_run(&w->timers, rb__now_ms(), w);
+			rb__timers_run(&w->timers, rb__now_us(), w);
 		sm_publish(w);
 		__atomic_store_n(&w->st.chunks_allocated, w->pool.allocated, __ATOMIC_RELAXED);
 		__atomic_store_n(&w->st.chunks_cached, (uint64_t)w->pool.n_free, __ATOMIC_RELAXED);

@@ -153,7 +153,7 @@ uint64_t rb__timers_next(const struct rb_timers *h)
 	return h->root ? h->root->when : UINT64_MAX;
 }
 
-int rb__timers_timeout(const struct rb_timers *h, uint64_t now)
+int64_t rb__timers_timeout(const struct rb_timers *h, uint64_t now)
 {
 	uint64_t next = rb__timers_next(h);
 
@@ -161,7 +161,7 @@ int rb__timers_timeout(const struct rb_timers *h, uint64_t now)
 		return -1;
 	if (next <= now)
 		return 0;
-	return next - now > INT32_MAX ? INT32_MAX : (int)(next - now);
+	return next - now > (uint64_t)RB_TIMEOUT_MAX_US ? RB_TIMEOUT_MAX_US : (int64_t)(next - now);
 }
 
 unsigned rb__timers_run(struct rb_timers *h, uint64_t now, void *arg)

@@ -42,8 +42,8 @@
 
 struct rl_slot {
 	unsigned char key[17]; /* family byte + address */
-	uint64_t tokens_milli; /* thousandths of a datagram */
-	uint64_t last_ms;
+	uint64_t tokens_micro; /* millionths of a datagram */
+	uint64_t last_us;
 };
 
 struct rb_udp_rl {
@@ -162,7 +162,7 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct so
 	unsigned rate = w->srv->cfg.udp_rate;
 	unsigned char key[17] = {0};
 	struct rl_slot *sl;
-	uint64_t add;
+	uint64_t dt, full = (uint64_t)rate * 1000000u;
 
 	if (!rate)
 		return true;
@@ -174,19 +174,20 @@ static bool rate_ok(struct rb_worker *w, struct rb_udp_guard *g, const struct so
 	else if (sa->sa_family == AF_INET6)
 		memcpy(key + 1, (const char *)sa + offsetof(struct sockaddr_in6, sin6_addr), 16);
 	sl = &g->rl->slot[fnv1a(key, sizeof(key)) % RL_SLOTS];
-	if (memcmp(sl->key, key, sizeof(key)) != 0 || !sl->last_ms) {
+	if (memcmp(sl->key, key, sizeof(key)) != 0 || !sl->last_us) {
 		memcpy(sl->key, key, sizeof(key));
-		sl->tokens_milli = (uint64_t)rate * 1000u;
-		sl->last_ms = now;
+		sl->tokens_micro = full;
+		sl->last_us = now;
 	}
-	add = (now - sl->last_ms) * rate; /* ms x datagrams/s = thousandths */
-	sl->last_ms = now;
-	sl->tokens_milli += add;
-	if (sl->tokens_milli > (uint64_t)rate * 1000u)
-		sl->tokens_milli = (uint64_t)rate * 1000u;
-	if (sl->tokens_milli < 1000u)
+	/* A second fills the bucket: no more, so the product stays small. */
+	dt = now - sl->last_us < 1000000u ? now - sl->last_us : 1000000u;
+	sl->last_us = now;
+	sl->tokens_micro += dt * rate; /* us x datagrams/s = millionths */
+	if (sl->tokens_micro > full)
+		sl->tokens_micro = full;
+	if (sl->tokens_micro < 1000000u)
 		return false;
-	sl->tokens_milli -= 1000u;
+	sl->tokens_micro -= 1000000u;
 	return true;
 }
 
@@ -281,7 +282,7 @@ static int udp_recv(struct rb_worker *w, struct rb_udp *u)
 		return 0;
 	}
 	enum rb_service sv = w->srv->cfg.service;
-	uint64_t bytes = 0, out = 0, now = rb__now_ms();
+	uint64_t bytes = 0, out = 0, now = rb__now_us();
 	unsigned keep = 0, extra = 0;
 	const struct rb_impair *imp = w->srv->impair ? rb__udp_imp_set(w, &u->imp) : NULL;
 	bool twice[RB_UDP_BATCH];

@@ -139,14 +139,14 @@ static void delay_fire(struct rb_timer *t, void *arg)
 {
 	struct rb_udp_imp *ui = rb_container_of(t, struct rb_udp_imp, timer);
 	struct rb_worker *w = arg;
-	uint64_t now = w->now_ms;
+	uint64_t now = w->now_us;
 
 	while (ui->dq_n && ui->dq[0]->due <= now) {
 		struct rb_dgram *d = dq_pop(ui);
 		if (ui->send(w, ui, d) == -EAGAIN) {
 			/* The socket is full: try again in a millisecond. */
 			dq_push(ui, d);
-			rb__timer_arm(&w->timers, t, now + 1);
+			rb__timer_arm(&w->timers, t, now + RB_US_PER_MS);
 			return;
 		}
 	}
@@ -186,8 +186,7 @@ unsigned rb__udp_imp_answer(struct rb_worker *w, struct rb_udp_imp *ui, const st
 	for (unsigned i = 0; i < copies; i++) {
 		if (f->delay_p && (f->delay_ms || f->jitter_ms) &&
 		    rb__rng_chance(&ui->rng, f->delay_p)) {
-			uint64_t due = now + f->delay_ms +
-			               (f->jitter_ms ? rb__rng_upto(&ui->rng, f->jitter_ms) : 0);
+			uint64_t due = now + rb__rng_delay_us(&ui->rng, f->delay_ms, f->jitter_ms);
 			if (!delay_answer(w, ui, to, tolen, data, len, due))
 				RB_STAT_ADD(w, datagram_drops, 1);
 			continue;

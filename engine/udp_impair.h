@@ -32,7 +32,7 @@ struct rb_dgram {
 	uint8_t kind;        /* first: the model's tag (uring_udp.c's CQE dispatch) */
 	void *owner;         /* the model's, while the answer is out of the queue ... */
 	struct rb_list link; /* ... (uring_udp.c: its socket, and its list of sends) */
-	uint64_t due, seq;   /* sent in (due, seq) order */
+	uint64_t due, seq;   /* sent in (due, seq) order; due in us */
 	size_t len;
 	struct msghdr msg;
 	struct iovec iov;
@@ -72,7 +72,7 @@ void rb__udp_imp_fini(struct rb_worker *w, struct rb_udp_imp *ui);
 const struct rb_impair *rb__udp_imp_set(struct rb_worker *w, struct rb_udp_imp *ui);
 
 /*
- * The fate of one answer (len bytes at data, to `to`), drawn at `now`:
+ * The fate of one answer (len bytes at data, to `to`), drawn at `now` (us):
  * lost (datagrams_lost), one bit flipped in place if `mine` (the bytes are
  * the answer's own, not chargen's shared stream; datagrams_corrupted),
  * sent twice (datagrams_duplicated), each copy perhaps delayed (copied to

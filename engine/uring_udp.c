@@ -196,7 +196,7 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 		buf_give(x, bid);
 		return;
 	}
-	if (!rb__udp_guard_ok(w, &s->guard, from, w->srv->cfg.udp_rate ? rb__now_ms() : 0) ||
+	if (!rb__udp_guard_ok(w, &s->guard, from, w->srv->cfg.udp_rate ? rb__now_us() : 0) ||
 	    (sv == RB_SERVICE_SOCKPERF && !rb__sockperf_answer(payload, len))) {
 		buf_give(x, bid);
 		return;
@@ -211,16 +211,12 @@ static void on_datagram(struct rb_worker *w, struct rb_uudp *x, struct usock_udp
 		base = payload;
 	}
 	if (w->srv->impair) {
-		const struct rb_impair_set *was = s->imp.seen;
 		const struct rb_impair *imp = rb__udp_imp_set(w, &s->imp);
-		if (imp) {
-			/* A set published since the wake-up: the clock may not
-			 * have been read then. */
-			if (s->imp.seen != was)
-				w->now_ms = rb__now_ms();
+		/* The clock now: the wake-up's may be older than the datagram
+		 * (completions posted since, a set published since). */
+		if (imp)
 			copies = rb__udp_imp_answer(w, &s->imp, imp, from, o->namelen, base, len,
-			                            sv != RB_SERVICE_CHARGEN, w->now_ms);
-		}
+			                            sv != RB_SERVICE_CHARGEN, rb__now_us());
 	}
 	for (unsigned i = 0; i < copies; i++) {
 		if (s->n_free == 0) {
@@ -281,7 +277,7 @@ static void on_recv(struct rb_worker *w, struct rb_uudp *x, struct usock_udp *s,
 	}
 	if (res < 0) {
 		rb__log(RB_LOG_DEBUG, "uring udp recvmsg: %s", strerror(-res));
-		rb__timer_arm(&w->timers, &s->retry, rb__now_ms() + RETRY_MS);
+		rb__timer_arm(&w->timers, &s->retry, rb__now_us() + rb__ms_to_us(RETRY_MS));
 		return;
 	}
 	TEST_ADD(rearms, 1);

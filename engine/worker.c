@@ -26,7 +26,7 @@
 static void stats_tick(struct rb_timer *t, void *arg)
 {
 	struct rb_worker *w = arg;
-	uint64_t now = rb__now_ms(), dt = now - w->stats_prev_ms;
+	uint64_t now = rb__now_us(), dt = (now - w->stats_prev_us) / RB_US_PER_MS;
 	char json[RB_STATS_JSON_MAX], rates[256], text[RB_STATS_JSON_MAX + 300],
 	        fields[RB_STATS_JSON_MAX + 300];
 	struct rb_stats st;
@@ -46,8 +46,8 @@ static void stats_tick(struct rb_timer *t, void *arg)
 	         rates);
 	rb__log_event(RB_LOG_INFO, text, fields);
 	w->stats_prev = st;
-	w->stats_prev_ms = now;
-	rb__timer_arm(&w->timers, t, now + w->srv->cfg.stats_interval_ms);
+	w->stats_prev_us = now;
+	rb__timer_arm(&w->timers, t, now + rb__ms_to_us(w->srv->cfg.stats_interval_ms));
 }
 
 int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
@@ -101,9 +101,9 @@ int rb__worker_init(struct rb_worker *w, struct rb_server *srv, unsigned id)
 	if (id == 0 && cfg->stats_interval_ms) {
 		/* Worker 0 writes the periodic stats line, from its own timers. */
 		rb__timer_init(&w->stats_timer, stats_tick);
-		w->stats_prev_ms = rb__now_ms();
+		w->stats_prev_us = rb__now_us();
 		rb__timer_arm(&w->timers, &w->stats_timer,
-		              w->stats_prev_ms + cfg->stats_interval_ms);
+		              w->stats_prev_us + rb__ms_to_us(cfg->stats_interval_ms));
 	}
 	return 0;
 }
@@ -206,7 +206,8 @@ bool rb__worker_begin_stop(struct rb_worker *w, rb_timer_fn *on_deadline)
 		return false;
 	w->stopping = true;
 	rb__timer_init(&w->stop_timer, on_deadline);
-	rb__timer_arm(&w->timers, &w->stop_timer, rb__now_ms() + w->srv->cfg.shutdown_timeout_ms);
+	rb__timer_arm(&w->timers, &w->stop_timer,
+	              rb__now_us() + rb__ms_to_us(w->srv->cfg.shutdown_timeout_ms));
 	return true;
 }
 
@@ -393,7 +394,7 @@ void rb__session_opened(struct rb_worker *w, struct rb_session *s)
 {
 	s->id = ++w->session_seq;
 	s->open_us = rb__now_us();
-	s->last_io_ms = s->last_write_ms = s->open_us / 1000;
+	s->last_io_us = s->last_write_us = s->open_us;
 	if (w->srv->cfg.log_connections) {
 		s->addrs = malloc(sizeof(*s->addrs));
 		if (s->addrs) {

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -27,6 +28,7 @@
 
 #include "engines.h"
 #include "helpers.h"
+#include "impair.h"
 #include "rb_config.h"
 #if RB_HAVE_URING
 #include "uring_udp.h"
@@ -158,13 +160,13 @@ static double pingpong_p50(int port, int n)
 }
 
 /*
- * How late a timed answer may come, in ms. The issue asks for 1 ms; this
- * machine gives 1.1 to 1.8 ms, every run, in every build, when it is idle
- * (it passed 1 ms while busy): the engine's timers count whole ms, and a
- * halted virtual CPU takes its time to wake. 3 ms until the timers count
- * microseconds; the lower bounds stay exact.
+ * How late a timed answer may come, in ms: the issue's 1 ms. The engine's
+ * deadlines are in microseconds and its waits end on them to the
+ * microsecond (epoll_pwait2, ppoll, pselect, an io_uring timespec), so
+ * what is left is the wake-up itself: 0.1 to 0.5 ms on this VM, idle or
+ * loaded by a build. Nothing comes early: the lower bounds are exact.
  */
-#define LATE_MS 3
+#define LATE_MS 1
 
 /* ---- delay ---- */
 
@@ -211,7 +213,102 @@ IMPAIR_TEST(delay_holds_the_fin, timing_params, 30)
 	}
 	th_server_stop(&ts);
 	qsort(dt, 7, sizeof(dt[0]), cmp_double);
-	cr_assert(dt[3] >= 29 && dt[3] <= 30 + LATE_MS, "FIN after %.3f ms (median)", dt[3]);
+	cr_assert(dt[3] >= 30 - 0.001 && dt[3] <= 30 + LATE_MS, "FIN after %.3f ms (median)",
+	          dt[3]);
+}
+
+/*
+ * Messages paced PACED_GAP_MS apart, each echoed back: how long after its
+ * send each came back (ms). Several arrive within one millisecond, so a
+ * server that rounds its clock or its deadlines to whole ms releases some
+ * of them early (with the ones due in the same millisecond) or late.
+ */
+#define PACED_N      40
+#define PACED_GAP_MS 0.25
+
+static void paced_echoes(int fd, bool dgram, double *lat)
+{
+	double sent[PACED_N], next_send = now_ms();
+	bool got[PACED_N] = {false};
+	unsigned char in[8 * PACED_N];
+	size_t have = 0;
+	uint32_t next = 0, n_got = 0;
+
+	while (n_got < PACED_N) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		double t = now_ms(), wait = next < PACED_N ? next_send - t : 5000;
+		struct timespec ts;
+		int r;
+
+		if (next < PACED_N && wait <= 0) {
+			uint32_t msg[2] = {next, ~next};
+			sent[next] = now_ms();
+			cr_assert_eq(send(fd, msg, sizeof(msg), MSG_NOSIGNAL),
+			             (ssize_t)sizeof(msg));
+			next++;
+			next_send += PACED_GAP_MS;
+			continue;
+		}
+		ts.tv_sec = (time_t)(wait / 1000);
+		ts.tv_nsec = (long)((wait - (double)ts.tv_sec * 1000) * 1e6);
+		r = ppoll(&pfd, 1, &ts, NULL);
+		cr_assert_geq(r, 0, "ppoll: %s", strerror(errno));
+		cr_assert(r > 0 || next < PACED_N, "%u of %d echoes in 5 s", n_got, PACED_N);
+		if (r == 0)
+			continue;
+		ssize_t k =
+		        recv(fd, in + have, dgram ? sizeof(in) - have : 8 - have % 8, MSG_DONTWAIT);
+		t = now_ms();
+		if (k < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		cr_assert_gt(k, 0, "recv: %s", k < 0 ? strerror(errno) : "EOF");
+		if (dgram)
+			cr_assert_eq(k, 8, "a datagram of %zd bytes", k);
+		have += (size_t)k;
+		if (have % 8)
+			continue; /* a message in pieces: it is back with its last byte */
+		uint32_t msg[2];
+		memcpy(msg, in + have - 8, sizeof(msg));
+		cr_assert(msg[0] < next && msg[1] == ~msg[0] && !got[msg[0]],
+		          "echo %u of %u: %08x %08x", n_got, next, msg[0], msg[1]);
+		got[msg[0]] = true;
+		lat[msg[0]] = t - sent[msg[0]];
+		n_got++;
+		if (dgram)
+			have = 0;
+	}
+}
+
+/* No byte is released before its delay is over, to the microsecond (a
+ * clock read after it was sent, plus D, is later than its send plus D),
+ * even when several are due within one millisecond. (How late is for the
+ * tests above, with medians of answers spread over time: in a 15 ms burst,
+ * one slow wake-up of the client's on a loaded machine makes every answer
+ * it then finds look late.) */
+static void assert_never_early(const double *lat, double d_ms, const char *what)
+{
+	int first = 0;
+
+	for (int i = 1; i < PACED_N; i++)
+		if (lat[i] < lat[first])
+			first = i;
+	cr_assert_geq(lat[first], d_ms - 0.001, "%s: message %d back after %.3f ms, before %.0f ms",
+	              what, first, lat[first], d_ms);
+}
+
+IMPAIR_TEST(delay_is_never_early, timing_params, 30)
+{
+	struct test_server ts;
+	double lat[PACED_N];
+	int fd, one = 1;
+
+	start(&ts, p, "--delay 5");
+	fd = th_connect(ts.port);
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	paced_echoes(fd, false, lat);
+	close(fd);
+	th_server_stop(&ts);
+	assert_never_early(lat, 5, "tcp");
 }
 
 /* ---- rate ---- */
@@ -296,8 +393,10 @@ IMPAIR_TEST(rate_caps_throughput, timing_params, 60)
 	rate = (double)(len - x.first_len) * 8 / ((x.t_last - x.t_first) / 1e3);
 	cr_assert(rate >= 10e6 * 0.95 && rate <= 10e6 * 1.05, "measured %.0f bit/s", rate);
 	/* Held bytes wait for the timer: a level-triggered poller must not
-	 * be told to wake for a writable socket meanwhile (it would spin). */
-	cr_assert_lt(st.wakeups, 20000, "%llu wake-ups in %.0f ms", (unsigned long long)st.wakeups,
+	 * be told to wake for a writable socket meanwhile (it would spin),
+	 * and the bucket lets no trickle out (171 to 191 wake-ups on the
+	 * readiness engines, 355 to 364 on io_uring). */
+	cr_assert_lt(st.wakeups, 2000, "%llu wake-ups in %.0f ms", (unsigned long long)st.wakeups,
 	             x.t_last - x.t_first);
 	free(data);
 	free(got);
@@ -465,13 +564,17 @@ IMPAIR_TEST(refuse_resets_new_sessions, timing_params, 30)
 	th_server_stop(&ts);
 }
 
-/* The first answer comes 100 ms after the connect, within 1 ms (the
- * median of five sessions). */
+/* The first answer comes 100 ms after the connect, as late as an ordinary
+ * answer plus at most 2 LATE_MS (the medians of five sessions: the second
+ * exchange of each is the ordinary one). Two wake-ups, each late on its
+ * own: the accept's, from which the 100 ms count (the client's connect
+ * returns before it), and the timer's (under load, 1.04 and 1.20 ms over
+ * together in 2 of 14 runs of this suite). */
 IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 {
 	struct test_server ts;
 	unsigned char b[4];
-	double first[5], t0;
+	double first[5], then[5], t0;
 	int fd;
 
 	start(&ts, p, "--accept-delay 100");
@@ -485,13 +588,15 @@ IMPAIR_TEST(accept_delay_holds_new_sessions, timing_params, 30)
 		t0 = now_ms();
 		cr_assert_eq(send(fd, "pong", 4, MSG_NOSIGNAL), 4);
 		recv_all(fd, b, 4);
-		cr_assert_lt(now_ms() - t0, 50);
+		then[i] = now_ms() - t0;
+		cr_assert_lt(then[i], 50);
 		close(fd);
 	}
 	th_server_stop(&ts);
 	qsort(first, 5, sizeof(first[0]), cmp_double);
-	cr_assert(first[2] >= 99 && first[2] <= 100 + LATE_MS,
-	          "first answer after %.3f ms (median)", first[2]);
+	qsort(then, 5, sizeof(then[0]), cmp_double);
+	cr_assert(first[2] >= 99 && first[2] <= 100 + then[2] + 2 * LATE_MS,
+	          "first answer after %.3f ms (median), the next after %.3f ms", first[2], then[2]);
 }
 
 /* ---- a graceful stop with bytes held back, and with a session not started ---- */
@@ -830,7 +935,22 @@ UDP_TEST(udp_delay, 30)
 	close(fd);
 	th_server_stop(&ts);
 	qsort(rtt, 9, sizeof(rtt[0]), cmp_double);
-	cr_assert(rtt[4] >= 39.5 && rtt[4] <= 40 + LATE_MS, "p50 %.3f ms", rtt[4]);
+	cr_assert(rtt[4] >= 40 - 0.001 && rtt[4] <= 40 + LATE_MS, "p50 %.3f ms", rtt[4]);
+}
+
+/* Datagrams 250 us apart, each answered 5 ms after it came, none sooner. */
+UDP_TEST(udp_delay_is_never_early, 30)
+{
+	struct test_server ts;
+	double lat[PACED_N];
+	int fd;
+
+	start_udp(&ts, p, "--delay 5");
+	fd = udp_client(ts.port);
+	paced_echoes(fd, true, lat);
+	close(fd);
+	th_server_stop(&ts);
+	assert_never_early(lat, 5, "udp");
 }
 
 static bool udp_in(const struct rb_stats *st, void *arg)
@@ -1032,6 +1152,93 @@ Test(impair, uring_udp_duplicates_share_a_buffer, .timeout = 30)
 #endif
 
 /* ---- the flags ---- */
+
+/*
+ * The rate's bucket on the microsecond clock: after a send empties it, the
+ * few bytes' worth that come while the send completes do not go out on
+ * their own (a trickle of tiny sends, a wake-up each: io_uring woke 3,000
+ * to 29,000 times instead of 360 for rate_caps_throughput); the flow
+ * waits until half the bucket (20 ms of the rate) is there, as
+ * rb__impair_wake says, and then sends it in one piece.
+ */
+Test(impair, rate_bucket_sends_no_trickle)
+{
+	struct rb_impair imp = {0};
+	struct rb_session_impair *si;
+	struct rb_flow_impair *fi;
+	char err[256];
+	uint64_t t = 1000000, wake;
+	size_t n;
+
+	cr_assert_eq(rb_impair_parse(&imp, "--rate 10m", err, sizeof(err)), 0, "%s", err);
+	si = rb__impair_session_new(&imp, 0, 1, 1, false, t);
+	cr_assert_not_null(si);
+	fi = &si->flow[0];
+	/* Full: 20 ms of 10 Mbit/s, 25,000 bytes. */
+	cr_assert_eq(rb__impair_allow(fi, 1u << 20, t), 25000);
+	rb__impair_sent(fi, 25000, t);
+	for (uint64_t dt = 1; dt < 10000; dt = dt * 3 + 1)
+		cr_assert_eq(rb__impair_allow(fi, 1u << 20, t + dt), 0,
+		             "%zu bytes after %" PRIu64 " us",
+		             rb__impair_allow(fi, 1u << 20, t + dt), dt);
+	/* 10 ms of the rate, 12,500 bytes, then they go at once. */
+	wake = rb__impair_wake(fi, 1u << 20, t + 100);
+	cr_assert_eq(wake, t + 10000);
+	cr_assert_eq(rb__impair_allow(fi, 1u << 20, wake - 1), 0);
+	n = rb__impair_allow(fi, 1u << 20, wake);
+	cr_assert_eq(n, 12500);
+	rb__impair_sent(fi, n, wake);
+	/* What is pending, when less than half the bucket, goes once it fits. */
+	cr_assert_eq(rb__impair_wake(fi, 100, wake), wake + 80);
+	cr_assert_eq(rb__impair_allow(fi, 100, wake + 79), 0);
+	cr_assert_eq(rb__impair_allow(fi, 100, wake + 80), 100);
+	free(si);
+}
+
+/*
+ * A steady stream through --delay 20: a read every 100 us, 200 in flight,
+ * more than the 64 marks a flow keeps. Stepping the clock 10 us at a time,
+ * every byte goes at D after it came or later, and never much later: the
+ * marks that merge are the closest in time (stretching the last one over
+ * every read that found no room held bytes up to 13.6 ms longer).
+ */
+Test(impair, delay_marks_merge_closest_when_full)
+{
+	enum { READS = 600, GAP = 100, D = 20000, STEP = 10 };
+	struct rb_impair imp = {0};
+	struct rb_session_impair *si;
+	struct rb_flow_impair *fi;
+	static uint64_t gone[READS];
+	uint64_t t0 = 5000000, worst = 0;
+	unsigned next = 0;
+	size_t out = 0;
+	char err[256];
+
+	cr_assert_eq(rb_impair_parse(&imp, "--delay 20", err, sizeof(err)), 0, "%s", err);
+	si = rb__impair_session_new(&imp, 0, 1, 1, false, t0);
+	cr_assert_not_null(si);
+	fi = &si->flow[0];
+	for (uint64_t now = t0; out < 10u * READS; now += STEP) {
+		size_t n;
+		if (next < READS && now >= t0 + (uint64_t)next * GAP)
+			rb__impair_arrived(fi, &si->rng, 10, now), next++;
+		n = rb__impair_allow(fi, 10u * next - out, now);
+		for (size_t b = out; b < out + n; b++)
+			gone[b / 10] = now;
+		out += n;
+		rb__impair_sent(fi, n, now);
+		cr_assert_leq(fi->m_n, RB_LIMIT_IMPAIR_MARKS);
+	}
+	for (unsigned i = 0; i < READS; i++) {
+		uint64_t due = t0 + (uint64_t)i * GAP + D;
+		cr_assert_geq(gone[i], due, "read %u went %" PRIu64 " us early", i, due - gone[i]);
+		if (gone[i] - due > worst)
+			worst = gone[i] - due;
+	}
+	cr_assert_leq(worst, 2 * D / RB_LIMIT_IMPAIR_MARKS, "a read went %" PRIu64 " us late",
+	              worst);
+	free(si);
+}
 
 Test(impair, flag_syntax)
 {
