@@ -277,6 +277,22 @@ void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_clos
 /* A relay's upstream connected after `us` microseconds: counted (stats and
  * the connect-time histogram). */
 void rb__upstream_connected(struct rb_worker *w, uint64_t us);
+/*
+ * --idle-timeout and --write-timeout: one timer per session, in both models.
+ * rb__timeouts_due: when that timer is next due (UINT64_MAX: never): the
+ * idle deadline, or the write deadline if earlier, counted from the
+ * output's last progress when output is `pending`, else from `now` (to look
+ * again in case output is stuck by then). rb__timeouts_expired: which of
+ * the two has passed at `now` (the write timeout first: its reset drops
+ * what the peer would not take).
+ */
+enum rb_timeout { RB_TIMEOUT_NONE, RB_TIMEOUT_WRITE, RB_TIMEOUT_IDLE };
+uint64_t rb__timeouts_due(const struct rb_config *cfg, const struct rb_session *s, bool pending,
+                          uint64_t now);
+enum rb_timeout rb__timeouts_expired(const struct rb_config *cfg, const struct rb_session *s,
+                                     bool pending, uint64_t now);
+/* SO_LINGER 0 on each of the session's open sockets: their close sends RST. */
+void rb__session_linger0(struct rb_session *s);
 /* Options every accepted TCP socket gets: TCP_NODELAY, keepalive, user timeout. */
 void rb__tune_accepted(struct rb_worker *w, int fd, bool tcp);
 

@@ -1647,23 +1647,11 @@ static void connect_timeout(struct rb_timer *t, void *arg)
 
 /* ---- --idle-timeout and --write-timeout: one timer per session ---- */
 
-/* At the earlier deadline; a session without output pending is looked at
- * again a write timeout from now, in case output is stuck by then (as the
- * reactor). No timer per operation: the CQEs only store the time. */
+/* No timer per operation: the CQEs only store the time. */
 static void timeouts_arm(struct rb_worker *w, struct uconn *c)
 {
-	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t at = UINT64_MAX, now = rb__now_us();
-
-	if (cfg->idle_timeout_ms)
-		at = c->s.last_io_us + rb__ms_to_us(cfg->idle_timeout_ms);
-	if (cfg->write_timeout_ms) {
-		uint64_t wt = (conn_pending(c) ? c->s.last_write_us : now) +
-		              rb__ms_to_us(cfg->write_timeout_ms);
-		if (wt < at)
-			at = wt;
-	}
-	rb__timer_arm(&w->timers, &c->s.idle_timer, at);
+	rb__timer_arm(&w->timers, &c->s.idle_timer,
+	              rb__timeouts_due(&w->srv->cfg, &c->s, conn_pending(c), rb__now_us()));
 }
 
 static void timeouts_fire(struct rb_timer *t, void *arg)
@@ -1671,36 +1659,28 @@ static void timeouts_fire(struct rb_timer *t, void *arg)
 	struct uconn *c = rb_container_of(t, struct uconn, s.idle_timer);
 	struct rb_worker *w = arg;
 	struct uring *u = w->model;
-	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t now = rb__now_us();
 	bool pending = conn_pending(c);
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
 	if (c->flags & UC_CLOSING)
 		return;
-	if (cfg->write_timeout_ms && pending &&
-	    now - c->s.last_write_us >= rb__ms_to_us(cfg->write_timeout_ms)) {
-		/* The peer stopped reading: what it holds back is dropped. A
-		 * send stuck in flight is ended by the reset (conn_close). */
-		for (unsigned i = 0; i < c->n_socks; i++)
-			if (c->s.sock[i].fd >= 0)
-				setsockopt(c->s.sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	switch (rb__timeouts_expired(&w->srv->cfg, &c->s, pending, rb__now_us())) {
+	case RB_TIMEOUT_WRITE:
+		/* As the reactor; a send stuck in flight is ended by the
+		 * reset (conn_close). */
+		rb__session_linger0(&c->s);
 		conn_close_as(w, u, c, true, RB_CLOSE_WRITE_TIMEOUT);
 		return;
-	}
-	if (cfg->idle_timeout_ms && now - c->s.last_io_us >= rb__ms_to_us(cfg->idle_timeout_ms)) {
-		/* Nothing moved either way: a FIN, as after a flush (nothing is
-		 * pending unless it is stuck, and then a FIN would lie: RST). */
-		for (unsigned i = 0; i < c->n_socks; i++) {
-			if (c->s.sock[i].fd < 0)
-				continue;
-			if (pending)
-				setsockopt(c->s.sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			else if (!(c->us[i].flags & US_CONNECTING))
-				shutdown(c->s.sock[i].fd, SHUT_WR);
-		}
+	case RB_TIMEOUT_IDLE:
+		if (pending)
+			rb__session_linger0(&c->s);
+		else
+			for (unsigned i = 0; i < c->n_socks; i++)
+				if (c->s.sock[i].fd >= 0 && !(c->us[i].flags & US_CONNECTING))
+					shutdown(c->s.sock[i].fd, SHUT_WR);
 		conn_close_as(w, u, c, pending, RB_CLOSE_IDLE);
 		return;
+	case RB_TIMEOUT_NONE:
+		break;
 	}
 	timeouts_arm(w, c);
 }

@@ -662,55 +662,37 @@ static bool session_pending(const struct rb_session *s)
 	return false;
 }
 
-/* At the earlier deadline; a session without output pending is looked at
- * again a write timeout from now, in case output is stuck by then. */
 static void timeouts_arm(struct rb_worker *w, struct rb_session *s)
 {
-	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t at = UINT64_MAX, now = rb__now_us();
-
-	if (cfg->idle_timeout_ms)
-		at = s->last_io_us + rb__ms_to_us(cfg->idle_timeout_ms);
-	if (cfg->write_timeout_ms) {
-		uint64_t wt = (session_pending(s) ? s->last_write_us : now) +
-		              rb__ms_to_us(cfg->write_timeout_ms);
-		if (wt < at)
-			at = wt;
-	}
-	rb__timer_arm(&w->timers, &s->idle_timer, at);
+	rb__timer_arm(&w->timers, &s->idle_timer,
+	              rb__timeouts_due(&w->srv->cfg, s, session_pending(s), rb__now_us()));
 }
 
 static void timeouts_fire(struct rb_timer *t, void *arg)
 {
 	struct rb_session *s = rb_container_of(t, struct rb_session, idle_timer);
 	struct rb_worker *w = arg;
-	const struct rb_config *cfg = &w->srv->cfg;
-	uint64_t now = rb__now_us();
 	bool pending = session_pending(s);
-	struct linger lg = {.l_onoff = 1, .l_linger = 0};
 
-	if (cfg->write_timeout_ms && pending &&
-	    now - s->last_write_us >= rb__ms_to_us(cfg->write_timeout_ms)) {
+	switch (rb__timeouts_expired(&w->srv->cfg, s, pending, rb__now_us())) {
+	case RB_TIMEOUT_WRITE:
 		/* The peer stopped reading: what it holds back is dropped. */
-		for (unsigned i = 0; i < s->n_socks; i++)
-			if (s->sock[i].fd >= 0)
-				setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		rb__session_linger0(s);
 		session_close(w, s, RB_CLOSE_WRITE_TIMEOUT);
 		return;
-	}
-	if (cfg->idle_timeout_ms && now - s->last_io_us >= rb__ms_to_us(cfg->idle_timeout_ms)) {
+	case RB_TIMEOUT_IDLE:
 		/* Nothing moved either way: a FIN, as after a flush (nothing is
 		 * pending unless it is stuck, and then a FIN would lie: RST). */
-		for (unsigned i = 0; i < s->n_socks; i++) {
-			if (s->sock[i].fd < 0)
-				continue;
-			if (pending)
-				setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-			else if (!(s->sock[i].flags & SOCK_CONNECTING))
-				shutdown(s->sock[i].fd, SHUT_WR);
-		}
+		if (pending)
+			rb__session_linger0(s);
+		else
+			for (unsigned i = 0; i < s->n_socks; i++)
+				if (s->sock[i].fd >= 0 && !(s->sock[i].flags & SOCK_CONNECTING))
+					shutdown(s->sock[i].fd, SHUT_WR);
 		session_close(w, s, RB_CLOSE_IDLE);
 		return;
+	case RB_TIMEOUT_NONE:
+		break;
 	}
 	timeouts_arm(w, s);
 }

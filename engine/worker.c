@@ -465,3 +465,39 @@ void rb__session_closing(struct rb_worker *w, struct rb_session *s, enum rb_clos
 	RB_STAT_SUB(w, active, 1);
 	RB_STAT_ADD(w, closed, 1);
 }
+
+uint64_t rb__timeouts_due(const struct rb_config *cfg, const struct rb_session *s, bool pending,
+                          uint64_t now)
+{
+	uint64_t at = UINT64_MAX;
+
+	if (cfg->idle_timeout_ms)
+		at = s->last_io_us + rb__ms_to_us(cfg->idle_timeout_ms);
+	if (cfg->write_timeout_ms) {
+		uint64_t wt =
+		        (pending ? s->last_write_us : now) + rb__ms_to_us(cfg->write_timeout_ms);
+		if (wt < at)
+			at = wt;
+	}
+	return at;
+}
+
+enum rb_timeout rb__timeouts_expired(const struct rb_config *cfg, const struct rb_session *s,
+                                     bool pending, uint64_t now)
+{
+	if (cfg->write_timeout_ms && pending &&
+	    now - s->last_write_us >= rb__ms_to_us(cfg->write_timeout_ms))
+		return RB_TIMEOUT_WRITE;
+	if (cfg->idle_timeout_ms && now - s->last_io_us >= rb__ms_to_us(cfg->idle_timeout_ms))
+		return RB_TIMEOUT_IDLE;
+	return RB_TIMEOUT_NONE;
+}
+
+void rb__session_linger0(struct rb_session *s)
+{
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+
+	for (unsigned i = 0; i < s->n_socks; i++)
+		if (s->sock[i].fd >= 0)
+			setsockopt(s->sock[i].fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
