@@ -20,6 +20,9 @@ extern char **environ;
 
 /* No progress for this long means the server stalled: fail, never hang. */
 #define STALL_MS 20000
+/* How long a stopped server may take to exit: well past the graceful
+ * stop's deadline (2 s by default) and the zero-copy grace after it (1 s). */
+#define STOP_S 60
 
 static struct engine_param all_params[] = {
         {RB_ENGINE_EPOLL, RB_TRIGGER_EDGE, RB_COPY_WRITEV},
@@ -154,8 +157,20 @@ void th_server_start(struct test_server *ts, const struct engine_param *p,
 
 void th_server_stop(struct test_server *ts)
 {
+	struct timespec until;
+
 	rb_server_stop(ts->srv);
-	pthread_join(ts->thread, NULL);
+	/* A server that does not stop fails here, saying where it is, rather
+	 * than hang until the test's own timeout says nothing. */
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += STOP_S;
+	if (pthread_timedjoin_np(ts->thread, NULL, &until) != 0) {
+		struct rb_stats st;
+		char json[8192];
+		rb_server_stats(ts->srv, &st);
+		rb_stats_json(&st, json, sizeof(json));
+		cr_assert_fail("the server did not stop in %d s; stats %s", STOP_S, json);
+	}
 	cr_assert_eq(ts->run_result, 0, "rb_server_run returned %d", ts->run_result);
 	rb_server_destroy(ts->srv);
 	ts->srv = NULL;
@@ -172,7 +187,7 @@ void th_wait_stats(struct test_server *ts, bool (*pred)(const struct rb_stats *,
 		if (pred(&st, arg))
 			return;
 		if (now_ms() > deadline) {
-			char json[2048];
+			char json[8192];
 			rb_stats_json(&st, json, sizeof(json));
 			cr_assert_fail("timed out waiting for %s; stats %s", what, json);
 		}
@@ -338,11 +353,13 @@ size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, 
 {
 	struct rb_stats st;
 	size_t sent = 0;
+	uint64_t last_progress = now_ms();
 
 	for (;;) {
 		ssize_t r = sent < len ? send(fd, data + sent, len - sent, MSG_NOSIGNAL) : -1;
 		if (r > 0) {
 			sent += (size_t)r;
+			last_progress = now_ms();
 			continue;
 		}
 		cr_assert(sent == len || errno == EAGAIN, "send: %s", strerror(errno));
@@ -353,6 +370,16 @@ size_t th_send_until(struct test_server *ts, int fd, const unsigned char *data, 
 		rb_server_stats(ts->srv, &st);
 		if (pred(&st, arg))
 			return sent;
+		if (now_ms() - last_progress > STALL_MS) {
+			/* Blocked, and the server is not where the test waits
+			 * for it: say where it is rather than hang. */
+			char json[8192];
+			rb_stats_json(&st, json, sizeof(json));
+			cr_assert_fail(
+			        "no room to send for %d ms at %zu/%zu bytes, waiting for %s; "
+			        "stats %s",
+			        STALL_MS, sent, len, what, json);
+		}
 		/* Blocked for now: wait for room (or re-check the server shortly). */
 		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
 		poll(&pfd, 1, 10);
