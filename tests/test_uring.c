@@ -646,8 +646,10 @@ static void ping_pong(int port, unsigned n, size_t size)
 		cr_assert_eq(send(fd, msg, size, MSG_NOSIGNAL), (ssize_t)size);
 		while (have < size) {
 			ssize_t r = recv(fd, got + have, size - have, 0);
+			/* With SO_RCVTIMEO, a stop and continue (Criterion's
+			 * SIGSTOP and SIGCONT) ends the receive with EINTR. */
 			if (r < 0 && errno == EINTR)
-				continue; /* SO_RCVTIMEO: a signal is not restarted */
+				continue;
 			cr_assert_gt(r, 0, "round %u: %s", i, r < 0 ? strerror(errno) : "EOF");
 			have += (size_t)r;
 		}
