@@ -248,6 +248,10 @@ bool rb__worker_control(struct rb_worker *w);
 bool rb__worker_begin_stop(struct rb_worker *w, rb_timer_fn *on_deadline);
 /* This worker accepts no more: the last one to say so closes the listeners. */
 void rb__worker_release_listeners(struct rb_worker *w);
+/* A readiness model's stop: each active listener unwatched (by the model's
+ * `unwatch`), its pending accepts and back-off forgotten, then released. */
+void rb__worker_listeners_off(struct rb_worker *w,
+                              void (*unwatch)(struct rb_worker *w, struct rb_listener *l));
 /* What an accept error means for the listener. */
 enum rb_accept_next {
 	RB_ACCEPT_RETRY,   /* try again now (a peer gave up, or the reserve served one) */

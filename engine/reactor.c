@@ -1060,6 +1060,11 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 	}
 }
 
+static void listener_unwatch(struct rb_worker *w, struct rb_listener *l)
+{
+	R(w)->ops->del(R(w)->poller, l->fd, l);
+}
+
 static void worker_begin_stop(struct rb_worker *w)
 {
 	struct reactor *r = R(w);
@@ -1067,16 +1072,8 @@ static void worker_begin_stop(struct rb_worker *w)
 
 	if (!rb__worker_begin_stop(w, stop_deadline))
 		return;
-	for (size_t i = 0; i < w->n_listeners; i++) {
-		struct rb_listener *l = &w->listeners[i];
-		if (l->active)
-			r->ops->del(r->poller, l->fd, l);
-		l->active = false;
-		l->pending = false;
-		rb__timer_cancel(&w->timers, &l->retry);
-	}
 	/* Stop accepting for real: new peers are refused, not left in a backlog. */
-	rb__worker_release_listeners(w);
+	rb__worker_listeners_off(w, listener_unwatch);
 	/* Stop passing new input on: flush what is buffered, then FIN,
 	 * discarding input until the peer's FIN, then close each session. */
 	for (it = r->sessions.next; it != &r->sessions; it = next) {

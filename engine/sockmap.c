@@ -808,6 +808,11 @@ static void stop_deadline(struct rb_timer *t, void *arg)
 	}
 }
 
+static void listener_unwatch(struct rb_worker *w, struct rb_listener *l)
+{
+	epoll_ctl(sm_of(w)->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+}
+
 static void begin_stop(struct rb_worker *w)
 {
 	struct sm_worker *sm = sm_of(w);
@@ -815,14 +820,7 @@ static void begin_stop(struct rb_worker *w)
 
 	if (!rb__worker_begin_stop(w, stop_deadline))
 		return;
-	for (size_t i = 0; i < w->n_listeners; i++) {
-		struct rb_listener *l = &w->listeners[i];
-		if (l->active)
-			epoll_ctl(sm->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-		l->active = false;
-		rb__timer_cancel(&w->timers, &l->retry);
-	}
-	rb__worker_release_listeners(w);
+	rb__worker_listeners_off(w, listener_unwatch);
 	/* From now on the program discards input; each connection sends its
 	 * FIN once its echo has left, then waits for the peer's. */
 	__atomic_store_n(&sm->skel->bss->stopping, 1, __ATOMIC_RELEASE);

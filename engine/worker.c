@@ -216,6 +216,20 @@ void rb__worker_release_listeners(struct rb_worker *w)
 	rb__listen_set_release(&w->srv->ls);
 }
 
+void rb__worker_listeners_off(struct rb_worker *w,
+                              void (*unwatch)(struct rb_worker *w, struct rb_listener *l))
+{
+	for (size_t i = 0; i < w->n_listeners; i++) {
+		struct rb_listener *l = &w->listeners[i];
+		if (l->active)
+			unwatch(w, l);
+		l->active = false;
+		l->pending = false;
+		rb__timer_cancel(&w->timers, &l->retry);
+	}
+	rb__worker_release_listeners(w);
+}
+
 enum rb_accept_next rb__accept_error(struct rb_worker *w, int lfd, int err)
 {
 	switch (err) {
