@@ -292,18 +292,29 @@ Test(uring, non_reader_does_not_starve_others, .timeout = 300)
 
 struct cap_wait {
 	uint64_t cap;
+	bool exact; /* wait for the count at the cap itself */
 };
 
+/*
+ * Paused at the cap. Exactly at it with plain sends; with zero-copy sends
+ * the count may have dropped a little since: bytes a send had left stay
+ * counted until their notification, which comes only once the peer's
+ * socket has taken them (CI saw 16,383 bytes under the cap, the flow
+ * paused, as it should, until below half).
+ */
 static bool at_cap(const struct rb_stats *st, void *arg)
 {
-	return st->buffered == ((struct cap_wait *)arg)->cap && st->pauses > 0;
+	const struct cap_wait *cw = arg;
+
+	return st->pauses > 0 && (cw->exact ? st->buffered == cw->cap : st->buffered <= cw->cap);
 }
 
-/* Stop at the cap exactly, then give everything back in order. */
-static void slow_reader(struct test_server *ts, size_t len)
+/* Stop at the cap (exactly, or for zero-copy sends at most at it), then
+ * give everything back in order. */
+static void slow_reader_cap(struct test_server *ts, size_t len, bool exact)
 {
 	unsigned char *data = malloc(len);
-	struct cap_wait cw = {.cap = ts->cfg.conn_buffer};
+	struct cap_wait cw = {.cap = ts->cfg.conn_buffer, .exact = exact};
 	struct rb_stats st;
 	size_t sent;
 	int fd = th_connect_bufs(ts->port, 65536, 65536);
@@ -312,13 +323,21 @@ static void slow_reader(struct test_server *ts, size_t len)
 	th_set_nonblock(fd);
 	sent = th_send_until(ts, fd, data, len, at_cap, &cw, "the connection to pause at its cap");
 	rb_server_stats(ts->srv, &st);
-	cr_assert_eq(st.buffered, cw.cap);
+	if (exact)
+		cr_assert_eq(st.buffered, cw.cap);
+	cr_assert_leq(st.peak_buffered, cw.cap);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap);
 	th_send_rest_and_verify(fd, data, len, sent);
 	rb_server_stats(ts->srv, &st);
+	cr_assert_leq(st.peak_buffered, cw.cap);
 	cr_assert_leq(st.peak_conn_buffered, cw.cap);
 	close(fd);
 	free(data);
+}
+
+static void slow_reader(struct test_server *ts, size_t len)
+{
+	slow_reader_cap(ts, len, true);
 }
 
 static void odd_cap(struct rb_config *cfg)
@@ -507,7 +526,7 @@ Test(uring, stop_deadline_cancels, .timeout = 60)
 {
 	const size_t len = 8u << 20;
 	unsigned char *data = calloc(1, len);
-	struct cap_wait cw;
+	struct cap_wait cw = {.exact = true};
 	struct test_server ts;
 	int fd;
 
@@ -1180,7 +1199,7 @@ Test(uring, send_zc_from_threshold, .timeout = 120)
 	zc_server(&ts, 65536, features);
 	ping_pong(ts.port, 200, 512);
 	cr_expect_eq(zc_counter(&rb__uring_test_counters.zc_sends), 0);
-	slow_reader(&ts, 4u << 20);
+	slow_reader_cap(&ts, 4u << 20, false);
 	expect_clean(&ts, 2, 200 * 512 + (4u << 20));
 	th_server_stop(&ts);
 	cr_expect_gt(rb__uring_test_counters.zc_sends, 0);
