@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* epoll backend, edge-triggered (the main engine) or level-triggered. */
 #include <errno.h>
-#include <linux/time_types.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/ioctl.h>
@@ -101,8 +100,7 @@ static int pwait2(int epfd, struct epoll_event *evs, int max, int64_t timeout_us
 
 	return epoll_pwait2(epfd, evs, max, timeout_us < 0 ? NULL : &ts, NULL);
 #elif defined(__NR_epoll_pwait2)
-	struct timespec t = rb__timeout_ts(timeout_us);
-	struct __kernel_timespec ts = {.tv_sec = t.tv_sec, .tv_nsec = t.tv_nsec};
+	struct __kernel_timespec ts = rb__timeout_kts(timeout_us);
 
 	return (int)syscall(__NR_epoll_pwait2, epfd, evs, max, timeout_us < 0 ? NULL : &ts, NULL,
 	                    (size_t)0);

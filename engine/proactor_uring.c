@@ -2222,10 +2222,8 @@ static int ring_wait_batch(struct uring *u, unsigned light, int64_t timeout_us)
 	int fd = u->ring.ring_fd;
 	long rc;
 
-	if (timeout_us >= 0) {
-		ts.tv_sec = timeout_us / 1000000;
-		ts.tv_nsec = (long long)(timeout_us % 1000000) * 1000;
-	}
+	if (timeout_us >= 0)
+		ts = rb__timeout_kts(timeout_us);
 	if (u->reg_ring) {
 		fd = u->ring.enter_ring_fd;
 		flags |= IORING_ENTER_REGISTERED_RING;
@@ -2251,8 +2249,7 @@ static int ring_wait(struct uring *u, int64_t timeout_us)
 	if (timeout_us < 0) {
 		rc = io_uring_submit_and_wait(&u->ring, 1);
 	} else {
-		struct __kernel_timespec ts = {.tv_sec = timeout_us / 1000000,
-		                               .tv_nsec = (long long)(timeout_us % 1000000) * 1000};
+		struct __kernel_timespec ts = rb__timeout_kts(timeout_us);
 		rc = io_uring_submit_and_wait_timeout(&u->ring, &cqe, 1, &ts, NULL);
 	}
 	/* A timeout or a signal just means: look at the clock and the CQ ring. */

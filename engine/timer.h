@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+#include <linux/time_types.h>
 
 /* Configured times are whole ms (rebound.h); deadlines are microseconds. */
 #define RB_US_PER_MS 1000u
@@ -72,6 +73,14 @@ static inline struct timespec rb__timeout_ts(int64_t us)
 {
 	return (struct timespec){.tv_sec = (time_t)(us / 1000000),
 	                         .tv_nsec = (long)(us % 1000000) * 1000};
+}
+/* The same for a system call that takes the kernel's own timespec
+ * (io_uring_enter, epoll_pwait2 without a libc wrapper). */
+static inline struct __kernel_timespec rb__timeout_kts(int64_t us)
+{
+	struct timespec t = rb__timeout_ts(us);
+
+	return (struct __kernel_timespec){.tv_sec = t.tv_sec, .tv_nsec = t.tv_nsec};
 }
 static inline int rb__timeout_ms_up(int64_t us)
 {
